@@ -1,0 +1,64 @@
+/**
+ * Fan-out of one staged message: monitors first (so they never see a reaction before the
+ * message itself), then every ordinary connection whose matches take it and whose policy
+ * lets it hear from the sender. Receivers' failures are theirs: they count as lost.
+ */
+import type { Bus } from './bus';
+import type { Connection } from './connection';
+import type { Staging } from './message';
+
+/** Gives every monitor of the bus a copy; used for all traffic, delivered or not. */
+export function eavesdrop(bus: Bus, staging: Staging): void {
+  for (const m of bus.monitors) m.deliverOrLose(staging);
+}
+
+export function broadcast(bus: Bus, staging: Staging): void {
+  eavesdrop(bus, staging);
+  const src = staging.src;
+  if (src) {
+    const view = userMessageView(bus, staging);
+    for (const dst of bus.matches.candidates(view)) {
+      if (!dst.isOrdinary || !dst.active) continue;
+      if (!dst.canTalkTo(dst.cred, src)) continue;
+      dst.deliverOrLose(staging);
+    }
+  } else {
+    for (const dst of bus.matches.notificationTargets(notificationView(staging))) {
+      if (!dst.isOrdinary || !dst.active) continue;
+      if (!dst.canSeeNotification(staging)) continue;
+      dst.deliverOrLose(staging);
+    }
+  }
+}
+
+/** Whether a unicast signal's destination wants it: its matches must take it. */
+export function matchesUnicastSignal(bus: Bus, dst: Connection, staging: Staging): boolean {
+  return bus.matches.db(dst)?.matchMessage(userMessageView(bus, staging)) ?? false;
+}
+
+function userMessageView(bus: Bus, staging: Staging) {
+  const src = staging.src!;
+  return {
+    srcId: src.id,
+    dstId: staging.dstId,
+    bloom: staging.bloom,
+    senderHoldsName: (name: string) => bus.names.primaryOwner(name) === src,
+  };
+}
+
+function notificationView(staging: Staging) {
+  const h = staging.header;
+  const p = 64 + 16;
+  switch (staging.notifyType) {
+    case 0x8003:
+    case 0x8004:
+      return { type: staging.notifyType, id: h.readBigUInt64LE(p) };
+    default:
+      return {
+        type: staging.notifyType,
+        oldId: h.readBigUInt64LE(p),
+        newId: h.readBigUInt64LE(p + 16),
+        name: h.toString('latin1', p + 32, staging.headerSize - 1),
+      };
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * CONN_INFO and BUS_CREATOR_INFO: a kdbus_info record with metadata items in the caller's
+ * pool. What is revealed is what was asked for AND what the subject allowed.
+ */
+import { Attach, ItemType, Off } from '../abi/constants';
+import { fail } from '../abi/errno';
+import { readCommand, writeReturnFlags, type ParsedCommand } from '../abi/command';
+import { Specs } from '../abi/commands';
+import { itemString, ItemWriter } from '../abi/items';
+import type { CallContext } from './caller';
+import type { Connection } from './connection';
+import { encodeMetadata, sanitizeAttachMask, type MetadataParts } from './metadata';
+
+function publishInfo(conn: Connection, ctx: CallContext, cmd: ParsedCommand, w: ItemWriter): void {
+  w.patchU64(0, w.length);
+  const data = w.finish();
+  const slice = conn.pool.alloc(data.length, false);
+  slice.write(0, data);
+  const pub = slice.publish();
+  slice.releaseKernel();
+  const out = Buffer.allocUnsafe(16);
+  out.writeBigUInt64LE(BigInt(pub.offset), 0);
+  out.writeBigUInt64LE(BigInt(pub.size), 8);
+  ctx.mem.write(cmd.address + BigInt(Off.info_cmd.offset), out);
+}
+
+export function cmdConnInfo(conn: Connection, ctx: CallContext, arg: bigint): void {
+  const cmd = readCommand(ctx.mem, arg, Specs.CONN_INFO);
+  if (cmd.negotiate) return;
+  try {
+    const bus = conn.bus;
+    let mask = sanitizeAttachMask(cmd.u64(Off.info_cmd.attach_flags));
+    const id = cmd.u64(Off.info_cmd.id);
+    const nameItem = cmd.get(ItemType.NAME);
+    let target: Connection | undefined;
+    if (nameItem) {
+      const name = itemString(nameItem);
+      target = bus.names.ownerOf(name);
+      if (!target || !conn.canSeeName(ctx.creds, name) || (id !== 0n && target.id !== id)) {
+        throw fail('ESRCH', `no visible owner of ${name}${id !== 0n ? ` with id ${id}` : ''}`);
+      }
+    } else if (id > 0n) {
+      target = bus.connection(id);
+      if (!target || !conn.canSee(ctx.creds, target)) throw fail('ENXIO', `no visible connection with id ${id}`);
+    } else {
+      throw fail('EINVAL', 'CONN_INFO needs an id or a NAME item');
+    }
+    mask &= target.attachSend & ~Attach.TIMESTAMP;
+    const w = new ItemWriter(512);
+    w.u64(0).u64(target.id).u64(target.helloFlags);
+    const parts: MetadataParts = {};
+    const proc = target.fakeMeta ?? target.meta;
+    if (proc) parts.proc = proc;
+    if (mask & Attach.NAMES) parts.ownedNames = target.ownedNames();
+    if (target.description !== undefined) parts.description = target.description;
+    encodeMetadata(w, parts, mask);
+    w.alignTo8();
+    publishInfo(conn, ctx, cmd, w);
+  } finally {
+    writeReturnFlags(ctx.mem, cmd, 0n);
+  }
+}
+
+export function cmdBusCreatorInfo(conn: Connection, ctx: CallContext, arg: bigint): void {
+  const cmd = readCommand(ctx.mem, arg, Specs.BUS_CREATOR_INFO);
+  if (cmd.negotiate) return;
+  try {
+    const bus = conn.bus;
+    const mask = sanitizeAttachMask(cmd.u64(Off.info_cmd.attach_flags)) & bus.creatorAttachMask;
+    const w = new ItemWriter(512);
+    w.u64(0).u64(bus.id).u64(bus.flags);
+    w.string(ItemType.MAKE_NAME, bus.name);
+    encodeMetadata(w, { proc: bus.creatorMeta }, mask & ~(Attach.TIMESTAMP | Attach.NAMES | Attach.CONN_DESCRIPTION));
+    w.alignTo8();
+    publishInfo(conn, ctx, cmd, w);
+  } finally {
+    writeReturnFlags(ctx.mem, cmd, 0n);
+  }
+}

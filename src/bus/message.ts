@@ -1,0 +1,379 @@
+/**
+ * Staging: a message on its way from SEND (or from the bus itself, for notifications) into
+ * receivers' pools. It is examined and imported once — payload copied out of the sender,
+ * files taken from it — and then emitted into each receiver's pool with that receiver's
+ * metadata. Layout of an emitted slice (kdbus-abi.md §3.6):
+ *
+ *   kdbus_msg + items as sent (PAYLOAD_VEC rewritten to PAYLOAD_OFF), padded to 8
+ *   metadata items for this receiver, padded to 8
+ *   payload: the data vectors back to back, plus the zero bytes zero-vectors and
+ *            odd-sized memfds contribute, padded to 8
+ *
+ * kdbus_msg.size in the slice is ALIGN8(message size) + metadata size.
+ */
+import {
+  ALIGN8, Attach, ItemType, KDBUS_DST_ID_BROADCAST, KDBUS_DST_ID_NAME, Limits, MsgFlags, Off, SendFlags, U64_MAX,
+} from '../abi/constants';
+import { fail } from '../abi/errno';
+import type { Item, ParsedCommand } from '../abi/command';
+import { isValidWellKnownName } from '../abi/names';
+import type { CallContext, ImportedFile } from './caller';
+import type { Bus } from './bus';
+import type { Connection } from './connection';
+import { collectProcMetadata, effectiveMask, encodeMetadata, metadataSize, type MetadataParts, type ProcMetadata } from './metadata';
+import { ItemWriter } from '../abi/items';
+import { Gaps } from './queue';
+import type { Slice } from './pool';
+import type { QuotaCharge } from './quota';
+import { KERNEL_USER } from './user';
+
+/** Highest user-space address on x86-64 (TASK_SIZE): kdbus's access_ok() bound for vectors. */
+const USER_ADDRESS_LIMIT = 0x7fff_ffff_f000n;
+const ALL_SEALS = 0x1 | 0x2 | 0x4 | 0x8;
+const ZEROS = Buffer.alloc(8);
+
+export interface Emitted {
+  slice: Slice;
+  charge: QuotaCharge;
+}
+
+export class Staging {
+  readonly seqnum: bigint;
+  /** Sender; undefined for kernel notifications. */
+  readonly src: Connection | undefined;
+  /** kdbus_msg and items as they go into every receiver's pool (size and offsets patched per receiver). */
+  readonly header: Buffer;
+  /** kdbus_msg.size as sent, without padding after the last item. */
+  readonly headerSize: number;
+  readonly payload: Buffer;
+  /** Positions (in header) of PAYLOAD_OFF offset fields of data vectors, with their offset inside the payload. */
+  readonly payloadOffsets: Array<{ pos: number; rel: number }>;
+  readonly gaps: Gaps | undefined;
+  readonly flags: bigint;
+  readonly priority: bigint;
+  readonly dstId: bigint;
+  readonly cookie: bigint;
+  /** timeout_ns for calls, cookie_reply otherwise (they share one field). */
+  readonly timeoutOrReply: bigint;
+  readonly bloom: { generation: bigint; data: Buffer } | undefined;
+  readonly dstName: string | undefined;
+  /** Kernel notification item type (0 for user messages) and its view for match rules. */
+  readonly notifyType: number;
+  private readonly callerPid: number;
+  private readonly callerTid: number;
+  private procMeta: ProcMetadata | undefined;
+  private procMask = 0n;
+  private timestamp: { seqnum: bigint; monotonicNs: bigint; realtimeNs: bigint } | undefined;
+
+  constructor(init: {
+    bus: Bus;
+    src: Connection | undefined;
+    header: Buffer;
+    headerSize: number;
+    payload: Buffer;
+    payloadOffsets: Array<{ pos: number; rel: number }>;
+    gaps: Gaps | undefined;
+    bloom: { generation: bigint; data: Buffer } | undefined;
+    dstName: string | undefined;
+    notifyType: number;
+    callerPid?: number;
+    callerTid?: number;
+  }) {
+    this.seqnum = init.bus.nextSeqnum();
+    this.src = init.src;
+    this.header = init.header;
+    this.headerSize = init.headerSize;
+    this.payload = init.payload;
+    this.payloadOffsets = init.payloadOffsets;
+    this.gaps = init.gaps;
+    this.bloom = init.bloom;
+    this.dstName = init.dstName;
+    this.notifyType = init.notifyType;
+    this.flags = init.header.readBigUInt64LE(Off.msg.flags);
+    this.priority = init.header.readBigInt64LE(Off.msg.priority);
+    this.dstId = init.header.readBigUInt64LE(Off.msg.dst_id);
+    this.cookie = init.header.readBigUInt64LE(Off.msg.cookie);
+    this.timeoutOrReply = init.header.readBigUInt64LE(Off.msg.timeout_ns);
+    this.callerPid = init.callerPid ?? 0;
+    this.callerTid = init.callerTid ?? 0;
+  }
+
+  get isSignal(): boolean {
+    return (this.flags & MsgFlags.SIGNAL) !== 0n;
+  }
+
+  get nFds(): number {
+    return this.gaps ? this.gaps.fds.length : 0;
+  }
+
+  /** Metadata is collected from the sending task once, at SEND time, for the union of receivers' masks. */
+  private senderProcMeta(mask: bigint): ProcMetadata | undefined {
+    const src = this.src;
+    if (!src || src.fakeMeta) return undefined;
+    const missing = mask & ~this.procMask;
+    if (missing !== 0n || !this.procMeta) {
+      this.procMask |= mask;
+      this.procMeta = collectProcMetadata(this.callerPid, this.callerTid, this.procMask);
+    }
+    return this.procMeta;
+  }
+
+  private stamp(): { seqnum: bigint; monotonicNs: bigint; realtimeNs: bigint } {
+    if (!this.timestamp) {
+      this.timestamp = {
+        seqnum: this.seqnum,
+        monotonicNs: process.hrtime.bigint(),
+        realtimeNs: BigInt(Date.now()) * 1_000_000n,
+      };
+    }
+    return this.timestamp;
+  }
+
+  /** Builds this receiver's copy in its pool, charged to the sender's user (kernel user for notifications). */
+  emit(dst: Connection): Emitted {
+    const src = this.src;
+    const mask = src ? effectiveMask(src.attachSend, dst.attachRecv) : Attach.TIMESTAMP;
+    const parts: MetadataParts = {};
+    if (mask !== 0n) {
+      if (mask & Attach.TIMESTAMP) parts.timestamp = this.stamp();
+      if (src) {
+        const proc = this.senderProcMeta(mask);
+        if (proc) parts.proc = proc;
+        if (mask & Attach.NAMES) parts.ownedNames = src.ownedNames();
+        if (src.description !== undefined) parts.description = src.description;
+      }
+    }
+    const metaSize = mask === 0n ? 0 : metadataSize(parts, mask);
+    const msgSize = ALIGN8(this.headerSize) + metaSize;
+    const payloadStart = ALIGN8(msgSize);
+    const size = ALIGN8(payloadStart + this.payload.length);
+
+    const charge = dst.quota.charge(src ? src.user : KERNEL_USER, size, this.nFds);
+    let slice: Slice;
+    try {
+      slice = dst.pool.alloc(size, true);
+    } catch (e) {
+      charge.release();
+      throw e;
+    }
+
+    const head = Buffer.allocUnsafe(payloadStart);
+    this.header.copy(head, 0, 0, ALIGN8(this.headerSize));
+    head.writeBigUInt64LE(BigInt(msgSize), Off.msg.size);
+    for (const p of this.payloadOffsets) head.writeBigUInt64LE(BigInt(payloadStart + p.rel), p.pos);
+    if (metaSize > 0) {
+      const w = new ItemWriter(metaSize + 8);
+      encodeMetadata(w, parts, mask);
+      const meta = w.finish();
+      meta.copy(head, ALIGN8(this.headerSize));
+      head.fill(0, ALIGN8(this.headerSize) + meta.length, payloadStart);
+    } else {
+      head.fill(0, this.headerSize, payloadStart);
+    }
+    slice.write(0, head);
+    if (this.payload.length > 0) {
+      slice.write(payloadStart, this.payload);
+      const pad = size - payloadStart - this.payload.length;
+      if (pad > 0) slice.write(payloadStart + this.payload.length, ZEROS.subarray(0, pad));
+    }
+    return { slice, charge };
+  }
+}
+
+/**
+ * Examines a user message the way kdbus_msg_examine did (same checks, same order, same
+ * errnos), then imports it: copies the data vectors out of the caller and takes references
+ * to the files it passes.
+ */
+export function stageUserMessage(bus: Bus, src: Connection, sendFlags: bigint, msg: ParsedCommand, ctx: CallContext): Staging {
+  const b = msg.buf;
+  const flags = msg.flags;
+  const dstId = b.readBigUInt64LE(Off.msg.dst_id);
+  const payloadType = b.readBigUInt64LE(Off.msg.payload_type);
+  const timeout = b.readBigUInt64LE(Off.msg.timeout_ns);
+
+  if (payloadType === 0n) throw fail('EINVAL', 'payload_type 0 (KDBUS_PAYLOAD_KERNEL) is reserved for kernel messages');
+  if (dstId === KDBUS_DST_ID_BROADCAST) {
+    if (!(flags & MsgFlags.SIGNAL)) throw fail('EBADMSG', 'a broadcast must carry KDBUS_MSG_SIGNAL');
+    if (timeout > 0n) throw fail('ENOTUNIQ', 'a broadcast cannot have a timeout');
+  }
+  if (flags & MsgFlags.EXPECT_REPLY) {
+    if (timeout === 0n) throw fail('EINVAL', 'EXPECT_REPLY needs a timeout_ns');
+    if (flags & MsgFlags.SIGNAL) throw fail('ENOTUNIQ', 'a signal cannot expect a reply');
+  } else {
+    if (sendFlags & SendFlags.SYNC_REPLY) throw fail('EINVAL', 'SYNC_REPLY needs a message with EXPECT_REPLY');
+    if (timeout !== 0n && flags & MsgFlags.SIGNAL) throw fail('EINVAL', 'a signal cannot be a reply (cookie_reply set)');
+  }
+
+  let vecSize = 0n;
+  let nMemfds = 0;
+  let fdsItem: Item | undefined;
+  let bloomItem: Item | undefined;
+  let dstNameItem: Item | undefined;
+  for (const it of msg.items) {
+    switch (it.type) {
+      case ItemType.PAYLOAD_VEC: {
+        const size = it.payload.readBigUInt64LE(0);
+        const address = it.payload.readBigUInt64LE(8);
+        vecSize += size;
+        if (vecSize > BigInt(Limits.MSG_MAX_PAYLOAD_VEC_SIZE)) {
+          throw fail('EMSGSIZE', `payload vectors add up to more than ${Limits.MSG_MAX_PAYLOAD_VEC_SIZE} bytes`);
+        }
+        if (address !== 0n && address + size > USER_ADDRESS_LIMIT) throw fail('EFAULT', 'payload vector points outside user memory');
+        break;
+      }
+      case ItemType.PAYLOAD_MEMFD: {
+        const start = it.payload.readBigUInt64LE(0);
+        const size = it.payload.readBigUInt64LE(8);
+        if (start + size > U64_MAX) throw fail('EMSGSIZE', 'memfd start + size overflows');
+        if (nMemfds >= Limits.MSG_MAX_MEMFD_ITEMS) throw fail('E2BIG', `more than ${Limits.MSG_MAX_MEMFD_ITEMS} memfds in one message`);
+        nMemfds++;
+        break;
+      }
+      case ItemType.FDS:
+        fdsItem = it;
+        if (it.payload.length / 4 > Limits.CONN_MAX_FDS_PER_USER) throw fail('EMFILE', `more than ${Limits.MSG_MAX_FDS} fds in one message`);
+        break;
+      case ItemType.BLOOM_FILTER: {
+        bloomItem = it;
+        const dataSize = it.payload.length - 8;
+        if (dataSize % 8 !== 0) throw fail('EFAULT', 'bloom filter size is not a multiple of 8');
+        if (dataSize !== bus.bloom.size) throw fail('EDOM', `bloom filter has ${dataSize} bytes, the bus uses ${bus.bloom.size}`);
+        break;
+      }
+      case ItemType.DST_NAME:
+        dstNameItem = it;
+        if (!isValidWellKnownName(itemStr(it), false)) throw fail('EINVAL', `invalid destination name "${itemStr(it)}"`);
+        if (dstId === KDBUS_DST_ID_BROADCAST) throw fail('EBADMSG', 'a broadcast cannot have a destination name');
+        break;
+      default:
+        throw fail('EINVAL', `item type ${it.type} is not allowed in a message`);
+    }
+  }
+  if (!(flags & MsgFlags.SIGNAL) !== !bloomItem) throw fail('EBADMSG', 'a bloom filter must be attached if and only if the message is a signal');
+  if (dstId === KDBUS_DST_ID_NAME && !dstNameItem) throw fail('EDESTADDRREQ', 'dst_id 0 needs a KDBUS_ITEM_DST_NAME');
+  if (dstId === KDBUS_DST_ID_BROADCAST && fdsItem) throw fail('ENOTUNIQ', 'fds cannot be passed with a broadcast');
+
+  return importMessage(bus, src, msg, ctx, bloomItem, dstNameItem);
+}
+
+function itemStr(it: Item): string {
+  return it.payload.toString('latin1', 0, it.payload.length - 1);
+}
+
+function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallContext, bloomItem: Item | undefined, dstNameItem: Item | undefined): Staging {
+  const last = msg.items[msg.items.length - 1];
+  const headerSize = last ? last.offset + last.size : Off.msg.items;
+  const header = Buffer.alloc(ALIGN8(headerSize));
+  msg.buf.copy(header, 0, 0, headerSize);
+  header.writeBigUInt64LE(src.id, Off.msg.src_id);
+
+  const parts: Buffer[] = [];
+  let payloadLen = 0;
+  const payloadOffsets: Array<{ pos: number; rel: number }> = [];
+  const fds: ImportedFile[] = [];
+  const memfds: ImportedFile[] = [];
+  const memfdOffsets: number[] = [];
+  let fdOffset = 0;
+  try {
+    for (const it of msg.items) {
+      switch (it.type) {
+        case ItemType.PAYLOAD_VEC: {
+          const size = Number(it.payload.readBigUInt64LE(0));
+          const address = it.payload.readBigUInt64LE(8);
+          header.writeBigUInt64LE(BigInt(ItemType.PAYLOAD_OFF), it.offset + 8);
+          if (address !== 0n) {
+            payloadOffsets.push({ pos: it.offset + 24, rel: payloadLen });
+            const data = ctx.mem.read(address, size);
+            parts.push(data);
+            payloadLen += size;
+          } else {
+            header.writeBigUInt64LE(U64_MAX, it.offset + 24);
+            if (size % 8) {
+              parts.push(ZEROS.subarray(0, size % 8));
+              payloadLen += size % 8;
+            }
+          }
+          break;
+        }
+        case ItemType.PAYLOAD_MEMFD: {
+          const start = it.payload.readBigUInt64LE(0);
+          const size = it.payload.readBigUInt64LE(8);
+          const f = ctx.files.get(it.payload.readInt32LE(16));
+          memfds.push(f);
+          if (f.kind !== 'memfd') throw fail('EMEDIUMTYPE', 'PAYLOAD_MEMFD needs a memfd (a shmem file that supports seals)');
+          if ((f.seals & ALL_SEALS) !== ALL_SEALS) throw fail('ETXTBSY', 'a memfd must carry all four seals (SHRINK, GROW, WRITE, SEAL)');
+          if (start + size > BigInt(f.size)) throw fail('EFAULT', `memfd range ${start}+${size} exceeds its size ${f.size}`);
+          memfdOffsets.push(it.offset + 16 + 16);
+          header.writeInt32LE(-1, it.offset + 16 + 16);
+          if (size % 8n) {
+            const pad = Number(size % 8n);
+            parts.push(ZEROS.subarray(0, pad));
+            payloadLen += pad;
+          }
+          break;
+        }
+        case ItemType.FDS: {
+          fdOffset = it.offset + 16;
+          for (let i = 0; i + 4 <= it.payload.length; i += 4) {
+            const f = ctx.files.get(it.payload.readInt32LE(i));
+            fds.push(f);
+            if (f.kind === 'kdbus') throw fail('EOPNOTSUPP', 'kdbus connection fds cannot be passed over kdbus');
+            if (f.kind === 'unix-socket') throw fail('EOPNOTSUPP', 'unix domain sockets cannot be passed over kdbus');
+            header.writeInt32LE(-1, fdOffset + i);
+          }
+          break;
+        }
+      }
+    }
+  } catch (e) {
+    for (const f of fds) f.close();
+    for (const f of memfds) f.close();
+    throw e;
+  }
+
+  const gaps = fds.length > 0 || memfds.length > 0 ? new Gaps(fds, memfds, fdOffset, memfdOffsets) : undefined;
+  const bloom = bloomItem
+    ? { generation: bloomItem.payload.readBigUInt64LE(0), data: Buffer.from(bloomItem.payload.subarray(8)) }
+    : undefined;
+  return new Staging({
+    bus,
+    src,
+    header,
+    headerSize,
+    payload: parts.length === 1 ? parts[0]! : Buffer.concat(parts, payloadLen),
+    payloadOffsets,
+    gaps,
+    bloom,
+    dstName: dstNameItem ? itemStr(dstNameItem) : undefined,
+    notifyType: 0,
+    callerPid: ctx.pid,
+    callerTid: ctx.tid,
+  });
+}
+
+/** A kernel notification: kdbus_msg from id 0 with one kernel item, nothing else. */
+export function stageNotification(bus: Bus, dstId: bigint, cookieReply: bigint, type: ItemType, itemPayload: Buffer): Staging {
+  const itemSize = 16 + itemPayload.length;
+  const headerSize = Off.msg.items + itemSize;
+  const header = Buffer.alloc(ALIGN8(headerSize));
+  header.writeBigUInt64LE(BigInt(headerSize), Off.msg.size);
+  header.writeBigUInt64LE(dstId === KDBUS_DST_ID_BROADCAST ? MsgFlags.SIGNAL : 0n, Off.msg.flags);
+  header.writeBigUInt64LE(dstId, Off.msg.dst_id);
+  header.writeBigUInt64LE(cookieReply, Off.msg.cookie_reply);
+  header.writeBigUInt64LE(BigInt(itemSize), Off.msg.items);
+  header.writeBigUInt64LE(BigInt(type), Off.msg.items + 8);
+  itemPayload.copy(header, Off.msg.items + 16);
+  return new Staging({
+    bus,
+    src: undefined,
+    header,
+    headerSize,
+    payload: Buffer.alloc(0),
+    payloadOffsets: [],
+    gaps: undefined,
+    bloom: undefined,
+    dstName: undefined,
+    notifyType: type,
+  });
+}

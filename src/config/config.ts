@@ -1,0 +1,116 @@
+/**
+ * Daemon configuration: defaults, a JSON file, then command-line flags, in that order of
+ * precedence. Every problem names the file (or flag), the key and what is wrong, so an
+ * operator can fix it without reading code.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export type TransportMode = 'auto' | 'cuse' | 'socket';
+
+export interface Config {
+  transport: TransportMode;
+  /** Where the kdbus tree appears: <root>/control, <root>/<uid>-<name>/bus. */
+  kdbusRoot: string;
+  /** Buses created at start, full names with the uid prefix. */
+  buses: string[];
+  /** The socket transport's listening socket (the shim's rendezvous). */
+  socket: string;
+  /** D-Bus addresses where legacy clients reach the first bus. */
+  listen: string[];
+  /** Address of an existing bus to bridge the first bus to. */
+  upstream: string | undefined;
+  logLevel: string;
+}
+
+export class ConfigError extends Error {
+  constructor(source: string, key: string, problem: string) {
+    super(`${source}: ${key}: ${problem}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const LOG_LEVELS = ['error', 'warn', 'info', 'verbose', 'debug'];
+const BUS_NAME = /^[0-9]+-[A-Za-z0-9_][A-Za-z0-9_.-]{0,61}[A-Za-z0-9_]$/;
+
+export function defaultSocketPath(): string {
+  if (process.getuid?.() === 0) return '/run/kdbus-cuse/kdbus.sock';
+  const runtime = process.env['XDG_RUNTIME_DIR'] || path.join(os.tmpdir(), `kdbus-cuse-${process.getuid?.() ?? 'user'}`);
+  return path.join(runtime, 'kdbus-cuse', 'kdbus.sock');
+}
+
+export function defaults(): Config {
+  const uid = process.getuid?.() ?? 0;
+  return {
+    transport: 'auto',
+    kdbusRoot: '/dev/kdbus',
+    buses: [uid === 0 ? '0-system' : `${uid}-user`],
+    socket: defaultSocketPath(),
+    listen: [],
+    upstream: undefined,
+    logLevel: process.env['KDBUS_CUSE_LOG_LEVEL'] ?? 'info',
+  };
+}
+
+function expectString(source: string, key: string, v: unknown): string {
+  if (typeof v !== 'string' || v.length === 0) throw new ConfigError(source, key, `expected a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function expectStrings(source: string, key: string, v: unknown): string[] {
+  if (!Array.isArray(v)) throw new ConfigError(source, key, `expected a list of strings, got ${JSON.stringify(v)}`);
+  return v.map((x, i) => expectString(source, `${key}[${i}]`, x));
+}
+
+/** Checks a merged configuration; `source` names where each value came from for messages. */
+export function validate(c: Config, source: string): Config {
+  if (!['auto', 'cuse', 'socket'].includes(c.transport)) {
+    throw new ConfigError(source, 'transport', `must be auto, cuse or socket, not "${c.transport}"`);
+  }
+  if (!path.isAbsolute(c.kdbusRoot)) throw new ConfigError(source, 'kdbusRoot', `must be an absolute path, not "${c.kdbusRoot}"`);
+  if (!path.isAbsolute(c.socket)) throw new ConfigError(source, 'socket', `must be an absolute path, not "${c.socket}"`);
+  if (c.buses.length === 0) throw new ConfigError(source, 'buses', 'at least one bus is needed');
+  c.buses.forEach((b, i) => {
+    if (!BUS_NAME.test(b)) throw new ConfigError(source, `buses[${i}]`, `"${b}" is not a bus name like 0-system or 1000-user (uid, dash, 1-63 chars of [A-Za-z0-9_.-])`);
+  });
+  c.listen.forEach((a, i) => {
+    if (!a.startsWith('unix:')) throw new ConfigError(source, `listen[${i}]`, `only unix: addresses are supported, not "${a}"`);
+  });
+  if (c.upstream !== undefined && !c.upstream.startsWith('unix:')) throw new ConfigError(source, 'upstream', `only unix: addresses are supported, not "${c.upstream}"`);
+  if (!LOG_LEVELS.includes(c.logLevel)) throw new ConfigError(source, 'logLevel', `must be one of ${LOG_LEVELS.join(', ')}`);
+  return c;
+}
+
+const KEYS = new Set(['transport', 'kdbusRoot', 'buses', 'socket', 'listen', 'upstream', 'logLevel']);
+
+/** Reads a JSON configuration file over the defaults. */
+export function loadFile(file: string, base: Config = defaults()): Config {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, '(file)', `cannot be read: ${(e as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(file, '(syntax)', `is not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError(file, '(top level)', 'must be a JSON object');
+  const c = { ...base };
+  for (const [key, v] of Object.entries(raw as Record<string, unknown>)) {
+    if (!KEYS.has(key)) throw new ConfigError(file, key, `unknown key (known: ${[...KEYS].join(', ')})`);
+    switch (key) {
+      case 'transport': c.transport = expectString(file, key, v) as TransportMode; break;
+      case 'kdbusRoot': c.kdbusRoot = expectString(file, key, v); break;
+      case 'buses': c.buses = expectStrings(file, key, v); break;
+      case 'socket': c.socket = expectString(file, key, v); break;
+      case 'listen': c.listen = expectStrings(file, key, v); break;
+      case 'upstream': c.upstream = v === null ? undefined : expectString(file, key, v); break;
+      case 'logLevel': c.logLevel = expectString(file, key, v); break;
+    }
+  }
+  return validate(c, file);
+}

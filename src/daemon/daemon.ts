@@ -1,0 +1,78 @@
+/**
+ * The daemon: one domain, the buses it was configured to create (it stays their owner, as
+ * PID 1 did for kdbus's system bus), and the transports that carry clients to them.
+ */
+import { ItemType } from '../abi/constants';
+import { KdbusError } from '../abi/errno';
+import { ItemWriter } from '../abi/items';
+import { LocalMemory } from '../abi/local-memory';
+import type { CallContext, Credentials } from '../bus/caller';
+import { Domain } from '../bus/domain';
+import { openHandle, type Handle } from '../bus/handle';
+import type { Config } from '../config/config';
+import { logger } from '../log/logger';
+import type { Transport } from './transport';
+
+/** systemd's bus parameters: 64-byte bloom filters with 8 hash functions. */
+export const DEFAULT_BLOOM = { size: 64n, nHash: 8n };
+const MAKE_ACCESS_WORLD = 2n;
+
+export class Daemon {
+  readonly domain = new Domain();
+  private readonly busOwners: Handle[] = [];
+  private readonly transports: Transport[] = [];
+
+  constructor(readonly config: Config) {}
+
+  /** Creates a bus through BUS_MAKE, as its owner; the bus lives as long as the daemon. */
+  async createBus(name: string): Promise<void> {
+    const uid = Number(name.slice(0, name.indexOf('-')));
+    const self = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const euid = self === 0 ? uid : self;
+    const creds: Credentials = { uid: euid, euid, suid: euid, fsuid: euid, gid, egid: gid, sgid: gid, fsgid: gid, groups: [] };
+    const handle = openHandle({ kind: 'control', domain: this.domain }, { creds, privileged: self === 0, pid: process.pid });
+    const w = new ItemWriter(128);
+    w.u64(0).u64(MAKE_ACCESS_WORLD).u64(0);
+    w.itemU64(ItemType.BLOOM_PARAMETER, DEFAULT_BLOOM.size, DEFAULT_BLOOM.nHash);
+    w.string(ItemType.MAKE_NAME, name);
+    const cmd = Buffer.from(w.finish());
+    cmd.writeBigUInt64LE(BigInt(cmd.length), 0);
+    const mem = new LocalMemory();
+    const ctx: CallContext = {
+      mem,
+      files: { get: () => { throw new KdbusError('EBADF', 'the daemon passes no files'); } },
+      installer: { install: (f) => f.map(() => -1) },
+      pid: process.pid,
+      tid: process.pid,
+      creds,
+    };
+    await handle.ioctl(0x40189500, mem.put(cmd), ctx);
+    this.busOwners.push(handle);
+  }
+
+  addTransport(t: Transport): void {
+    this.transports.push(t);
+  }
+
+  async start(): Promise<void> {
+    for (const t of this.transports) {
+      await t.start(this.domain);
+      logger.info(`transport ${t.name}: ${t.describe()}`);
+    }
+    for (const name of this.config.buses) await this.createBus(name);
+  }
+
+  /** Removes every bus (clients see ESHUTDOWN/POLLHUP) and every node the transports made. */
+  async stop(): Promise<void> {
+    for (const h of this.busOwners.splice(0)) h.release();
+    this.domain.shutdown();
+    for (const t of this.transports.splice(0).reverse()) {
+      try {
+        await t.stop();
+      } catch (e) {
+        logger.warn(`stopping transport ${t.name}: ${(e as Error).message}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * The libc functions the daemon calls that Node does not offer (or offers only at a higher
+ * cost), declared once through koffi. `koffi.load(null)` binds the symbols of the running
+ * process instead of naming a libc file, so the same code runs on glibc and musl.
+ *
+ * Declarations assume a 64-bit target (x86-64, arm64): off_t is int64_t there with both libcs.
+ * Failures return -1 and leave the reason in errno(), read it right after the call.
+ */
+import * as koffi from 'koffi';
+
+const libc = koffi.load(null);
+
+/** Pools are anonymous shared-memory files a client can map; Node cannot create one. */
+export const memfd_create = libc.func('int memfd_create(const char *name, unsigned int flags)') as (
+  name: string,
+  flags: number,
+) => number;
+
+/**
+ * Copies into pools. About 15% cheaper per call than fs.writeSync (measured ~850 ns vs
+ * ~1000 ns for 256 bytes), and it takes a Uint8Array view without an offset/length dance.
+ */
+export const pwrite = libc.func('intptr_t pwrite(int fd, const void *buf, size_t count, int64_t offset)') as (
+  fd: number,
+  buf: Uint8Array,
+  count: number,
+  offset: number,
+) => number;
+
+/** Reads pool bytes back (queue moves between pools, transports that copy slices out). */
+export const pread = libc.func('intptr_t pread(int fd, void *buf, size_t count, int64_t offset)') as (
+  fd: number,
+  buf: Uint8Array,
+  count: number,
+  offset: number,
+) => number;
+
+const fcntlVariadic = libc.func('int fcntl(int fd, int cmd, ...)');
+
+/** fcntl with an int argument: F_ADD_SEALS / F_GET_SEALS on memfds; Node has no fcntl. */
+export function fcntl(fd: number, cmd: number, arg: number): number {
+  return fcntlVariadic(fd, cmd, 'int', arg) as number;
+}
+
+/** errno as the last call through these bindings left it. */
+export function errno(): number {
+  return koffi.errno();
+}
+
+// Appended for src/os/pidfd-files.ts (taking files out of client processes, classifying them).
+
+/**
+ * pidfd_open / pidfd_getfd by number: glibc before 2.36 and musl have no wrappers. Since
+ * Linux 5.1 new syscalls share one number on every architecture (alpha aside), so x86-64
+ * and arm64 both use these.
+ */
+export const SYS_pidfd_open = 434;
+export const SYS_pidfd_getfd = 438;
+
+// syscall() is variadic; fixed int prototypes pass the same registers on x86-64 and arm64
+// and skip koffi's per-call parsing of variadic argument types.
+const syscall2 = libc.func('syscall', 'long', ['long', 'int', 'uint']);
+const syscall3 = libc.func('syscall', 'long', ['long', 'int', 'int', 'uint']);
+
+/** Returns a pidfd for the thread-group leader `pid`, or -1 with errno. */
+export function pidfd_open(pid: number, flags: number): number {
+  return syscall2(SYS_pidfd_open, pid, flags) as number;
+}
+
+/** Duplicates `targetfd` of the pidfd's process into the daemon (close-on-exec), or -1 with errno. */
+export function pidfd_getfd(pidfd: number, targetfd: number, flags: number): number {
+  return syscall3(SYS_pidfd_getfd, pidfd, targetfd, flags) as number;
+}
+
+/** SO_DOMAIN and friends: Node cannot query options of a socket it did not create. */
+export const getsockopt = libc.func('int getsockopt(int fd, int level, int name, void *value, void *len)') as (
+  fd: number,
+  level: number,
+  name: number,
+  value: Uint8Array,
+  len: Uint8Array,
+) => number;
+
+/** Readiness of descriptors Node has no handle type for (CANCEL_FD eventfds). */
+export const poll = libc.func('int poll(void *fds, unsigned long nfds, int timeout)') as (
+  fds: Uint8Array,
+  nfds: number,
+  timeout: number,
+) => number;
