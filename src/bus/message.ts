@@ -14,7 +14,7 @@
 import {
   ALIGN8, Attach, ItemType, KDBUS_DST_ID_BROADCAST, KDBUS_DST_ID_NAME, Limits, MsgFlags, Off, SendFlags, U64_MAX,
 } from '../abi/constants';
-import { fail } from '../abi/errno';
+import { Errno, fail, KdbusError } from '../abi/errno';
 import type { Item, ParsedCommand } from '../abi/command';
 import { isValidWellKnownName } from '../abi/names';
 import type { CallContext, ImportedFile } from './caller';
@@ -59,10 +59,15 @@ export class Staging {
   readonly dstName: string | undefined;
   /** Kernel notification item type (0 for user messages) and its view for match rules. */
   readonly notifyType: number;
+  /**
+   * Why the payload could not be read from the sender, if it could not. kdbus copies data
+   * vectors out of the sender into each receiver's slice, so a vector over unmapped memory
+   * fails each delivery (after quota and allocation), not the SEND as a whole.
+   */
+  readonly fault: string | undefined;
   private readonly callerPid: number;
   private readonly callerTid: number;
   private procMeta: ProcMetadata | undefined;
-  private procMask = 0n;
   private timestamp: { seqnum: bigint; monotonicNs: bigint; realtimeNs: bigint } | undefined;
 
   constructor(init: {
@@ -76,10 +81,14 @@ export class Staging {
     bloom: { generation: bigint; data: Buffer } | undefined;
     dstName: string | undefined;
     notifyType: number;
+    /** Taken before the payload was imported, as kdbus does: a failed import still uses one up. */
+    seqnum?: bigint;
+    fault?: string;
     callerPid?: number;
     callerTid?: number;
   }) {
-    this.seqnum = init.bus.nextSeqnum();
+    this.seqnum = init.seqnum ?? init.bus.nextSeqnum();
+    this.fault = init.fault;
     this.src = init.src;
     this.header = init.header;
     this.headerSize = init.headerSize;
@@ -110,11 +119,8 @@ export class Staging {
   private senderProcMeta(mask: bigint): ProcMetadata | undefined {
     const src = this.src;
     if (!src || src.fakeMeta) return undefined;
-    const missing = mask & ~this.procMask;
-    if (missing !== 0n || !this.procMeta) {
-      this.procMask |= mask;
-      this.procMeta = collectProcMetadata(this.callerPid, this.callerTid, this.procMask);
-    }
+    if (!this.procMeta) this.procMeta = collectProcMetadata(this.callerPid, this.callerTid, mask);
+    else this.procMeta.ensure(mask);
     return this.procMeta;
   }
 
@@ -144,7 +150,8 @@ export class Staging {
       }
     }
     const metaSize = mask === 0n ? 0 : metadataSize(parts, mask);
-    const msgSize = ALIGN8(this.headerSize) + metaSize;
+    // Without metadata kdbus leaves kdbus_msg.size at the unpadded end of the last item.
+    const msgSize = metaSize > 0 ? ALIGN8(this.headerSize) + metaSize : this.headerSize;
     const payloadStart = ALIGN8(msgSize);
     const size = ALIGN8(payloadStart + this.payload.length);
 
@@ -155,6 +162,11 @@ export class Staging {
     } catch (e) {
       charge.release();
       throw e;
+    }
+    if (this.fault !== undefined) {
+      slice.releaseKernel();
+      charge.release();
+      throw fail('EFAULT', this.fault);
     }
 
     const head = Buffer.allocUnsafe(payloadStart);
@@ -268,8 +280,10 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
   msg.buf.copy(header, 0, 0, headerSize);
   header.writeBigUInt64LE(src.id, Off.msg.src_id);
 
+  const seqnum = bus.nextSeqnum();
   const parts: Buffer[] = [];
   let payloadLen = 0;
+  let fault: string | undefined;
   const payloadOffsets: Array<{ pos: number; rel: number }> = [];
   const fds: ImportedFile[] = [];
   const memfds: ImportedFile[] = [];
@@ -284,9 +298,14 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
           header.writeBigUInt64LE(BigInt(ItemType.PAYLOAD_OFF), it.offset + 8);
           if (address !== 0n) {
             payloadOffsets.push({ pos: it.offset + 24, rel: payloadLen });
-            const data = ctx.mem.read(address, size);
-            parts.push(data);
-            payloadLen += size;
+            if (fault !== undefined) break;
+            try {
+              parts.push(ctx.mem.read(address, size));
+              payloadLen += size;
+            } catch (e) {
+              if (!(e instanceof KdbusError) || e.errno !== Errno.EFAULT) throw e;
+              fault = `payload vector at 0x${address.toString(16)} (${size} bytes) is not readable: ${e.message}`;
+            }
           } else {
             header.writeBigUInt64LE(U64_MAX, it.offset + 24);
             if (size % 8) {
@@ -347,6 +366,8 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
     bloom,
     dstName: dstNameItem ? itemStr(dstNameItem) : undefined,
     notifyType: 0,
+    seqnum,
+    fault,
     callerPid: ctx.pid,
     callerTid: ctx.tid,
   });

@@ -4,8 +4,9 @@
  * added where /dev/cuse can be opened.
  */
 import type { Config } from '../config/config';
+import { SocketTransport } from '../transport/socket-transport';
 import type { Transport } from './transport';
 
-export async function selectTransports(_config: Config): Promise<Transport[]> {
-  return [];
+export async function selectTransports(config: Config): Promise<Transport[]> {
+  return [new SocketTransport({ socketPath: config.socket, kdbusRoot: config.kdbusRoot, placeholders: true })];
 }

@@ -4,6 +4,7 @@
  * metadata.c (emission order, item sizes, caps masking, size without trailing padding).
  */
 import assert from 'node:assert/strict';
+import { requireOrSkip } from '../helpers/require';
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -103,7 +104,8 @@ describe('bus/metadata: collecting from /proc', () => {
     assert.equal(m.valid & Attach.SECLABEL ? 'label' : 'none', label === undefined ? 'none' : 'label');
   });
 
-  it('reports real/effective/saved/fs ids, sorted groups, thread comm and dropped caps of another task', async () => {
+  it('reports real/effective/saved/fs ids, sorted groups, thread comm and dropped caps of another task', async function () {
+    requireOrSkip(this, process.getuid!() === 0, 'root (to change credentials of a child)');
     // Distinct ids in every slot prove the field order; setresuid away from root clears the
     // permitted and effective sets (no keepcaps) and leaves the bounding set alone.
     const script = [

@@ -3,6 +3,7 @@
  * way kdbus's SEND did (message.c kdbus_get_fd/kdbus_get_memfd, connection.c CANCEL_FD).
  */
 import assert from 'node:assert/strict';
+import { requireOrSkip } from '../helpers/require';
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -141,7 +142,7 @@ describe('os/pidfd-files', function () {
   });
 
   it('counts an eventfd as pollable', function () {
-    if (fds.eventfd < 0) this.skip();
+    requireOrSkip(this, fds.eventfd >= 0, 'python3 >= 3.10 (os.eventfd)');
     const ev = take(fds.eventfd);
     assert.equal(ev.kind, 'other');
     assert.equal(ev.pollable, true);
@@ -172,7 +173,7 @@ describe('os/pidfd-files', function () {
   });
 
   it('answers EPERM when the daemon may not take the process\'s files', async function () {
-    if (process.getuid!() !== 0) this.skip();
+    requireOrSkip(this, process.getuid!() === 0, 'root (to run a child as nobody)');
     // An unprivileged daemon (nobody) reaching into a root-owned process.
     const script = `
       const { PidfdFiles } = require(${JSON.stringify(path.resolve(__dirname, '../../src/os/pidfd-files.js'))});
@@ -207,7 +208,7 @@ describe('os/pidfd-files', function () {
   });
 
   it('fires onReadable for an eventfd written by the client', async function () {
-    if (fds.eventfd < 0) this.skip();
+    requireOrSkip(this, fds.eventfd >= 0, 'python3 >= 3.10 (os.eventfd)');
     const ev = take(fds.eventfd);
     let fired = false;
     ev.onReadable(() => (fired = true));

@@ -1,0 +1,61 @@
+/**
+ * Caller memory made of the pieces a client sent (the shim's prefetch and answers to
+ * FETCH). A read outside them throws NeedMemory; the transport fetches the range and runs
+ * the command again from the start, which is safe because commands read everything before
+ * they change anything (src/abi/memory.ts). Writes are collected and returned with the
+ * result for the client to apply. The CUSE retry fallback works the same way.
+ */
+import { fail } from '../abi/errno';
+import type { CallerMemory } from '../abi/memory';
+import type { Segment } from './frames';
+
+export class NeedMemory extends Error {
+  constructor(readonly address: bigint, readonly length: number) {
+    super(`need ${length} bytes of caller memory at 0x${address.toString(16)}`);
+    this.name = 'NeedMemory';
+  }
+}
+
+export class SegmentMemory implements CallerMemory {
+  private readonly segments: Segment[];
+  /** Ranges the client reported as unreadable. */
+  private readonly faults: Array<{ address: bigint; length: number }> = [];
+  writes: Segment[] = [];
+
+  constructor(segments: readonly Segment[]) {
+    this.segments = [...segments];
+  }
+
+  add(address: bigint, data: Buffer): void {
+    this.segments.push({ address, data });
+  }
+
+  addFault(address: bigint, length: number): void {
+    this.faults.push({ address, length });
+  }
+
+  /** Starts a new attempt: the previous attempt's writes are void. */
+  resetWrites(): void {
+    this.writes = [];
+  }
+
+  read(address: bigint, length: number): Buffer {
+    const end = address + BigInt(length);
+    for (const s of this.segments) {
+      if (address >= s.address && end <= s.address + BigInt(s.data.length)) {
+        const at = Number(address - s.address);
+        return Buffer.from(s.data.subarray(at, at + length));
+      }
+    }
+    for (const f of this.faults) {
+      if (address < f.address + BigInt(f.length) && end > f.address) {
+        throw fail('EFAULT', `${length} bytes at 0x${address.toString(16)} are not readable in the caller`);
+      }
+    }
+    throw new NeedMemory(address, length);
+  }
+
+  write(address: bigint, data: Buffer): void {
+    this.writes.push({ address, data: Buffer.from(data) });
+  }
+}

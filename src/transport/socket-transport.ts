@@ -1,0 +1,100 @@
+/**
+ * The socket transport: kdbus over a unix socket, for clients that load the shim where no
+ * CUSE device can exist. It listens on one socket, keeps the placeholder tree of kdbus
+ * nodes under the root, and backs pools with memfds the shim maps.
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { Domain } from '../bus/domain';
+import type { Transport } from '../daemon/transport';
+import { MemfdStorage } from '../os/memfd-storage';
+import { logger } from '../log/logger';
+import { PlaceholderTree } from './placeholder-tree';
+import { SocketSession } from './socket-session';
+
+export interface SocketTransportOptions {
+  socketPath: string;
+  kdbusRoot: string;
+  /** Keep placeholder files under the root (off where CUSE nodes already live there). */
+  placeholders: boolean;
+}
+
+export class SocketTransport implements Transport {
+  readonly name = 'socket';
+  private server: net.Server | undefined;
+  private tree: PlaceholderTree | undefined;
+  private domain: Domain | undefined;
+  private readonly sessions = new Set<SocketSession>();
+
+  constructor(readonly opts: SocketTransportOptions) {}
+
+  async start(domain: Domain): Promise<void> {
+    this.domain = domain;
+    domain.poolStorage = (size) => new MemfdStorage(size);
+    if (this.opts.placeholders) {
+      this.tree = new PlaceholderTree(this.opts.kdbusRoot);
+      this.tree.create();
+      domain.hosts.push(this.tree);
+    }
+    await this.listen();
+  }
+
+  private async listen(): Promise<void> {
+    const file = this.opts.socketPath;
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+    if (fs.existsSync(file)) {
+      if (await isAlive(file)) throw new Error(`${file}: another daemon is listening there`);
+      fs.rmSync(file, { force: true });
+    }
+    const server = net.createServer({ allowHalfOpen: false }, (socket) => this.accept(socket));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(file, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    fs.chmodSync(file, 0o666);
+    server.on('error', (e) => logger.error(`socket transport: ${e.message}`));
+  }
+
+  private accept(socket: net.Socket): void {
+    try {
+      const s = new SocketSession(this.domain!, socket, (gone) => this.sessions.delete(gone));
+      this.sessions.add(s);
+    } catch (e) {
+      logger.warn(`socket transport: refusing a client: ${(e as Error).message}`);
+      socket.destroy();
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const s of [...this.sessions]) s.close();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    fs.rmSync(this.opts.socketPath, { force: true });
+    if (this.tree && this.domain) {
+      const i = this.domain.hosts.indexOf(this.tree);
+      if (i >= 0) this.domain.hosts.splice(i, 1);
+      this.tree.remove();
+    }
+  }
+
+  describe(): string {
+    return `listening on ${this.opts.socketPath}${this.opts.placeholders ? `, nodes under ${this.opts.kdbusRoot}` : ''} (clients load the shim)`;
+  }
+}
+
+function isAlive(file: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.createConnection(file);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}

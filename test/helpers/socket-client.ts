@@ -1,0 +1,152 @@
+/**
+ * A protocol-level client of the socket transport (docs/socket-protocol.md), written from
+ * the contract rather than from the shim, so the daemon side is tested on its own. It uses
+ * a raw socket (for SCM_RIGHTS) and polls asynchronously, because the daemon under test
+ * runs in the same process.
+ */
+import * as koffi from 'koffi';
+import { encodeFrame, encodeSegments, FrameType, type Segment } from '../../src/transport/frames';
+import { closeFd, recvWithFds, sendWithFds, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, AF_UNIX } from '../../src/os/unix-socket';
+
+const libc = koffi.load(null);
+const socketFn = libc.func('int socket(int domain, int type, int protocol)');
+const connectFn = libc.func('int connect(int fd, const void *addr, uint32_t len)');
+
+export interface Result {
+  errno: number;
+  writes: Segment[];
+  fds: number[];
+  pool: number | undefined;
+}
+
+export class ProtocolClient {
+  private buf = Buffer.alloc(0);
+  private seq = 1n;
+  fdChannel = -1;
+  /** Unsolicited frames seen while waiting (WAKE, HUP). */
+  readonly events: number[] = [];
+  /** Answers the daemon's FETCH requests; by default everything is unreadable. */
+  memory: (address: bigint, length: number) => Buffer | undefined = () => undefined;
+
+  private constructor(readonly fd: number) {}
+
+  static connect(path: string): ProtocolClient {
+    const fd = socketFn(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
+    const addr = Buffer.alloc(110);
+    addr.writeUInt16LE(AF_UNIX, 0);
+    addr.write(path, 2);
+    if ((connectFn(fd, addr, 110) as number) < 0) throw new Error(`connect ${path}: errno ${koffi.errno()}`);
+    return new ProtocolClient(fd);
+  }
+
+  private async readFrame(): Promise<{ type: number; seq: bigint; payload: Buffer; fds: number[] }> {
+    const fds: number[] = [];
+    for (let spins = 0; ; spins++) {
+      if (this.buf.length >= 16) {
+        const len = this.buf.readUInt32LE(0);
+        if (this.buf.length >= len) {
+          const f = this.buf.subarray(0, len);
+          this.buf = this.buf.subarray(len);
+          return { type: f.readUInt32LE(4), seq: f.readBigUInt64LE(8), payload: Buffer.from(f.subarray(16)), fds };
+        }
+      }
+      const r = recvWithFds(this.fd, 1 << 20);
+      if (r) {
+        if (r.data.length === 0 && r.fds.length === 0) throw new Error('daemon closed the connection');
+        this.buf = Buffer.concat([this.buf, r.data]);
+        fds.push(...r.fds);
+        continue;
+      }
+      if (spins > 200000) throw new Error('no answer from the daemon');
+      await new Promise((res) => setImmediate(res));
+    }
+  }
+
+  private send(type: FrameType, seq: bigint, payload: Buffer): void {
+    const frame = encodeFrame(type, seq, payload);
+    let off = 0;
+    while (off < frame.length) {
+      const n = sendWithFds(this.fd, frame.subarray(off), []);
+      if (n < 0) throw new Error('socket full');
+      off += n;
+    }
+  }
+
+  /** Reads frames until the RESULT of `seq`, answering FETCHes and noting events. */
+  async result(seq: bigint): Promise<Result> {
+    for (;;) {
+      const f = await this.readFrame();
+      if (f.type === FrameType.WAKE || f.type === FrameType.HUP) {
+        this.events.push(f.type);
+        continue;
+      }
+      if (f.type === FrameType.FETCH) {
+        const address = f.payload.readBigUInt64LE(0);
+        const length = f.payload.readUInt32LE(8);
+        const data = this.memory(address, length);
+        const p = Buffer.alloc(8);
+        p.writeInt32LE(data ? 0 : 14, 0);
+        p.writeUInt32LE(data ? data.length : 0, 4);
+        this.send(FrameType.MEM, f.seq, Buffer.concat([p, data ?? Buffer.alloc(0)]));
+        continue;
+      }
+      if (f.type !== FrameType.RESULT || f.seq !== seq) throw new Error(`unexpected frame ${f.type} seq ${f.seq}`);
+      const p = f.payload;
+      const nWrites = p.readUInt32LE(4);
+      const flags = p.readUInt32LE(12);
+      const writes: Segment[] = [];
+      let q = 16;
+      for (let i = 0; i < nWrites; i++) {
+        const address = p.readBigUInt64LE(q);
+        const len = p.readUInt32LE(q + 8);
+        writes.push({ address, data: p.subarray(q + 16, q + 16 + len) });
+        q += 16 + ((len + 7) & ~7);
+      }
+      const fds = [...f.fds];
+      const pool = flags & 1 ? fds.shift() : undefined;
+      return { errno: p.readInt32LE(0), writes, fds, pool };
+    }
+  }
+
+  async open(rel: string, flags = 2): Promise<Result> {
+    const path = Buffer.from(rel, 'latin1');
+    const p = Buffer.alloc(16);
+    p.writeUInt32LE(flags, 0);
+    p.writeUInt32LE(process.pid, 4);
+    p.writeUInt32LE(path.length, 8);
+    const seq = this.seq++;
+    this.send(FrameType.OPEN, seq, Buffer.concat([p, path]));
+    const r = await this.result(seq);
+    if (r.errno === 0) this.fdChannel = r.fds[0]!;
+    return r;
+  }
+
+  /** One ioctl with the given prefetched segments and descriptors. */
+  async ioctl(cmd: number, arg: bigint, segments: Segment[], fds: Array<{ number: number; fd: number }> = [], reserved: number[] = []): Promise<Result> {
+    const seq = this.seq++;
+    const head = Buffer.alloc(32);
+    head.writeUInt32LE(cmd, 0);
+    head.writeUInt32LE(process.pid, 4);
+    head.writeBigUInt64LE(arg, 8);
+    head.writeUInt32LE(segments.length, 16);
+    head.writeUInt32LE(fds.length, 20);
+    head.writeUInt32LE(reserved.length, 24);
+    const lists = Buffer.alloc(((fds.length + reserved.length) * 4 + 7) & ~7);
+    fds.forEach((f, i) => lists.writeInt32LE(f.number, i * 4));
+    reserved.forEach((r, i) => lists.writeInt32LE(r, (fds.length + i) * 4));
+    if (sendWithFds(this.fdChannel, Buffer.from([Number(seq & 0xffn)]), fds.map((f) => f.fd)) < 0) throw new Error('fd channel full');
+    this.send(FrameType.IOCTL, seq, Buffer.concat([head, lists, encodeSegments(segments)]));
+    return this.result(seq);
+  }
+
+  async pool(): Promise<Result> {
+    const seq = this.seq++;
+    this.send(FrameType.POOL, seq, Buffer.alloc(0));
+    return this.result(seq);
+  }
+
+  close(): void {
+    if (this.fdChannel >= 0) closeFd(this.fdChannel);
+    closeFd(this.fd);
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * The socket transport's daemon side over real sockets, driven by a client written from
+ * docs/socket-protocol.md: OPEN and access, HELLO with the pool handed over as a read-only
+ * memfd, SEND/RECV with prefetched and fetched memory, files both ways, WAKE, teardown,
+ * and garbage from a client.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Attach, Cmd, HelloFlags, ItemType, KDBUS_PAYLOAD_DBUS, Off } from '../../src/abi/constants';
+import { Errno } from '../../src/abi/errno';
+import { ItemWriter } from '../../src/abi/items';
+import { Daemon } from '../../src/daemon/daemon';
+import { defaults } from '../../src/config/config';
+import { SocketTransport } from '../../src/transport/socket-transport';
+import { FrameType } from '../../src/transport/frames';
+import { memfd_create } from '../../src/os/libc';
+import { fcntl } from '../../src/os/libc';
+import { ProtocolClient, type Result } from '../helpers/socket-client';
+
+const F_ADD_SEALS = 1033;
+const ALL_SEALS = 0xf;
+
+function helloStruct(): Buffer {
+  const w = new ItemWriter();
+  w.u64(0).u64(HelloFlags.ACCEPT_FD).u64(0).u64(Attach.ALL).u64(Attach.ALL).u64(0).u64(0).u64(16n * 1024n * 1024n).u64(0).u64(0).zeros(16);
+  w.string(ItemType.CONN_DESCRIPTION, 'socket-test');
+  const b = Buffer.from(w.finish());
+  b.writeBigUInt64LE(BigInt(b.length), 0);
+  return b;
+}
+
+function apply(struct: Buffer, base: bigint, r: Result): Buffer {
+  const out = Buffer.from(struct);
+  for (const w of r.writes) {
+    const at = Number(w.address - base);
+    if (at >= 0 && at + w.data.length <= out.length) w.data.copy(out, at);
+  }
+  return out;
+}
+
+function readPool(fd: number, offset: number, size: number): Buffer {
+  const b = Buffer.alloc(size);
+  fs.readSync(fd, b, 0, size, offset);
+  return b;
+}
+
+class Peer {
+  client!: ProtocolClient;
+  pool = -1;
+  id = 0n;
+  static async connect(sock: string, bus: string): Promise<Peer> {
+    const p = new Peer();
+    p.client = ProtocolClient.connect(sock);
+    const o = await p.client.open(`${bus}/bus`);
+    assert.equal(o.errno, 0);
+    const hello = helloStruct();
+    const r = await p.client.ioctl(Cmd.HELLO, 0x10000n, [{ address: 0x10000n, data: hello }]);
+    assert.equal(r.errno, 0);
+    assert.ok(r.pool !== undefined, 'HELLO hands the pool over');
+    p.pool = r.pool!;
+    const out = apply(hello, 0x10000n, r);
+    p.id = out.readBigUInt64LE(Off.hello.id);
+    const items = readPool(p.pool, Number(out.readBigUInt64LE(Off.hello.offset)), 32);
+    assert.equal(items.readBigUInt64LE(8), BigInt(ItemType.BLOOM_PARAMETER));
+    assert.equal(items.readBigUInt64LE(16), 64n);
+    await p.free(out.readBigUInt64LE(Off.hello.offset));
+    return p;
+  }
+
+  async free(offset: bigint): Promise<void> {
+    const b = Buffer.alloc(32);
+    b.writeBigUInt64LE(32n, 0);
+    b.writeBigUInt64LE(offset, 24);
+    const r = await this.client.ioctl(Cmd.FREE, 0x20000n, [{ address: 0x20000n, data: b }]);
+    assert.equal(r.errno, 0);
+  }
+
+  /** SEND to `dst` with one data vector; `prefetchMsg` false leaves the message for FETCH. */
+  async send(dst: bigint, text: string, opts: { prefetchMsg?: boolean; memfd?: number } = {}): Promise<Result> {
+    const data = Buffer.from(text);
+    const w = new ItemWriter();
+    w.u64(0).u64(0).u64(0).u64(dst).u64(0).u64(KDBUS_PAYLOAD_DBUS).u64(1n).u64(0n);
+    w.itemU64(ItemType.PAYLOAD_VEC, BigInt(data.length), 0x50000n);
+    if (opts.memfd !== undefined) {
+      const at = w.beginItem(ItemType.PAYLOAD_MEMFD);
+      w.u64(0).u64(5).i32(77).u32(0);
+      w.endItem(at);
+    }
+    const msg = Buffer.from(w.finish());
+    msg.writeBigUInt64LE(BigInt(msg.length), 0);
+    const cmd = Buffer.alloc(56);
+    cmd.writeBigUInt64LE(56n, 0);
+    cmd.writeBigUInt64LE(0x40000n, Off.send.msg_address);
+    const segs = [{ address: 0x30000n, data: cmd }, { address: 0x50000n, data }];
+    if (opts.prefetchMsg !== false) segs.push({ address: 0x40000n, data: msg });
+    this.client.memory = (a, l) => (a === 0x40000n && l <= msg.length ? msg.subarray(0, l) : undefined);
+    const fds = opts.memfd !== undefined ? [{ number: 77, fd: opts.memfd }] : [];
+    return this.client.ioctl(Cmd.SEND, 0x30000n, segs, fds);
+  }
+
+  async recv(reserved: number[] = []): Promise<{ r: Result; msg?: Buffer }> {
+    const b = Buffer.alloc(64);
+    b.writeBigUInt64LE(64n, 0);
+    const r = await this.client.ioctl(Cmd.RECV, 0x60000n, [{ address: 0x60000n, data: b }], [], reserved);
+    if (r.errno) return { r };
+    const out = apply(b, 0x60000n, r);
+    return { r, msg: readPool(this.pool, Number(out.readBigUInt64LE(Off.recv.msg_offset)), Number(out.readBigUInt64LE(Off.recv.msg_msg_size))) };
+  }
+
+  close(): void {
+    this.client.close();
+    fs.closeSync(this.pool);
+  }
+}
+
+describe('socket transport (daemon side)', function () {
+  this.timeout(20000);
+  let dir: string;
+  let daemon: Daemon;
+  let sock: string;
+  let root: string;
+  const bus = `${process.getuid!()}-sockbus`;
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-sock-'));
+    sock = path.join(dir, 'run', 'kdbus.sock');
+    root = path.join(dir, 'kdbus');
+    daemon = new Daemon({ ...defaults(), buses: [bus], socket: sock, kdbusRoot: root });
+    daemon.addTransport(new SocketTransport({ socketPath: sock, kdbusRoot: root, placeholders: true }));
+    await daemon.start();
+  });
+
+  afterEach(async () => {
+    await daemon.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('keeps placeholder nodes with kdbus modes and removes them at stop', async () => {
+    assert.equal(fs.statSync(path.join(root, 'control')).mode & 0o777, 0o666);
+    assert.equal(fs.statSync(path.join(root, bus)).mode & 0o777, 0o555);
+    assert.equal(fs.statSync(path.join(root, bus, 'bus')).mode & 0o777, 0o666);
+    assert.equal(fs.statSync(sock).isSocket(), true);
+    await daemon.stop();
+    assert.equal(fs.existsSync(path.join(root, 'control')), false);
+    assert.equal(fs.existsSync(sock), false);
+  });
+
+  it('answers OPEN of a missing node with ENOENT', async () => {
+    const c = ProtocolClient.connect(sock);
+    assert.equal((await c.open(`${bus}/nope`)).errno, Errno.ENOENT);
+    c.close();
+  });
+
+  it('carries HELLO, SEND and RECV, with the pool as a read-only memfd', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    assert.ok(b.id > a.id);
+    assert.throws(() => fs.writeSync(a.pool, Buffer.from('x'), 0, 1, 0), /EBADF/);
+    assert.equal((await a.send(b.id, 'over the socket')).errno, 0);
+    const { msg } = await b.recv();
+    assert.ok(msg);
+    assert.equal(msg.readBigUInt64LE(Off.msg.src_id), a.id);
+    assert.ok(msg.includes(Buffer.from('over the socket')));
+    assert.ok(b.client.events.includes(FrameType.WAKE), 'the receiver was woken');
+    assert.equal((await b.recv()).r.errno, Errno.EAGAIN);
+    a.close();
+    b.close();
+  });
+
+  it('fetches memory that was not prefetched, and reports EFAULT for unreadable memory', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    assert.equal((await a.send(b.id, 'fetched', { prefetchMsg: false })).errno, 0);
+    assert.ok((await b.recv()).msg!.includes(Buffer.from('fetched')));
+    a.client.memory = () => undefined;
+    const cmd = Buffer.alloc(56);
+    cmd.writeBigUInt64LE(56n, 0);
+    cmd.writeBigUInt64LE(0x90000n, Off.send.msg_address);
+    const r = await a.client.ioctl(Cmd.SEND, 0x30000n, [{ address: 0x30000n, data: cmd }]);
+    assert.equal(r.errno, Errno.EFAULT);
+    a.close();
+    b.close();
+  });
+
+  it('passes a sealed memfd from sender to receiver', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    const m = memfd_create('payload', 3);
+    fs.writeSync(m, Buffer.from('sealed'));
+    assert.equal(fcntl(m, F_ADD_SEALS, ALL_SEALS), 0);
+    assert.equal((await a.send(b.id, 'with memfd', { memfd: m })).errno, 0);
+    fs.closeSync(m);
+    const reserveFd = fs.openSync('/dev/null', 'r');
+    const { r, msg } = await b.recv([reserveFd]);
+    assert.equal(r.fds.length, 1);
+    assert.equal(fs.readFileSync(`/proc/self/fd/${r.fds[0]}`, 'utf8'), 'sealed');
+    const memfdItemFd = msg!.indexOf(Buffer.from([0x04, 0, 0, 0, 0, 0, 0, 0]), 64);
+    assert.ok(memfdItemFd > 0);
+    assert.equal(msg!.readInt32LE(memfdItemFd + 8 + 16), reserveFd, 'the pool names the reserved number');
+    fs.closeSync(r.fds[0]!);
+    fs.closeSync(reserveFd);
+    a.close();
+    b.close();
+  });
+
+  it('disconnects a client that sends garbage and keeps serving others', async () => {
+    const bad = net.createConnection(sock);
+    await new Promise((res) => bad.once('connect', res));
+    const closed = new Promise((res) => bad.once('close', res));
+    bad.write(Buffer.from('this is not a frame at all'));
+    await closed;
+    const a = await Peer.connect(sock, bus);
+    a.close();
+  });
+
+  it('releases the connection when the socket closes (ID_REMOVE reaches others)', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    const conn = daemon.domain.buses.get(bus)!.connection(b.id);
+    assert.ok(conn?.active);
+    b.close();
+    for (let i = 0; i < 100 && conn!.active; i++) await new Promise((res) => setTimeout(res, 5));
+    assert.equal(conn!.active, false);
+    a.close();
+  });
+});
