@@ -50,13 +50,15 @@ export async function cmdBusMake(domain: Domain, ctx: CallContext, arg: bigint):
     );
     domain.buses.set(name, bus);
     await bus.addEndpointNodes(bus.defaultEndpoint);
+    // As in kdbus_args_clear: a fault writing return_flags back fails the command, and the
+    // catch below takes the bus down again instead of leaving it without an owner.
+    writeReturnFlags(ctx.mem, cmd, 0n);
     logger.info(`bus ${name} created by uid ${ctx.creds.uid} (pid ${ctx.pid}), mode ${bus.defaultEndpoint.mode.toString(8)}`);
     return bus;
   } catch (e) {
     bus?.destroy();
-    throw e;
-  } finally {
     writeReturnFlags(ctx.mem, cmd, 0n);
+    throw e;
   }
 }
 
@@ -75,13 +77,14 @@ export async function cmdEndpointMake(ep: Endpoint, opener: Opener, ctx: CallCon
     custom = new Endpoint(bus, name, cmd.flags, ctx.creds.euid, ctx.creds.egid, false);
     bus.endpoints.set(name, custom);
     await bus.addEndpointNodes(custom);
+    // A fault writing return_flags back fails the command and removes the endpoint (see BUS_MAKE).
+    writeReturnFlags(ctx.mem, cmd, 0n);
     logger.info(`endpoint ${custom.path} created, mode ${custom.mode.toString(8)}`);
     return custom;
   } catch (e) {
     if (custom) ep.bus.removeEndpoint(custom);
-    throw e;
-  } finally {
     writeReturnFlags(ctx.mem, cmd, 0n);
+    throw e;
   }
 }
 

@@ -330,13 +330,13 @@ export class Connection implements NameOwner {
     this.ep.connections.delete(this);
     bus.matches.removeConnection(this);
 
+    // kdbus_conn_release() tells the caller of every queued call, answered or timed out,
+    // sync or not, without unlinking its tracker: a caller whose request is still linked
+    // hears REPLY_DEAD again from the loop over pending calls below.
     for (const entry of this.queue.entries()) {
       this.queue.remove(entry);
       const t = entry.reply;
-      if (t && t.linked && !t.sync) {
-        notifyReply(bus, ItemType.REPLY_DEAD, t.replyDst.id, t.cookie);
-        t.replyDst.unlinkReply(t);
-      }
+      if (t) notifyReply(bus, ItemType.REPLY_DEAD, t.replyDst.id, t.cookie);
       entry.dispose();
     }
     for (const t of [...this.replies]) this.unlinkReply(t);

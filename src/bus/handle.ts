@@ -68,9 +68,6 @@ export class Handle {
         if (this.setup) return this.setup.then(() => undefined, () => undefined).then(() => this.ioctl(cmd, arg, ctx));
         return this.runSetup(cmd, arg, ctx);
       case Cmd.ENDPOINT_UPDATE:
-        if (this.role.kind !== 'ep-owner') throw fail('EBADFD', 'ENDPOINT_UPDATE needs the handle that made the endpoint');
-        if (!this.role.ep.active) throw fail('ESHUTDOWN', `endpoint ${this.role.ep.path} is gone`);
-        return cmdEndpointUpdate(this.role.ep, ctx, arg);
       case Cmd.BYEBYE:
       case Cmd.NAME_ACQUIRE:
       case Cmd.NAME_RELEASE:
@@ -83,8 +80,7 @@ export class Handle {
       case Cmd.SEND:
       case Cmd.RECV:
       case Cmd.FREE:
-        if (this.role.kind !== 'connected') throw fail('EBADFD', 'this ioctl needs a connected handle (HELLO first)');
-        return this.connected(this.role.conn, cmd, arg, ctx);
+        return this.dispatch(cmd, arg, ctx);
       default:
         throw fail('ENOTTY', `unknown kdbus ioctl 0x${(cmd >>> 0).toString(16)}`);
     }
@@ -124,9 +120,23 @@ export class Handle {
     });
   }
 
-  private connected(conn: Connection, cmd: number, arg: bigint, ctx: CallContext): void | Promise<void> {
+  /**
+   * Non-setup ioctls. As in kdbus, the object the handle owns must still be alive
+   * (ESHUTDOWN) before the command is even looked at (EBADFD if it is not one of its own).
+   */
+  private dispatch(cmd: number, arg: bigint, ctx: CallContext): void | Promise<void> {
+    const role = this.role;
+    if (role.kind === 'ep-owner') {
+      if (!role.ep.active) throw fail('ESHUTDOWN', `endpoint ${role.ep.path} is gone`);
+      if (cmd !== Cmd.ENDPOINT_UPDATE) throw fail('EBADFD', 'an endpoint owner handle only takes ENDPOINT_UPDATE');
+      return cmdEndpointUpdate(role.ep, ctx, arg);
+    }
+    if (role.kind !== 'connected') throw fail('EBADFD', `this ioctl is not valid on a ${role.kind === 'none' ? 'handle before its setup ioctl (HELLO first)' : 'bus owner handle'}`);
+    const conn = role.conn;
     if (!conn.active) throw fail('ESHUTDOWN', `connection ${conn.id} is shut down`);
     switch (cmd) {
+      case Cmd.ENDPOINT_UPDATE:
+        throw fail('EBADFD', 'ENDPOINT_UPDATE needs the handle that made the endpoint');
       case Cmd.SEND:
         return cmdSend(conn, ctx, arg);
       case Cmd.RECV:

@@ -58,8 +58,11 @@ export function cmdHello(ep: Endpoint, opener: Opener, ctx: CallContext, arg: bi
     if (!owner && (credsItem || pidsItem || seclabelItem)) throw fail('EPERM', 'only the bus owner may fake credentials');
     const attachSend = sanitizeAttachMask(cmd.u64(Off.hello.attach_flags_send));
     const attachRecv = sanitizeAttachMask(cmd.u64(Off.hello.attach_flags_recv));
-    if (poolSize > BigInt(MAX_POOL_SIZE)) throw fail('ENOMEM', `pool_size ${poolSize} exceeds the ${MAX_POOL_SIZE}-byte maximum`);
     if (!ep.active || !bus.active) throw fail('ESHUTDOWN', `endpoint ${ep.path} is going away`);
+    // kdbus numbers the connection before the steps that can still fail (pool, faked
+    // metadata, the user's connection limit): a failed HELLO uses up an id.
+    const id = bus.domain.nextId();
+    if (poolSize > BigInt(MAX_POOL_SIZE)) throw fail('ENOMEM', `pool_size ${poolSize} exceeds the ${MAX_POOL_SIZE}-byte maximum`);
 
     const fakeMeta = credsItem || pidsItem || seclabelItem
       ? fakeProcMetadata({
@@ -77,7 +80,7 @@ export function cmdHello(ep: Endpoint, opener: Opener, ctx: CallContext, arg: bi
 
     const pool = new Pool(bus.domain.poolStorage(Number(poolSize)));
     conn = new Connection({
-      id: bus.domain.nextId(),
+      id,
       ep,
       helloFlags: flags,
       opener,
@@ -104,18 +107,17 @@ export function cmdHello(ep: Endpoint, opener: Opener, ctx: CallContext, arg: bi
     if (isMonitor) bus.monitors.add(conn);
     else notifyIdChange(bus, ItemType.ID_ADD, conn.id, flags);
     if (isActivator) applyNameChanges(bus, bus.names.addActivator(conn, name!));
-    if (isActivator || isHolder) {
-      if (isActivator && name!.endsWith('.*')) throw fail('EINVAL', `an activator cannot hold the wildcard name "${name}"`);
-      bus.policy.set(conn, parsePolicyUpload(policyItems(cmd), { maxNames: 1 }));
-    }
+    // An activator's wildcard name is not refused: see policy.ts on kdbus's wildcard test.
+    if (isActivator || isHolder) bus.policy.set(conn, parsePolicyUpload(policyItems(cmd), { maxNames: 1 }));
 
-    const out = Buffer.alloc(Off.hello.items - Off.hello.bus_flags);
-    out.writeBigUInt64LE(bus.flags, 0);
-    out.writeBigUInt64LE(conn.id, Off.hello.id - Off.hello.bus_flags);
-    out.writeBigUInt64LE(BigInt(pub.offset), Off.hello.offset - Off.hello.bus_flags);
-    out.writeBigUInt64LE(BigInt(pub.size), Off.hello.items_size - Off.hello.bus_flags);
-    bus.id128.copy(out, Off.hello.id128 - Off.hello.bus_flags);
-    ctx.mem.write(cmd.address + BigInt(Off.hello.bus_flags), out);
+    // kdbus copies its whole kdbus_cmd_hello back, input fields as it read them included.
+    const out = cmd.buf.subarray(0, Off.hello.items);
+    out.writeBigUInt64LE(bus.flags, Off.hello.bus_flags);
+    out.writeBigUInt64LE(conn.id, Off.hello.id);
+    out.writeBigUInt64LE(BigInt(pub.offset), Off.hello.offset);
+    out.writeBigUInt64LE(BigInt(pub.size), Off.hello.items_size);
+    bus.id128.copy(out, Off.hello.id128);
+    ctx.mem.write(cmd.address, out);
     logger.verbose(`${conn.label}: connected (flags 0x${flags.toString(16)}, pool ${poolSize})`);
     flushNotifications(bus);
     return conn;

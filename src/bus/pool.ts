@@ -143,6 +143,11 @@ export class Pool {
     return this.accounted;
   }
 
+  /** Slices the bus or the client still holds (leak checks). */
+  get busySlices(): number {
+    return this.busy.size;
+  }
+
   /**
    * A slice of at least `size` bytes (rounded up to 8), held by the bus. `accounted` marks a
    * message slice going into a queue. EXFULL when no free slice is large enough.

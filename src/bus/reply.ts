@@ -44,7 +44,11 @@ export class ReplyTracker {
   }
 
   unref(): void {
-    if (--this.refs === 0) this.replyDst.requestCount--;
+    if (--this.refs > 0) return;
+    this.replyDst.requestCount--;
+    // A reply that reached a caller interrupted in its wait, which then never came back.
+    this.entry?.dispose();
+    this.entry = undefined;
   }
 
   /** Ends a synchronous wait with an errno (0 with an entry for a reply). */
