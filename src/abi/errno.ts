@@ -63,10 +63,11 @@ export function errnoName(errno: number): string {
 export class KdbusError extends Error {
   readonly errno: number;
 
-  constructor(code: ErrnoName, message: string) {
-    super(`${code}: ${message}`);
+  constructor(code: ErrnoName | number, message: string) {
+    const errno = typeof code === 'number' ? code : Errno[code];
+    super(`${errnoName(errno)}: ${message}`);
     this.name = 'KdbusError';
-    this.errno = Errno[code];
+    this.errno = errno;
   }
 
   get code(): string {

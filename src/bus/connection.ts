@@ -20,7 +20,7 @@ import { ReplyTracker } from './reply';
 import type { KdbusUser } from './user';
 import { notifyIdChange, notifyReply, applyNameChanges, flushNotifications } from './notify';
 import { logger } from '../log/logger';
-import { timerDelay } from './send';
+import { delayUntil, nowNs } from './deadline';
 
 export const enum ConnKind {
   ORDINARY,
@@ -284,9 +284,8 @@ export class Connection implements NameOwner {
   scheduleReplyScan(deadline: bigint): void {
     if (this.replyTimer && this.replyTimerDeadline <= deadline) return;
     if (this.replyTimer) clearTimeout(this.replyTimer);
-    const ms = Number((deadline - process.hrtime.bigint()) / 1_000_000n);
     this.replyTimerDeadline = deadline;
-    this.replyTimer = setTimeout(() => this.scanReplies(), timerDelay(ms));
+    this.replyTimer = setTimeout(() => this.scanReplies(), delayUntil(deadline));
     this.replyTimer.unref();
   }
 
@@ -294,7 +293,7 @@ export class Connection implements NameOwner {
   private scanReplies(): void {
     this.replyTimer = undefined;
     if (!this.active) return;
-    const now = process.hrtime.bigint();
+    const now = nowNs();
     let next = 0n;
     for (const t of [...this.replies]) {
       if (t.sync && !t.interrupted) continue;

@@ -26,6 +26,7 @@ import { Gaps } from './queue';
 import type { Slice } from './pool';
 import type { QuotaCharge } from './quota';
 import { KERNEL_USER } from './user';
+import { nowNs } from './deadline';
 
 /** Highest user-space address on x86-64 (TASK_SIZE): kdbus's access_ok() bound for vectors. */
 const USER_ADDRESS_LIMIT = 0x7fff_ffff_f000n;
@@ -128,7 +129,7 @@ export class Staging {
     if (!this.timestamp) {
       this.timestamp = {
         seqnum: this.seqnum,
-        monotonicNs: process.hrtime.bigint(),
+        monotonicNs: nowNs(),
         realtimeNs: BigInt(Date.now()) * 1_000_000n,
       };
     }

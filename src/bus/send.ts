@@ -14,6 +14,7 @@ import { broadcast, eavesdrop, matchesUnicastSignal } from './broadcast';
 import { flushNotifications } from './notify';
 import type { ReplyTracker } from './reply';
 import { installEntry } from './recv';
+import { atDeadline, nowNs } from './deadline';
 
 interface Destination {
   dst: Connection;
@@ -155,7 +156,7 @@ function startCall(conn: Connection, staging: Staging, ctx: CallContext): ReplyT
     resumed.interrupted = false;
     return resumed.ref();
   }
-  if (process.hrtime.bigint() >= staging.timeoutOrReply) throw fail('ETIMEDOUT', 'the call timed out before it was sent');
+  if (nowNs() >= staging.timeoutOrReply) throw fail('ETIMEDOUT', 'the call timed out before it was sent');
   const { dst, nameId } = pinDestination(conn, staging);
   if (!conn.canTalkTo(ctx.creds, dst)) throw fail('EPERM', `policy does not let ${conn.id} talk to ${dst.id}`);
   const tracker = conn.newReplyTracker(dst, staging.cookie, nameId, staging.timeoutOrReply, true);
@@ -192,7 +193,7 @@ function waitReply(conn: Connection, t: ReplyTracker, ctx: CallContext, cancel: 
       }
       t.waiting = false;
       const result = { offset: BigInt(conn.pool.size), size: 0n, flags: 0n };
-      let error: KdbusError | undefined = err ? new KdbusError(errnoKey(err), message) : undefined;
+      let error: KdbusError | undefined = err ? new KdbusError(err, message) : undefined;
       const entry = t.entry;
       if (entry) {
         t.entry = undefined;
@@ -220,9 +221,7 @@ function waitReply(conn: Connection, t: ReplyTracker, ctx: CallContext, cancel: 
     const removeWake = conn.onWake(check);
     cleanups.push(removeWake);
     if (cancel) cleanups.push(cancel.onReadable(() => finish(Errno.ECANCELED, 'the call was cancelled through its cancel fd')));
-    const ms = Number((t.deadlineNs - process.hrtime.bigint()) / 1_000_000n);
-    const timer = setTimeout(() => finish(Errno.ETIMEDOUT, 'no reply before the deadline'), timerDelay(ms));
-    cleanups.push(() => clearTimeout(timer));
+    cleanups.push(atDeadline(t.deadlineNs, () => finish(Errno.ETIMEDOUT, 'no reply before the deadline')));
     if (ctx.signal) {
       const onAbort = (): void => finish(Errno.EINTR, 'interrupted by a signal');
       if (ctx.signal.aborted) onAbort();
@@ -233,14 +232,4 @@ function waitReply(conn: Connection, t: ReplyTracker, ctx: CallContext, cancel: 
     }
     check();
   });
-}
-
-/** setTimeout fires at once for delays beyond 2^31-1 ms; far deadlines are re-armed instead. */
-export function timerDelay(ms: number): number {
-  return Math.min(Math.max(0, ms) + 1, 0x7fffffff);
-}
-
-function errnoKey(errno: number): keyof typeof Errno {
-  for (const [k, v] of Object.entries(Errno)) if (v === errno) return k as keyof typeof Errno;
-  return 'EIO';
 }
