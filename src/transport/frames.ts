@@ -11,6 +11,7 @@ export const enum FrameType {
   WAKE = 6,
   HUP = 7,
   POOL = 8,
+  CLOSE = 9,
 }
 
 export const FRAME_HEADER = 16;

@@ -160,6 +160,8 @@ export class SocketSession {
       }
       case FrameType.POOL:
         return this.sendPool(f.seq);
+      case FrameType.CLOSE:
+        return this.releaseNow(f.seq);
       default:
         throw new ProtocolError(`unknown frame type ${f.type}`);
     }
@@ -381,6 +383,14 @@ export class SocketSession {
     this.wakeOutstanding = false;
     this.enqueue(frame, fds, after);
     this.maybeWake();
+  }
+
+  /** CLOSE: the client's last reference is going; release before it returns from close(). */
+  private releaseNow(seq: bigint): void {
+    this.stopWake?.();
+    this.stopWake = undefined;
+    this.handle?.release();
+    this.sendResult(seq, 0, [], [], 0);
   }
 
   // --- poll ------------------------------------------------------------------------------

@@ -139,6 +139,13 @@ export class ProtocolClient {
     return this.result(seq);
   }
 
+  /** The shim's CLOSE: asks for the release before the descriptor goes. */
+  async release(): Promise<Result> {
+    const seq = this.seq++;
+    this.send(FrameType.CLOSE, seq, Buffer.alloc(0));
+    return this.result(seq);
+  }
+
   async pool(): Promise<Result> {
     const seq = this.seq++;
     this.send(FrameType.POOL, seq, Buffer.alloc(0));

@@ -216,6 +216,26 @@ describe('socket transport (daemon side)', function () {
     a.close();
   });
 
+  it('releases synchronously on CLOSE, so ID_REMOVE is queued before close() returns', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    const watcher = daemon.domain.buses.get(bus)!.connection(a.id)!;
+    const match = new ItemWriter();
+    match.u64(0).u64(0).u64(0).u64(1n).itemU64(ItemType.ID_REMOVE, b.id, 0n);
+    const m = Buffer.from(match.finish());
+    m.writeBigUInt64LE(BigInt(m.length), 0);
+    assert.equal((await a.client.ioctl(Cmd.MATCH_ADD, 0x70000n, [{ address: 0x70000n, data: m }])).errno, 0);
+    assert.equal((await b.client.release()).errno, 0);
+    assert.equal(watcher.queue.size, 1, 'ID_REMOVE is queued when CLOSE is answered');
+    const { msg } = await a.recv();
+    assert.equal(msg!.readBigUInt64LE(64 + 8), BigInt(ItemType.ID_REMOVE));
+    const after = Buffer.alloc(64);
+    after.writeBigUInt64LE(64n, 0);
+    assert.equal((await b.client.ioctl(Cmd.RECV, 0x60000n, [{ address: 0x60000n, data: after }])).errno, Errno.EBADFD);
+    a.close();
+    b.close();
+  });
+
   it('releases the connection when the socket closes (ID_REMOVE reaches others)', async () => {
     const a = await Peer.connect(sock, bus);
     const b = await Peer.connect(sock, bus);
