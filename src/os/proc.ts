@@ -4,9 +4,9 @@
  * per message, so every reader here is one open/read/close of a small file and only the
  * parts a caller asks for are read.
  *
- * Nothing is cached between calls (apart from the kernel constant cap_last_cap): credentials
+ * No value is cached between calls (apart from the kernel constant cap_last_cap): credentials
  * and comm change under a live process (setuid, prctl), and kdbus reports them as they are at
- * the moment of the send. A task that is gone, or a file the kernel does not offer (no LSM,
+ * the moment of the send. Only descriptors of status files are kept open (readStatusFile). A task that is gone, or a file the kernel does not offer (no LSM,
  * no audit), yields an absent part, never an exception.
  */
 import * as fs from 'node:fs';
@@ -145,8 +145,59 @@ function slurp(path: string, stopAt = -1): number {
 
 const copyOut = (start: number, end: number): Buffer => Buffer.from(scratch.subarray(start, end));
 
+/**
+ * Open status files of recently seen tasks. procfs regenerates the file on every read from
+ * offset 0, so a kept descriptor reads current values; it stays bound to its task, so a
+ * recycled pid reads ESRCH and is reopened. Reading this way costs about half of
+ * open+read+close, and it happens for most messages (CREDS and PIDS are implicit metadata).
+ */
+const statusFds = new Map<string, number>();
+const STATUS_FDS_KEPT = 64;
+
+function readStatusFile(task: string): number {
+  const path = `${task}/status`;
+  let fd = statusFds.get(path);
+  if (fd !== undefined) {
+    const n = preadAll(fd);
+    if (n > 0) return n;
+    statusFds.delete(path);
+    fs.closeSync(fd);
+  }
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch {
+    return -1;
+  }
+  if (statusFds.size >= STATUS_FDS_KEPT) {
+    const [oldPath, oldFd] = statusFds.entries().next().value as [string, number];
+    statusFds.delete(oldPath);
+    fs.closeSync(oldFd);
+  }
+  statusFds.set(path, fd);
+  return preadAll(fd);
+}
+
+/** Reads a whole procfs file from offset 0 into `scratch`; -1 if the task is gone. */
+function preadAll(fd: number): number {
+  try {
+    let n = 0;
+    for (;;) {
+      if (n === scratch.length) {
+        const grown = Buffer.allocUnsafe(scratch.length * 2);
+        scratch.copy(grown, 0, 0, n);
+        scratch = grown;
+      }
+      const got = fs.readSync(fd, scratch, n, scratch.length - n, n);
+      if (got === 0) return n;
+      n += got;
+    }
+  } catch {
+    return -1;
+  }
+}
+
 function readStatus(task: string): TaskStatus | undefined {
-  const n = slurp(`${task}/status`);
+  const n = readStatusFile(task);
   if (n <= 0) return undefined;
   const text = scratch.toString('latin1', 0, n);
   const tgid = field(text, 'Tgid');
