@@ -65,7 +65,12 @@ export class KdbusError extends Error {
 
   constructor(code: ErrnoName | number, message: string) {
     const errno = typeof code === 'number' ? code : Errno[code];
+    // These are answers to clients (EAGAIN on every empty RECV), not faults of the daemon:
+    // a stack trace would cost more than the command itself and tell nobody anything.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(`${errnoName(errno)}: ${message}`);
+    Error.stackTraceLimit = limit;
     this.name = 'KdbusError';
     this.errno = errno;
   }

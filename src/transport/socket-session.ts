@@ -100,7 +100,8 @@ export class SocketSession {
   private readonly out: Array<{ frame: Buffer; fds: number[]; after?: () => void }> = [];
   private flushing = false;
   private wakeOutstanding = false;
-  private hupSent = false;
+  /** A HUP the client has not read yet: like WAKE, re-sent after each RESULT while it holds. */
+  private hupOutstanding = false;
   private stopWake: (() => void) | undefined;
   private closed = false;
 
@@ -381,6 +382,7 @@ export class SocketSession {
     head.writeUInt32LE(flags, 12);
     const frame = encodeFrame(FrameType.RESULT, seq, Buffer.concat([head, encodeSegments(writes)]));
     this.wakeOutstanding = false;
+    this.hupOutstanding = false;
     this.enqueue(frame, fds, after);
     this.maybeWake();
   }
@@ -400,8 +402,8 @@ export class SocketSession {
     if (this.closed || !handle?.connection) return;
     const mask = handle.poll();
     if (mask & Poll.HUP) {
-      if (!this.hupSent) {
-        this.hupSent = true;
+      if (!this.hupOutstanding) {
+        this.hupOutstanding = true;
         this.enqueue(encodeFrame(FrameType.HUP, 0n), []);
       }
     } else if (mask & Poll.IN && !this.wakeOutstanding) {

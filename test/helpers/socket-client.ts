@@ -139,6 +139,13 @@ export class ProtocolClient {
     return this.result(seq);
   }
 
+  /** Waits for the next unsolicited frame (WAKE or HUP) and returns its type. */
+  async event(): Promise<number> {
+    const f = await this.readFrame();
+    if (f.type !== FrameType.WAKE && f.type !== FrameType.HUP) throw new Error(`expected WAKE or HUP, got frame ${f.type}`);
+    return f.type;
+  }
+
   /** The shim's CLOSE: asks for the release before the descriptor goes. */
   async release(): Promise<Result> {
     const seq = this.seq++;

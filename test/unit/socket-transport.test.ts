@@ -236,6 +236,17 @@ describe('socket transport (daemon side)', function () {
     b.close();
   });
 
+  it('keeps a connection that said BYEBYE readable with HUP, as kdbus polled POLLHUP', async () => {
+    const a = await Peer.connect(sock, bus);
+    const bye = Buffer.alloc(24);
+    bye.writeBigUInt64LE(24n, 0);
+    assert.equal((await a.client.ioctl(Cmd.BYEBYE, 0x80000n, [{ address: 0x80000n, data: bye }])).errno, 0);
+    const r = await a.recv();
+    assert.equal(r.r.errno, Errno.ESHUTDOWN);
+    assert.equal(await a.client.event(), FrameType.HUP, 'a HUP follows every RESULT once the connection is gone');
+    a.close();
+  });
+
   it('releases the connection when the socket closes (ID_REMOVE reaches others)', async () => {
     const a = await Peer.connect(sock, bus);
     const b = await Peer.connect(sock, bus);

@@ -1,0 +1,389 @@
+/* Connections and the descriptors that belong to them (see conn.h). */
+#include "conn.h"
+#include "request.h"
+#include "reserve.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static struct kc_conn *conns;
+
+static bool ident_of(int fd, struct kc_ident *id)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return false;
+	id->dev = st.st_dev;
+	id->ino = st.st_ino;
+	return true;
+}
+
+static bool same_ident(const struct kc_ident *a, const struct kc_ident *b)
+{
+	return a->dev == b->dev && a->ino == b->ino;
+}
+
+static bool still_is(int fd, const struct kc_ident *id)
+{
+	struct kc_ident now;
+	return ident_of(fd, &now) && same_ident(&now, id);
+}
+
+/* The process that forks; the child moves its references from there to itself. */
+static pid_t forking_pid;
+
+void kc_conn_before_fork_locked(void)
+{
+	/* Until the child counts its copies itself, the parent holds them for it. */
+	forking_pid = getpid();
+	for (struct kc_conn *c = conns; c; c = c->next)
+		if (c->counted)
+			kc_holders_add(kc_mux_holders(c->mux), forking_pid, (int)c->user_fds);
+}
+
+void kc_conn_in_child_locked(void)
+{
+	pid_t self = getpid();
+	for (struct kc_conn *c = conns; c; c = c->next) {
+		c->refs = c->user_fds;
+		if (c->counted) {
+			kc_holders_add(kc_mux_holders(c->mux), self, (int)c->user_fds);
+			kc_holders_add(kc_mux_holders(c->mux), forking_pid, -(int)c->user_fds);
+		}
+	}
+}
+
+/* The field of c that holds fd, with the file it must be; NULL if none does. */
+static int *field_of(struct kc_conn *c, int fd, const struct kc_ident **id)
+{
+	if (c->sock == fd) {
+		*id = &c->sock_id;
+		return &c->sock;
+	}
+	if (c->channel == fd) {
+		*id = &c->channel_id;
+		return &c->channel;
+	}
+	if (c->pool == fd) {
+		*id = &c->pool_id;
+		return &c->pool;
+	}
+	return NULL;
+}
+
+static void take_ref_locked(struct kc_conn *c, bool user_fd)
+{
+	c->refs++;
+	if (user_fd)
+		c->user_fds++;
+	if (c->counted)
+		kc_holders_add(kc_mux_holders(c->mux), getpid(), 1);
+}
+
+/*
+ * Drops a reference. Returns c when it was this process's last: c is then out of the list
+ * and the table, and the caller hands it to finish() once kc_lock is released.
+ */
+static struct kc_conn *drop_ref_locked(struct kc_conn *c, bool user_fd)
+{
+	if (user_fd)
+		c->user_fds--;
+	if (c->counted && kc_holders_add(kc_mux_holders(c->mux), getpid(), -1) == 0 &&
+	    kc_holders_last(kc_mux_holders(c->mux)))
+		c->release_handle = true;
+	if (--c->refs > 0)
+		return NULL;
+	for (struct kc_conn **p = &conns; *p; p = &(*p)->next) {
+		if (*p == c) {
+			*p = c->next;
+			break;
+		}
+	}
+	int own[] = { c->sock, c->channel, c->pool };
+	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+		if (own[i] >= 0)
+			kc_fd_clear(own[i]);
+	return c;
+}
+
+/* The end of a connection in this process, outside kc_lock (CLOSE waits for the daemon). */
+static void finish(struct kc_conn *c)
+{
+	if (!c)
+		return;
+	if (c->release_handle && c->sock >= 0) {
+		struct kc_inbound in;
+		struct kc_result r;
+		/* Whatever the daemon answers, the descriptor goes; a dead stream has nothing to release. */
+		if (kc_request_bare(c, c->sock, KC_FRAME_CLOSE, &in, &r) == 0)
+			kc_inbound_release(&in);
+	}
+	int own[] = { c->sock, c->channel, c->pool };
+	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+		if (own[i] >= 0)
+			kc_sys_close(own[i]);
+	kc_mux_unmap(c->mux);
+	free(c);
+}
+
+/* Forgets whatever the table says about fd, which no longer is (or never was) that file. */
+static struct kc_conn *clear_entry_locked(int fd)
+{
+	struct kc_fd_entry e = kc_fd_get(fd);
+	const struct kc_ident *id;
+	int *field;
+	switch (e.kind) {
+	case KC_FD_NONE:
+		return NULL;
+	case KC_FD_USER:
+		kc_fd_clear(fd);
+		return drop_ref_locked(e.owner, true);
+	case KC_FD_INTERNAL:
+		if (!e.owner) {
+			kc_reserve_forget_locked(fd);
+			return NULL;
+		}
+		kc_fd_clear(fd);
+		field = field_of(e.owner, fd, &id);
+		if (field)
+			*field = -1;
+		return NULL;
+	}
+	return NULL;
+}
+
+struct kc_conn *kc_conn_create(int user_fd, int channel, struct kc_mux *mux, bool counted)
+{
+	struct kc_conn *c = calloc(1, sizeof *c);
+	if (!c)
+		return NULL;
+	c->refs = c->user_fds = 1;
+	c->counted = counted;
+	c->channel = channel;
+	c->pool = -1;
+	c->mux = mux;
+	if (!ident_of(user_fd, &c->sock_id) || (channel >= 0 && !ident_of(channel, &c->channel_id)))
+		goto fail;
+	c->channel_inheritable = channel >= 0 && !(kc_sys_fcntl(channel, F_GETFD, 0) & FD_CLOEXEC);
+	c->sock = kc_sys_fcntl(user_fd, F_DUPFD_CLOEXEC, 3);
+	if (c->sock < 0)
+		goto fail_sock;
+	kc_lock();
+	struct kc_fd_entry e = kc_fd_get(user_fd);
+	if (e.kind == KC_FD_USER && still_is(user_fd, &e.owner->sock_id)) {
+		/* Another thread attached the same descriptor first. */
+		kc_unlock();
+		errno = EEXIST;
+		goto fail_sock;
+	}
+	struct kc_conn *stale = clear_entry_locked(user_fd);
+	bool ok = kc_fd_set(user_fd, KC_FD_USER, c) == 0 && kc_fd_set(c->sock, KC_FD_INTERNAL, c) == 0 &&
+		  (channel < 0 || kc_fd_set(channel, KC_FD_INTERNAL, c) == 0);
+	if (ok) {
+		c->next = conns;
+		conns = c;
+	} else {
+		kc_fd_clear(user_fd);
+		kc_fd_clear(c->sock);
+		if (channel >= 0)
+			kc_fd_clear(channel);
+	}
+	kc_unlock();
+	finish(stale);
+	if (ok)
+		return c;
+	errno = EMFILE;
+fail_sock:
+	if (c->sock >= 0)
+		kc_sys_close(c->sock);
+fail:
+	free(c);
+	return NULL;
+}
+
+struct kc_conn *kc_conn_acquire(int fd)
+{
+	if (kc_fd_get(fd).kind != KC_FD_USER)
+		return NULL;
+	struct kc_conn *c = NULL, *stale = NULL;
+	kc_lock();
+	struct kc_fd_entry e = kc_fd_get(fd);
+	if (e.kind == KC_FD_USER) {
+		if (still_is(fd, &e.owner->sock_id)) {
+			c = e.owner;
+			take_ref_locked(c, false);
+		} else {
+			stale = clear_entry_locked(fd);
+		}
+	}
+	kc_unlock();
+	finish(stale);
+	return c;
+}
+
+void kc_conn_release(struct kc_conn *c)
+{
+	kc_lock();
+	struct kc_conn *last = drop_ref_locked(c, false);
+	kc_unlock();
+	finish(last);
+}
+
+struct kc_conn *kc_conn_join(int fd, const struct kc_ident *sock_id)
+{
+	struct kc_conn *c;
+	kc_lock();
+	for (c = conns; c; c = c->next)
+		if (same_ident(&c->sock_id, sock_id))
+			break;
+	if (c && kc_fd_get(fd).kind == KC_FD_NONE && kc_fd_set(fd, KC_FD_USER, c) == 0) {
+		take_ref_locked(c, true);
+		take_ref_locked(c, false);
+	} else if (c && kc_fd_get(fd).kind == KC_FD_USER && kc_fd_get(fd).owner == c) {
+		take_ref_locked(c, false); /* another thread joined it first */
+	} else {
+		c = NULL;
+	}
+	kc_unlock();
+	return c;
+}
+
+enum kc_fd_kind kc_fd_check(int fd)
+{
+	struct kc_conn *stale = NULL;
+	kc_lock();
+	struct kc_fd_entry e = kc_fd_get(fd);
+	const struct kc_ident *id = NULL;
+	bool valid = true;
+	if (e.kind == KC_FD_USER)
+		valid = still_is(fd, &e.owner->sock_id);
+	else if (e.kind == KC_FD_INTERNAL && e.owner)
+		valid = field_of(e.owner, fd, &id) && still_is(fd, id);
+	else if (e.kind == KC_FD_INTERNAL)
+		valid = kc_reserve_holds(fd);
+	if (!valid) {
+		stale = clear_entry_locked(fd);
+		e.kind = KC_FD_NONE;
+	}
+	kc_unlock();
+	finish(stale);
+	return e.kind;
+}
+
+int kc_conn_socket(struct kc_conn *c, int user_fd)
+{
+	kc_lock();
+	if (c->sock < 0) {
+		int s = kc_sys_fcntl(user_fd, F_DUPFD_CLOEXEC, 3);
+		if (s >= 0 && kc_fd_set(s, KC_FD_INTERNAL, c) == 0)
+			c->sock = s;
+		else if (s >= 0)
+			kc_sys_close(s);
+	}
+	int sock = c->sock;
+	kc_unlock();
+	return sock;
+}
+
+void kc_conn_set_pool(struct kc_conn *c, int pool)
+{
+	struct stat st;
+	pool = kc_sys_settle_fd(pool, 1);
+	if (pool < 0)
+		return;
+	if (fstat(pool, &st) < 0) {
+		kc_sys_close(pool);
+		return;
+	}
+	kc_lock();
+	bool keep = c->pool < 0 && kc_fd_set(pool, KC_FD_INTERNAL, c) == 0;
+	if (keep) {
+		c->pool = pool;
+		c->pool_size = (uint64_t)st.st_size;
+		c->pool_id.dev = st.st_dev;
+		c->pool_id.ino = st.st_ino;
+	}
+	kc_unlock();
+	if (!keep)
+		kc_sys_close(pool);
+}
+
+int kc_conn_pool(struct kc_conn *c, uint64_t *size)
+{
+	kc_lock();
+	int pool = c->pool;
+	*size = c->pool_size;
+	kc_unlock();
+	return pool;
+}
+
+static void make_inheritable_locked(struct kc_conn *c)
+{
+	if (!c->channel_inheritable && c->channel >= 0 && kc_sys_fcntl(c->channel, F_SETFD, 0) == 0)
+		c->channel_inheritable = true;
+}
+
+void kc_conn_dup(int fd, int newfd, bool inheritable)
+{
+	kc_lock();
+	struct kc_conn *stale = clear_entry_locked(newfd);
+	struct kc_fd_entry e = kc_fd_get(fd);
+	if (e.kind == KC_FD_USER && kc_fd_set(newfd, KC_FD_USER, e.owner) == 0) {
+		take_ref_locked(e.owner, true);
+		if (inheritable)
+			make_inheritable_locked(e.owner);
+	}
+	kc_unlock();
+	finish(stale);
+}
+
+void kc_conn_note_inheritable(int fd)
+{
+	kc_lock();
+	struct kc_fd_entry e = kc_fd_get(fd);
+	if (e.kind == KC_FD_USER)
+		make_inheritable_locked(e.owner);
+	kc_unlock();
+}
+
+void kc_conn_closing(int fd)
+{
+	struct kc_conn *last = NULL;
+	kc_lock();
+	if (kc_fd_get(fd).kind == KC_FD_USER)
+		last = clear_entry_locked(fd);
+	kc_unlock();
+	finish(last);
+}
+
+void kc_conn_evict_locked(int newfd)
+{
+	struct kc_fd_entry e = kc_fd_get(newfd);
+	if (e.kind != KC_FD_INTERNAL)
+		return;
+	if (e.owner) {
+		const struct kc_ident *id;
+		int *field = field_of(e.owner, newfd, &id);
+		if (field && still_is(newfd, id)) {
+			int cloexec = kc_sys_fcntl(newfd, F_GETFD, 0) & FD_CLOEXEC;
+			int moved = kc_sys_fcntl(newfd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, 3);
+			if (moved >= 0 && kc_fd_set(moved, KC_FD_INTERNAL, e.owner) == 0) {
+				kc_fd_clear(newfd);
+				*field = moved;
+				kc_sys_close(newfd);
+				return;
+			}
+			if (moved >= 0)
+				kc_sys_close(moved);
+		}
+		clear_entry_locked(newfd);
+		return;
+	}
+	bool held = kc_reserve_holds(newfd);
+	kc_reserve_forget_locked(newfd);
+	if (held)
+		kc_sys_close(newfd);
+}

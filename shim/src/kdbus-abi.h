@@ -1,0 +1,52 @@
+/*
+ * The parts of the kdbus ioctl ABI the shim itself must understand: which ioctl numbers are
+ * kdbus's, and where SEND keeps the things the shim has to send along (the message, its
+ * payload vectors and the descriptors it names). Everything else in a command is opaque to
+ * the shim; the daemon interprets it. Values from the final kdbus UAPI
+ * (docs/reference/kdbus-abi.md §2).
+ */
+#ifndef KC_KDBUS_ABI_H
+#define KC_KDBUS_ABI_H
+
+#include <stdint.h>
+#include <sys/ioctl.h>
+
+#define KDBUS_IOCTL_MAGIC 0x95u
+/* The type byte of an ioctl number (bits 8-15 on every architecture). */
+#define KDBUS_IOCTL_TYPE(cmd) (((uint32_t)(cmd) >> 8) & 0xffu)
+
+/* The direction and size bits differ between architectures; _IOC produces the local values. */
+#define KDBUS_CMD_SEND ((uint32_t)_IOC(_IOC_WRITE, KDBUS_IOCTL_MAGIC, 0x90, 56))
+#define KDBUS_CMD_RECV ((uint32_t)_IOC(_IOC_READ, KDBUS_IOCTL_MAGIC, 0x91, 64))
+
+/* Every command struct (and kdbus_msg) starts with its total size. */
+#define KDBUS_CMD_SIZE_OFF 0
+#define KDBUS_CMD_FLAGS_OFF 8
+/* The kernel refused larger structs with EMSGSIZE, so more is never worth prefetching. */
+#define KDBUS_CMD_MAX_SIZE 32768u
+
+/* struct kdbus_cmd_send */
+#define KDBUS_SEND_MSG_ADDRESS_OFF 24
+#define KDBUS_SEND_ITEMS_OFF 56
+#define KDBUS_SEND_SYNC_REPLY 1ull
+
+/* struct kdbus_msg */
+#define KDBUS_MSG_ITEMS_OFF 64
+
+/* struct kdbus_item: {u64 size, u64 type} then the payload; items follow at 8-byte steps. */
+#define KDBUS_ITEM_HEADER 16
+#define KDBUS_ITEM_PAYLOAD_VEC 2  /* {u64 size, u64 address} */
+#define KDBUS_ITEM_PAYLOAD_MEMFD 4 /* {u64 start, u64 size, int fd, u32 pad} */
+#define KDBUS_ITEM_FDS 5          /* int fds[] */
+#define KDBUS_ITEM_CANCEL_FD 6    /* int fd */
+#define KDBUS_VEC_SIZE_OFF 0
+#define KDBUS_VEC_ADDRESS_OFF 8
+#define KDBUS_MEMFD_FD_OFF 16
+
+/* The sum of a message's payload vectors may not exceed this (EMSGSIZE otherwise). */
+#define KDBUS_MSG_MAX_PAYLOAD_VEC_SIZE (2u << 20)
+
+/* A message carries at most 16 fds and 16 memfds; RECV installs that many at most. */
+#define KDBUS_MAX_INSTALLED_FDS 32
+
+#endif

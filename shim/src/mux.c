@@ -1,0 +1,322 @@
+/* The connection's request multiplexer (see mux.h). */
+#include "mux.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define SLOTS 64
+/* How often a waiter checks that the process holding the reader role is still alive. */
+#define LIVENESS_CHECK_SECONDS 1
+
+struct slot {
+	uint64_t seq;
+	int32_t pid;
+	uint32_t busy;
+};
+
+struct kc_mux {
+	struct kc_holders holders;
+	pthread_mutex_t lock; /* guards everything below */
+	pthread_cond_t changed;
+	pthread_mutex_t write_lock;
+	uint64_t next_seq;
+	int32_t reader; /* slot of the waiter reading the socket, -1 for none */
+	int32_t reader_pid;
+	int32_t dead; /* errno once the stream ended or went out of step, else 0 */
+	uint32_t hup;
+	struct slot slots[SLOTS];
+};
+
+static void lock_robust(pthread_mutex_t *mutex)
+{
+	/* The previous owner died holding it; the fields it guards are still usable. */
+	if (pthread_mutex_lock(mutex) == EOWNERDEAD)
+		pthread_mutex_consistent(mutex);
+}
+
+/* Waits for a change; false when the wait timed out. */
+static bool wait_changed(struct kc_mux *m)
+{
+	struct timespec deadline;
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += LIVENESS_CHECK_SECONDS;
+	int rc = pthread_cond_timedwait(&m->changed, &m->lock, &deadline);
+	if (rc == EOWNERDEAD)
+		pthread_mutex_consistent(&m->lock);
+	return rc != ETIMEDOUT;
+}
+
+struct kc_mux *kc_mux_create(uint64_t first_seq)
+{
+	struct kc_mux *m = mmap(NULL, sizeof *m, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		return NULL;
+	pthread_mutexattr_t ma;
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+	pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+	pthread_mutex_init(&m->lock, &ma);
+	pthread_mutex_init(&m->write_lock, &ma);
+	pthread_mutexattr_destroy(&ma);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&m->changed, &ca);
+	pthread_condattr_destroy(&ca);
+	m->next_seq = first_seq;
+	m->reader = -1;
+	kc_holders_init(&m->holders, getpid());
+	return m;
+}
+
+struct kc_holders *kc_mux_holders(struct kc_mux *m)
+{
+	return &m->holders;
+}
+
+
+void kc_mux_unmap(struct kc_mux *m)
+{
+	munmap(m, sizeof *m);
+}
+
+int kc_mux_enter(struct kc_mux *m, struct kc_wait *w)
+{
+	int rc = 0;
+	lock_robust(&m->lock);
+	for (;;) {
+		if (m->dead) {
+			rc = -m->dead;
+			break;
+		}
+		int free_slot = -1;
+		for (int i = 0; i < SLOTS && free_slot < 0; i++)
+			if (!m->slots[i].busy)
+				free_slot = i;
+		if (free_slot < 0) {
+			/* All taken: reclaim the slots of processes that died waiting. */
+			for (int i = 0; i < SLOTS; i++)
+				if (i != m->reader && !kc_sys_alive(m->slots[i].pid))
+					m->slots[i].busy = 0;
+		}
+		if (free_slot >= 0) {
+			struct slot *s = &m->slots[free_slot];
+			s->seq = m->next_seq++;
+			s->pid = getpid();
+			s->busy = 1;
+			w->slot = free_slot;
+			w->seq = s->seq;
+			break;
+		}
+		wait_changed(m);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return rc;
+}
+
+void kc_mux_leave(struct kc_mux *m, struct kc_wait *w)
+{
+	lock_robust(&m->lock);
+	if (m->reader == w->slot)
+		m->reader = -1;
+	m->slots[w->slot].busy = 0;
+	pthread_cond_broadcast(&m->changed);
+	pthread_mutex_unlock(&m->lock);
+}
+
+void kc_mux_lock_writes(struct kc_mux *m)
+{
+	lock_robust(&m->write_lock);
+}
+
+void kc_mux_unlock_writes(struct kc_mux *m)
+{
+	pthread_mutex_unlock(&m->write_lock);
+}
+
+/* Blocks until w holds the reader role; 0 or -errno of a dead stream. */
+static int become_reader(struct kc_mux *m, struct kc_wait *w)
+{
+	int rc = 0;
+	lock_robust(&m->lock);
+	for (;;) {
+		if (m->reader == w->slot)
+			break;
+		if (m->dead) {
+			rc = -m->dead;
+			break;
+		}
+		if (m->reader < 0) {
+			m->reader = w->slot;
+			m->reader_pid = getpid();
+			break;
+		}
+		if (!wait_changed(m) && !kc_sys_alive(m->reader_pid))
+			m->reader = -1;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return rc;
+}
+
+/* After its RESULT a waiter reads no more: the next waiter may read while this one finishes. */
+static void release_reader(struct kc_mux *m, struct kc_wait *w)
+{
+	lock_robust(&m->lock);
+	if (m->reader == w->slot) {
+		m->reader = -1;
+		pthread_cond_broadcast(&m->changed);
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
+/*
+ * Marks the stream unusable for everyone and returns its errno. err is the failure, or 0
+ * for the end of the stream: the daemon is gone (ESHUTDOWN, as for a bus that went away)
+ * unless it had hung up the connection before (ECONNRESET, as for a dead connection).
+ */
+static int kill_stream(struct kc_mux *m, int err)
+{
+	lock_robust(&m->lock);
+	if (!m->dead)
+		m->dead = err ? err : m->hup ? ECONNRESET : ESHUTDOWN;
+	err = m->dead;
+	m->reader = -1;
+	pthread_cond_broadcast(&m->changed);
+	pthread_mutex_unlock(&m->lock);
+	return -err;
+}
+
+/* Reads the frame whose header was peeked; -errno with the stream killed on failure. */
+static int read_frame(struct kc_mux *m, int sock, const struct kc_header *h, struct kc_inbound *in)
+{
+	in->header = *h;
+	in->heap = NULL;
+	in->n_fds = 0;
+	uint8_t *buf = in->small;
+	if (h->length > sizeof in->small) {
+		buf = in->heap = malloc(h->length);
+		if (!buf)
+			return kill_stream(m, ENOMEM);
+	}
+	int rc = kc_recv_exact(sock, buf, h->length, in->fds, KC_MAX_RECEIVED_FDS, &in->n_fds);
+	if (rc < 0) {
+		kc_inbound_release(in);
+		return kill_stream(m, rc == -ECONNRESET ? 0 : -rc);
+	}
+	in->payload = buf + KC_FRAME_HEADER;
+	in->payload_len = h->length - KC_FRAME_HEADER;
+	return 0;
+}
+
+void kc_inbound_release(struct kc_inbound *in)
+{
+	for (unsigned i = 0; i < in->n_fds; i++)
+		if (in->fds[i] >= 0)
+			kc_sys_close(in->fds[i]);
+	in->n_fds = 0;
+	free(in->heap);
+	in->heap = NULL;
+}
+
+int kc_mux_send_mem(struct kc_mux *m, int sock, uint64_t seq, int32_t err, const void *data, uint32_t len)
+{
+	uint8_t head[KC_MEM_HEAD];
+	static const uint8_t zeros[8];
+	kc_mem_head_encode(head, seq, err, len);
+	struct iovec iov[3] = {
+		{ head, sizeof head },
+		{ (void *)data, len },
+		{ (void *)zeros, kc_pad8(len) - len },
+	};
+	kc_mux_lock_writes(m);
+	int rc = kc_send_all(sock, iov, 3);
+	kc_mux_unlock_writes(m);
+	return rc;
+}
+
+/* The busy slot waiting for seq, or -1. Under m->lock. */
+static int waiter_of(struct kc_mux *m, uint64_t seq)
+{
+	for (int i = 0; i < SLOTS; i++)
+		if (m->slots[i].busy && m->slots[i].seq == seq)
+			return i;
+	return -1;
+}
+
+/*
+ * A frame nobody will read: its waiter's process died. Reads it off the stream; a FETCH
+ * still gets an answer so the daemon can finish the command, and the RESULT frees the slot.
+ */
+static int drop_orphan(struct kc_mux *m, int sock, const struct kc_header *h, int slot)
+{
+	struct kc_inbound in;
+	int rc = read_frame(m, sock, h, &in);
+	if (rc)
+		return rc;
+	kc_inbound_release(&in);
+	if (h->type == KC_FRAME_FETCH)
+		return kc_mux_send_mem(m, sock, h->seq, EFAULT, NULL, 0);
+	if (h->type == KC_FRAME_RESULT && slot >= 0) {
+		lock_robust(&m->lock);
+		m->slots[slot].busy = 0;
+		pthread_cond_broadcast(&m->changed);
+		pthread_mutex_unlock(&m->lock);
+	}
+	return 0;
+}
+
+int kc_mux_next(struct kc_mux *m, struct kc_wait *w, int sock, struct kc_inbound *in)
+{
+	for (;;) {
+		int rc = become_reader(m, w);
+		if (rc)
+			return rc;
+		uint8_t raw[KC_FRAME_HEADER];
+		struct kc_header h;
+		rc = kc_peek_header(sock, raw);
+		if (rc)
+			return kill_stream(m, rc == -ECONNRESET ? 0 : -rc);
+		if (kc_header_decode(raw, &h) < 0)
+			return kill_stream(m, EPROTO);
+		if (h.type == KC_FRAME_WAKE || h.type == KC_FRAME_HUP) {
+			/* Readiness for poll(); a waiter has no use for it. */
+			struct kc_inbound event;
+			rc = read_frame(m, sock, &h, &event);
+			if (rc)
+				return rc;
+			kc_inbound_release(&event);
+			if (h.type == KC_FRAME_HUP) {
+				lock_robust(&m->lock);
+				m->hup = 1;
+				pthread_mutex_unlock(&m->lock);
+			}
+			continue;
+		}
+		if (h.seq == w->seq) {
+			rc = read_frame(m, sock, &h, in);
+			if (rc == 0 && h.type == KC_FRAME_RESULT)
+				release_reader(m, w);
+			return rc;
+		}
+		lock_robust(&m->lock);
+		int slot = waiter_of(m, h.seq);
+		bool handed = slot >= 0 && kc_sys_alive(m->slots[slot].pid);
+		if (handed) {
+			m->reader = slot;
+			m->reader_pid = m->slots[slot].pid;
+			pthread_cond_broadcast(&m->changed);
+		}
+		pthread_mutex_unlock(&m->lock);
+		if (!handed) {
+			rc = drop_orphan(m, sock, &h, slot);
+			if (rc)
+				return rc;
+		}
+	}
+}

@@ -1,0 +1,101 @@
+/*
+ * The reserve of descriptor numbers for installed files (see reserve.h). Each reserved
+ * number holds an empty memfd with a name of its own, so the shim can tell, when the
+ * program closes or replaces a number, whether it still holds one of its reserved files
+ * or something closed it behind the shim's back and the number now is the program's.
+ */
+#include "reserve.h"
+#include "fd-table.h"
+#include "kdbus-abi.h"
+#include "sys.h"
+
+#include <stdio.h>
+#include <sys/mman.h>
+#include <string.h>
+
+#define RESERVED_NAME "kdbus-cuse-reserved"
+
+static int cache[KDBUS_MAX_INSTALLED_FDS];
+static int cached;
+
+static int open_reserved(void)
+{
+	int fd = (int)syscall(SYS_memfd_create, RESERVED_NAME, MFD_CLOEXEC);
+	return fd < 0 ? -1 : kc_sys_settle_fd(fd, 1);
+}
+
+bool kc_reserve_holds(int fd)
+{
+	char link[32], target[64];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, target, sizeof target - 1);
+	if (n < 0)
+		return true; /* without /proc there is no telling; keep trusting the table */
+	target[n] = '\0';
+	return strncmp(target, "/memfd:" RESERVED_NAME " ", sizeof "/memfd:" RESERVED_NAME) == 0;
+}
+
+int kc_reserve_take(int *out, int want)
+{
+	int n = 0;
+	kc_lock();
+	while (n < want && cached > 0)
+		out[n++] = cache[--cached];
+	kc_unlock();
+	while (n < want) {
+		int fd = open_reserved();
+		if (fd < 0)
+			break;
+		kc_lock();
+		bool ok = kc_fd_set(fd, KC_FD_INTERNAL, NULL) == 0;
+		kc_unlock();
+		if (!ok) {
+			kc_sys_close(fd);
+			break;
+		}
+		out[n++] = fd;
+	}
+	return n;
+}
+
+void kc_reserve_return(const int *fds, int n)
+{
+	kc_lock();
+	for (int i = 0; i < n; i++) {
+		struct kc_fd_entry e = kc_fd_get(fds[i]);
+		/* The program may have dup2'ed over it meanwhile; then it is not ours any more. */
+		if (e.kind != KC_FD_INTERNAL || e.owner)
+			continue;
+		if (cached < KDBUS_MAX_INSTALLED_FDS) {
+			cache[cached++] = fds[i];
+		} else {
+			kc_fd_clear(fds[i]);
+			kc_sys_close(fds[i]);
+		}
+	}
+	kc_unlock();
+}
+
+void kc_reserve_install(int reserved, int file)
+{
+	kc_lock();
+	struct kc_fd_entry e = kc_fd_get(reserved);
+	if (e.kind == KC_FD_INTERNAL && !e.owner) {
+		/* The number is in the message now and belongs to the program, whatever dup3 says. */
+		kc_sys_dup3(file, reserved, O_CLOEXEC);
+		kc_fd_clear(reserved);
+	}
+	kc_unlock();
+	kc_sys_close(file);
+}
+
+void kc_reserve_forget_locked(int fd)
+{
+	kc_fd_clear(fd);
+	for (int i = 0; i < cached; i++) {
+		if (cache[i] == fd) {
+			cache[i] = cache[--cached];
+			break;
+		}
+	}
+}

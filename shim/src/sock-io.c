@@ -1,0 +1,173 @@
+/* Socket I/O for the protocol (see sock-io.h). */
+#include "sock-io.h"
+#include "frame.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+static int wait_for(int fd, short events)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+	while (poll(&p, 1, -1) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
+int kc_send_all(int sock, struct iovec *iov, int iovcnt)
+{
+	while (iovcnt > 0) {
+		struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
+		ssize_t n = sendmsg(sock, &m, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				int rc = wait_for(sock, POLLOUT);
+				if (rc)
+					return rc;
+				continue;
+			}
+			return -errno;
+		}
+		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			iovcnt--;
+		}
+		if (iovcnt > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	return 0;
+}
+
+int kc_send_channel_message(int channel, uint8_t tag, const int *fds, unsigned n_fds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * KC_MAX_LISTED_FDS)];
+	} control;
+	struct iovec iov = { .iov_base = &tag, .iov_len = 1 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (n_fds > KC_MAX_LISTED_FDS)
+		return -EINVAL;
+	if (n_fds > 0) {
+		memset(&control, 0, sizeof control);
+		m.msg_control = control.buf;
+		m.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
+	}
+	for (;;) {
+		if (sendmsg(channel, &m, MSG_NOSIGNAL) >= 0)
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			int rc = wait_for(channel, POLLOUT);
+			if (rc)
+				return rc;
+			continue;
+		}
+		return -errno;
+	}
+}
+
+int kc_peek_header(int sock, uint8_t *header)
+{
+	for (;;) {
+		ssize_t n = recv(sock, header, 16, MSG_PEEK);
+		if (n == 16)
+			return 0;
+		if (n == 0)
+			return -ECONNRESET;
+		if (n > 0) {
+			/*
+			 * The header's first bytes are here, the rest is in transit. poll() would
+			 * return at once, so wait a moment instead; this is rare.
+			 */
+			struct timespec ms = { 0, 1000000 };
+			nanosleep(&ms, NULL);
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			int rc = wait_for(sock, POLLIN);
+			if (rc)
+				return rc;
+			continue;
+		}
+		return -errno;
+	}
+}
+
+/* Takes the descriptors out of one recvmsg's control data. */
+static int collect_fds(struct msghdr *m, int *fds, unsigned max_fds, unsigned *n_fds)
+{
+	int overflow = 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+			if (*n_fds < max_fds) {
+				fds[(*n_fds)++] = fd;
+			} else {
+				kc_sys_close(fd);
+				overflow = 1;
+			}
+		}
+	}
+	if (m->msg_flags & MSG_CTRUNC)
+		overflow = 1;
+	return overflow;
+}
+
+int kc_recv_exact(int sock, void *buf, size_t len, int *fds, unsigned max_fds, unsigned *n_fds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * KC_MAX_RECEIVED_FDS)];
+	} control;
+	size_t got = 0;
+	int overflow = 0;
+	*n_fds = 0;
+	while (got < len) {
+		struct iovec iov = { .iov_base = (uint8_t *)buf + got, .iov_len = len - got };
+		struct msghdr m = {
+			.msg_iov = &iov,
+			.msg_iovlen = 1,
+			.msg_control = control.buf,
+			.msg_controllen = sizeof control.buf,
+		};
+		ssize_t n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				int rc = wait_for(sock, POLLIN);
+				if (rc)
+					return rc;
+				continue;
+			}
+			return -errno;
+		}
+		overflow |= collect_fds(&m, fds, max_fds, n_fds);
+		if (n == 0)
+			return -ECONNRESET;
+		got += (size_t)n;
+	}
+	return overflow ? -EPROTO : 0;
+}

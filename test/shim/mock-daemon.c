@@ -1,0 +1,661 @@
+/*
+ * A stand-in for the daemon side of docs/socket-protocol.md, so the shim's socket
+ * machinery can be tested without Node. It decodes frames by itself (not with the shim's
+ * codec) and implements a few commands with behaviour conn-test.c knows:
+ *
+ *   OPEN      "0-test/bus" and "control" open; "0-denied/bus" is EACCES; else ENOENT
+ *   HELLO     writes id 42 and pool_size 1 MiB; hands over a pool that starts "POOLDATA"
+ *   SEND      reply.offset = bytes of vector data, reply.msg_size = bytes readable from the
+ *             passed files, reply.return_flags = files passed; with SYNC_REPLY it answers
+ *             only at the next BYEBYE, FETCHing the u64 at the message's cookie first
+ *   RECV      installs two pipes holding "r0" and "r1"; writes the reserved numbers it used
+ *             to msg.offset and msg.msg_size, and how many it was offered to msg.return_flags
+ *   FREE      FETCHes the u64 at `offset`, writes it + 1 to return_flags and the caller's
+ *             pid (from the fd channel's credentials) to offset
+ *   BYEBYE    answers a parked SEND first, then sends a WAKE, then its own RESULT
+ *   MATCH_ADD answers, then sends a WAKE
+ *   CONN_INFO writes return_flags = 1
+ *   BUS_CREATOR_INFO answers, sends HUP and closes the connection
+ *   LIST      writes how many CLOSE frames the mock has seen (all clients) to `offset`
+ *   others    ENOTTY
+ *   CLOSE     counted and answered
+ *
+ * Anything that breaks the protocol is answered with EILSEQ and reported on stderr.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define POOL_SIZE (1u << 20)
+#define MAX_CLIENTS 32
+
+enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE };
+
+struct frame {
+	uint32_t type;
+	uint64_t seq;
+	uint8_t *payload;
+	size_t len;
+	struct frame *next;
+};
+
+struct client {
+	int sock, chan, pool;
+	struct frame *backlog, *backlog_tail;
+	bool parked;
+	uint64_t parked_seq, parked_arg, parked_cookie;
+};
+
+static struct client clients[MAX_CLIENTS];
+static uint64_t closes_seen;
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, 8);
+}
+
+static bool read_full(int fd, void *buf, size_t len)
+{
+	for (size_t got = 0; got < len;) {
+		ssize_t n = read(fd, (uint8_t *)buf + got, len - got);
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			return false;
+		}
+		got += (size_t)n;
+	}
+	return true;
+}
+
+/* One frame, its descriptors attached to its first byte as the real daemon does. */
+static void send_frame(struct client *c, uint32_t type, uint64_t seq, const uint8_t *payload, size_t len,
+		       const int *fds, int n_fds)
+{
+	size_t total = 16 + ((len + 7) & ~(size_t)7);
+	uint8_t *b = calloc(1, total);
+	put32(b, (uint32_t)total);
+	put32(b + 4, type);
+	put64(b + 8, seq);
+	if (len)
+		memcpy(b + 16, payload, len);
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * 64)];
+	} control;
+	size_t off = 0;
+	while (off < total) {
+		struct iovec iov = { b + off, total - off };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+		if (off == 0 && n_fds > 0) {
+			m.msg_control = control.buf;
+			m.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n_fds);
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n_fds);
+			memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)n_fds);
+		}
+		ssize_t n = sendmsg(c->sock, &m, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		off += (size_t)n;
+	}
+	free(b);
+}
+
+static struct frame *read_frame(struct client *c)
+{
+	uint8_t h[16];
+	if (!read_full(c->sock, h, 16))
+		return NULL;
+	struct frame *f = calloc(1, sizeof *f);
+	uint32_t length = get32(h);
+	f->type = get32(h + 4);
+	f->seq = get64(h + 8);
+	if (length < 16 || length % 8 || length > (8u << 20)) {
+		fprintf(stderr, "mock: bad frame length %u\n", length);
+		free(f);
+		return NULL;
+	}
+	f->len = length - 16;
+	f->payload = malloc(f->len + 1);
+	if (!read_full(c->sock, f->payload, f->len)) {
+		free(f->payload);
+		free(f);
+		return NULL;
+	}
+	return f;
+}
+
+static void free_frame(struct frame *f)
+{
+	free(f->payload);
+	free(f);
+}
+
+struct write {
+	uint64_t address;
+	uint8_t data[8];
+	uint32_t len;
+};
+
+static void send_result(struct client *c, uint64_t seq, int err, const struct write *w, int n_writes,
+			const int *fds, int n_fds, uint32_t flags)
+{
+	uint8_t p[16 + 8 * 24];
+	memset(p, 0, sizeof p);
+	put32(p, (uint32_t)err);
+	put32(p + 4, (uint32_t)n_writes);
+	put32(p + 8, (uint32_t)(n_fds - (flags & 1)));
+	put32(p + 12, flags);
+	size_t at = 16;
+	for (int i = 0; i < n_writes; i++) {
+		put64(p + at, w[i].address);
+		put32(p + at + 8, w[i].len);
+		memcpy(p + at + 16, w[i].data, w[i].len);
+		at += 16 + ((w[i].len + 7) & ~7u);
+	}
+	send_frame(c, RESULT, seq, p, at, fds, n_fds);
+}
+
+static struct write w64(uint64_t address, uint64_t value)
+{
+	struct write w = { .address = address, .len = 8 };
+	memcpy(w.data, &value, 8);
+	return w;
+}
+
+/* One IOCTL being served: its fixed fields, lists, segments and passed files. */
+struct call {
+	struct client *c;
+	uint64_t seq, arg;
+	uint32_t cmd, tid;
+	uint32_t n_seg, n_fds, n_res;
+	int32_t numbers[64], reserved[64];
+	int files[64]; /* the received descriptor for each listed number, -1 for none */
+	const uint8_t *segs;
+	size_t segs_len;
+	pid_t pid;
+};
+
+/* Asks the client for memory; 0 and the data, or the errno it answered. */
+static int fetch(struct client *c, uint64_t seq, uint64_t address, uint32_t len, uint8_t *out)
+{
+	uint8_t p[16] = { 0 };
+	put64(p, address);
+	put32(p + 8, len);
+	send_frame(c, FETCH, seq, p, 16, NULL, 0);
+	for (;;) {
+		struct frame *f = read_frame(c);
+		if (!f)
+			return EPIPE;
+		if (f->type == MEM && f->seq == seq) {
+			int err = (int)get32(f->payload);
+			uint32_t got = get32(f->payload + 4);
+			if (err == 0 && got == len)
+				memcpy(out, f->payload + 8, len);
+			else if (err == 0)
+				err = EILSEQ;
+			free_frame(f);
+			return err;
+		}
+		/* Another thread's or process's request: serve it after this one. */
+		if (c->backlog_tail)
+			c->backlog_tail->next = f;
+		else
+			c->backlog = f;
+		c->backlog_tail = f;
+	}
+}
+
+/* Caller memory from the segments, or by FETCH; 0 or EFAULT. */
+static int mem_read(struct call *k, uint64_t address, uint32_t len, uint8_t *out)
+{
+	size_t at = 0;
+	for (uint32_t i = 0; i < k->n_seg && at + 16 <= k->segs_len; i++) {
+		uint64_t a = get64(k->segs + at);
+		uint32_t l = get32(k->segs + at + 8);
+		if (address >= a && address + len <= a + l) {
+			memcpy(out, k->segs + at + 16 + (address - a), len);
+			return 0;
+		}
+		at += 16 + ((l + 7) & ~7u);
+	}
+	return fetch(k->c, k->seq, address, len, out) ? EFAULT : 0;
+}
+
+static int file_for(struct call *k, int32_t number)
+{
+	for (uint32_t i = 0; i < k->n_fds; i++)
+		if (k->numbers[i] == number)
+			return k->files[i];
+	return -1;
+}
+
+static bool was_prefetched(struct call *k, uint64_t address, uint32_t len)
+{
+	size_t at = 0;
+	for (uint32_t i = 0; i < k->n_seg; i++) {
+		uint32_t l = get32(k->segs + at + 8);
+		if (get64(k->segs + at) == address && l == len)
+			return true;
+		at += 16 + ((l + 7) & ~7u);
+	}
+	return false;
+}
+
+static void do_hello(struct call *k)
+{
+	uint8_t s[96];
+	if (mem_read(k, k->arg, 96, s)) {
+		send_result(k->c, k->seq, EFAULT, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	if (get64(s) != 96 || !was_prefetched(k, k->arg, 96)) {
+		send_result(k->c, k->seq, EINVAL, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	struct client *c = k->c;
+	if (c->pool < 0) {
+		c->pool = memfd_create("mock-pool", MFD_CLOEXEC);
+		if (ftruncate(c->pool, POOL_SIZE) < 0 || pwrite(c->pool, "POOLDATA", 8, 0) != 8)
+			fprintf(stderr, "mock: pool setup failed\n");
+	}
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", c->pool);
+	int ro = open(path, O_RDONLY | O_CLOEXEC);
+	struct write w[2] = { w64(k->arg + 48, 42), w64(k->arg + 56, POOL_SIZE) };
+	send_result(c, k->seq, 0, w, 2, &ro, 1, 1);
+	close(ro);
+}
+
+static void do_send(struct call *k)
+{
+	uint8_t cmd[56], msg[512];
+	if (mem_read(k, k->arg, 56, cmd)) {
+		send_result(k->c, k->seq, EFAULT, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	uint64_t flags = get64(cmd + 8), msg_address = get64(cmd + 24);
+	uint64_t msg_size = 0;
+	if (mem_read(k, msg_address, 8, msg) || (msg_size = get64(msg)) > sizeof msg || msg_size < 64 ||
+	    mem_read(k, msg_address, (uint32_t)msg_size, msg)) {
+		send_result(k->c, k->seq, msg_size > sizeof msg ? EMSGSIZE : EFAULT, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	uint64_t vec_bytes = 0, fd_bytes = 0, files = 0;
+	for (size_t at = 64; at + 16 <= msg_size;) {
+		uint64_t size = get64(msg + at), type = get64(msg + at + 8);
+		if (size < 16 || at + size > msg_size)
+			break;
+		const uint8_t *pl = msg + at + 16;
+		int32_t numbers[16];
+		int n = 0;
+		if (type == 2 && get64(pl + 8)) {
+			uint8_t data[4096];
+			uint32_t len = (uint32_t)get64(pl);
+			if (len > sizeof data || mem_read(k, get64(pl + 8), len, data)) {
+				send_result(k->c, k->seq, EFAULT, NULL, 0, NULL, 0, 0);
+				return;
+			}
+			vec_bytes += len;
+		} else if (type == 5) {
+			for (size_t i = 0; i + 4 <= size - 16 && n < 16; i += 4)
+				numbers[n++] = (int32_t)get32(pl + i);
+		} else if (type == 4) {
+			numbers[n++] = (int32_t)get32(pl + 16);
+		}
+		for (int i = 0; i < n; i++) {
+			int f = file_for(k, numbers[i]);
+			if (f < 0) {
+				send_result(k->c, k->seq, EBADF, NULL, 0, NULL, 0, 0);
+				return;
+			}
+			char buf[64];
+			ssize_t got = pread(f, buf, sizeof buf, 0);
+			if (got < 0)
+				got = read(f, buf, sizeof buf);
+			fd_bytes += got > 0 ? (uint64_t)got : 0;
+			files++;
+		}
+		at += (size + 7) & ~(uint64_t)7;
+	}
+	struct write w[3] = { w64(k->arg + 32, vec_bytes), w64(k->arg + 40, fd_bytes), w64(k->arg + 48, files) };
+	if (flags & 1) {
+		if (k->n_res == 0)
+			fprintf(stderr, "mock: a SYNC_REPLY send came without reserved numbers\n");
+		k->c->parked = true;
+		k->c->parked_seq = k->seq;
+		k->c->parked_arg = k->arg;
+		k->c->parked_cookie = get64(msg + 48);
+		return;
+	}
+	send_result(k->c, k->seq, 0, w, 3, NULL, 0, 0);
+}
+
+static void do_recv(struct call *k)
+{
+	if (k->n_res < 2) {
+		send_result(k->c, k->seq, EILSEQ, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	int p0[2], p1[2];
+	if (pipe(p0) < 0 || pipe(p1) < 0 || write(p0[1], "r0", 2) != 2 || write(p1[1], "r1", 2) != 2)
+		fprintf(stderr, "mock: pipes failed\n");
+	close(p0[1]);
+	close(p1[1]);
+	int fds[2] = { p0[0], p1[0] };
+	struct write w[3] = { w64(k->arg + 40, (uint64_t)k->reserved[0]), w64(k->arg + 48, (uint64_t)k->reserved[1]),
+			      w64(k->arg + 56, k->n_res) };
+	send_result(k->c, k->seq, 0, w, 3, fds, 2, 0);
+	close(p0[0]);
+	close(p1[0]);
+}
+
+static void do_free(struct call *k)
+{
+	uint8_t s[32], v[8];
+	if (mem_read(k, k->arg, 32, s) || mem_read(k, get64(s + 24), 8, v)) {
+		send_result(k->c, k->seq, EFAULT, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	struct write w[2] = { w64(k->arg + 16, get64(v) + 1), w64(k->arg + 24, (uint64_t)k->pid) };
+	send_result(k->c, k->seq, 0, w, 2, NULL, 0, 0);
+}
+
+static void do_byebye(struct call *k)
+{
+	struct client *c = k->c;
+	if (c->parked) {
+		uint8_t v[8];
+		c->parked = false;
+		int err = fetch(c, c->parked_seq, c->parked_cookie, 8, v);
+		struct write w[2] = { w64(c->parked_arg + 48, get64(v)), w64(c->parked_arg + 32, 7) };
+		send_result(c, c->parked_seq, err ? EFAULT : 0, w, err ? 0 : 2, NULL, 0, 0);
+		send_frame(c, WAKE, 0, NULL, 0, NULL, 0);
+	}
+	send_result(c, k->seq, 0, NULL, 0, NULL, 0, 0);
+}
+
+static void close_client(struct client *c)
+{
+	close(c->sock);
+	if (c->chan >= 0)
+		close(c->chan);
+	if (c->pool >= 0)
+		close(c->pool);
+	while (c->backlog) {
+		struct frame *f = c->backlog;
+		c->backlog = f->next;
+		free_frame(f);
+	}
+	memset(c, 0, sizeof *c);
+	c->sock = c->chan = c->pool = -1;
+}
+
+/* The fd-channel message that precedes every IOCTL: its descriptors and the sender's pid. */
+static bool take_channel_message(struct call *k)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
+	} control;
+	char byte;
+	struct iovec iov = { &byte, 1 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+	if (recvmsg(k->c->chan, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) {
+		fprintf(stderr, "mock: IOCTL without its fd-channel message\n");
+		return false;
+	}
+	int got[64], n_got = 0;
+	k->pid = 0;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+		if (cm->cmsg_type == SCM_RIGHTS) {
+			int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			memcpy(got + n_got, CMSG_DATA(cm), sizeof(int) * (size_t)n);
+			n_got += n;
+		} else if (cm->cmsg_type == SCM_CREDENTIALS) {
+			struct ucred cred;
+			memcpy(&cred, CMSG_DATA(cm), sizeof cred);
+			k->pid = cred.pid;
+		}
+	}
+	int used = 0;
+	for (uint32_t i = 0; i < k->n_fds; i++)
+		k->files[i] = k->numbers[i] >= 0 && used < n_got ? got[used++] : -1;
+	if (used != n_got || !k->pid) {
+		fprintf(stderr, "mock: %d fds listed, %d came; pid %d\n", used, n_got, k->pid);
+		return false;
+	}
+	char task[64];
+	snprintf(task, sizeof task, "/proc/%d/task/%u", k->pid, k->tid);
+	if (access(task, F_OK) < 0) {
+		fprintf(stderr, "mock: tid %u is no thread of %d\n", k->tid, k->pid);
+		return false;
+	}
+	return true;
+}
+
+static void do_ioctl(struct client *c, struct frame *f)
+{
+	struct call k = { .c = c, .seq = f->seq };
+	const uint8_t *p = f->payload;
+	k.cmd = get32(p);
+	k.tid = get32(p + 4);
+	k.arg = get64(p + 8);
+	k.n_seg = get32(p + 16);
+	k.n_fds = get32(p + 20);
+	k.n_res = get32(p + 24);
+	if (k.n_fds > 64 || k.n_res > 64 || get32(p + 28) != 0) {
+		send_result(c, k.seq, EILSEQ, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	for (uint32_t i = 0; i < k.n_fds; i++)
+		k.numbers[i] = (int32_t)get32(p + 32 + 4 * i);
+	for (uint32_t i = 0; i < k.n_res; i++)
+		k.reserved[i] = (int32_t)get32(p + 32 + 4 * (k.n_fds + i));
+	size_t lists = 32 + ((4 * (k.n_fds + k.n_res) + 7) & ~7u);
+	k.segs = p + lists;
+	k.segs_len = f->len - lists;
+	if (!take_channel_message(&k)) {
+		send_result(c, k.seq, EILSEQ, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	uint8_t size[8];
+	switch (k.cmd) {
+	case 0xC0609580:
+		do_hello(&k);
+		break;
+	case 0x40389590:
+		do_send(&k);
+		break;
+	case 0x80409591:
+		do_recv(&k);
+		break;
+	case 0x40209583:
+		do_free(&k);
+		break;
+	case 0x40189582:
+		do_byebye(&k);
+		break;
+	case 0x402095B0:
+		send_result(c, k.seq, 0, NULL, 0, NULL, 0, 0);
+		send_frame(c, WAKE, 0, NULL, 0, NULL, 0);
+		break;
+	case 0x80389584: {
+		struct write w = w64(k.arg + 16, 1);
+		send_result(c, k.seq, mem_read(&k, k.arg, 8, size), &w, 1, NULL, 0, 0);
+		break;
+	}
+	case 0x80289586: {
+		struct write w = w64(k.arg + 24, closes_seen);
+		send_result(c, k.seq, 0, &w, 1, NULL, 0, 0);
+		break;
+	}
+	case 0x80389585:
+		send_result(c, k.seq, 0, NULL, 0, NULL, 0, 0);
+		send_frame(c, HUP, 0, NULL, 0, NULL, 0);
+		shutdown(c->sock, SHUT_RDWR);
+		break;
+	default:
+		send_result(c, k.seq, ENOTTY, NULL, 0, NULL, 0, 0);
+	}
+	for (uint32_t i = 0; i < k.n_fds; i++)
+		if (k.files[i] >= 0)
+			close(k.files[i]);
+}
+
+static void do_open(struct client *c, struct frame *f)
+{
+	uint32_t len = get32(f->payload + 8);
+	char path[256] = { 0 };
+	memcpy(path, f->payload + 16, len < 255 ? len : 255);
+	int err = ENOENT;
+	if (strcmp(path, "0-test/bus") == 0 || strcmp(path, "control") == 0)
+		err = 0;
+	else if (strcmp(path, "0-denied/bus") == 0)
+		err = EACCES;
+	if (err) {
+		send_result(c, f->seq, err, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	int pair[2];
+	socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair);
+	int one = 1;
+	setsockopt(pair[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+	c->chan = pair[0];
+	send_result(c, f->seq, 0, NULL, 0, &pair[1], 1, 0);
+	close(pair[1]);
+}
+
+static void do_pool(struct client *c, struct frame *f)
+{
+	if (c->pool < 0) {
+		send_result(c, f->seq, EBADFD, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", c->pool);
+	int ro = open(path, O_RDONLY | O_CLOEXEC);
+	send_result(c, f->seq, 0, NULL, 0, &ro, 1, 1);
+	close(ro);
+}
+
+static void handle(struct client *c, struct frame *f)
+{
+	switch (f->type) {
+	case OPEN:
+		do_open(c, f);
+		break;
+	case IOCTL:
+		do_ioctl(c, f);
+		break;
+	case POOL:
+		do_pool(c, f);
+		break;
+	case CLOSE:
+		closes_seen++;
+		send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
+		break;
+	default:
+		fprintf(stderr, "mock: unexpected frame type %u\n", f->type);
+	}
+	free_frame(f);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: mock-daemon SOCKET\n");
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	snprintf(addr.sun_path, sizeof addr.sun_path, "%s", argv[1]);
+	unlink(argv[1]);
+	if (bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listener, 16) < 0) {
+		perror("mock: listen");
+		return 1;
+	}
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		clients[i].sock = clients[i].chan = clients[i].pool = -1;
+	for (;;) {
+		struct pollfd p[MAX_CLIENTS + 1];
+		int idx[MAX_CLIENTS + 1], n = 0;
+		p[n].fd = listener;
+		p[n++].events = POLLIN;
+		for (int i = 0; i < MAX_CLIENTS; i++) {
+			if (clients[i].sock >= 0) {
+				p[n].fd = clients[i].sock;
+				p[n].events = POLLIN;
+				idx[n++] = i;
+			}
+		}
+		if (poll(p, (nfds_t)n, -1) < 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			int s = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+			for (int i = 0; s >= 0 && i < MAX_CLIENTS; i++) {
+				if (clients[i].sock < 0) {
+					clients[i].sock = s;
+					s = -1;
+				}
+			}
+			if (s >= 0)
+				close(s);
+		}
+		for (int j = 1; j < n; j++) {
+			if (!p[j].revents)
+				continue;
+			struct client *c = &clients[idx[j]];
+			struct frame *f = read_frame(c);
+			if (!f) {
+				close_client(c);
+				continue;
+			}
+			handle(c, f);
+			while (c->sock >= 0 && c->backlog) {
+				f = c->backlog;
+				c->backlog = f->next;
+				if (!c->backlog)
+					c->backlog_tail = NULL;
+				handle(c, f);
+			}
+		}
+	}
+}
