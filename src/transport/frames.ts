@@ -12,6 +12,9 @@ export const enum FrameType {
   HUP = 7,
   POOL = 8,
   CLOSE = 9,
+  ATTACH = 10,
+  RESERVE = 11,
+  INSTALL = 12,
 }
 
 export const FRAME_HEADER = 16;

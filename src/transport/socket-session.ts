@@ -12,6 +12,7 @@ import type { CallContext, CallerFiles, Credentials, FileInstaller, ImportedFile
 import type { Domain } from '../bus/domain';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
 import { readTask } from '../os/proc';
+import { idMapped, inDaemonUserNamespace, readIdMap } from '../os/namespaces';
 import { ImportedFd } from '../os/pidfd-files';
 import { fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
@@ -20,6 +21,8 @@ import {
   SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_SEQPACKET, type PeerCred,
 } from '../os/unix-socket';
 import { logger } from '../log/logger';
+import type { Connection } from '../bus/connection';
+import type { AttachmentRegistry, AttachTarget, SideChannel } from './attachments';
 import { decodeSegments, encodeFrame, encodeSegments, FrameReader, FrameType, ProtocolError, type Frame } from './frames';
 import { NeedMemory, SegmentMemory } from './segment-memory';
 import { accessFor, MAY_EXEC, permitted } from './node-access';
@@ -31,10 +34,12 @@ const F_DUPFD_CLOEXEC = 1030;
 const RESULT_POOL = 1;
 const O_CLOEXEC = 0o2000000;
 
-interface Identity {
+/** The opener as OPEN checks it (fresh, not cached: privilege is decided once per file). */
+interface OpenerIdentity {
   creds: Credentials;
   privileged: boolean;
-  dacOverride: boolean;
+  /** CAP_DAC_OVERRIDE for a node with this owner and group (capable_wrt_inode_uidgid). */
+  overrides(uid: number, gid: number): boolean;
 }
 
 /** The client's descriptors named in one IOCTL, received over the fd channel. */
@@ -88,6 +93,15 @@ class ReservedInstaller implements FileInstaller {
   }
 }
 
+/** A list of i32 numbers: u32 count, u32 0, then the numbers. */
+function numbersOf(b: Buffer, offset: number): number[] {
+  if (b.length < offset + 8) return [];
+  const n = Math.min(b.readUInt32LE(offset), 64);
+  const out: number[] = [];
+  for (let i = 0; i < n && offset + 8 + 4 * i + 4 <= b.length; i++) out.push(b.readInt32LE(offset + 8 + 4 * i));
+  return out;
+}
+
 export class SocketSession {
   readonly peer: PeerCred;
   private readonly fd: number;
@@ -96,7 +110,7 @@ export class SocketSession {
   private fdChannel = -1;
   private readonly fetches = new Map<bigint, (r: { errno: number; data: Buffer }) => void>();
   private readonly aborts = new Set<AbortController>();
-  private readonly identities = new Map<string, Identity>();
+  private readonly identities = new Map<string, Credentials>();
   private readonly out: Array<{ frame: Buffer; fds: number[]; after?: () => void }> = [];
   private flushing = false;
   private wakeOutstanding = false;
@@ -105,10 +119,17 @@ export class SocketSession {
   private stopWake: (() => void) | undefined;
   private closed = false;
 
+  /** The CUSE handle this socket is the side channel of (ATTACH), if it is one. */
+  private sideOf: AttachTarget | undefined;
+  private readonly side: SideChannel = { install: (files) => this.installForCuse(files) };
+  /** Numbers the shim reserved for files of its CUSE handle (ATTACH, RESERVE). */
+  private readonly reserve: number[] = [];
+
   constructor(
     private readonly domain: Domain,
     private readonly socket: net.Socket,
     private readonly onClose: (s: SocketSession) => void,
+    private readonly attachments: AttachmentRegistry,
   ) {
     this.fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
     this.peer = peerCred(this.fd);
@@ -163,6 +184,12 @@ export class SocketSession {
         return this.sendPool(f.seq);
       case FrameType.CLOSE:
         return this.releaseNow(f.seq);
+      case FrameType.ATTACH:
+        return this.attach(f);
+      case FrameType.RESERVE:
+        if (!this.sideOf) throw new ProtocolError('RESERVE on a socket that is not a side channel');
+        this.reserve.push(...numbersOf(f.payload, 0));
+        return;
       default:
         throw new ProtocolError(`unknown frame type ${f.type}`);
     }
@@ -179,28 +206,88 @@ export class SocketSession {
    * Credentials of a process as /proc shows them, cached per (pid, real uid, real gid): the
    * kernel tells us those three with every request, so a changed identity is noticed.
    */
-  private identity(pid: number, uid: number, gid: number): Identity {
+  private identity(pid: number, uid: number, gid: number): Credentials {
     const key = `${pid}:${uid}:${gid}`;
-    let id = this.identities.get(key);
-    if (!id) {
+    let creds = this.identities.get(key);
+    if (!creds) {
       const st = readTask(pid, pid, Attach.CREDS).status;
       if (!st) throw fail('ESRCH', `process ${pid} is gone`);
-      id = {
-        creds: st.creds,
-        privileged: ((st.caps.effective >> CAP_IPC_OWNER) & 1n) === 1n,
-        dacOverride: ((st.caps.effective >> CAP_DAC_OVERRIDE) & 1n) === 1n,
-      };
+      creds = st.creds;
       if (this.identities.size > 64) this.identities.clear();
-      this.identities.set(key, id);
+      this.identities.set(key, creds);
     }
-    return id;
+    return creds;
+  }
+
+  /**
+   * The opener's credentials and rights, read fresh. A capability bit in the status file
+   * counts only in the namespace that holds it: kdbus privilege is CAP_IPC_OWNER in the
+   * domain's user namespace (file_ns_capable), the daemon's here, so a process that is root
+   * in a user namespace of its own is not privileged; CAP_DAC_OVERRIDE works there only on
+   * nodes whose owner and group have ids inside (capable_wrt_inode_uidgid).
+   */
+  private openerIdentity(pid: number): OpenerIdentity {
+    const st = readTask(pid, pid, Attach.CREDS).status;
+    if (!st) throw fail('ESRCH', `process ${pid} is gone`);
+    const cap = (n: bigint): boolean => ((st.caps.effective >> n) & 1n) === 1n;
+    const dac = cap(CAP_DAC_OVERRIDE);
+    if (inDaemonUserNamespace(pid)) {
+      return { creds: st.creds, privileged: cap(CAP_IPC_OWNER), overrides: () => dac };
+    }
+    const uids = dac ? readIdMap(pid, 'uid') : undefined;
+    const gids = dac ? readIdMap(pid, 'gid') : undefined;
+    return {
+      creds: st.creds,
+      privileged: false,
+      overrides: (uid, gid) => !!uids && !!gids && idMapped(uids, uid) && idMapped(gids, gid),
+    };
   }
 
   // --- OPEN ------------------------------------------------------------------------------
 
-  private resolve(rel: string, id: Identity, openFlags: number): KdbusNode {
+  // --- side channel of a CUSE handle ----------------------------------------------------
+
+  private attach(f: Frame): void {
+    if (this.handle || this.sideOf) throw new ProtocolError('ATTACH on a socket that is already in use');
+    if (f.payload.length < 16) throw new ProtocolError('ATTACH frame too short');
+    const target = this.attachments.claim(Buffer.from(f.payload.subarray(0, 16)));
+    if (!target) {
+      this.sendResult(f.seq, Errno.EPERM, [], [], 0);
+      return;
+    }
+    this.sideOf = target;
+    this.reserve.push(...numbersOf(f.payload, 16));
+    target.attach(this.side);
+    this.sendResult(f.seq, 0, [], [], 0);
+  }
+
+  /** Files a CUSE RECV installs: numbers from the reserve, the files sent right away. */
+  private installForCuse(files: readonly ImportedFile[]): number[] {
+    const numbers: number[] = [];
+    const fds: number[] = [];
+    for (const file of files) {
+      const n = this.reserve.length > 0 && file.fd >= 0 ? this.reserve.shift()! : -1;
+      const dup = n >= 0 ? fcntl(file.fd, F_DUPFD_CLOEXEC, 0) : -1;
+      if (dup < 0) {
+        numbers.push(-1);
+        continue;
+      }
+      numbers.push(n);
+      fds.push(dup);
+    }
+    if (fds.length > 0) {
+      const p = Buffer.alloc(8 + 4 * numbers.length);
+      p.writeUInt32LE(fds.length, 0);
+      let k = 0;
+      for (const n of numbers) if (n >= 0) p.writeInt32LE(n, 8 + 4 * k++);
+      this.enqueue(encodeFrame(FrameType.INSTALL, 0n, p), fds, () => fds.forEach(closeFd));
+    }
+    return numbers;
+  }
+
+  private resolve(rel: string, id: OpenerIdentity, openFlags: number): KdbusNode {
     if (rel === 'control') {
-      if (!permitted(id.creds, id.dacOverride, { mode: 0o666, uid: 0, gid: 0 }, accessFor(openFlags))) {
+      if (!permitted(id.creds, id.overrides(0, 0), { mode: 0o666, uid: 0, gid: 0 }, accessFor(openFlags))) {
         throw fail('EACCES', 'control node: permission denied');
       }
       return { kind: 'control', domain: this.domain };
@@ -208,12 +295,12 @@ export class SocketSession {
     const parts = rel.split('/');
     const bus = parts.length === 2 ? this.domain.buses.get(parts[0]!) : undefined;
     if (!bus) throw fail('ENOENT', `no kdbus node "${rel}"`);
-    if (!permitted(id.creds, id.dacOverride, { mode: busDirMode(bus), uid: bus.uid, gid: bus.gid }, MAY_EXEC)) {
+    if (!permitted(id.creds, id.overrides(bus.uid, bus.gid), { mode: busDirMode(bus), uid: bus.uid, gid: bus.gid }, MAY_EXEC)) {
       throw fail('EACCES', `${bus.name}: permission denied`);
     }
     const ep = bus.endpoints.get(parts[1]!);
     if (!ep) throw fail('ENOENT', `no kdbus node "${rel}"`);
-    if (!permitted(id.creds, id.dacOverride, { mode: ep.mode, uid: ep.uid, gid: ep.gid }, accessFor(openFlags))) {
+    if (!permitted(id.creds, id.overrides(ep.uid, ep.gid), { mode: ep.mode, uid: ep.uid, gid: ep.gid }, accessFor(openFlags))) {
       throw fail('EACCES', `${ep.path}: permission denied`);
     }
     return { kind: 'endpoint', ep };
@@ -230,7 +317,7 @@ export class SocketSession {
     let errno = 0;
     let shimEnd = -1;
     try {
-      const id = this.identity(this.peer.pid, this.peer.uid, this.peer.gid);
+      const id = this.openerIdentity(this.peer.pid);
       const node = this.resolve(rel, id, flags);
       const opener: Opener = { creds: id.creds, privileged: id.privileged, pid: this.peer.pid };
       this.handle = openHandle(node, opener);
@@ -294,11 +381,11 @@ export class SocketSession {
     this.aborts.add(abort);
     let errno = 0;
     try {
-      const id = this.identity(cred.pid, cred.uid, cred.gid);
+      const creds = this.identity(cred.pid, cred.uid, cred.gid);
       const ctx: CallContext = {
         mem, files, installer, pid: cred.pid,
         tid: tid > 0 && fs.existsSync(`/proc/${cred.pid}/task/${tid}`) ? tid : cred.pid,
-        creds: id.creds, signal: abort.signal,
+        creds, signal: abort.signal,
       };
       for (;;) {
         mem.resetWrites();
@@ -337,7 +424,7 @@ export class SocketSession {
     const fds = [...installer.sent];
     let poolFd = -1;
     if (cmd === Cmd.HELLO && errno === 0 && handle.connection) {
-      poolFd = this.openPoolReadOnly(handle);
+      poolFd = this.openPoolReadOnly(handle.connection);
       if (poolFd >= 0) {
         flags |= RESULT_POOL;
         fds.unshift(poolFd);
@@ -360,15 +447,15 @@ export class SocketSession {
     });
   }
 
-  private openPoolReadOnly(handle: Handle): number {
-    const storage = handle.connection?.pool.storage;
+  private openPoolReadOnly(conn: Connection): number {
+    const storage = conn.pool.storage;
     if (!(storage instanceof MemfdStorage)) return -1;
     return fs.openSync(`/proc/self/fd/${storage.fd}`, fs.constants.O_RDONLY | O_CLOEXEC);
   }
 
   private sendPool(seq: bigint): void {
-    const handle = this.handle;
-    const poolFd = handle?.connection ? this.openPoolReadOnly(handle) : -1;
+    const conn = this.handle?.connection ?? this.sideOf?.connection();
+    const poolFd = conn ? this.openPoolReadOnly(conn) : -1;
     this.sendResult(seq, poolFd >= 0 ? 0 : Errno.EBADFD, [], poolFd >= 0 ? [poolFd] : [], poolFd >= 0 ? RESULT_POOL : 0, () => {
       if (poolFd >= 0) closeFd(poolFd);
     });
@@ -460,6 +547,8 @@ export class SocketSession {
     for (const a of this.aborts) a.abort();
     for (const item of this.out.splice(0)) item.after?.();
     this.stopWake?.();
+    this.sideOf?.detach(this.side);
+    this.sideOf = undefined;
     this.handle?.release();
     this.handle = undefined;
     if (this.fdChannel >= 0) closeFd(this.fdChannel);

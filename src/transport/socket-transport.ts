@@ -12,12 +12,15 @@ import { MemfdStorage } from '../os/memfd-storage';
 import { logger } from '../log/logger';
 import { PlaceholderTree } from './placeholder-tree';
 import { SocketSession } from './socket-session';
+import { AttachmentRegistry } from './attachments';
 
 export interface SocketTransportOptions {
   socketPath: string;
   kdbusRoot: string;
   /** Keep placeholder files under the root (off where CUSE nodes already live there). */
   placeholders: boolean;
+  /** Tokens of CUSE handles whose shim attaches a side channel here. */
+  attachments?: AttachmentRegistry;
 }
 
 export class SocketTransport implements Transport {
@@ -26,8 +29,11 @@ export class SocketTransport implements Transport {
   private tree: PlaceholderTree | undefined;
   private domain: Domain | undefined;
   private readonly sessions = new Set<SocketSession>();
+  private readonly attachments: AttachmentRegistry;
 
-  constructor(readonly opts: SocketTransportOptions) {}
+  constructor(readonly opts: SocketTransportOptions) {
+    this.attachments = opts.attachments ?? new AttachmentRegistry();
+  }
 
   async start(domain: Domain): Promise<void> {
     this.domain = domain;
@@ -62,7 +68,7 @@ export class SocketTransport implements Transport {
 
   private accept(socket: net.Socket): void {
     try {
-      const s = new SocketSession(this.domain!, socket, (gone) => this.sessions.delete(gone));
+      const s = new SocketSession(this.domain!, socket, (gone) => this.sessions.delete(gone), this.attachments);
       this.sessions.add(s);
     } catch (e) {
       logger.warn(`socket transport: refusing a client: ${(e as Error).message}`);

@@ -1,0 +1,60 @@
+/**
+ * One open file of a CUSE device: the Handle behind a FUSE file handle, the poll handle
+ * the kernel gave us, the ioctls in flight (for FUSE_INTERRUPT), and the shim's side
+ * channel once it attached.
+ */
+import { Attach } from '../abi/constants';
+import { fail } from '../abi/errno';
+import type { Credentials, FileInstaller, ImportedFile } from '../bus/caller';
+import type { Connection } from '../bus/connection';
+import type { Handle } from '../bus/handle';
+import { readTask } from '../os/proc';
+import type { AttachTarget, SideChannel } from '../transport/attachments';
+
+/** Installs files through the attached shim; without one, RECV reports INCOMPLETE_FDS. */
+export class SideChannelInstaller implements FileInstaller {
+  constructor(private readonly file: CuseFile) {}
+
+  install(files: readonly ImportedFile[]): number[] {
+    const side = this.file.side;
+    return side ? side.install(files) : files.map(() => -1);
+  }
+}
+
+export class CuseFile implements AttachTarget {
+  /** kh of the last FUSE_POLL that asked to be notified. */
+  pollKh: bigint | undefined;
+  readonly inFlight = new Map<bigint, AbortController>();
+  side: SideChannel | undefined;
+  stopWake: (() => void) | undefined;
+  readonly installer = new SideChannelInstaller(this);
+
+  constructor(readonly handle: Handle) {}
+
+  connection(): Connection | undefined {
+    return this.handle.connection;
+  }
+
+  attach(side: SideChannel): void {
+    this.side = side;
+  }
+
+  detach(side: SideChannel): void {
+    if (this.side === side) this.side = undefined;
+  }
+}
+
+export interface CallerIdentity {
+  tgid: number;
+  creds: Credentials;
+  privileged: boolean;
+}
+
+const CAP_IPC_OWNER = 15n;
+
+/** Who is calling: CUSE tells the thread; /proc tells its process and current credentials. */
+export function callerIdentity(tid: number): CallerIdentity {
+  const st = readTask(tid, tid, Attach.CREDS).status;
+  if (!st) throw fail('ESRCH', `calling thread ${tid} is gone`);
+  return { tgid: st.tgid, creds: st.creds, privileged: ((st.caps.effective >> CAP_IPC_OWNER) & 1n) === 1n };
+}

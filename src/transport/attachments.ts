@@ -1,0 +1,49 @@
+/**
+ * The bridge between a CUSE handle and the shim's side channel. CUSE can carry neither a
+ * pool mapping nor file descriptors, so the shim asks the device for a one-time token
+ * (a private ioctl, which only the holder of the open file can issue), presents it on the
+ * socket transport, and that socket then serves the handle: the pool memfd, and the files
+ * RECV installs. Tokens are random and single-use.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Connection } from '../bus/connection';
+import type { ImportedFile } from '../bus/caller';
+
+/** What an attached side channel offers the CUSE handle. */
+export interface SideChannel {
+  /** Gives files reserved numbers in the client and sends them; -1 where none is left. */
+  install(files: readonly ImportedFile[]): number[];
+}
+
+export interface AttachTarget {
+  /** The connection of the handle (undefined before HELLO). */
+  connection(): Connection | undefined;
+  attach(side: SideChannel): void;
+  detach(side: SideChannel): void;
+}
+
+export class AttachmentRegistry {
+  private readonly tokens = new Map<string, AttachTarget>();
+
+  issue(target: AttachTarget): Buffer {
+    const token = randomBytes(16);
+    this.tokens.set(token.toString('hex'), target);
+    return token;
+  }
+
+  claim(token: Buffer): AttachTarget | undefined {
+    const key = token.toString('hex');
+    const t = this.tokens.get(key);
+    this.tokens.delete(key);
+    return t;
+  }
+
+  /** Forgets the tokens of a target that went away before they were used. */
+  revoke(target: AttachTarget): void {
+    for (const [k, t] of this.tokens) if (t === target) this.tokens.delete(k);
+  }
+}
+
+/** The private ioctl: _IOWR(0x95, 0xF0, 24), struct {u64 size; u8 token[16]}. */
+export const KDBUS_CUSE_CMD_ATTACH = 0xc01895f0;
+export const ATTACH_STRUCT_SIZE = 24;
