@@ -49,6 +49,8 @@ export class Poller {
     this.worker = new Worker(path.join(__dirname, 'poller-worker.js'), {
       workerData: { epfd: this.epfd, doorbell: theirs, stopFd: this.stopFd, eventSize: EVENT_SIZE },
     });
+    // The doorbell keeps the event loop alive while channels are watched (a daemon waiting
+    // for CUSE_INIT has nothing else pending); the thread itself need not.
     this.worker.unref();
     this.bell.unref();
   }
@@ -63,6 +65,7 @@ export class Poller {
   /** Calls `onReadable` when `fd` has data; the handler drains it, then calls rearm(fd). */
   add(fd: number, onReadable: () => void): void {
     this.handlers.set(fd, onReadable);
+    this.bell.ref();
     this.ctl(EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLONESHOT);
   }
 
@@ -72,6 +75,7 @@ export class Poller {
 
   remove(fd: number): void {
     if (!this.handlers.delete(fd)) return;
+    if (this.handlers.size === 0) this.bell.unref();
     try {
       this.ctl(EPOLL_CTL_DEL, fd, 0);
     } catch {
