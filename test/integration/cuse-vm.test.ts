@@ -1,0 +1,53 @@
+/**
+ * kdbus over real CUSE devices, in the VM with Debian's 6.1 LTS kernel: the daemon serves
+ * /dev/kdbus, and clients use it as they used kdbus.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Vm, type VmJob } from '../vm/vm';
+import { requireOrSkip } from '../helpers/require';
+
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+
+describe('CUSE transport in a VM', function () {
+  this.timeout(120_000);
+  let vm: Vm | undefined;
+  let daemon: VmJob | undefined;
+
+  before(async function () {
+    const missing = Vm.unavailableReason();
+    requireOrSkip(this, missing === undefined, `the test VM: ${missing}`);
+    vm = await Vm.boot();
+    daemon = vm.start(`cd ${ROOT} && exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`);
+    const wait = await vm.run('for i in $(seq 1 600); do [ -e /dev/kdbus/0-system/bus ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
+    assert.equal(wait.code, 0, 'the daemon made /dev/kdbus/0-system/bus');
+  });
+
+  after(async () => {
+    if (daemon) await daemon.stop('TERM');
+    await vm?.shutdown();
+  });
+
+  it('creates the kdbus tree as character devices with kdbus modes', async () => {
+    const r = await vm!.run('stat -c "%F %a %u" /dev/kdbus/control /dev/kdbus/0-system/bus; stat -c "%a" /dev/kdbus/0-system');
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split('\n'), ['character special file 666 0', 'character special file 666 0', '555']);
+  });
+
+  it('serves a raw-ioctl client without any preload library', async () => {
+    const script = path.join(vm!.shareDir, 'cuse-raw-client.py');
+    fs.copyFileSync(path.join(ROOT, 'test', 'vm', 'cuse-raw-client.py'), script);
+    const r = await vm!.run(`/usr/bin/python3 ${script} /dev/kdbus`, { timeoutMs: 60_000 });
+    assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /^ok$/m);
+  });
+
+  it('removes its nodes on SIGTERM', async () => {
+    const log = await daemon!.stop('TERM');
+    daemon = undefined;
+    assert.match(log.stderr, /SIGTERM: shutting down/);
+    const r = await vm!.run('ls /dev/kdbus 2>&1; true');
+    assert.match(r.stdout, /No such file/);
+  });
+});
