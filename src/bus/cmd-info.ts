@@ -48,7 +48,7 @@ export function cmdConnInfo(conn: Connection, ctx: CallContext, arg: bigint): vo
     mask &= target.attachSend & ~Attach.TIMESTAMP;
     const w = new ItemWriter(512);
     w.u64(0).u64(target.id).u64(target.helloFlags);
-    const parts: MetadataParts = {};
+    const parts: MetadataParts = { view: conn.view };
     const proc = target.fakeMeta ?? target.meta;
     if (proc) parts.proc = proc;
     if (mask & Attach.NAMES) parts.ownedNames = target.ownedNames();
@@ -70,7 +70,7 @@ export function cmdBusCreatorInfo(conn: Connection, ctx: CallContext, arg: bigin
     const w = new ItemWriter(512);
     w.u64(0).u64(bus.id).u64(bus.flags);
     w.string(ItemType.MAKE_NAME, bus.name);
-    encodeMetadata(w, { proc: bus.creatorMeta }, mask & ~(Attach.TIMESTAMP | Attach.NAMES | Attach.CONN_DESCRIPTION));
+    encodeMetadata(w, { proc: bus.creatorMeta, view: conn.view }, mask & ~(Attach.TIMESTAMP | Attach.NAMES | Attach.CONN_DESCRIPTION));
     w.alignTo8();
     publishInfo(conn, ctx, cmd, w);
   } finally {

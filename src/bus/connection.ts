@@ -20,6 +20,7 @@ import { ReplyTracker } from './reply';
 import type { KdbusUser } from './user';
 import { notifyIdChange, notifyReply, applyNameChanges, flushNotifications } from './notify';
 import { logger } from '../log/logger';
+import { DAEMON_VIEW, type NamespaceView } from '../os/namespaces';
 import { delayUntil, nowNs } from './deadline';
 
 export const enum ConnKind {
@@ -51,6 +52,8 @@ export interface ConnectionInit {
   fakeMeta: ProcMetadata | undefined;
   /** Pid and tid of the task that said HELLO (metadata and namespace anchor). */
   pid: number;
+  /** The namespaces metadata is translated into for this connection; default: the daemon's. */
+  view?: NamespaceView;
 }
 
 export class Connection implements NameOwner {
@@ -65,6 +68,7 @@ export class Connection implements NameOwner {
   readonly privileged: boolean;
   readonly owner: boolean;
   readonly pid: number;
+  readonly view: NamespaceView;
   attachSend: bigint;
   attachRecv: bigint;
   readonly description: string | undefined;
@@ -97,6 +101,7 @@ export class Connection implements NameOwner {
     this.privileged = init.ep.isPrivileged(init.opener);
     this.owner = init.ep.isOwner(init.opener);
     this.pid = init.pid;
+    this.view = init.view ?? DAEMON_VIEW;
     this.attachSend = init.attachSend;
     this.attachRecv = init.attachRecv;
     this.description = init.description;

@@ -12,6 +12,7 @@ import type { CallContext, Opener } from './caller';
 import { Connection } from './connection';
 import type { Endpoint } from './endpoint';
 import { collectProcMetadata, fakeProcMetadata, PROC_ATTACH_MASK, sanitizeAttachMask } from './metadata';
+import { namespaceView } from '../os/namespaces';
 import { applyNameChanges, flushNotifications, notifyIdChange } from './notify';
 import { parsePolicyUpload } from './policy';
 import { Pool } from './pool';
@@ -93,6 +94,7 @@ export function cmdHello(ep: Endpoint, opener: Opener, ctx: CallContext, arg: bi
       meta,
       fakeMeta,
       pid: ctx.pid,
+      view: namespaceView(opener.pid, ctx.pid),
     });
 
     const bloom = new ItemWriter(32).itemU64(ItemType.BLOOM_PARAMETER, BigInt(bus.bloom.size), bus.bloom.nHash).finish();

@@ -20,7 +20,7 @@ import { isValidWellKnownName } from '../abi/names';
 import type { CallContext, ImportedFile } from './caller';
 import type { Bus } from './bus';
 import type { Connection } from './connection';
-import { collectProcMetadata, effectiveMask, encodeMetadata, metadataSize, type MetadataParts, type ProcMetadata } from './metadata';
+import { collectProcMetadata, effectiveMask, encodeMetadata, IMPLICIT_ATTACH, metadataSize, type MetadataParts, type ProcMetadata } from './metadata';
 import { ItemWriter } from '../abi/items';
 import { Gaps } from './queue';
 import type { Slice } from './pool';
@@ -139,8 +139,15 @@ export class Staging {
   /** Builds this receiver's copy in its pool, charged to the sender's user (kernel user for notifications). */
   emit(dst: Connection): Emitted {
     const src = this.src;
-    const mask = src ? effectiveMask(src.attachSend, dst.attachRecv) : Attach.TIMESTAMP;
-    const parts: MetadataParts = {};
+    const view = dst.view;
+    let mask = src ? effectiveMask(src.attachSend, dst.attachRecv) : Attach.TIMESTAMP;
+    // A receiver in a pid namespace of its own may not see the sender's /proc entry, which
+    // takes the /proc-like items the sender did not grant (kdbus_meta_proc_mask).
+    if (src && view.pidChain.length > 0 && mask & ~(src.attachSend | IMPLICIT_ATTACH)) {
+      const proc = this.senderProcMeta(IMPLICIT_ATTACH);
+      if (proc && !proc.visibleIn(view)) mask = effectiveMask(src.attachSend, dst.attachRecv, false);
+    }
+    const parts: MetadataParts = { view };
     if (mask !== 0n) {
       if (mask & Attach.TIMESTAMP) parts.timestamp = this.stamp();
       if (src) {

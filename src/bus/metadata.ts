@@ -8,14 +8,20 @@
  * emits what a mask selects and the snapshot has, in the kernel's fixed order. Every
  * process item is encoded once per snapshot and reused for every receiver.
  *
- * Namespaces: the daemon serves one user and pid namespace (its own), so ids and pids are
- * reported unmapped, capabilities verbatim, and every sender's pid is visible to every
- * receiver.
+ * Namespaces: facts are read in the daemon's namespaces, which stand for the domain's. A
+ * receiver made in other namespaces gets them translated (kdbus_meta_export): ids through
+ * its id maps, pids into its pid namespace, capabilities by how the user namespaces nest
+ * (src/os/namespaces.ts). Those items are then encoded per receiver; everyone else shares
+ * the cached encoding.
  */
 import { ALIGN8, Attach, ITEM_HEADER_SIZE, ItemType, NameFlags, StructSize } from '../abi/constants';
 import { fail } from '../abi/errno';
 import type { ItemWriter } from '../abi/items';
 import { capLastCap, readTask, taskExists, type TaskAudit, type TaskCaps } from '../os/proc';
+import {
+  capsInView, DAEMON_VIEW, gidInView, isDaemonUserNamespace, loginUidInView, pidInView, pidNamespaceChain,
+  uidInView, userNamespaceOfTask, type NamespaceView, type PidTrail,
+} from '../os/namespaces';
 import type { Credentials } from './caller';
 
 /** Granted to every receiver whatever the sender allows (kdbus_meta_get_mask). */
@@ -51,9 +57,9 @@ export function sanitizeAttachMask(mask: bigint): bigint {
 /**
  * The metadata a receiver gets on a message: what it asked for (attach_flags_recv), limited
  * to what the sender allows (attach_flags_send), the implicit items, and — when the
- * receiver could read the sender's /proc entry — the /proc-like items. With one pid
- * namespace and no hidepid the last condition always holds, and the result is simply the
- * receiver's mask; `senderVisible` states the rule for when it does not.
+ * receiver could read the sender's /proc entry — the /proc-like items. That is when the
+ * sending task is visible in the receiver's pid namespace (ProcMetadata.visibleIn); kdbus's
+ * hidepid case is not modelled, as the daemon's /proc is not the receiver's.
  * (CONN_INFO is different: requested & the target's attach_flags_send.)
  */
 export function effectiveMask(senderSendMask: bigint, receiverRecvMask: bigint, senderVisible = true): bigint {
@@ -77,6 +83,10 @@ export interface ProcFacts {
   creds?: UnixIds;
   groups?: readonly number[];
   pids?: TaskPids;
+  /** Where pids lie below the daemon's pid namespace; absent: all three are in it. */
+  pidTrails?: { pid?: PidTrail; tid?: PidTrail; ppid?: PidTrail };
+  /** The task's user namespace (inode), read when CAPS is asked for; absent: the daemon's. */
+  userNs?: number;
   caps?: TaskCaps & { lastCap: number };
   /** Byte strings, without the NUL the items add. */
   tidComm?: Buffer;
@@ -90,6 +100,9 @@ export interface ProcFacts {
 
 const INVALID_ID = 0xffff_ffff;
 
+/** Items whose content depends on the receiver's namespaces. */
+const NAMESPACED = Attach.CREDS | Attach.PIDS | Attach.AUXGROUPS | Attach.CAPS | Attach.AUDIT;
+
 /** Attach bit numbers of the process items, in the kernel's emission order. */
 const PROC_ORDER = [1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12].map((bit) => ({ bit, flag: 1n << BigInt(bit) }));
 
@@ -97,6 +110,7 @@ const PROC_ORDER = [1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12].map((bit) => ({ bit, fla
 export class ProcMetadata {
   private readonly f: ProcFacts;
   private collected = 0n;
+  private userNsRead = false;
   private valid_ = 0n;
   private readonly wire: Array<Buffer | undefined> = [];
 
@@ -139,7 +153,10 @@ export class ProcMetadata {
   ensure(mask: bigint): void {
     const src = this.source;
     let want = mask & PROC_ATTACH_MASK & ~this.collected;
-    if (!src || want === 0n) return;
+    if (!src || want === 0n) {
+      if (src && mask & Attach.CAPS) this.placeCaps(src.pid);
+      return;
+    }
     if (want & STATUS_ITEMS) want |= STATUS_ITEMS;
     this.collected |= want;
     const info = readTask(src.pid, src.tid, want);
@@ -154,6 +171,17 @@ export class ProcMetadata {
       }
       // The transport saw pid and tid itself; only the parent is lost with the status file.
       f.pids = { pid: st ? st.tgid : src.pid, tid: src.tid, ppid: st ? st.ppid : 0 };
+      if (st?.nsTgid && st.nsPid) {
+        // A task below the daemon's pid namespace; its parent is in the same or an outer one.
+        const chain = pidNamespaceChain(src.tid);
+        const parent = st.ppid > 0 ? readTask(st.ppid, st.ppid, Attach.PIDS).status : undefined;
+        const ppidNrs = parent?.nsTgid ?? [st.ppid];
+        f.pidTrails = {
+          pid: { nrs: st.nsTgid, chain },
+          tid: { nrs: st.nsPid, chain },
+          ppid: { nrs: ppidNrs, chain: chain.slice(0, ppidNrs.length - 1) },
+        };
+      }
     }
     if (info.tidComm) f.tidComm = info.tidComm;
     if (info.pidComm) f.pidComm = info.pidComm;
@@ -162,11 +190,39 @@ export class ProcMetadata {
     if (info.cgroup) f.cgroup = info.cgroup;
     if (info.seclabel) f.seclabel = info.seclabel;
     if (info.audit) f.audit = info.audit;
+    if (mask & Attach.CAPS) this.placeCaps(src.pid);
     this.refreshValid();
   }
 
-  /** The item for attach bit `bit`, header to padding, as it goes on the wire. */
-  wireItem(bit: number): Buffer | undefined {
+  /**
+   * Capabilities only mean something in their user namespace: a task that made its own
+   * holds every bit there, and must not look privileged to receivers outside it.
+   */
+  private placeCaps(pid: number): void {
+    const f = this.f;
+    if (this.userNsRead || !f.caps || !f.creds) return;
+    this.userNsRead = true;
+    const ns = userNamespaceOfTask(pid, f.creds.euid, f.caps);
+    if (ns !== undefined && !isDaemonUserNamespace(ns)) f.userNs = ns;
+  }
+
+  /**
+   * Whether the task is visible in the pid namespace of `view` (kdbus_meta_proc_mask's
+   * condition for the /proc-like items). Reads the status file if it was not read yet.
+   */
+  visibleIn(view: NamespaceView): boolean {
+    if (view.pidChain.length === 0) return true;
+    this.ensure(Attach.PIDS);
+    const p = this.f.pids;
+    return p !== undefined && pidInView(view, p.tid, this.f.pidTrails?.tid) !== 0;
+  }
+
+  /** The item for attach bit `bit`, header to padding, as it goes on the wire to `view`. */
+  wireItem(bit: number, view: NamespaceView = DAEMON_VIEW): Buffer | undefined {
+    if (view.foreign || this.f.userNs !== undefined) {
+      const flag = 1n << BigInt(bit);
+      if ((view.foreign && flag & NAMESPACED) || flag === Attach.CAPS) return encodeProcItem(bit, this.f, view);
+    }
     let item = this.wire[bit];
     if (item === undefined) {
       item = encodeProcItem(bit, this.f);
@@ -242,6 +298,12 @@ export function fakeProcMetadata(items: { creds?: Buffer; pids?: Buffer; seclabe
       return nr;
     };
     facts.pids = { pid: task(0, 'pid'), tid: task(1, 'tid'), ppid: task(2, 'ppid') };
+    const trail = (nr: number): PidTrail | undefined => {
+      const nrs = nr > 0 ? readTask(nr, nr, Attach.PIDS).status?.nsPid : undefined;
+      return nrs && { nrs, chain: pidNamespaceChain(nr) };
+    };
+    const trails = { pid: trail(facts.pids.pid), tid: trail(facts.pids.tid), ppid: trail(facts.pids.ppid) };
+    if (trails.pid || trails.tid || trails.ppid) facts.pidTrails = trails;
   }
   if (seclabel !== undefined) facts.seclabel = Buffer.from(seclabel, 'latin1');
   return new ProcMetadata(facts, undefined, true);
@@ -273,13 +335,14 @@ function stringItem(type: number, s: Buffer): Buffer {
  * bounding sets of two u32 words each (_KERNEL_CAPABILITY_U32S), with the bits above
  * last_cap cleared in the word that holds it (CAP_LAST_U32_VALID_MASK).
  */
-function capsItem(caps: TaskCaps & { lastCap: number }): Buffer {
+function capsItem(caps: TaskCaps & { lastCap: number }, seen: 'verbatim' | 'all' | 'none'): Buffer {
   const words = 2;
   const b = newItem(ItemType.CAPS, 4 + 4 * words * 4);
   b.writeUInt32LE(caps.lastCap, ITEM_HEADER_SIZE);
   const lastWord = caps.lastCap >>> 5;
   const lastWordMask = 2 ** ((caps.lastCap + 1) & 31) - 1;
-  const sets = [caps.inheritable, caps.permitted, caps.effective, caps.bounding];
+  const sets = seen === 'verbatim' ? [caps.inheritable, caps.permitted, caps.effective, caps.bounding]
+    : seen === 'all' ? [0n, ALL_CAPS, ALL_CAPS, ALL_CAPS] : [0n, 0n, 0n, 0n];
   for (let s = 0; s < sets.length; s++) {
     for (let w = 0; w < words; w++) {
       let word = Number((sets[s] >> BigInt(32 * w)) & 0xffff_ffffn);
@@ -290,16 +353,27 @@ function capsItem(caps: TaskCaps & { lastCap: number }): Buffer {
   return b;
 }
 
-function encodeProcItem(bit: number, f: ProcFacts): Buffer | undefined {
+/** Every capability bit; capsItem clears those above last_cap. */
+const ALL_CAPS = 0xffff_ffff_ffff_ffffn;
+
+/** Encodes one item of `f` as a receiver in the namespaces of `view` sees it. */
+function encodeProcItem(bit: number, f: ProcFacts, view: NamespaceView = DAEMON_VIEW): Buffer | undefined {
   switch (1n << BigInt(bit)) {
     case Attach.CREDS: {
       const c = f.creds;
-      return c && u64Words(ItemType.CREDS, [c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid, c.sgid, c.fsgid]);
+      if (!c) return undefined;
+      const u = (id: number): number => uidInView(view, id);
+      const g = (id: number): number => gidInView(view, id);
+      return u64Words(ItemType.CREDS, [u(c.uid), u(c.euid), u(c.suid), u(c.fsuid), g(c.gid), g(c.egid), g(c.sgid), g(c.fsgid)]);
     }
-    case Attach.PIDS:
-      return f.pids && u64Words(ItemType.PIDS, [f.pids.pid, f.pids.tid, f.pids.ppid]);
+    case Attach.PIDS: {
+      const p = f.pids;
+      if (!p) return undefined;
+      const t = f.pidTrails;
+      return u64Words(ItemType.PIDS, [pidInView(view, p.pid, t?.pid), pidInView(view, p.tid, t?.tid), pidInView(view, p.ppid, t?.ppid)]);
+    }
     case Attach.AUXGROUPS:
-      return f.groups && u64Words(ItemType.AUXGROUPS, f.groups);
+      return f.groups && u64Words(ItemType.AUXGROUPS, view.gidMap ? f.groups.map((id) => gidInView(view, id)) : f.groups);
     case Attach.TID_COMM:
       return f.tidComm && stringItem(ItemType.TID_COMM, f.tidComm);
     case Attach.PID_COMM:
@@ -311,7 +385,7 @@ function encodeProcItem(bit: number, f: ProcFacts): Buffer | undefined {
     case Attach.CGROUP:
       return f.cgroup && stringItem(ItemType.CGROUP, f.cgroup);
     case Attach.CAPS:
-      return f.caps && capsItem(f.caps);
+      return f.caps && capsItem(f.caps, capsInView(view, f.userNs, f.creds?.euid ?? INVALID_ID));
     case Attach.SECLABEL:
       return f.seclabel && stringItem(ItemType.SECLABEL, f.seclabel);
     case Attach.AUDIT: {
@@ -319,7 +393,7 @@ function encodeProcItem(bit: number, f: ProcFacts): Buffer | undefined {
       if (!a) return undefined;
       const b = newItem(ItemType.AUDIT, StructSize.audit);
       b.writeUInt32LE(a.sessionid >>> 0, ITEM_HEADER_SIZE);
-      b.writeUInt32LE(a.loginuid >>> 0, ITEM_HEADER_SIZE + 4);
+      b.writeUInt32LE(loginUidInView(view, a.loginuid >>> 0), ITEM_HEADER_SIZE + 4);
       return b;
     }
     default:
@@ -340,6 +414,8 @@ export interface MetadataParts {
   /** latin1, one char per byte, like every name in this project. */
   description?: string;
   timestamp?: MetadataTimestamp;
+  /** The receiver's namespaces; absent: the daemon's. */
+  view?: NamespaceView;
 }
 
 /**
@@ -375,7 +451,7 @@ function emit(w: ItemWriter | undefined, parts: MetadataParts, mask: bigint): nu
   if (proc && procMask !== 0n) {
     for (const { bit, flag } of PROC_ORDER) {
       if (!(procMask & flag)) continue;
-      const item = proc.wireItem(bit) as Buffer;
+      const item = proc.wireItem(bit, parts.view) as Buffer;
       w?.bytes(item);
       account(item.readUInt32LE(0));
     }

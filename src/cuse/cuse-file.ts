@@ -9,6 +9,7 @@ import type { Credentials, FileInstaller, ImportedFile } from '../bus/caller';
 import type { Connection } from '../bus/connection';
 import type { Handle } from '../bus/handle';
 import { readTask } from '../os/proc';
+import { inDaemonUserNamespace } from '../os/namespaces';
 import type { AttachTarget, SideChannel } from '../transport/attachments';
 
 /** Installs files through the attached shim; without one, RECV reports INCOMPLETE_FDS. */
@@ -52,9 +53,15 @@ export interface CallerIdentity {
 
 const CAP_IPC_OWNER = 15n;
 
-/** Who is calling: CUSE tells the thread; /proc tells its process and current credentials. */
+/**
+ * Who is calling: CUSE tells the thread; /proc tells its process and current credentials.
+ * kdbus's privilege is CAP_IPC_OWNER in the domain's user namespace (the daemon's): a
+ * process that is root only in a user namespace of its own shows the bit but is not
+ * privileged here.
+ */
 export function callerIdentity(tid: number): CallerIdentity {
   const st = readTask(tid, tid, Attach.CREDS).status;
   if (!st) throw fail('ESRCH', `calling thread ${tid} is gone`);
-  return { tgid: st.tgid, creds: st.creds, privileged: ((st.caps.effective >> CAP_IPC_OWNER) & 1n) === 1n };
+  const capable = ((st.caps.effective >> CAP_IPC_OWNER) & 1n) === 1n;
+  return { tgid: st.tgid, creds: st.creds, privileged: capable && inDaemonUserNamespace(st.tgid) };
 }

@@ -87,3 +87,13 @@ export const poll = libc.func('int poll(void *fds, unsigned long nfds, int timeo
   nfds: number,
   timeout: number,
 ) => number;
+
+const ioctlVariadic = libc.func('int ioctl(int fd, unsigned long request, ...)');
+
+/**
+ * ioctl without an argument or with a buffer the call fills in: the nsfs queries
+ * (NS_GET_PARENT, NS_GET_OWNER_UID) that tell how namespaces nest. -1 with errno on failure.
+ */
+export function ioctl(fd: number, request: number, out?: Uint8Array): number {
+  return (out ? ioctlVariadic(fd, request, 'void *', out) : ioctlVariadic(fd, request)) as number;
+}

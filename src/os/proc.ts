@@ -28,6 +28,12 @@ export interface TaskStatus {
   ppid: number;
   creds: Credentials;
   caps: TaskCaps;
+  /**
+   * For a task in a pid namespace below the reader's: its thread-group id and thread id in
+   * each namespace from the reader's down to its own (NStgid, NSpid). Undefined otherwise.
+   */
+  nsTgid?: number[];
+  nsPid?: number[];
 }
 
 export interface TaskAudit {
@@ -218,7 +224,14 @@ function readStatus(task: string): TaskStatus | undefined {
   // "Uid:" and "Gid:" list real, effective, saved and filesystem ids in that order.
   const [uid, euid, suid, fsuid] = uids.split('\t').map(Number);
   const [gid, egid, sgid, fsgid] = gids.split('\t').map(Number);
+  // One number means the task is in the reader's own pid namespace: nothing to keep.
+  const nsPid = field(text, 'NSpid');
+  const nested = nsPid !== undefined && nsPid.includes('\t') ? {
+    nsTgid: (field(text, 'NStgid') ?? tgid).split('\t').map(Number),
+    nsPid: nsPid.split('\t').map(Number),
+  } : undefined;
   return {
+    ...nested,
     tgid: Number(tgid),
     ppid: Number(ppid),
     creds: {

@@ -148,9 +148,11 @@ export class TestClient {
   id = 0n;
   abort: AbortController | undefined;
 
+  /** `opener.pid` stands for another process: it opens the file and makes the calls. */
   constructor(node: KdbusNode, opener?: Partial<Opener>) {
     this.creds = opener?.creds ?? selfCreds();
-    this.handle = openHandle(node, { creds: this.creds, privileged: opener?.privileged ?? this.creds.euid === 0, pid: process.pid });
+    this.pid = this.tid = opener?.pid ?? process.pid;
+    this.handle = openHandle(node, { creds: this.creds, privileged: opener?.privileged ?? this.creds.euid === 0, pid: this.pid });
   }
 
   context(): CallContext {

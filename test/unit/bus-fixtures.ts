@@ -4,6 +4,8 @@
  * goes through ioctl(); nothing here reaches into the bus.
  */
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import { HelloFlags, ItemType, Off, PolicyAccess, PolicyAccessType } from '../../src/abi/constants';
 import { Errno, errnoName, type ErrnoName } from '../../src/abi/errno';
 import type { ItemWriter } from '../../src/abi/items';
@@ -110,4 +112,32 @@ export function sendTo(c: TestClient, dst: bigint, cookie = 0x1234n): Promise<Io
 /** A broadcast signal as the selftests send it (zeroed bloom of the bus's size). */
 export function broadcastFrom(c: TestClient, cookie: bigint, bloomSize = 64): Promise<IoctlResult> {
   return c.send({ cookie, bloom: { data: Buffer.alloc(bloomSize) }, payload: [Buffer.from('sig')] });
+}
+
+/**
+ * A process to stand for a client: `sleep` as uid 65534 — with `namespaced`, root in a user
+ * namespace of its own (uid_map and gid_map "0 65534 1", made by uid 65534, so owned by it)
+ * and pid 1 of a pid namespace of its own, as the metadata-ns selftest sets up.
+ */
+export async function standIn(namespaced: boolean): Promise<{ pid: number; parent: number; stop(): void }> {
+  const args = namespaced ? ['unshare', '-r', '-p', '--fork', '--kill-child', 'sleep', '60'] : ['sleep', '60'];
+  const p = spawn(args[0]!, args.slice(1), { uid: 65534, gid: 65534, stdio: 'ignore' });
+  const stop = (): void => void p.kill('SIGKILL');
+  for (let i = 0; i < 500; i++) {
+    let pid = p.pid!;
+    if (namespaced) {
+      const children = fs.readFileSync(`/proc/${p.pid}/task/${p.pid}/children`, 'latin1').trim();
+      pid = children === '' ? 0 : Number(children.split(' ')[0]);
+    }
+    if (pid > 0 && fs.readFileSync(`/proc/${pid}/comm`, 'latin1') === 'sleep\n') return { pid, parent: p.pid!, stop };
+    await new Promise((res) => setTimeout(res, 10));
+  }
+  stop();
+  throw new Error('the stand-in process did not start');
+}
+
+/** Whether this machine lets uid 65534 make user and pid namespaces (and we may switch to it). */
+export function namespacesUsable(): boolean {
+  if (process.getuid!() !== 0) return false;
+  return spawnSync('unshare', ['-r', '-p', '--fork', 'true'], { uid: 65534, gid: 65534 }).status === 0;
 }

@@ -11,8 +11,8 @@ import {
 } from '../../src/abi/constants';
 import { Errno } from '../../src/abi/errno';
 import type { ItemWriter } from '../../src/abi/items';
-import { parseItems, TestBus, type TestClient, expectOk, type ReceivedItem } from '../helpers/kdbus-client';
-import { drain, expectErrno, registrar } from './bus-fixtures';
+import { credsOf, parseItems, TestBus, type TestClient, expectOk, type ReceivedItem } from '../helpers/kdbus-client';
+import { drain, expectErrno, namespacesUsable, registrar, standIn } from './bus-fixtures';
 
 const POOL_SIZE = 16n * 1024n * 1024n;
 
@@ -197,6 +197,25 @@ describe('bus info: CONN_INFO (kdbus-abi §3.11, test_conn_info)', () => {
     assert.equal(raw.readBigUInt64LE(0), first.size);
     await expectOk(env.free(first.offset));
     assert.equal((await env.connInfo(env.id)).offset, 0n);
+  });
+
+  it('translates creds and pids into the namespaces of the asking connection, both ways', async function () {
+    if (!namespacesUsable()) this.skip();
+    const ns = await standIn(true);
+    try {
+      const nobody = { creds: credsOf(65534), privileged: false };
+      // Root in a user namespace mapping only 65534, pid 1 of a pid namespace of its own.
+      const inside = await tb.conn({}, { ...nobody, pid: ns.pid });
+      const ids = Attach.CREDS | Attach.PIDS;
+      const r = await inside.connInfo(env.id, undefined, ids);
+      assert.deepEqual(r.info!.items.map((i) => u64s(i.payload)), [Array(8).fill(65534n), [0n, 0n, 0n]], 'uid 0 has no name inside; the target is outside the pid namespace');
+      const back = await env.connInfo(inside.id, undefined, ids);
+      assert.deepEqual(back.info!.items.map((i) => u64s(i.payload)), [Array(8).fill(65534n), [ns.pid, ns.pid, ns.parent].map(BigInt)]);
+      const self = await inside.connInfo(inside.id, undefined, ids);
+      assert.deepEqual(self.info!.items.map((i) => u64s(i.payload)), [Array(8).fill(0n), [1n, 1n, 0n]]);
+    } finally {
+      ns.stop();
+    }
   });
 });
 

@@ -6,6 +6,7 @@
  * the kernel sources, not from this implementation.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { Errno } from '../../src/abi/errno';
 import {
   ALIGN8, Attach, HelloFlags, ItemType, KDBUS_DST_ID_BROADCAST, KDBUS_PAYLOAD_DBUS, MsgFlags, NameFlags, Off,
@@ -15,6 +16,7 @@ import { ItemWriter } from '../../src/abi/items';
 import {
   FakeFile, TestBus, type TestClient, credsOf, expectOk, memfd, type ReceivedMessage,
 } from '../helpers/kdbus-client';
+import { namespacesUsable, standIn } from './bus-fixtures';
 
 const MiB = 1024 * 1024;
 const BLOOM = 64;
@@ -894,5 +896,97 @@ describe('bus RECV', () => {
 
   it('the slice struct sizes the client sees match the ABI', () => {
     assert.equal(StructSize.cmd_recv, 64);
+  });
+});
+
+/** The four capability sets of a task as a CAPS item carries them: u32 words, bits above last_cap cleared. */
+function capsWords(pid: number | 'all' | 'none'): number[] {
+  const lastCap = Number(fs.readFileSync('/proc/sys/kernel/cap_last_cap', 'latin1'));
+  let sets: bigint[];
+  if (pid === 'all') sets = [0n, ~0n, ~0n, ~0n];
+  else if (pid === 'none') sets = [0n, 0n, 0n, 0n];
+  else {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'latin1');
+    sets = ['CapInh', 'CapPrm', 'CapEff', 'CapBnd'].map((k) => BigInt(`0x${new RegExp(`\n${k}:\t([0-9a-f]+)`).exec(status)![1]}`));
+  }
+  const mask = (1n << BigInt(lastCap + 1)) - 1n;
+  return [lastCap, ...sets.flatMap((v) => [Number(v & mask & 0xffff_ffffn), Number(((v & mask) >> 32n) & 0xffff_ffffn)])];
+}
+
+function metaItem(m: ReceivedMessage, type: number): Buffer | undefined {
+  return m.items.find((x) => x.type === type)?.payload;
+}
+
+const u64s = (b: Buffer | undefined): number[] => Array.from({ length: (b?.length ?? 0) / 8 }, (_, i) => Number(b!.readBigUInt64LE(8 * i)));
+const u32s = (b: Buffer | undefined): number[] => Array.from({ length: (b?.length ?? 0) / 4 }, (_, i) => b!.readUInt32LE(4 * i));
+
+describe('bus metadata in other namespaces (kdbus_meta_export, test-metadata-ns.c)', function () {
+  this.timeout(10000);
+  const nobody = credsOf(65534, 65534);
+  const stops: Array<() => void> = [];
+  before(function () {
+    if (!namespacesUsable()) this.skip();
+  });
+  afterEach(() => {
+    for (const stop of stops.splice(0)) stop();
+  });
+
+  async function process_(namespaced: boolean) {
+    const p = await standIn(namespaced);
+    stops.push(p.stop);
+    return p;
+  }
+
+  it('a receiver in namespaces of its own gets ids through its maps, pids of its pid namespace, and no /proc items it cannot see', async () => {
+    const tb = await newBus();
+    const ns = await process_(true);
+    const sender = await tb.conn({ attachSend: Attach.CAPS });
+    const inside = await tb.conn({ attachRecv: Attach.ALL }, { pid: ns.pid, creds: nobody, privileged: false });
+    const native = await tb.conn({ attachRecv: Attach.ALL });
+    await expectOk(sender.send({ dst: inside.id, payload: [Buffer.from('in')] }));
+    await expectOk(sender.send({ dst: native.id, payload: [Buffer.from('out')] }));
+    const m = await inside.mustRecv();
+    // uid and gid 0 have no name in a namespace that maps only 65534: overflowuid/gid.
+    assert.deepEqual(u64s(metaItem(m, ItemType.CREDS)), Array(8).fill(65534));
+    // The sender is outside the receiver's pid namespace: every pid reads 0.
+    assert.deepEqual(u64s(metaItem(m, ItemType.PIDS)), [0, 0, 0]);
+    // The sender's namespace is an ancestor of the receiver's: its sets as they are.
+    assert.deepEqual(u32s(metaItem(m, ItemType.CAPS)), capsWords(process.pid));
+    assert.equal(metaItem(m, ItemType.PID_COMM), undefined, '/proc items need the sender visible or granting them');
+    const n = await native.mustRecv();
+    assert.deepEqual(u64s(metaItem(n, ItemType.CREDS)), Array(8).fill(0));
+    assert.deepEqual(u64s(metaItem(n, ItemType.PIDS)), [process.pid, process.pid, process.ppid]);
+    assert.ok(metaItem(n, ItemType.PID_COMM), 'a receiver that can see the sender gets /proc items');
+  });
+
+  it('a sender in namespaces of its own: others see its outer ids and pids and no capabilities, its own namespaces see inner ones', async () => {
+    const tb = await newBus();
+    const ns = await process_(true);
+    assert.notDeepEqual(capsWords(ns.pid).slice(1), capsWords('none').slice(1), 'the stand-in holds capabilities in its namespace');
+    const sender = await tb.conn({ attachSend: Attach.ALL }, { pid: ns.pid, creds: nobody, privileged: false });
+    const native = await tb.conn({ attachRecv: Attach.ALL }, { creds: nobody, privileged: false });
+    const inside = await tb.conn({ attachRecv: Attach.ALL }, { pid: ns.pid, creds: nobody, privileged: false });
+    await expectOk(sender.send({ dst: native.id, payload: [Buffer.from('out')] }));
+    await expectOk(sender.send({ dst: inside.id, payload: [Buffer.from('in')] }));
+    const n = await native.mustRecv();
+    assert.deepEqual(u64s(metaItem(n, ItemType.CREDS)), Array(8).fill(65534));
+    assert.deepEqual(u64s(metaItem(n, ItemType.PIDS)), [ns.pid, ns.pid, ns.parent]);
+    assert.deepEqual(u32s(metaItem(n, ItemType.CAPS)), capsWords('none'), 'capabilities of a child namespace mean nothing outside it');
+    const m = await inside.mustRecv();
+    assert.deepEqual(u64s(metaItem(m, ItemType.CREDS)), Array(8).fill(0));
+    // pid 1 of its namespace; its parent (unshare) is outside it.
+    assert.deepEqual(u64s(metaItem(m, ItemType.PIDS)), [1, 1, 0]);
+    assert.deepEqual(u32s(metaItem(m, ItemType.CAPS)), capsWords(ns.pid));
+  });
+
+  it('the creator of a receiver\'s user namespace has every capability in it', async () => {
+    const tb = await newBus();
+    const ns = await process_(true);
+    const creator = await process_(false);
+    assert.deepEqual(capsWords(creator.pid).slice(1, 7), [0, 0, 0, 0, 0, 0], 'uid 65534 holds nothing itself');
+    const sender = await tb.conn({ attachSend: Attach.ALL }, { pid: creator.pid, creds: nobody, privileged: false });
+    const inside = await tb.conn({ attachRecv: Attach.ALL }, { pid: ns.pid, creds: nobody, privileged: false });
+    await expectOk(sender.send({ dst: inside.id, payload: [Buffer.from('x')] }));
+    assert.deepEqual(u32s(metaItem(await inside.mustRecv(), ItemType.CAPS)), capsWords('all'));
   });
 });

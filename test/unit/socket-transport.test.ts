@@ -19,6 +19,7 @@ import { FrameType } from '../../src/transport/frames';
 import { memfd_create } from '../../src/os/libc';
 import { fcntl } from '../../src/os/libc';
 import { ProtocolClient, type Result } from '../helpers/socket-client';
+import { spawn, spawnSync } from 'node:child_process';
 
 const F_ADD_SEALS = 1033;
 const ALL_SEALS = 0xf;
@@ -30,6 +31,22 @@ function helloStruct(): Buffer {
   const b = Buffer.from(w.finish());
   b.writeBigUInt64LE(BigInt(b.length), 0);
   return b;
+}
+
+/** A policy-holder HELLO for `name`: only the bus owner or a privileged opener may make one. */
+function policyHolderHello(name: string): Buffer {
+  const w = new ItemWriter();
+  w.u64(0).u64(HelloFlags.POLICY_HOLDER).u64(0).u64(0).u64(0).u64(0).u64(0).u64(16n * 1024n * 1024n).u64(0).u64(0).zeros(16);
+  w.string(ItemType.NAME, name);
+  const b = Buffer.from(w.finish());
+  b.writeBigUInt64LE(BigInt(b.length), 0);
+  return b;
+}
+
+/** Whether this machine lets uid 65534 make a user namespace (unshare -r). */
+function userNamespacesUsable(): boolean {
+  if (process.getuid!() !== 0) return false;
+  return spawnSync('unshare', ['-r', 'true'], { uid: 65534, gid: 65534 }).status === 0;
 }
 
 function apply(struct: Buffer, base: bigint, r: Result): Buffer {
@@ -245,6 +262,70 @@ describe('socket transport (daemon side)', function () {
     assert.equal(r.r.errno, Errno.ESHUTDOWN);
     assert.equal(await a.client.event(), FrameType.HUP, 'a HUP follows every RESULT once the connection is gone');
     a.close();
+  });
+
+  it('grants no privilege or DAC override for capabilities held only in a user namespace of the client', async function () {
+    if (!userNamespacesUsable()) this.skip();
+    // A custom endpoint "0-private": mode 0600, owned by uid 0, which the client cannot name.
+    const owner = ProtocolClient.connect(sock);
+    assert.equal((await owner.open(`${bus}/bus`)).errno, 0);
+    const ep = new ItemWriter();
+    ep.u64(0).u64(0).u64(0).string(ItemType.MAKE_NAME, '0-private');
+    const epCmd = Buffer.from(ep.finish());
+    epCmd.writeBigUInt64LE(BigInt(epCmd.length), 0);
+    assert.equal((await owner.ioctl(Cmd.ENDPOINT_MAKE, 0x10000n, [{ address: 0x10000n, data: epCmd }])).errno, 0);
+    fs.chmodSync(dir, 0o755);
+    fs.chmodSync(path.dirname(sock), 0o755);
+    // uid 65534 outside, root with every capability inside a namespace of its own
+    // (uid_map "0 65534 1"): kdbus checked CAP_IPC_OWNER in the domain's namespace and
+    // CAP_DAC_OVERRIDE only for inodes whose owner maps into the caller's namespace.
+    const script = `
+      const { ProtocolClient } = require(${JSON.stringify(path.join(__dirname, '../helpers/socket-client.js'))});
+      (async () => {
+        const out = {};
+        const a = ProtocolClient.connect(${JSON.stringify(sock)});
+        out.openPrivate = (await a.open(${JSON.stringify(`${bus}/0-private`)})).errno;
+        const b = ProtocolClient.connect(${JSON.stringify(sock)});
+        out.openBus = (await b.open(${JSON.stringify(`${bus}/bus`)})).errno;
+        const hello = Buffer.from(${JSON.stringify(policyHolderHello('com.example.held').toString('hex'))}, 'hex');
+        out.holder = (await b.ioctl(${Cmd.HELLO}, 0x10000n, [{ address: 0x10000n, data: hello }])).errno;
+        process.stdout.write(JSON.stringify(out));
+        process.exit(0);
+      })();`;
+    const child = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const p = spawn('unshare', ['-r', process.execPath, '-e', script], { uid: 65534, gid: 65534 });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => { stdout += d; });
+      p.stderr.on('data', (d) => { stderr += d; });
+      p.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
+    assert.equal(child.status, 0, child.stderr);
+    const out = JSON.parse(child.stdout) as Record<string, number>;
+    assert.equal(out.openPrivate, Errno.EACCES, 'mode 0600 of uid 0: no DAC override from the namespace');
+    assert.equal(out.openBus, 0);
+    assert.equal(out.holder, Errno.EPERM, 'not privileged: no policy holder on a bus of another uid');
+    owner.close();
+  });
+
+  it('places a client it may not trace by its public id maps (an unprivileged daemon, a root client)', async function () {
+    if (!userNamespacesUsable()) this.skip();
+    // A root process in a user namespace of its own without maps, and this (root) process:
+    // uid 65534 can read neither one's namespace link, but both ones' id maps.
+    const foreign = spawn('unshare', ['-U', 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 200 && fs.readFileSync(`/proc/${foreign.pid}/comm`, 'latin1') !== 'sleep\n'; i++) {
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      const helper = path.join(__dirname, '../../src/os/namespaces.js');
+      const script = `const n = require(${JSON.stringify(helper)});
+        process.stdout.write(JSON.stringify([n.userNamespaceOf(${process.pid}) === undefined, n.inDaemonUserNamespace(${process.pid}), n.inDaemonUserNamespace(${foreign.pid})]));`;
+      const r = spawnSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout), [true, true, false], '[link unreadable, root client in the daemon namespace, namespaced client not]');
+    } finally {
+      foreign.kill('SIGKILL');
+    }
   });
 
   it('releases the connection when the socket closes (ID_REMOVE reaches others)', async () => {
