@@ -49,6 +49,8 @@ void kc_conn_in_child_locked(void)
 	pid_t self = getpid();
 	for (struct kc_conn *c = conns; c; c = c->next) {
 		c->refs = c->user_fds;
+		if (c->cuse)
+			kc_side_in_child_locked(c);
 		if (c->counted) {
 			kc_holders_add(kc_mux_holders(c->mux), self, (int)c->user_fds);
 			kc_holders_add(kc_mux_holders(c->mux), forking_pid, -(int)c->user_fds);
@@ -125,7 +127,10 @@ static void finish(struct kc_conn *c)
 	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
 		if (own[i] >= 0)
 			kc_sys_close(own[i]);
-	kc_mux_unmap(c->mux);
+	if (c->mux)
+		kc_mux_unmap(c->mux);
+	if (c->cuse)
+		kc_side_finish(&c->side);
 	free(c);
 }
 
@@ -139,6 +144,7 @@ static struct kc_conn *clear_entry_locked(int fd)
 	case KC_FD_NONE:
 		return NULL;
 	case KC_FD_USER:
+	case KC_FD_CUSE:
 		kc_fd_clear(fd);
 		return drop_ref_locked(e.owner, true);
 	case KC_FD_INTERNAL:
@@ -204,15 +210,57 @@ fail:
 	return NULL;
 }
 
-struct kc_conn *kc_conn_acquire(int fd)
+/* The file a program descriptor of c must be. */
+static const struct kc_ident *user_ident(const struct kc_conn *c)
 {
-	if (kc_fd_get(fd).kind != KC_FD_USER)
+	return c->cuse ? &c->dev_id : &c->sock_id;
+}
+
+struct kc_conn *kc_conn_create_cuse(int fd)
+{
+	int saved = errno;
+	struct stat st;
+	struct kc_conn *c = NULL;
+	if (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode) || !(c = calloc(1, sizeof *c)))
+		goto out;
+	c->refs = c->user_fds = 1;
+	c->cuse = true;
+	c->sock = c->channel = c->pool = -1;
+	c->dev_id.dev = st.st_dev;
+	c->dev_id.ino = st.st_ino;
+	kc_lock();
+	struct kc_fd_entry e = kc_fd_get(fd);
+	if (e.kind == KC_FD_CUSE && still_is(fd, &e.owner->dev_id)) {
+		/* Another thread recorded it first. */
+		kc_unlock();
+		free(c);
+		c = e.owner;
+		goto out;
+	}
+	struct kc_conn *stale = clear_entry_locked(fd);
+	if (kc_fd_set(fd, KC_FD_CUSE, c) == 0) {
+		c->next = conns;
+		conns = c;
+	} else {
+		free(c);
+		c = NULL;
+	}
+	kc_unlock();
+	finish(stale);
+out:
+	errno = saved;
+	return c;
+}
+
+static struct kc_conn *acquire(int fd, enum kc_fd_kind kind)
+{
+	if (kc_fd_get(fd).kind != kind)
 		return NULL;
 	struct kc_conn *c = NULL, *stale = NULL;
 	kc_lock();
 	struct kc_fd_entry e = kc_fd_get(fd);
-	if (e.kind == KC_FD_USER) {
-		if (still_is(fd, &e.owner->sock_id)) {
+	if (e.kind == kind) {
+		if (still_is(fd, user_ident(e.owner))) {
 			c = e.owner;
 			take_ref_locked(c, false);
 		} else {
@@ -222,6 +270,16 @@ struct kc_conn *kc_conn_acquire(int fd)
 	kc_unlock();
 	finish(stale);
 	return c;
+}
+
+struct kc_conn *kc_conn_acquire(int fd)
+{
+	return acquire(fd, KC_FD_USER);
+}
+
+struct kc_conn *kc_cuse_acquire(int fd)
+{
+	return acquire(fd, KC_FD_CUSE);
 }
 
 void kc_conn_release(struct kc_conn *c)
@@ -236,8 +294,9 @@ struct kc_conn *kc_conn_join(int fd, const struct kc_ident *sock_id)
 {
 	struct kc_conn *c;
 	kc_lock();
+	/* A CUSE device's side channel is a daemon socket too, but never a program's descriptor. */
 	for (c = conns; c; c = c->next)
-		if (same_ident(&c->sock_id, sock_id))
+		if (!c->cuse && same_ident(&c->sock_id, sock_id))
 			break;
 	if (c && kc_fd_get(fd).kind == KC_FD_NONE && kc_fd_set(fd, KC_FD_USER, c) == 0) {
 		take_ref_locked(c, true);
@@ -258,8 +317,8 @@ enum kc_fd_kind kc_fd_check(int fd)
 	struct kc_fd_entry e = kc_fd_get(fd);
 	const struct kc_ident *id = NULL;
 	bool valid = true;
-	if (e.kind == KC_FD_USER)
-		valid = still_is(fd, &e.owner->sock_id);
+	if (e.kind == KC_FD_USER || e.kind == KC_FD_CUSE)
+		valid = still_is(fd, user_ident(e.owner));
 	else if (e.kind == KC_FD_INTERNAL && e.owner)
 		valid = field_of(e.owner, fd, &id) && still_is(fd, id);
 	else if (e.kind == KC_FD_INTERNAL)
@@ -331,9 +390,10 @@ void kc_conn_dup(int fd, int newfd, bool inheritable)
 	kc_lock();
 	struct kc_conn *stale = clear_entry_locked(newfd);
 	struct kc_fd_entry e = kc_fd_get(fd);
-	if (e.kind == KC_FD_USER && kc_fd_set(newfd, KC_FD_USER, e.owner) == 0) {
+	if ((e.kind == KC_FD_USER || e.kind == KC_FD_CUSE) && kc_fd_set(newfd, e.kind, e.owner) == 0) {
 		take_ref_locked(e.owner, true);
-		if (inheritable)
+		/* A side channel stays close-on-exec: after exec the device attaches anew. */
+		if (inheritable && e.kind == KC_FD_USER)
 			make_inheritable_locked(e.owner);
 	}
 	kc_unlock();
@@ -353,7 +413,8 @@ void kc_conn_closing(int fd)
 {
 	struct kc_conn *last = NULL;
 	kc_lock();
-	if (kc_fd_get(fd).kind == KC_FD_USER)
+	enum kc_fd_kind kind = kc_fd_get(fd).kind;
+	if (kind == KC_FD_USER || kind == KC_FD_CUSE)
 		last = clear_entry_locked(fd);
 	kc_unlock();
 	finish(last);

@@ -2,6 +2,8 @@
  * A kdbus connection as this process sees it: the daemon socket (which the program's
  * descriptors share), the fd channel, the pool once HELLO handed it over, and the page it
  * shares with the other processes that hold it (the multiplexer and the reference count).
+ * An open CUSE device is one too (cuse): the kernel carries the file, the socket is the side
+ * channel (side-channel.h), and there is neither fd channel nor multiplexer.
  *
  * References: every program descriptor of the connection and every operation in flight
  * holds one, in this process (refs) and in the shared count. The last one in this process
@@ -14,6 +16,7 @@
 
 #include "fd-table.h"
 #include "mux.h"
+#include "side-channel.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -40,6 +43,9 @@ struct kc_conn {
 	struct kc_ident sock_id, channel_id, pool_id;
 	struct kc_mux *mux;
 	struct kc_conn *next; /* this process's connections, for fork */
+	bool cuse;
+	struct kc_ident dev_id; /* cuse: the device the program's descriptors are */
+	struct kc_side side;    /* cuse: the side channel in this process (its socket is sock) */
 };
 
 /*
@@ -51,8 +57,17 @@ struct kc_conn {
  */
 struct kc_conn *kc_conn_create(int user_fd, int channel, struct kc_mux *mux, bool counted);
 
+/*
+ * Records the program's descriptor fd, just opened or not yet known, as a CUSE device (a
+ * connection of its own). Returns its connection (another thread may have recorded it
+ * first); NULL if fd is no character device or memory runs out. errno is kept.
+ */
+struct kc_conn *kc_conn_create_cuse(int fd);
+
 /* The connection behind the program's descriptor fd, referenced; NULL if fd is not one. */
 struct kc_conn *kc_conn_acquire(int fd);
+/* The same for a CUSE device. */
+struct kc_conn *kc_cuse_acquire(int fd);
 void kc_conn_release(struct kc_conn *c);
 
 /*
@@ -84,14 +99,15 @@ void kc_conn_set_pool(struct kc_conn *c, int pool);
 /* The pool descriptor and size; -1 if unknown. */
 int kc_conn_pool(struct kc_conn *c, uint64_t *size);
 
-/* newfd is another program descriptor of fd's connection (dup); nothing if fd is not kdbus. */
+/* newfd is another program descriptor of fd's connection or device (dup); nothing if fd is not kdbus. */
 void kc_conn_dup(int fd, int newfd, bool inheritable);
 /* A program descriptor that will survive exec: the fd channel must survive it too. */
 void kc_conn_note_inheritable(int fd);
 
 /*
  * The program is about to close fd (or replace it): for a kdbus descriptor, drop its
- * reference — which, for the last one, releases the handle in the daemon first.
+ * reference — which, for the last one, releases the handle in the daemon first (over CUSE,
+ * the kernel's release does that; the last one closes the side channel).
  */
 void kc_conn_closing(int fd);
 

@@ -1,6 +1,6 @@
 /*
- * close, dup and fcntl keep the descriptor table right. A dup of a kdbus descriptor is
- * another reference to the same connection; close drops one. The shim's own descriptors
+ * close, dup and fcntl keep the descriptor table right. A dup of a kdbus descriptor (or CUSE
+ * device) is another reference to the same connection; close drops one. The shim's own descriptors
  * are not the program's to close or replace: close() on one succeeds without closing it
  * (programs that close "all other descriptors" must not cut the shim off), dup2 onto one
  * first moves the shim's file elsewhere, and close_range/closefrom step around them.
@@ -195,7 +195,7 @@ static unsigned close_pieces(unsigned first, unsigned last, int flags, int *rc)
 	unsigned from = first;
 	for (unsigned fd = first; fd <= last && fd <= highest; fd++) {
 		enum kc_fd_kind kind = kc_fd_get((int)fd).kind;
-		if (kind == KC_FD_USER) {
+		if (kind == KC_FD_USER || kind == KC_FD_CUSE) {
 			kc_conn_closing((int)fd);
 		} else if (kind == KC_FD_INTERNAL && kc_fd_check((int)fd) == KC_FD_INTERNAL) {
 			if (fd > from)

@@ -1,6 +1,7 @@
 /*
  * What the shim knows about a descriptor number in this process: nothing (almost every
- * descriptor), a kdbus descriptor the program holds, or one of the shim's own descriptors.
+ * descriptor), a kdbus descriptor the program holds (over the socket transport, or a CUSE
+ * device the kernel carries), or one of the shim's own descriptors.
  * Looking a number up takes no lock and allocates nothing, because every read, write,
  * close, ioctl and mmap of the program does it. Changes happen under kc_lock().
  */
@@ -17,6 +18,7 @@ enum kc_fd_kind {
 	KC_FD_NONE = 0,
 	KC_FD_USER,     /* the program's kdbus descriptor; owner is its connection */
 	KC_FD_INTERNAL, /* the shim's own; owner is its connection, or NULL for a reserved number */
+	KC_FD_CUSE,     /* the program's CUSE kdbus device; owner is its open file (a connection) */
 };
 
 struct kc_fd_entry {

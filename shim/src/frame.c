@@ -2,6 +2,7 @@
 #include "frame.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,12 +37,25 @@ void kc_header_encode(uint8_t *out, uint32_t length, uint32_t type, uint64_t seq
 	put64(out + 8, seq);
 }
 
-int kc_header_decode(const uint8_t *in, struct kc_header *h)
+/* The header's fields; false if its length cannot be a frame's. */
+static bool header_fields(const uint8_t *in, struct kc_header *h)
 {
 	h->length = get32(in);
 	h->type = get32(in + 4);
 	h->seq = get64(in + 8);
-	if (h->length < KC_FRAME_HEADER || h->length % 8 != 0 || h->length > KC_FRAME_MAX)
+	return h->length >= KC_FRAME_HEADER && h->length % 8 == 0 && h->length <= KC_FRAME_MAX;
+}
+
+int kc_side_header_decode(const uint8_t *in, struct kc_header *h)
+{
+	if (!header_fields(in, h))
+		return -EPROTO;
+	return h->type == KC_FRAME_RESULT || h->type == KC_FRAME_INSTALL ? 0 : -EPROTO;
+}
+
+int kc_header_decode(const uint8_t *in, struct kc_header *h)
+{
+	if (!header_fields(in, h))
 		return -EPROTO;
 	switch (h->type) {
 	case KC_FRAME_FETCH:
@@ -132,6 +146,46 @@ void kc_mem_head_encode(uint8_t *out, uint64_t seq, int32_t err, uint32_t length
 void kc_bare_encode(uint8_t *out, uint32_t type, uint64_t seq)
 {
 	kc_header_encode(out, KC_FRAME_HEADER, type, seq);
+}
+
+/* Writes a number list at out; returns its size. */
+static size_t numbers_encode(uint8_t *out, const int *numbers, uint32_t n)
+{
+	size_t size = kc_numbers_size(n);
+	memset(out, 0, size);
+	put32(out, n);
+	for (uint32_t i = 0; i < n; i++)
+		put32(out + 8 + 4 * i, (uint32_t)numbers[i]);
+	return size;
+}
+
+size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const int *numbers, uint32_t n)
+{
+	uint8_t *list = out + KC_FRAME_HEADER + KC_TOKEN_SIZE;
+	memcpy(out + KC_FRAME_HEADER, token, KC_TOKEN_SIZE);
+	size_t length = (size_t)(list - out) + numbers_encode(list, numbers, n);
+	kc_header_encode(out, (uint32_t)length, KC_FRAME_ATTACH, seq);
+	return length;
+}
+
+size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_t n)
+{
+	size_t length = KC_FRAME_HEADER + numbers_encode(out + KC_FRAME_HEADER, numbers, n);
+	kc_header_encode(out, (uint32_t)length, KC_FRAME_RESERVE, seq);
+	return length;
+}
+
+int kc_install_decode(const uint8_t *payload, size_t len, int *numbers, uint32_t max, uint32_t *count)
+{
+	if (len < 8)
+		return -EPROTO;
+	uint32_t n = get32(payload);
+	if (n > max || (len - 8) / 4 < n)
+		return -EPROTO;
+	for (uint32_t i = 0; i < n; i++)
+		numbers[i] = (int32_t)get32(payload + 8 + 4 * i);
+	*count = n;
+	return 0;
 }
 
 int kc_fetch_decode(const uint8_t *payload, size_t len, uint64_t *address, uint32_t *length)

@@ -29,6 +29,9 @@ enum kc_frame_type {
 	KC_FRAME_HUP = 7,
 	KC_FRAME_POOL = 8,
 	KC_FRAME_CLOSE = 9,
+	KC_FRAME_ATTACH = 10,
+	KC_FRAME_RESERVE = 11,
+	KC_FRAME_INSTALL = 12,
 };
 
 /* RESULT flags bit 0: the first descriptor that came with the frame is the pool. */
@@ -49,6 +52,8 @@ void kc_header_encode(uint8_t *out, uint32_t length, uint32_t type, uint64_t seq
 
 /* Decodes a header from the daemon; -EPROTO if the length or type cannot be right. */
 int kc_header_decode(const uint8_t *in, struct kc_header *h);
+/* The same for a CUSE side channel, which carries only RESULT and INSTALL. */
+int kc_side_header_decode(const uint8_t *in, struct kc_header *h);
 
 /* An OPEN frame is this head, then the path (no NUL), then zeros up to 8 bytes. */
 #define KC_OPEN_HEAD 32u
@@ -95,6 +100,29 @@ void kc_mem_head_encode(uint8_t *out, uint64_t seq, int32_t err, uint32_t length
 
 /* POOL and CLOSE are bare headers. */
 void kc_bare_encode(uint8_t *out, uint32_t type, uint64_t seq);
+
+/*
+ * A number list (ATTACH after its token, RESERVE, INSTALL): u32 count, u32 0, then count
+ * i32 numbers, padded to 8 bytes.
+ */
+static inline size_t kc_numbers_size(uint32_t n)
+{
+	return 8 + kc_pad8(4 * (size_t)n);
+}
+
+/* ATTACH: the device's token, then the reserved numbers. Returns the frame's length. */
+#define KC_TOKEN_SIZE 16u
+size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const int *numbers, uint32_t n);
+/* RESERVE: more reserved numbers. Returns the frame's length. */
+size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_t n);
+/* Largest encoded ATTACH or RESERVE for n numbers. */
+#define KC_NUMBERS_FRAME_MAX(n) (KC_FRAME_HEADER + KC_TOKEN_SIZE + 8 + 4 * (n) + 4)
+
+/*
+ * INSTALL payload: the numbers the frame's descriptors go to, in order. Fills numbers (room
+ * for max) and *count; -EPROTO if the list runs past the payload or does not fit.
+ */
+int kc_install_decode(const uint8_t *payload, size_t len, int *numbers, uint32_t max, uint32_t *count);
 
 /* FETCH payload: the memory the daemon needs. */
 int kc_fetch_decode(const uint8_t *payload, size_t len, uint64_t *address, uint32_t *length);

@@ -1,7 +1,6 @@
 /* The OPEN exchange that turns a fresh daemon connection into a kdbus descriptor. */
 #include "handshake.h"
 #include "channel.h"
-#include "config.h"
 #include "conn.h"
 #include "frame.h"
 #include "sock-io.h"
@@ -12,7 +11,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 
 /* OPEN is the first frame on its socket; the connection's multiplexer numbers from after it. */
 #define OPEN_SEQ 1
@@ -20,21 +18,8 @@
 
 static int connect_daemon(int sock, const char *path)
 {
-	const char *target = kc_config()->socket;
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	size_t len = strlen(target);
-	if (len == 0) {
-		/* The configured socket path is longer than a unix address can hold. */
-		errno = ENAMETOOLONG;
-	} else {
-		memcpy(addr.sun_path, target, len);
-		while (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) {
-			if (errno != EINTR)
-				goto failed;
-		}
+	if (kc_connect_daemon(sock) == 0)
 		return 0;
-	}
-failed:;
 	int err = errno;
 	struct stat st;
 	/* No daemon and no node: the node does not exist, as far as the program can tell. */

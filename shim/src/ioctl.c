@@ -2,10 +2,12 @@
  * ioctl: kdbus commands go to the daemon as IOCTL frames, everything else to libc. A kdbus
  * ioctl behaves as the kernel's did: the daemon reads the command through the shim's
  * segments and FETCHes, writes its results back through RESULT, and the files it installs
- * land on the numbers the shim reserved.
+ * land on the numbers the shim reserved. On a CUSE device the kernel carries every ioctl;
+ * the shim only sees to the files RECV and SEND install (cuse.h).
  */
 #include "caller-memory.h"
 #include "conn.h"
+#include "cuse.h"
 #include "kdbus-abi.h"
 #include "prefetch.h"
 #include "real.h"
@@ -133,6 +135,35 @@ static int kdbus_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
 	return rc;
 }
 
+/*
+ * An ioctl on a CUSE device (or on an unknown descriptor that may be one): the kernel carries
+ * it; RECV and SEND get the files they install put in place around it.
+ */
+static int cuse_ioctl(int fd, kc_ioctl_request request, unsigned long arg,
+		      int (*next)(int, kc_ioctl_request, ...))
+{
+	uint32_t cmd = (uint32_t)request;
+	if (!next)
+		return kc_next_missing();
+	if (!kc_cuse_installs(cmd))
+		return next(fd, request, arg);
+	struct kc_conn *c = kc_cuse_acquire(fd);
+	if (!c && kc_fd_get(fd).kind == KC_FD_NONE)
+		c = kc_cuse_probe(fd);
+	if (c && !kc_cuse_before_ioctl(c, fd, cmd, arg)) {
+		kc_conn_release(c);
+		c = NULL;
+	}
+	int rc = next(fd, request, arg);
+	if (c) {
+		int saved = errno;
+		kc_cuse_after_ioctl(c, cmd, arg, rc == 0);
+		kc_conn_release(c);
+		errno = saved;
+	}
+	return rc;
+}
+
 KC_EXPORT int ioctl(int fd, kc_ioctl_request request, ...)
 {
 	va_list ap;
@@ -141,9 +172,14 @@ KC_EXPORT int ioctl(int fd, kc_ioctl_request request, ...)
 	va_end(ap);
 	int (*next)(int, kc_ioctl_request, ...) = KC_NEXT(ioctl);
 	uint32_t cmd = (uint32_t)request;
+	if (kc_fd_get(fd).kind == KC_FD_CUSE)
+		return cuse_ioctl(fd, request, arg, next);
 	struct kc_conn *c = kc_conn_acquire(fd);
-	if (!c && KDBUS_IOCTL_TYPE(cmd) == KDBUS_IOCTL_MAGIC && kc_fd_get(fd).kind == KC_FD_NONE)
+	if (!c && KDBUS_IOCTL_TYPE(cmd) == KDBUS_IOCTL_MAGIC && kc_fd_get(fd).kind == KC_FD_NONE) {
 		c = kc_conn_attach(fd);
+		if (!c && kc_cuse_installs(cmd))
+			return cuse_ioctl(fd, request, arg, next);
+	}
 	if (!c || handled_by_vfs(cmd)) {
 		if (c) {
 			if (cmd == FIONCLEX)

@@ -30,6 +30,19 @@
 #define KDBUS_SEND_ITEMS_OFF 56
 #define KDBUS_SEND_SYNC_REPLY 1ull
 
+/* struct kdbus_cmd_send, for SYNC_REPLY: where the reply was put in the pool */
+#define KDBUS_SEND_SIZE 56
+#define KDBUS_SEND_REPLY_OFFSET_OFF 32
+#define KDBUS_SEND_REPLY_SIZE_OFF 40
+
+/* struct kdbus_cmd_recv: where the received message is in the pool */
+#define KDBUS_RECV_SIZE 64
+#define KDBUS_RECV_MSG_OFFSET_OFF 40
+#define KDBUS_RECV_MSG_SIZE_OFF 48
+/* PEEK installs nothing (the fd numbers in the message are undefined); DROP receives nothing. */
+#define KDBUS_RECV_PEEK 1ull
+#define KDBUS_RECV_DROP 2ull
+
 /* struct kdbus_msg */
 #define KDBUS_MSG_ITEMS_OFF 64
 
@@ -48,5 +61,15 @@
 
 /* A message carries at most 16 fds and 16 memfds; RECV installs that many at most. */
 #define KDBUS_MAX_INSTALLED_FDS 32
+
+/*
+ * The daemon's private ioctl on its CUSE devices (docs/socket-protocol.md, CUSE clients):
+ * struct {u64 size = 24; u8 token[16]}, the token filled in by the daemon. Real kdbus and
+ * other devices answer ENOTTY.
+ */
+#define KDBUS_CUSE_CMD_ATTACH ((uint32_t)_IOC(_IOC_READ | _IOC_WRITE, KDBUS_IOCTL_MAGIC, 0xF0, 24))
+#define KDBUS_CUSE_ATTACH_SIZE 24
+#define KDBUS_CUSE_TOKEN_OFF 8
+#define KDBUS_CUSE_TOKEN_SIZE 16
 
 #endif

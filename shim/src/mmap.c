@@ -1,12 +1,14 @@
 /*
  * mmap of a kdbus descriptor maps the connection's pool: the read-only memfd the daemon
  * handed over with HELLO (or, when this process does not have it, e.g. after exec, asks
- * for with POOL). kdbus's rules apply: no write access (EPERM), not longer than the pool
- * (EFAULT), and no later mprotect(PROT_WRITE) — the memfd is open read-only, so the kernel
- * refuses that with EACCES as it did for kdbus. The result is an ordinary file mapping, so
- * fork, munmap and mremap need nothing from the shim.
+ * for with POOL; for a CUSE device, POOL on its side channel). kdbus's rules apply: no
+ * write access (EPERM), not longer than the pool (EFAULT), and no later
+ * mprotect(PROT_WRITE) — the memfd is open read-only, so the kernel refuses that with
+ * EACCES as it did for kdbus. The result is an ordinary file mapping, so fork, munmap and
+ * mremap need nothing from the shim.
  */
 #include "conn.h"
+#include "cuse.h"
 #include "frame.h"
 #include "real.h"
 #include "request.h"
@@ -23,6 +25,8 @@ KC_NEXT_SLOT(mmap64);
 /* Asks the daemon for the pool; 0 or -errno (EBADFD before HELLO, as kdbus's mmap said). */
 static int fetch_pool(struct kc_conn *c, int fd)
 {
+	if (c->cuse)
+		return kc_side_fetch_pool(c);
 	int sock = kc_conn_socket(c, fd);
 	if (sock < 0)
 		return -EBADF;
@@ -100,15 +104,25 @@ static void *route(enum entry entry, void *addr, size_t len, int prot, int flags
 {
 	if (fd < 0 || (flags & MAP_ANONYMOUS))
 		return call_next(entry, addr, len, prot, flags, fd, off);
-	struct kc_conn *c = kc_conn_acquire(fd);
+	struct kc_conn *c = kc_fd_get(fd).kind == KC_FD_CUSE ? kc_cuse_acquire(fd) : kc_conn_acquire(fd);
 	if (!c) {
-		/* libc's mmap fails with ENODEV on every socket; only then can fd be an unknown kdbus one. */
+		/*
+		 * libc's mmap fails with ENODEV on every socket and CUSE device; only then can fd be
+		 * an unknown kdbus one.
+		 */
 		void *result = call_next(entry, addr, len, prot, flags, fd, off);
 		if (result != MAP_FAILED || errno != ENODEV)
 			return result;
 		c = kc_conn_attach(fd);
 		if (!c)
+			c = kc_cuse_probe(fd);
+		if (!c)
 			return result;
+	}
+	if (c->cuse && kc_side_attach(c, fd) == -ENOTTY) {
+		/* A character device below the root that is not the daemon's. */
+		kc_conn_release(c);
+		return call_next(entry, addr, len, prot, flags, fd, off);
 	}
 	void *result = MAP_FAILED;
 	int pool = pool_for(c, fd, len, prot);

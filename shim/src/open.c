@@ -1,10 +1,12 @@
 /*
  * The open family. A path below KDBUS_CUSE_ROOT that names a kdbus node goes to the daemon
- * unless it is a character device (a CUSE node: the kernel serves it) or a directory (bus
- * directories are listed and opened as files). Everything else goes to libc untouched;
- * the first test costs a string comparison, so ordinary opens pay nothing more.
+ * unless it is a character device (a CUSE node: the kernel serves it, libc opens it and the
+ * shim records the descriptor, see cuse.h) or a directory (bus directories are listed and
+ * opened as files). Everything else goes to libc untouched; the first test costs a string
+ * comparison, so ordinary opens pay nothing more.
  */
 #include "config.h"
+#include "cuse.h"
 #include "handshake.h"
 #include "path.h"
 #include "real.h"
@@ -17,8 +19,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Returned by route() when libc should open the path itself. */
+/* Returned by route() when libc should open the path itself; for a CUSE node, to be recorded. */
 #define NOT_KDBUS (-2)
+#define CUSE_NODE (-3)
 
 /* The absolute form of path as seen from dirfd; -1 if it cannot be known. */
 static int absolute(int dirfd, const char *path, char *out, size_t cap)
@@ -43,7 +46,10 @@ static int absolute(int dirfd, const char *path, char *out, size_t cap)
 	return kc_path_normalize(joined, out, cap);
 }
 
-/* Opens path through the daemon if it is a kdbus node; NOT_KDBUS otherwise (errno untouched). */
+/*
+ * Opens path through the daemon if it is a kdbus node; NOT_KDBUS or CUSE_NODE when libc
+ * should open it (errno untouched).
+ */
 static int route(int dirfd, const char *path, int flags)
 {
 	if (!path || (flags & (O_DIRECTORY | O_PATH)) || !kc_path_may_be_node(path))
@@ -55,10 +61,17 @@ static int route(int dirfd, const char *path, int flags)
 	struct stat st;
 	if (config->root[0] && absolute(dirfd, path, abs, sizeof abs) >= 0)
 		rel = kc_path_below(abs, config->root);
+	int routed = rel ? 0 : NOT_KDBUS;
 	if (rel && fstatat(dirfd, path, &st, 0) == 0 && (S_ISCHR(st.st_mode) || S_ISDIR(st.st_mode)))
-		rel = NULL;
+		routed = S_ISCHR(st.st_mode) ? CUSE_NODE : NOT_KDBUS;
 	errno = saved;
-	return rel ? kc_handshake(rel, abs, flags) : NOT_KDBUS;
+	return routed ? routed : kc_handshake(rel, abs, flags);
+}
+
+/* What libc's open gave for a path route() left to it. */
+static int opened(int routed, int fd)
+{
+	return routed == CUSE_NODE ? kc_cuse_opened(fd) : fd;
 }
 
 static bool needs_mode(int flags)
@@ -79,10 +92,10 @@ KC_EXPORT int open(const char *path, int flags, ...)
 		va_end(ap);
 	}
 	int fd = route(AT_FDCWD, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(const char *, int, ...) = KC_NEXT(open);
-	return next ? next(path, flags, mode) : kc_next_missing();
+	return opened(fd, next ? next(path, flags, mode) : kc_next_missing());
 }
 
 KC_EXPORT int openat(int dirfd, const char *path, int flags, ...)
@@ -95,10 +108,10 @@ KC_EXPORT int openat(int dirfd, const char *path, int flags, ...)
 		va_end(ap);
 	}
 	int fd = route(dirfd, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(int, const char *, int, ...) = KC_NEXT(openat);
-	return next ? next(dirfd, path, flags, mode) : kc_next_missing();
+	return opened(fd, next ? next(dirfd, path, flags, mode) : kc_next_missing());
 }
 
 #ifdef __GLIBC__
@@ -128,10 +141,10 @@ KC_EXPORT int open64(const char *path, int flags, ...)
 		va_end(ap);
 	}
 	int fd = route(AT_FDCWD, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(const char *, int, ...) = KC_NEXT(open64);
-	return next ? next(path, flags, mode) : kc_next_missing();
+	return opened(fd, next ? next(path, flags, mode) : kc_next_missing());
 }
 
 KC_EXPORT int openat64(int dirfd, const char *path, int flags, ...)
@@ -144,45 +157,45 @@ KC_EXPORT int openat64(int dirfd, const char *path, int flags, ...)
 		va_end(ap);
 	}
 	int fd = route(dirfd, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(int, const char *, int, ...) = KC_NEXT(openat64);
-	return next ? next(dirfd, path, flags, mode) : kc_next_missing();
+	return opened(fd, next ? next(dirfd, path, flags, mode) : kc_next_missing());
 }
 
 KC_EXPORT int __open_2(const char *path, int flags)
 {
 	int fd = route(AT_FDCWD, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(const char *, int) = KC_NEXT(__open_2);
-	return next ? next(path, flags) : kc_next_missing();
+	return opened(fd, next ? next(path, flags) : kc_next_missing());
 }
 
 KC_EXPORT int __open64_2(const char *path, int flags)
 {
 	int fd = route(AT_FDCWD, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(const char *, int) = KC_NEXT(__open64_2);
-	return next ? next(path, flags) : kc_next_missing();
+	return opened(fd, next ? next(path, flags) : kc_next_missing());
 }
 
 KC_EXPORT int __openat_2(int dirfd, const char *path, int flags)
 {
 	int fd = route(dirfd, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(int, const char *, int) = KC_NEXT(__openat_2);
-	return next ? next(dirfd, path, flags) : kc_next_missing();
+	return opened(fd, next ? next(dirfd, path, flags) : kc_next_missing());
 }
 
 KC_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 {
 	int fd = route(dirfd, path, flags);
-	if (fd != NOT_KDBUS)
+	if (fd != NOT_KDBUS && fd != CUSE_NODE)
 		return fd;
 	int (*next)(int, const char *, int) = KC_NEXT(__openat64_2);
-	return next ? next(dirfd, path, flags) : kc_next_missing();
+	return opened(fd, next ? next(dirfd, path, flags) : kc_next_missing());
 }
 #endif

@@ -76,15 +76,25 @@ void kc_reserve_return(const int *fds, int n)
 	kc_unlock();
 }
 
-void kc_reserve_install(int reserved, int file)
+bool kc_reserve_is_placeholder_locked(int fd)
 {
-	kc_lock();
-	struct kc_fd_entry e = kc_fd_get(reserved);
-	if (e.kind == KC_FD_INTERNAL && !e.owner) {
+	struct kc_fd_entry e = kc_fd_get(fd);
+	return e.kind == KC_FD_INTERNAL && !e.owner;
+}
+
+void kc_reserve_install_locked(int reserved, int file)
+{
+	if (kc_reserve_is_placeholder_locked(reserved)) {
 		/* The number is in the message now and belongs to the program, whatever dup3 says. */
 		kc_sys_dup3(file, reserved, O_CLOEXEC);
 		kc_fd_clear(reserved);
 	}
+}
+
+void kc_reserve_install(int reserved, int file)
+{
+	kc_lock();
+	kc_reserve_install_locked(reserved, file);
 	kc_unlock();
 	kc_sys_close(file);
 }

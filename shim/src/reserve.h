@@ -21,6 +21,11 @@ void kc_reserve_return(const int *fds, int n);
  * If the program took the number over in the meantime, its file wins and file is closed.
  */
 void kc_reserve_install(int reserved, int file);
+/* The same under kc_lock, leaving file open. */
+void kc_reserve_install_locked(int reserved, int file);
+
+/* Whether the table has fd as a reserved number (taken or cached). Under kc_lock. */
+bool kc_reserve_is_placeholder_locked(int fd);
 
 /* The program's dup2/dup3 is about to replace a reserved number: forget it. Under kc_lock. */
 void kc_reserve_forget_locked(int fd);

@@ -1,5 +1,6 @@
 /* Socket I/O for the protocol (see sock-io.h). */
 #include "sock-io.h"
+#include "config.h"
 #include "frame.h"
 #include "sys.h"
 
@@ -7,6 +8,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 
 static int wait_for(int fd, short events)
@@ -15,6 +17,23 @@ static int wait_for(int fd, short events)
 	while (poll(&p, 1, -1) < 0)
 		if (errno != EINTR)
 			return -errno;
+	return 0;
+}
+
+int kc_connect_daemon(int sock)
+{
+	const char *target = kc_config()->socket;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	size_t len = strlen(target);
+	if (len == 0) {
+		/* The configured socket path is longer than a unix address can hold. */
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(addr.sun_path, target, len);
+	while (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
+		if (errno != EINTR)
+			return -1;
 	return 0;
 }
 

@@ -13,6 +13,9 @@
 /* Descriptors that may come with one frame: a pool, then the files of a message. */
 #define KC_MAX_RECEIVED_FDS 72
 
+/* Connects sock to the daemon's socket (config.h); 0 or -1 with errno (ENAMETOOLONG: no usable path). */
+int kc_connect_daemon(int sock);
+
 /* Writes all of iov; 0 or -errno (EPIPE/ECONNRESET when the daemon is gone). */
 int kc_send_all(int sock, struct iovec *iov, int iovcnt);
 

@@ -266,12 +266,12 @@ export class SocketSession {
     const numbers: number[] = [];
     const fds: number[] = [];
     for (const file of files) {
-      const n = this.reserve.length > 0 && file.fd >= 0 ? this.reserve.shift()! : -1;
-      const dup = n >= 0 ? fcntl(file.fd, F_DUPFD_CLOEXEC, 0) : -1;
+      const dup = this.reserve.length > 0 && file.fd >= 0 ? fcntl(file.fd, F_DUPFD_CLOEXEC, 0) : -1;
       if (dup < 0) {
         numbers.push(-1);
         continue;
       }
+      const n = this.reserve.shift()!;
       numbers.push(n);
       fds.push(dup);
     }

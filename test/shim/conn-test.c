@@ -3,7 +3,8 @@
  * the shim as `conn-test MOCK_DAEMON`. It opens kdbus nodes below a temporary root, issues
  * ioctls whose answers the mock derives from what the shim sent (segments, FETCH answers,
  * passed files, credentials), maps the pool, and checks threads, fork, exec, poll, the
- * descriptor bookkeeping and the end of the stream.
+ * descriptor bookkeeping and the end of the stream; and that a character device below the
+ * root that is not the daemon's is left to libc.
  */
 #include "check.h"
 
@@ -552,6 +553,31 @@ static void test_hangup(int fd)
 	CHECK(close(fd) == 0, "the dead descriptor closes", "errno %d", errno);
 }
 
+/*
+ * A character device below the root is a CUSE node: libc opens it and the kernel serves it.
+ * This one is /dev/null (there is no CUSE here), which refuses the daemon's token, so the
+ * shim leaves everything to it.
+ */
+static void test_cuse_device(void)
+{
+	char path[320];
+	snprintf(path, sizeof path, "%s/0-cuse/bus", root);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	struct stat st;
+	CHECK(fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode), "a character device below the root is libc's to open",
+	      "fd %d errno %d", fd, errno);
+	uint64_t r[8] = { 64 };
+	errno = 0;
+	CHECK(kioctl(fd, CMD_RECV, r) == -1 && errno == ENOTTY, "RECV on a device that is not the daemon's: its own ENOTTY",
+	      "errno %d", errno);
+	errno = 0;
+	void *p = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	CHECK(p == MAP_FAILED && errno == ENODEV, "mmap of it: its own ENODEV", "errno %d", errno);
+	int d = dup(fd);
+	close(fd);
+	CHECK(write(d, "x", 1) == 1 && close(d) == 0, "its descriptors stay the program's", "errno %d", errno);
+}
+
 /* How many CLOSE frames the mock has seen, asked over connection fd. */
 static uint64_t closes_seen(int fd)
 {
@@ -625,6 +651,11 @@ static void make_tree(void)
 	mknod(bus_path, S_IFREG | 0666, 0);
 	snprintf(path, sizeof path, "%s/control", root);
 	mknod(path, S_IFREG | 0666, 0);
+	snprintf(path, sizeof path, "%s/0-cuse", root);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/0-cuse/bus", root);
+	if (symlink("/dev/null", path) < 0)
+		perror("symlink");
 }
 
 int main(int argc, char **argv)
@@ -644,6 +675,7 @@ int main(int argc, char **argv)
 	if (mock < 0)
 		return check_exit();
 	test_open();
+	test_cuse_device();
 	test_release();
 	int fd = open_bus(O_CLOEXEC);
 	test_hello_and_pool(fd);

@@ -20,6 +20,20 @@
  *   others    ENOTTY
  *   CLOSE     counted and answered
  *
+ * Side channels of CUSE devices (there are no CUSE devices here; cuse-test.c plays one):
+ *
+ *   ATTACH    a token "mock-token-NNNN" is accepted once (else EPERM); the socket becomes a
+ *             side channel holding the numbers offered, with a pool that starts "POOLDATA"
+ *   RESERVE   more numbers
+ *   POOL      that pool
+ *   MOCK_RECV (type 100, the test's stand-in for a RECV on the device: token, u32 n_fds,
+ *             u32 n_memfds, u32 delay_ms, u32 0) takes numbers from that side channel's
+ *             reserve in order, writes a kdbus_msg naming them (FDS item, then one
+ *             PAYLOAD_MEMFD item per memfd) into its pool, answers MOCK_MESSAGE (type 101:
+ *             u64 offset, u64 size, u32 count, u32 numbers held before, the numbers) and sends
+ *             INSTALL with pipes holding "f0", "f1"... and memfds holding "m0", "m1"... at once,
+ *             after delay_ms, or never (delay_ms 0xffffffff). Numbers beyond the reserve are -1.
+ *
  * Anything that breaks the protocol is answered with EILSEQ and reported on stderr.
  */
 #include <errno.h>
@@ -35,12 +49,17 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define POOL_SIZE (1u << 20)
 #define MAX_CLIENTS 32
+#define MAX_RESERVE 256
+#define MAX_PENDING 16
+#define NEVER 0xffffffffu
 
-enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE };
+enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE, ATTACH, RESERVE, INSTALL };
+enum { MOCK_RECV = 100, MOCK_MESSAGE = 101 };
 
 struct frame {
 	uint32_t type;
@@ -55,10 +74,31 @@ struct client {
 	struct frame *backlog, *backlog_tail;
 	bool parked;
 	uint64_t parked_seq, parked_arg, parked_cookie;
+	/* A side channel: its token, and the numbers the shim gave for installs. */
+	bool side;
+	uint8_t token[16];
+	int32_t reserve[MAX_RESERVE];
+	unsigned n_reserve;
+	unsigned messages;
+};
+
+/* An INSTALL that waits for its time. */
+struct pending {
+	bool used;
+	struct client *c;
+	uint8_t token[16];
+	long due_ms;
+	uint8_t payload[8 + 4 * 32];
+	size_t len;
+	int fds[32];
+	int n_fds;
 };
 
 static struct client clients[MAX_CLIENTS];
+static struct pending pending[MAX_PENDING];
 static uint64_t closes_seen;
+static char used_tokens[64][16];
+static unsigned n_used_tokens;
 
 static uint32_t get32(const uint8_t *p)
 {
@@ -411,6 +451,214 @@ static void do_byebye(struct call *k)
 	send_result(c, k->seq, 0, NULL, 0, NULL, 0, 0);
 }
 
+static long now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* A number list at p (count, 0, numbers) into out; how many. */
+static unsigned numbers_of(const uint8_t *p, size_t len, int32_t *out, unsigned room)
+{
+	if (len < 8)
+		return 0;
+	unsigned n = get32(p);
+	unsigned i = 0;
+	for (; i < n && i < room && 8 + 4 * (size_t)i + 4 <= len; i++)
+		out[i] = (int32_t)get32(p + 8 + 4 * i);
+	return i;
+}
+
+static void do_attach(struct client *c, struct frame *f)
+{
+	if (f->len < 16 + 8 || c->side || c->chan >= 0) {
+		fprintf(stderr, "mock: a malformed ATTACH\n");
+		send_result(c, f->seq, EILSEQ, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	bool good = memcmp(f->payload, "mock-token-", 11) == 0;
+	for (unsigned i = 0; good && i < n_used_tokens; i++)
+		good = memcmp(used_tokens[i], f->payload, 16) != 0;
+	if (!good) {
+		send_result(c, f->seq, EPERM, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	if (n_used_tokens < 64)
+		memcpy(used_tokens[n_used_tokens++], f->payload, 16);
+	c->side = true;
+	memcpy(c->token, f->payload, 16);
+	c->n_reserve = numbers_of(f->payload + 16, f->len - 16, c->reserve, MAX_RESERVE);
+	c->pool = memfd_create("mock-side-pool", MFD_CLOEXEC);
+	if (ftruncate(c->pool, POOL_SIZE) < 0 || pwrite(c->pool, "POOLDATA", 8, 0) != 8)
+		fprintf(stderr, "mock: pool setup failed\n");
+	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
+}
+
+static void do_reserve(struct client *c, struct frame *f)
+{
+	if (!c->side) {
+		fprintf(stderr, "mock: RESERVE on a socket that is no side channel\n");
+		return;
+	}
+	if (f->seq != 0)
+		fprintf(stderr, "mock: RESERVE with seq %llu\n", (unsigned long long)f->seq);
+	c->n_reserve += numbers_of(f->payload, f->len, c->reserve + c->n_reserve, MAX_RESERVE - c->n_reserve);
+}
+
+static void send_install(struct client *c, const uint8_t *payload, size_t len, const int *fds, int n_fds)
+{
+	send_frame(c, INSTALL, 0, payload, len, fds, n_fds);
+	for (int i = 0; i < n_fds; i++)
+		close(fds[i]);
+}
+
+/* A file holding "<tag><i>": a pipe for an FDS entry, a memfd for a PAYLOAD_MEMFD. */
+static int file_holding(char tag, unsigned i)
+{
+	char text[8];
+	int len = snprintf(text, sizeof text, "%c%u", tag, i);
+	if (tag == 'm') {
+		int fd = memfd_create("mock-memfd", MFD_CLOEXEC);
+		return pwrite(fd, text, (size_t)len, 0) == len ? fd : -1;
+	}
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	if (write(p[1], text, (size_t)len) != len)
+		fprintf(stderr, "mock: pipe write failed\n");
+	close(p[1]);
+	return p[0];
+}
+
+static struct client *side_with_token(const uint8_t *token)
+{
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		if (clients[i].sock >= 0 && clients[i].side && memcmp(clients[i].token, token, 16) == 0)
+			return &clients[i];
+	return NULL;
+}
+
+static void handle(struct client *c, struct frame *f);
+static void close_client(struct client *c);
+
+/* Handles what a client has already sent, without waiting for more. */
+static void drain_client(struct client *c)
+{
+	struct pollfd p = { .fd = c->sock, .events = POLLIN };
+	while (c->sock >= 0 && poll(&p, 1, 0) == 1) {
+		struct frame *f = read_frame(c);
+		if (!f) {
+			close_client(c);
+			return;
+		}
+		handle(c, f);
+	}
+}
+
+static void do_mock_recv(struct client *asker, struct frame *f)
+{
+	struct client *c = f->len >= 32 ? side_with_token(f->payload) : NULL;
+	/* What the shim sent before the test asked has arrived: take the RESERVEs (or the end) in. */
+	if (c)
+		drain_client(c);
+	if (!c || c->sock < 0) {
+		send_frame(asker, MOCK_MESSAGE, f->seq, NULL, 0, NULL, 0);
+		return;
+	}
+	unsigned n_fds = get32(f->payload + 16), n_memfds = get32(f->payload + 20), delay = get32(f->payload + 24);
+	unsigned total = n_fds + n_memfds;
+	if (total > 32)
+		total = 32;
+	int32_t numbers[32];
+	int files[32];
+	unsigned held = c->n_reserve, n_files = 0;
+	uint8_t install[8 + 4 * 32] = { 0 };
+	for (unsigned i = 0; i < total; i++) {
+		numbers[i] = -1;
+		if (c->n_reserve == 0)
+			continue;
+		numbers[i] = c->reserve[0];
+		memmove(c->reserve, c->reserve + 1, sizeof(int32_t) * --c->n_reserve);
+		files[n_files] = file_holding(i < n_fds ? 'f' : 'm', i < n_fds ? i : i - n_fds);
+		put32(install + 8 + 4 * n_files++, (uint32_t)numbers[i]);
+	}
+	put32(install, n_files);
+
+	uint8_t msg[1024] = { 0 };
+	size_t at = 64;
+	if (n_fds) {
+		put64(msg + at, 16 + 4 * n_fds);
+		put64(msg + at + 8, 5);
+		memcpy(msg + at + 16, numbers, 4 * n_fds);
+		at += (16 + 4 * n_fds + 7) & ~7u;
+	}
+	for (unsigned i = n_fds; i < total; i++) {
+		put64(msg + at, 16 + 24);
+		put64(msg + at + 8, 4);
+		put64(msg + at + 24, 2);
+		put32(msg + at + 32, (uint32_t)numbers[i]);
+		at += 40;
+	}
+	put64(msg, at);
+	uint64_t offset = 0x10000 + 0x1000 * (c->messages++ % 8);
+	if (pwrite(c->pool, msg, at, (off_t)offset) != (ssize_t)at)
+		fprintf(stderr, "mock: pool write failed\n");
+
+	uint8_t reply[24 + 4 * 32] = { 0 };
+	put64(reply, offset);
+	put64(reply + 8, at);
+	put32(reply + 16, total);
+	put32(reply + 20, held);
+	memcpy(reply + 24, numbers, 4 * total);
+	/* As the daemon does, INSTALL goes out before the answer, unless it is held back. */
+	size_t install_len = 8 + 4 * n_files;
+	if (delay == 0) {
+		send_install(c, install, install_len, files, (int)n_files);
+	} else if (delay == NEVER) {
+		for (unsigned i = 0; i < n_files; i++)
+			close(files[i]);
+	} else {
+		struct pending *p = NULL;
+		for (int i = 0; i < MAX_PENDING && !p; i++)
+			if (!pending[i].used)
+				p = &pending[i];
+		if (!p) {
+			fprintf(stderr, "mock: too many pending INSTALLs\n");
+		} else {
+			*p = (struct pending){ .used = true, .c = c, .due_ms = now_ms() + delay, .len = install_len,
+					       .n_fds = (int)n_files };
+			memcpy(p->token, c->token, 16);
+			memcpy(p->payload, install, install_len);
+			memcpy(p->fds, files, sizeof(int) * n_files);
+		}
+	}
+	send_frame(asker, MOCK_MESSAGE, f->seq, reply, 24 + 4 * total, NULL, 0);
+}
+
+/* Sends the INSTALLs whose time has come; returns how long until the next one (-1: none). */
+static int send_due(void)
+{
+	long now = now_ms(), next = -1;
+	for (int i = 0; i < MAX_PENDING; i++) {
+		struct pending *p = &pending[i];
+		if (!p->used)
+			continue;
+		if (p->due_ms <= now) {
+			/* The side channel may have gone meanwhile. */
+			if (side_with_token(p->token) == p->c)
+				send_install(p->c, p->payload, p->len, p->fds, p->n_fds);
+			else
+				for (int k = 0; k < p->n_fds; k++)
+					close(p->fds[k]);
+			p->used = false;
+		} else if (next < 0 || p->due_ms - now < next) {
+			next = p->due_ms - now;
+		}
+	}
+	return (int)next;
+}
+
 static void close_client(struct client *c)
 {
 	close(c->sock);
@@ -591,6 +839,15 @@ static void handle(struct client *c, struct frame *f)
 		closes_seen++;
 		send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
 		break;
+	case ATTACH:
+		do_attach(c, f);
+		break;
+	case RESERVE:
+		do_reserve(c, f);
+		break;
+	case MOCK_RECV:
+		do_mock_recv(c, f);
+		break;
 	default:
 		fprintf(stderr, "mock: unexpected frame type %u\n", f->type);
 	}
@@ -626,8 +883,9 @@ int main(int argc, char **argv)
 				idx[n++] = i;
 			}
 		}
-		if (poll(p, (nfds_t)n, -1) < 0)
+		if (poll(p, (nfds_t)n, send_due()) < 0)
 			continue;
+		send_due();
 		if (p[0].revents & POLLIN) {
 			int s = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
 			for (int i = 0; s >= 0 && i < MAX_CLIENTS; i++) {
@@ -643,6 +901,10 @@ int main(int argc, char **argv)
 			if (!p[j].revents)
 				continue;
 			struct client *c = &clients[idx[j]];
+			/* Serving another client may have read this one's frames already. */
+			struct pollfd still = { .fd = c->sock, .events = POLLIN };
+			if (c->sock < 0 || poll(&still, 1, 0) != 1)
+				continue;
 			struct frame *f = read_frame(c);
 			if (!f) {
 				close_client(c);

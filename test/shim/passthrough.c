@@ -144,6 +144,16 @@ static void descriptors(void)
 	SHOW("ioctl kdbus type on a socket", ioctl(sv[0], 0x40389590u, buf));
 	close(sv[0]);
 	close(sv[1]);
+	/* A character device: the shim asks it for the daemon's token once, and it refuses. */
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	SHOW("ioctl kdbus RECV on /dev/null", ioctl(null, 0x80409591u, buf));
+	SHOW("mmap /dev/null", mmap(NULL, 4096, PROT_READ, MAP_SHARED, null, 0) == MAP_FAILED ? -1 : 0);
+	SHOW("ioctl kdbus SEND on /dev/null", ioctl(null, 0x40389590u, buf));
+	int null2 = dup(null);
+	SHOW("close /dev/null", close(null));
+	SHOW("write its dup", write(null2, "x", 1));
+	SHOW("mmap its dup", mmap(NULL, 4096, PROT_READ, MAP_SHARED, null2, 0) == MAP_FAILED ? -1 : 0);
+	close(null2);
 	SHOW("close bad fd", close(-1));
 	SHOW("read bad fd", read(-1, buf, 1));
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)

@@ -1,7 +1,8 @@
 /*
  * Unit tests of the shim's pure parts, linked directly (no preloading, no daemon): path
  * handling, the frame codec against byte layouts written out from docs/socket-protocol.md,
- * and the prefetch of SEND's memory and descriptors.
+ * the prefetch of SEND's memory and descriptors, and the descriptor numbers a received
+ * message names.
  */
 #include "check.h"
 
@@ -9,6 +10,7 @@
 #include "../../shim/src/frame.h"
 #include "../../shim/src/holders.h"
 #include "../../shim/src/kdbus-abi.h"
+#include "../../shim/src/message-fds.h"
 #include "../../shim/src/path.h"
 #include "../../shim/src/prefetch.h"
 
@@ -418,6 +420,126 @@ static void test_holders(void)
 	      "a process that exited holding references does not count", "it did");
 }
 
+static void test_side_frames(void)
+{
+	static const uint8_t token[16] = { 't', 'o', 'k', 'e', 'n', 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xff };
+	const int numbers[3] = { 7, 31, 1000 };
+	uint8_t b[KC_NUMBERS_FRAME_MAX(3)];
+	memset(b, 0xaa, sizeof b);
+	size_t len = kc_attach_encode(b, 1, token, numbers, 3);
+	const uint8_t want[56] = {
+		56, 0, 0, 0, 10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,                      /* ATTACH, seq 1 */
+		't', 'o', 'k', 'e', 'n', 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xff,            /* token */
+		3, 0, 0, 0, 0, 0, 0, 0,                                                 /* count, 0 */
+		7, 0, 0, 0, 31, 0, 0, 0, 0xe8, 3, 0, 0, 0, 0, 0, 0,                     /* numbers, padding */
+	};
+	CHECK(len == 56 && memcmp(b, want, 56) == 0, "ATTACH layout: token, then the number list padded",
+	      "length %zu or bytes differ", len);
+	len = kc_reserve_encode(b, 0, numbers, 2);
+	const uint8_t want_reserve[32] = {
+		32, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 31, 0, 0, 0,
+	};
+	CHECK(len == 32 && memcmp(b, want_reserve, 32) == 0, "RESERVE layout: a number list", "length %zu or bytes differ",
+	      len);
+	CHECK(kc_numbers_size(0) == 8 && kc_numbers_size(1) == 16 && kc_numbers_size(2) == 16,
+	      "number lists pad to 8 bytes", "sizes differ");
+
+	/* As the daemon encodes it: count, 0, the numbers of the descriptors it sends. */
+	const uint8_t install[16] = { 2, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f };
+	int got[4] = { 0 };
+	uint32_t count = 0;
+	CHECK(kc_install_decode(install, sizeof install, got, 4, &count) == 0 && count == 2 && got[0] == 12 &&
+		      got[1] == 0x7fffffff,
+	      "INSTALL payload decodes", "count %u: %d %d", count, got[0], got[1]);
+	const uint8_t trailing[24] = { 1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
+	CHECK(kc_install_decode(trailing, sizeof trailing, got, 4, &count) == 0 && count == 1 && got[0] == 5,
+	      "INSTALL: words after the counted numbers are ignored", "count %u", count);
+	CHECK(kc_install_decode(install, 12, got, 4, &count) == -EPROTO, "INSTALL whose numbers run past it is refused",
+	      "accepted");
+	CHECK(kc_install_decode(install, sizeof install, got, 1, &count) == -EPROTO,
+	      "INSTALL with more numbers than can be taken is refused", "accepted");
+	CHECK(kc_install_decode(install, 4, got, 4, &count) == -EPROTO, "INSTALL shorter than its count is refused",
+	      "accepted");
+
+	struct kc_header h;
+	kc_header_encode(b, 24, KC_FRAME_INSTALL, 0);
+	CHECK(kc_side_header_decode(b, &h) == 0 && h.type == 12, "a side channel takes INSTALL (type 12)", "refused");
+	CHECK(kc_header_decode(b, &h) == -EPROTO, "a connection's socket refuses INSTALL", "accepted");
+	kc_header_encode(b, 32, KC_FRAME_RESULT, 1);
+	CHECK(kc_side_header_decode(b, &h) == 0, "a side channel takes RESULT", "refused");
+	for (uint32_t t = KC_FRAME_FETCH; t <= KC_FRAME_HUP; t++) {
+		if (t == KC_FRAME_RESULT)
+			continue;
+		kc_header_encode(b, 16, t, 0);
+		CHECK(kc_side_header_decode(b, &h) == -EPROTO, "a side channel refuses FETCH, MEM, WAKE, HUP",
+		      "type %u accepted", t);
+	}
+	kc_header_encode(b, 20, KC_FRAME_INSTALL, 0);
+	CHECK(kc_side_header_decode(b, &h) == -EPROTO, "a side-channel length that is no multiple of 8 is refused",
+	      "accepted");
+}
+
+/* Appends a kdbus_item to the message at *at; returns where it starts. */
+static size_t put_item(uint8_t *m, size_t *at, uint64_t size, uint64_t type, const void *payload, size_t len)
+{
+	size_t start = *at;
+	put64(m + start, size);
+	put64(m + start + 8, type);
+	memcpy(m + start + 16, payload, len);
+	*at = start + ((size + 7) & ~(uint64_t)7);
+	return start;
+}
+
+static void set_msg_size(uint8_t *m, uint64_t size)
+{
+	put64(m, size);
+}
+
+static void test_message_fds(void)
+{
+	uint8_t m[512];
+	int out[16];
+	memset(m, 0, sizeof m);
+	size_t at = 64;
+	const int fds[3] = { 40, -1, 41 };
+	uint64_t vec[2] = { 5, 0 };
+	uint64_t memfd[3] = { 0, 19, 0 };
+	int memfd_fd = 42;
+	memcpy((uint8_t *)memfd + 16, &memfd_fd, 4);
+	put_item(m, &at, 16 + 16, KDBUS_ITEM_PAYLOAD_VEC, vec, 16);
+	put_item(m, &at, 16 + 12, KDBUS_ITEM_FDS, fds, 12); /* 28 bytes: the next item starts at 32 */
+	put_item(m, &at, 16 + 24, KDBUS_ITEM_PAYLOAD_MEMFD, memfd, 24);
+	set_msg_size(m, at);
+	unsigned n = kc_message_fds(m, sizeof m, out, 16);
+	CHECK(n == 3 && out[0] == 40 && out[1] == 41 && out[2] == 42,
+	      "a message names its FDS ints and its memfd's fd, not -1", "%u: %d %d %d", n, out[0], out[1], out[2]);
+	CHECK(kc_message_fds(m, sizeof m, out, 2) == 2, "no more numbers than there is room for", "more");
+
+	set_msg_size(m, 64 + 32 + 16);
+	n = kc_message_fds(m, sizeof m, out, 16);
+	CHECK(n == 0, "an item running past the message's size ends the scan", "%u found", n);
+	set_msg_size(m, at);
+	n = kc_message_fds(m, 64 + 32 + 32, out, 16);
+	CHECK(n == 2 && out[0] == 40 && out[1] == 41, "so does the end of what was read; earlier items count", "%u found",
+	      n);
+
+	memset(m, 0, sizeof m);
+	at = 64;
+	put_item(m, &at, 16 + 4, KDBUS_ITEM_FDS, &fds[0], 4);
+	size_t broken = put_item(m, &at, 8, KDBUS_ITEM_FDS, &fds[2], 0);
+	put_item(m, &at, 16 + 4, KDBUS_ITEM_FDS, &fds[2], 4);
+	set_msg_size(m, at);
+	n = kc_message_fds(m, sizeof m, out, 16);
+	CHECK(n == 1 && out[0] == 40 && broken == 88, "an item smaller than its header ends the scan", "%u found", n);
+
+	memset(m, 0, sizeof m);
+	at = 64;
+	put_item(m, &at, 16 + 16, KDBUS_ITEM_PAYLOAD_MEMFD, memfd, 16);
+	set_msg_size(m, at);
+	CHECK(kc_message_fds(m, sizeof m, out, 16) == 0, "a memfd item too short to hold its fd names nothing", "found");
+	CHECK(kc_message_fds(m, 63, out, 16) == 0, "less than a message header names nothing", "found");
+}
+
 static void test_ioctl_numbers(void)
 {
 	/* The values on x86 and most architectures (docs/reference/kdbus-abi.md §2.3). */
@@ -426,6 +548,10 @@ static void test_ioctl_numbers(void)
 	      "%x %x", KDBUS_CMD_SEND, KDBUS_CMD_RECV);
 #endif
 	CHECK(KDBUS_IOCTL_TYPE(0xC0609580u) == KDBUS_IOCTL_MAGIC, "the type byte of HELLO is kdbus's", "no");
+#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) || defined(__arm__) || defined(__riscv)
+	/* docs/socket-protocol.md, CUSE clients: _IOWR(0x95, 0xF0, 24). */
+	CHECK(KDBUS_CUSE_CMD_ATTACH == 0xC01895F0u, "the private ATTACH ioctl number", "%x", KDBUS_CUSE_CMD_ATTACH);
+#endif
 }
 
 int main(void)
@@ -444,5 +570,7 @@ int main(void)
 	test_caller_memory();
 	test_holders();
 	test_ioctl_numbers();
+	test_side_frames();
+	test_message_fds();
 	return check_exit();
 }

@@ -116,6 +116,15 @@ function suite(libc: Libc, compiler: string): void {
       assert.match(out, /after exec: the fd channel is found again/);
     });
 
+    it('serves CUSE devices through the side channel (mock daemon)', () => {
+      const out = succeeds(run(path.join(TESTS, libc, 'cuse-test'), [path.join(TESTS, libc, 'mock-daemon')]), 'cuse-test');
+      checkLines(out, [
+        'after RECV the files are on the numbers the message names (FDS and memfd)',
+        'a RECV waits for files the daemon sends late',
+        'four threads, 100 RECVs with files over one side channel',
+      ]);
+    });
+
     it('changes nothing for descriptors that are not kdbus', () => {
       const plain = succeeds(run(path.join(TESTS, libc, 'passthrough'), [], { KC_EXPECT_SHIM: '0' }), 'passthrough');
       const preloaded = succeeds(

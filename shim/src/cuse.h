@@ -1,0 +1,45 @@
+/*
+ * CUSE kdbus descriptors (docs/socket-protocol.md, CUSE clients): character devices the
+ * kernel serves for the daemon. libc does everything with them, except what CUSE cannot
+ * carry: mmap maps the pool the side channel brings (side-channel.h), and after RECV or a
+ * synchronous SEND the files the received message names are put on their numbers before
+ * the program looks.
+ */
+#ifndef KC_CUSE_H
+#define KC_CUSE_H
+
+#include "conn.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The commands that can install files into the caller. */
+static inline bool kc_cuse_installs(uint32_t cmd)
+{
+	return cmd == KDBUS_CMD_RECV || cmd == KDBUS_CMD_SEND;
+}
+
+/* After libc opened a character device below the root: records fd, which it returns. */
+int kc_cuse_opened(int fd);
+
+/*
+ * For a descriptor the table does not know (one inherited across exec, or opened through
+ * another path): a character device that gives the daemon's token is recorded, attached and
+ * returned referenced. NULL otherwise (a character device that refused is recorded as not
+ * the daemon's, so it is asked once). errno is kept.
+ */
+struct kc_conn *kc_cuse_probe(int fd);
+
+/*
+ * Before RECV or SEND on the device fd: attaches when the command can install files, so they
+ * can reach this process. false if the device turned out not to be the daemon's.
+ */
+bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg);
+
+/*
+ * After it (succeeded: whether it did): applies the files that arrived and, if the received
+ * message names numbers still waiting for theirs, waits for them (5 s at most).
+ */
+void kc_cuse_after_ioctl(struct kc_conn *c, uint32_t cmd, uint64_t arg, bool succeeded);
+
+#endif

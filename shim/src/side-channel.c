@@ -1,0 +1,572 @@
+/* The side channel of a CUSE kdbus file (see side-channel.h). */
+#include "side-channel.h"
+#include "config.h"
+#include "conn.h"
+#include "cuse-token.h"
+#include "fd-table.h"
+#include "frame.h"
+#include "reserve.h"
+#include "sock-io.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* Requests go one at a time under the page lock, so the next RESULT is theirs. */
+#define REQUEST_SEQ 1
+/* Side-channel frames are small: RESULTs without writes, INSTALLs of a message's numbers. */
+#define FRAME_MAX 512
+/* How long one waiter reads the channel before the others look at their numbers again. */
+#define SLICE_MS 20
+
+struct kc_side_page {
+	pthread_mutex_t lock;
+};
+
+struct frame {
+	struct kc_header header;
+	uint8_t data[FRAME_MAX];
+	int fds[KC_MAX_RECEIVED_FDS];
+	unsigned n_fds;
+};
+
+static struct kc_side_page *page_create(void)
+{
+	struct kc_side_page *p = mmap(NULL, sizeof *p, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	pthread_mutexattr_t ma;
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+	pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+	pthread_mutex_init(&p->lock, &ma);
+	pthread_mutexattr_destroy(&ma);
+	return p;
+}
+
+/* A process that died holding the lock may have left a frame half read; the next read says so. */
+static bool page_locked(struct kc_side_page *p, int rc)
+{
+	if (rc == EOWNERDEAD) {
+		pthread_mutex_consistent(&p->lock);
+		return true;
+	}
+	return rc == 0;
+}
+
+static void page_lock(struct kc_side_page *p)
+{
+	page_locked(p, pthread_mutex_lock(&p->lock));
+}
+
+static bool page_trylock(struct kc_side_page *p)
+{
+	return page_locked(p, pthread_mutex_trylock(&p->lock));
+}
+
+static bool page_lock_for(struct kc_side_page *p, int ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += (long)ms * 1000000;
+	until.tv_sec += until.tv_nsec / 1000000000;
+	until.tv_nsec %= 1000000000;
+	return page_locked(p, pthread_mutex_timedlock(&p->lock, &until));
+}
+
+static void page_unlock(struct kc_side_page *p)
+{
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* Reports a problem of this file on stderr, the first time only; errno is kept. */
+__attribute__((format(printf, 2, 3))) static void warn(struct kc_conn *c, const char *fmt, ...)
+{
+	int saved = errno;
+	kc_lock();
+	bool first = !c->side.warned;
+	c->side.warned = true;
+	kc_unlock();
+	if (first) {
+		char msg[512];
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof msg, fmt, ap);
+		va_end(ap);
+		dprintf(2, "kdbus-cuse shim: %s\n", msg);
+	}
+	errno = saved;
+}
+
+/* The channel broke: nothing more comes over it in this process. */
+static void broke(struct kc_conn *c, int err)
+{
+	kc_lock();
+	if (c->side.state == KC_SIDE_READY) {
+		c->side.state = KC_SIDE_FAILED;
+		c->side.err = err;
+	}
+	kc_unlock();
+	warn(c, "the side channel of a CUSE kdbus descriptor broke (%s); files received from now on are lost",
+	     strerror(err));
+}
+
+/* The attached channel: true with its socket and page, else false with why (-errno in *err). */
+static bool ready(struct kc_conn *c, int *sock, struct kc_side_page **page, int *err)
+{
+	kc_lock();
+	bool ok = c->side.state == KC_SIDE_READY && c->sock >= 0;
+	*sock = c->sock;
+	*page = c->side.page;
+	*err = c->side.state == KC_SIDE_FAILED ? -c->side.err : -ENOTCONN;
+	kc_unlock();
+	return ok;
+}
+
+static int index_of(const struct kc_side *s, int number)
+{
+	for (unsigned i = 0; i < s->n_reserved; i++)
+		if (s->reserved[i] == number)
+			return (int)i;
+	return -1;
+}
+
+static void remove_at(struct kc_side *s, int i)
+{
+	s->reserved[i] = s->reserved[--s->n_reserved];
+}
+
+static void close_fds(struct frame *f)
+{
+	for (unsigned i = 0; i < f->n_fds; i++)
+		if (f->fds[i] >= 0)
+			kc_sys_close(f->fds[i]);
+	f->n_fds = 0;
+}
+
+static int send_frame(int sock, const uint8_t *frame, size_t len)
+{
+	struct iovec iov = { (void *)frame, len };
+	int rc = kc_send_all(sock, &iov, 1);
+	return rc == -EPIPE || rc == -ECONNRESET ? -ESHUTDOWN : rc;
+}
+
+/* Reads one whole frame, whose first bytes are there or coming. 0 or -errno. */
+static int read_frame(int sock, struct frame *f)
+{
+	uint8_t raw[KC_FRAME_HEADER];
+	f->n_fds = 0;
+	int rc = kc_peek_header(sock, raw);
+	if (rc == 0 && (kc_side_header_decode(raw, &f->header) < 0 || f->header.length > FRAME_MAX))
+		rc = -EPROTO;
+	if (rc == 0)
+		rc = kc_recv_exact(sock, f->data, f->header.length, f->fds, KC_MAX_RECEIVED_FDS, &f->n_fds);
+	if (rc)
+		close_fds(f);
+	return rc == -ECONNRESET ? -ESHUTDOWN : rc;
+}
+
+/*
+ * Gives the daemon numbers again for those it used, so it always holds as many as a message
+ * can bring. They are recorded before they are sent: a message may name them as soon as the
+ * daemon has them. 0 or -errno.
+ */
+static int top_up(struct kc_conn *c, int sock)
+{
+	int numbers[KC_SIDE_RESERVE];
+	kc_lock();
+	int want = KC_SIDE_RESERVE - (int)c->side.n_reserved;
+	kc_unlock();
+	int n = want > 0 ? kc_reserve_take(numbers, want) : 0;
+	if (n == 0)
+		return 0;
+	kc_lock();
+	memcpy(c->side.reserved + c->side.n_reserved, numbers, sizeof(int) * (size_t)n);
+	c->side.n_reserved += (unsigned)n;
+	kc_unlock();
+	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_RESERVE)];
+	int rc = send_frame(sock, frame, kc_reserve_encode(frame, 0, numbers, (uint32_t)n));
+	if (rc) {
+		kc_lock();
+		for (int i = 0; i < n; i++) {
+			int at = index_of(&c->side, numbers[i]);
+			if (at >= 0)
+				remove_at(&c->side, at);
+		}
+		kc_unlock();
+		kc_reserve_return(numbers, n);
+	}
+	return rc;
+}
+
+/*
+ * Puts an INSTALL's files on their numbers and tops the reserve up. A number this process did
+ * not give the daemon (a forked relative's, or one the program has dup2'ed over since) gets
+ * nothing: its file is closed. 0 or -errno.
+ */
+static int install(struct kc_conn *c, int sock, struct frame *f)
+{
+	int numbers[KC_MAX_RECEIVED_FDS];
+	uint32_t n = 0;
+	int rc = kc_install_decode(f->data + KC_FRAME_HEADER, f->header.length - KC_FRAME_HEADER, numbers,
+				   KC_MAX_RECEIVED_FDS, &n);
+	if (rc == 0 && n != f->n_fds)
+		rc = -EPROTO;
+	if (rc == 0) {
+		kc_lock();
+		for (uint32_t i = 0; i < n; i++) {
+			int at = index_of(&c->side, numbers[i]);
+			if (at >= 0) {
+				kc_reserve_install_locked(numbers[i], f->fds[i]);
+				remove_at(&c->side, at);
+			}
+		}
+		kc_unlock();
+	}
+	close_fds(f);
+	return rc ? rc : top_up(c, sock);
+}
+
+/* Applies the frames that have begun to arrive, until none has. Under the page lock. 0 or -errno. */
+static int read_available(struct kc_conn *c, int sock)
+{
+	for (;;) {
+		uint8_t byte;
+		ssize_t n = recv(sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+		if (n == 0)
+			return -ESHUTDOWN;
+		struct frame f;
+		int rc = read_frame(sock, &f);
+		if (rc == 0 && f.header.type != KC_FRAME_INSTALL) {
+			/* A RESULT nobody asked for. */
+			close_fds(&f);
+			rc = -EPROTO;
+		}
+		if (rc == 0)
+			rc = install(c, sock, &f);
+		if (rc)
+			return rc;
+	}
+}
+
+/* Sends a request and reads up to its RESULT, applying INSTALLs on the way. Under the page lock. */
+static int request(struct kc_conn *c, int sock, const uint8_t *frame, size_t len, struct frame *result)
+{
+	int rc = send_frame(sock, frame, len);
+	while (rc == 0) {
+		rc = read_frame(sock, result);
+		if (rc == 0 && result->header.type == KC_FRAME_RESULT) {
+			if (result->header.seq == REQUEST_SEQ)
+				return 0;
+			close_fds(result);
+			rc = -EPROTO;
+		}
+		if (rc == 0)
+			rc = install(c, sock, result);
+	}
+	return rc;
+}
+
+/* The decoded RESULT a request got: the command's -errno, or -EPROTO. */
+static int result_of(const struct frame *f, struct kc_result *r)
+{
+	int rc = kc_result_decode(f->data + KC_FRAME_HEADER, f->header.length - KC_FRAME_HEADER, r);
+	return rc ? rc : -r->err;
+}
+
+/* Connects to the daemon for a side channel: the socket (3 or above, close-on-exec) or -errno. */
+static int connect_side(struct kc_ident *id)
+{
+	int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		return -errno;
+	struct stat st;
+	if (kc_connect_daemon(sock) < 0 || (sock = kc_sys_settle_fd(sock, 1)) < 0 || fstat(sock, &st) < 0) {
+		int err = errno;
+		if (sock >= 0)
+			kc_sys_close(sock);
+		return -err;
+	}
+	id->dev = st.st_dev;
+	id->ino = st.st_ino;
+	return sock;
+}
+
+/* Undoes what attach() recorded in c, once the daemon said no. */
+static void detach(struct kc_conn *c)
+{
+	int numbers[KC_SIDE_RESERVE];
+	kc_lock();
+	int sock = c->sock;
+	struct kc_side_page *page = c->side.page;
+	unsigned n = c->side.n_reserved;
+	memcpy(numbers, c->side.reserved, sizeof(int) * n);
+	if (sock >= 0)
+		kc_fd_clear(sock);
+	c->sock = -1;
+	c->side.page = NULL;
+	c->side.n_reserved = 0;
+	kc_unlock();
+	if (sock >= 0)
+		kc_sys_close(sock);
+	if (page)
+		munmap(page, sizeof *page);
+	kc_reserve_return(numbers, (int)n);
+}
+
+static int attach(struct kc_conn *c, int fd)
+{
+	uint8_t token[KC_TOKEN_SIZE];
+	if (kc_cuse_token(fd, token) < 0)
+		return -ENOTTY;
+	struct kc_side_page *page = page_create();
+	if (!page)
+		return -ENOMEM;
+	struct kc_ident id;
+	int sock = connect_side(&id);
+	if (sock < 0) {
+		munmap(page, sizeof *page);
+		return sock;
+	}
+	int numbers[KC_SIDE_RESERVE];
+	int n = kc_reserve_take(numbers, KC_SIDE_RESERVE);
+	kc_lock();
+	bool ok = kc_fd_set(sock, KC_FD_INTERNAL, c) == 0;
+	if (ok) {
+		c->sock = sock;
+		c->sock_id = id;
+		c->side.page = page;
+		memcpy(c->side.reserved, numbers, sizeof(int) * (size_t)n);
+		c->side.n_reserved = (unsigned)n;
+	}
+	kc_unlock();
+	if (!ok) {
+		kc_sys_close(sock);
+		munmap(page, sizeof *page);
+		kc_reserve_return(numbers, n);
+		return -EMFILE;
+	}
+	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_RESERVE)];
+	size_t len = kc_attach_encode(frame, REQUEST_SEQ, token, numbers, (uint32_t)n);
+	struct frame result;
+	struct kc_result r;
+	page_lock(page);
+	int rc = request(c, sock, frame, len, &result);
+	page_unlock(page);
+	if (rc == 0) {
+		rc = result_of(&result, &r);
+		close_fds(&result);
+	}
+	if (rc)
+		detach(c);
+	return rc;
+}
+
+enum kc_side_state kc_side_state(struct kc_conn *c)
+{
+	kc_lock();
+	enum kc_side_state state = c->side.state;
+	kc_unlock();
+	return state;
+}
+
+int kc_side_attach(struct kc_conn *c, int fd)
+{
+	kc_lock();
+	while (c->side.state == KC_SIDE_ATTACHING) {
+		/* Another thread is at it; it takes a moment, once per file. */
+		kc_unlock();
+		struct timespec ms = { 0, 1000000 };
+		nanosleep(&ms, NULL);
+		kc_lock();
+	}
+	enum kc_side_state state = c->side.state;
+	int err = c->side.err;
+	if (state == KC_SIDE_NONE)
+		c->side.state = KC_SIDE_ATTACHING;
+	kc_unlock();
+	switch (state) {
+	case KC_SIDE_READY:
+		return 0;
+	case KC_SIDE_FOREIGN:
+		return -ENOTTY;
+	case KC_SIDE_FAILED:
+		return -err;
+	default:
+		break;
+	}
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	int rc = attach(c, fd);
+	pthread_setcancelstate(cancel_state, NULL);
+	kc_lock();
+	c->side.state = rc == 0 ? KC_SIDE_READY : rc == -ENOTTY ? KC_SIDE_FOREIGN : KC_SIDE_FAILED;
+	c->side.err = -rc;
+	kc_unlock();
+	if (rc && rc != -ENOTTY)
+		warn(c,
+		     "cannot attach a CUSE kdbus descriptor to the daemon at %s (%s): "
+		     "its pool cannot be mapped and files it receives are lost",
+		     kc_config()->socket, strerror(-rc));
+	return rc;
+}
+
+int kc_side_fetch_pool(struct kc_conn *c)
+{
+	int sock, rc;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &rc))
+		return rc;
+	uint8_t frame[KC_FRAME_HEADER];
+	kc_bare_encode(frame, KC_FRAME_POOL, REQUEST_SEQ);
+	struct frame result;
+	struct kc_result r;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	page_lock(page);
+	rc = request(c, sock, frame, sizeof frame, &result);
+	page_unlock(page);
+	pthread_setcancelstate(cancel_state, NULL);
+	if (rc == 0) {
+		rc = result_of(&result, &r);
+		if (rc == 0 && (!(r.flags & KC_RESULT_POOL) || result.n_fds == 0))
+			rc = -EPROTO;
+		if (rc == 0) {
+			kc_conn_set_pool(c, result.fds[0]);
+			result.fds[0] = -1;
+		}
+		close_fds(&result);
+		if (rc != -EPROTO)
+			return rc;
+	}
+	broke(c, -rc);
+	return rc;
+}
+
+void kc_side_drain(struct kc_conn *c)
+{
+	int sock, err;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &err) || !page_trylock(page))
+		return;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	int rc = read_available(c, sock);
+	page_unlock(page);
+	pthread_setcancelstate(cancel_state, NULL);
+	if (rc)
+		broke(c, -rc);
+}
+
+/* Whether one of numbers is still a placeholder the daemon holds. Under kc_lock. */
+static bool pending_locked(const struct kc_side *s, const int *numbers, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (index_of(s, numbers[i]) >= 0 && kc_reserve_is_placeholder_locked(numbers[i]))
+			return true;
+	return false;
+}
+
+static bool pending(struct kc_conn *c, const int *numbers, unsigned n)
+{
+	kc_lock();
+	bool waiting = pending_locked(&c->side, numbers, n);
+	kc_unlock();
+	return waiting;
+}
+
+static int elapsed_ms(const struct timespec *since)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int)((now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000);
+}
+
+/* Waits up to ms for sock to have something; 0 (also when interrupted) or -errno. */
+static int wait_readable(int sock, int ms)
+{
+	struct pollfd p = { .fd = sock, .events = POLLIN };
+	return poll(&p, 1, ms) < 0 && errno != EINTR ? -errno : 0;
+}
+
+int kc_side_await(struct kc_conn *c, const int *numbers, unsigned n, int timeout_ms)
+{
+	struct timespec start;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	int rc = 0;
+	while (pending(c, numbers, n)) {
+		int sock, err;
+		struct kc_side_page *page;
+		if (!ready(c, &sock, &page, &err)) {
+			rc = err;
+			break;
+		}
+		int left = timeout_ms - elapsed_ms(&start);
+		if (left <= 0) {
+			rc = -ETIMEDOUT;
+			warn(c,
+			     "files of a received kdbus message did not come from the daemon within %d ms; "
+			     "the message names descriptors that are not those files",
+			     timeout_ms);
+			break;
+		}
+		int slice = left < SLICE_MS ? left : SLICE_MS;
+		/* Whoever holds the lock reads for everyone: the next look may find the numbers done. */
+		if (!page_lock_for(page, slice))
+			continue;
+		rc = read_available(c, sock);
+		if (rc == 0 && pending(c, numbers, n))
+			rc = wait_readable(sock, slice);
+		page_unlock(page);
+		if (rc) {
+			broke(c, -rc);
+			break;
+		}
+	}
+	pthread_setcancelstate(cancel_state, NULL);
+	return rc;
+}
+
+void kc_side_in_child_locked(struct kc_conn *c)
+{
+	if (c->side.state != KC_SIDE_ATTACHING)
+		return;
+	/* The parent's thread that was attaching did not come along; what it made is the parent's. */
+	c->side.state = KC_SIDE_NONE;
+	if (c->sock >= 0) {
+		kc_fd_clear(c->sock);
+		kc_sys_close(c->sock);
+		c->sock = -1;
+	}
+	if (c->side.page)
+		munmap(c->side.page, sizeof *c->side.page);
+	c->side.page = NULL;
+	for (unsigned i = 0; i < c->side.n_reserved; i++) {
+		kc_fd_clear(c->side.reserved[i]);
+		kc_sys_close(c->side.reserved[i]);
+	}
+	c->side.n_reserved = 0;
+}
+
+void kc_side_finish(struct kc_side *s)
+{
+	kc_reserve_return(s->reserved, (int)s->n_reserved);
+	s->n_reserved = 0;
+	if (s->page)
+		munmap(s->page, sizeof *s->page);
+	s->page = NULL;
+}

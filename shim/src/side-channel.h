@@ -1,0 +1,78 @@
+/*
+ * The side channel of a CUSE kdbus file (docs/socket-protocol.md, CUSE clients). CUSE carries
+ * ioctls, poll and close, but neither the pool mapping nor file descriptors. So the shim gets
+ * a token from the device (only the holder of the open file can), presents it on a socket to
+ * the daemon (ATTACH) with numbers it reserved, and that socket then brings the pool (POOL)
+ * and the files RECV or a synchronous SEND installs (INSTALL, onto those numbers, which the
+ * daemon has already written into the message); RESERVE tops the numbers up.
+ *
+ * Forked children share the channel. All I/O on it happens under a robust lock in a page the
+ * processes share, so frames are always read whole; any thread of a process may apply any
+ * INSTALL, since the numbers are the process's, and a thread waiting for its files only
+ * waits until they are no longer placeholders.
+ */
+#ifndef KC_SIDE_CHANNEL_H
+#define KC_SIDE_CHANNEL_H
+
+#include "kdbus-abi.h"
+
+#include <stdbool.h>
+
+struct kc_conn;
+struct kc_side_page;
+
+/* Numbers the daemon holds for installs: as many as one message can bring. */
+#define KC_SIDE_RESERVE KDBUS_MAX_INSTALLED_FDS
+
+enum kc_side_state {
+	KC_SIDE_NONE,      /* this process has not attached */
+	KC_SIDE_ATTACHING, /* a thread of this process is attaching */
+	KC_SIDE_READY,
+	KC_SIDE_FAILED,    /* attaching failed, or the channel broke: err says why; not tried again */
+	KC_SIDE_FOREIGN,   /* the device refused the token: not the daemon's, libc serves it all */
+};
+
+/* In struct kc_conn; under kc_lock. */
+struct kc_side {
+	enum kc_side_state state;
+	int err;
+	bool warned; /* a problem was reported on stderr; once per file is enough */
+	struct kc_side_page *page;
+	/* The numbers the daemon holds for this process, each still a placeholder here. */
+	int reserved[KC_SIDE_RESERVE];
+	unsigned n_reserved;
+};
+
+/* Where this process is with c's side channel. */
+enum kc_side_state kc_side_state(struct kc_conn *c);
+
+/*
+ * Attaches this process to the side channel of c, the device fd, unless it did before.
+ * 0 when attached; -ENOTTY if the device refused the token (not the daemon's); else the
+ * -errno attaching failed with, now and on every later call.
+ */
+int kc_side_attach(struct kc_conn *c, int fd);
+
+/* Asks for the pool (POOL) and keeps it in c; 0 or -errno (EBADFD before HELLO). */
+int kc_side_fetch_pool(struct kc_conn *c);
+
+/* Applies the INSTALL frames that have arrived; does not wait, nor read when another thread does. */
+void kc_side_drain(struct kc_conn *c);
+
+/*
+ * Waits until none of numbers[n] is still a placeholder the daemon may put a file on,
+ * applying INSTALL frames as they come, for at most timeout_ms; a timeout is reported on
+ * stderr (once). 0, -ETIMEDOUT, or -errno of a channel that broke.
+ */
+int kc_side_await(struct kc_conn *c, const int *numbers, unsigned n, int timeout_ms);
+
+/* In a forked child, under kc_lock: an attach another thread of the parent was making is void. */
+void kc_side_in_child_locked(struct kc_conn *c);
+
+/*
+ * The process's last descriptor of the file is gone and its socket closed: gives the reserved
+ * numbers back and drops the shared page.
+ */
+void kc_side_finish(struct kc_side *s);
+
+#endif

@@ -1,0 +1,529 @@
+/*
+ * The shim's CUSE support (cuse.c, side-channel.c) against mock-daemon.c's side channel: run
+ * as `cuse-test MOCK_DAEMON`, linked with the shim's sources but not its interposers, and with
+ * fake-token.c in place of the token ioctl. /dev/null descriptors play the daemon's CUSE
+ * devices, and MOCK_RECV frames play the RECVs the kernel would carry to the daemon: the mock
+ * writes a message naming reserved numbers into the pool and sends their files by INSTALL,
+ * at once, late or never; the test then calls what the shim's ioctl() calls after a RECV.
+ */
+#include "check.h"
+#include "fake-token.h"
+
+#include "../../shim/src/conn.h"
+#include "../../shim/src/cuse.h"
+#include "../../shim/src/fd-table.h"
+#include "../../shim/src/kdbus-abi.h"
+#include "../../shim/src/reserve.h"
+#include "../../shim/src/side-channel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define POOL_SIZE (1u << 20)
+#define NEVER 0xffffffffu
+
+static char dir[64], sock_path[100];
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+static long now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int connect_mock(void)
+{
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	snprintf(a.sun_path, sizeof a.sun_path, "%s", sock_path);
+	if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
+		close(s);
+		return -1;
+	}
+	return s;
+}
+
+static pid_t start_mock(const char *mock)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		execl(mock, mock, sock_path, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500; i++) {
+		int s = connect_mock();
+		if (s >= 0) {
+			close(s);
+			return pid;
+		}
+		usleep(10000);
+	}
+	return -1;
+}
+
+static bool read_all(int fd, void *buf, size_t len)
+{
+	for (size_t got = 0; got < len;) {
+		ssize_t n = read(fd, (uint8_t *)buf + got, len - got);
+		if (n <= 0)
+			return false;
+		got += (size_t)n;
+	}
+	return true;
+}
+
+/* What the mock put in the pool for a MOCK_RECV. */
+struct message {
+	uint64_t offset, size;
+	unsigned count, held;
+	int numbers[32];
+};
+
+/*
+ * Asks the mock, over the test's own connection ask, to "receive" a message on the side
+ * channel of token: n_fds pipes and n_memfds memfds, INSTALLed after delay ms (0: at once).
+ */
+static bool mock_recv(int ask, const uint8_t *token, unsigned n_fds, unsigned n_memfds, uint32_t delay,
+		      struct message *m)
+{
+	uint8_t f[48] = { 0 };
+	put32(f, sizeof f);
+	put32(f + 4, 100);
+	memcpy(f + 16, token, 16);
+	put32(f + 32, n_fds);
+	put32(f + 36, n_memfds);
+	put32(f + 40, delay);
+	uint8_t head[16], payload[24 + 4 * 32];
+	if (write(ask, f, sizeof f) != (ssize_t)sizeof f || !read_all(ask, head, 16) || get32(head + 4) != 101)
+		return false;
+	size_t len = get32(head) - 16;
+	if (len == 0 || len > sizeof payload || !read_all(ask, payload, len))
+		return false;
+	m->offset = get64(payload);
+	m->size = get64(payload + 8);
+	m->count = get32(payload + 16);
+	m->held = get32(payload + 20);
+	memcpy(m->numbers, payload + 24, 4 * m->count);
+	return true;
+}
+
+/* What RECV would have left in its struct for m. */
+static void recv_struct(uint64_t r[8], uint64_t flags, const struct message *m)
+{
+	memset(r, 0, 64);
+	r[0] = 64;
+	r[1] = flags;
+	r[5] = m->offset;
+	r[6] = m->size;
+}
+
+static void after_recv(struct kc_conn *c, uint64_t flags, const struct message *m)
+{
+	uint64_t r[8];
+	recv_struct(r, flags, m);
+	kc_cuse_after_ioctl(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, true);
+}
+
+/* Whether number holds a file whose data starts with text (a pipe is read, a memfd pread). */
+static bool holds(int number, const char *text)
+{
+	char buf[8] = { 0 };
+	size_t len = strlen(text);
+	ssize_t n = pread(number, buf, len, 0);
+	if (n < 0 && errno == ESPIPE)
+		n = read(number, buf, len);
+	return n == (ssize_t)len && memcmp(buf, text, len) == 0;
+}
+
+static bool placeholder(int number)
+{
+	kc_lock();
+	bool is = kc_reserve_is_placeholder_locked(number);
+	kc_unlock();
+	return is && kc_reserve_holds(number);
+}
+
+static void close_all(const struct message *m)
+{
+	for (unsigned i = 0; i < m->count; i++)
+		if (m->numbers[i] >= 0)
+			close(m->numbers[i]);
+}
+
+static int ask;
+
+/* Sends stderr to a file until stderr_text() gives back what was written there. */
+static int stderr_capture(void)
+{
+	fflush(stderr);
+	int saved = dup(2);
+	int file = memfd_create("stderr", MFD_CLOEXEC);
+	dup2(file, 2);
+	close(file);
+	return saved;
+}
+
+static void stderr_text(int saved, char *buf, size_t cap)
+{
+	memset(buf, 0, cap);
+	if (pread(2, buf, cap - 1, 0) < 0)
+		buf[0] = '\0';
+	dup2(saved, 2);
+	close(saved);
+}
+
+static int occurrences(const char *text, const char *what)
+{
+	int n = 0;
+	for (const char *p = text; (p = strstr(p, what)); p++)
+		n++;
+	return n;
+}
+
+static void test_not_ours(void)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	errno = 1234;
+	CHECK(kc_cuse_probe(null) == NULL && errno == 1234, "a character device that refuses the token is not the daemon's",
+	      "errno %d", errno);
+	struct kc_conn *c = kc_cuse_acquire(null);
+	CHECK(c && kc_side_state(c) == KC_SIDE_FOREIGN && !kc_cuse_before_ioctl(c, null, KDBUS_CMD_RECV, 0),
+	      "it is recorded as such and asked once", "state %d", c ? (int)kc_side_state(c) : -1);
+	if (c)
+		kc_conn_release(c);
+	kc_conn_closing(null);
+	close(null);
+	char path[128];
+	snprintf(path, sizeof path, "%s/file", dir);
+	int file = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+	CHECK(kc_cuse_probe(file) == NULL && kc_fd_get(file).kind == KC_FD_NONE, "a regular file is not even recorded",
+	      "kind %d", (int)kc_fd_get(file).kind);
+	close(file);
+	unlink(path);
+}
+
+static struct kc_conn *attach_device(int *fd_out)
+{
+	int dev = open("/dev/null", O_RDWR | O_CLOEXEC);
+	fake_device(dev, true);
+	kc_cuse_opened(dev);
+	CHECK(kc_fd_get(dev).kind == KC_FD_CUSE, "an opened CUSE device is recorded", "kind %d", (int)kc_fd_get(dev).kind);
+	struct kc_conn *c = kc_cuse_acquire(dev);
+	CHECK(c && kc_side_state(c) == KC_SIDE_NONE, "it is not attached before it needs to be", "state %d",
+	      c ? (int)kc_side_state(c) : -1);
+	int rc = c ? kc_side_attach(c, dev) : -1;
+	CHECK(rc == 0 && kc_side_state(c) == KC_SIDE_READY, "the side channel attaches with the device's token",
+	      "rc %d", rc);
+	*fd_out = dev;
+	return rc == 0 ? c : NULL;
+}
+
+static void test_attach(struct kc_conn *c, int dev)
+{
+	int sock = c->sock;
+	CHECK(sock >= 3 && fcntl(sock, F_GETFD) == FD_CLOEXEC && kc_fd_get(sock).kind == KC_FD_INTERNAL,
+	      "the side channel is the shim's, above stdio, close-on-exec", "fd %d", sock);
+	bool all = c->side.n_reserved == KC_SIDE_RESERVE;
+	for (unsigned i = 0; all && i < c->side.n_reserved; i++)
+		all = placeholder(c->side.reserved[i]) && fcntl(c->side.reserved[i], F_GETFD) == FD_CLOEXEC;
+	CHECK(all, "32 numbers are reserved, each a close-on-exec placeholder", "%u", c->side.n_reserved);
+	struct message m;
+	CHECK(mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == KC_SIDE_RESERVE,
+	      "ATTACH gave the daemon those 32 numbers", "it holds %u", m.held);
+	CHECK(kc_side_attach(c, dev) == 0 && c->sock == sock, "attaching again changes nothing", "sock %d", c->sock);
+}
+
+static void test_pool(struct kc_conn *c)
+{
+	uint64_t size = 0;
+	int rc = kc_side_fetch_pool(c);
+	int pool = kc_conn_pool(c, &size);
+	char head[8] = { 0 };
+	CHECK(rc == 0 && pool >= 3 && size == POOL_SIZE && pread(pool, head, 8, 0) == 8 && memcmp(head, "POOLDATA", 8) == 0,
+	      "POOL on the side channel brings the pool", "rc %d pool %d size %llu", rc, pool, (unsigned long long)size);
+	CHECK((fcntl(pool, F_GETFL) & O_ACCMODE) == O_RDONLY, "the pool is read-only", "flags %x", fcntl(pool, F_GETFL));
+}
+
+static void test_recv(struct kc_conn *c, int dev)
+{
+	struct message m;
+	if (!mock_recv(ask, fake_last_token(dev), 2, 1, 0, &m) || m.count != 3)
+		return;
+	after_recv(c, 0, &m);
+	int *n = m.numbers;
+	CHECK(holds(n[0], "f0") && holds(n[1], "f1") && holds(n[2], "m0"),
+	      "after RECV the files are on the numbers the message names (FDS and memfd)", "%d %d %d", n[0], n[1], n[2]);
+	CHECK(fcntl(n[0], F_GETFD) == FD_CLOEXEC && fcntl(n[2], F_GETFD) == FD_CLOEXEC,
+	      "installed files are close-on-exec", "flags %d", fcntl(n[0], F_GETFD));
+	CHECK(kc_fd_get(n[0]).kind == KC_FD_NONE && kc_fd_get(n[2]).kind == KC_FD_NONE,
+	      "installed numbers are the program's", "kind %d", (int)kc_fd_get(n[0]).kind);
+	close_all(&m);
+	CHECK(mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == KC_SIDE_RESERVE,
+	      "RESERVE tops the daemon's numbers up again", "it holds %u", m.held);
+}
+
+static void test_late(struct kc_conn *c, int dev)
+{
+	struct message m;
+	if (!mock_recv(ask, fake_last_token(dev), 1, 0, 300, &m))
+		return;
+	long start = now_ms();
+	after_recv(c, 0, &m);
+	long took = now_ms() - start;
+	CHECK(took >= 250 && took < 4000 && holds(m.numbers[0], "f0"), "a RECV waits for files the daemon sends late",
+	      "%ld ms", took);
+	close_all(&m);
+
+	if (!mock_recv(ask, fake_last_token(dev), 0, 1, 100, &m))
+		return;
+	uint64_t s[7] = { 56, KDBUS_SEND_SYNC_REPLY, 0, 0, m.offset, m.size, 0 };
+	kc_cuse_after_ioctl(c, KDBUS_CMD_SEND, (uint64_t)(uintptr_t)s, true);
+	CHECK(holds(m.numbers[0], "m0"), "so does a synchronous SEND for its reply's files", "%d", m.numbers[0]);
+	close_all(&m);
+
+	if (!mock_recv(ask, fake_last_token(dev), 1, 0, 200, &m))
+		return;
+	s[1] = 0;
+	start = now_ms();
+	kc_cuse_after_ioctl(c, KDBUS_CMD_SEND, (uint64_t)(uintptr_t)s, true);
+	took = now_ms() - start;
+	CHECK(took < 150 && placeholder(m.numbers[0]), "an asynchronous SEND waits for nothing", "%ld ms", took);
+	usleep(300000);
+	kc_side_drain(c);
+	CHECK(holds(m.numbers[0], "f0"), "a later drain applies the INSTALL that came meanwhile", "%d", m.numbers[0]);
+	close_all(&m);
+}
+
+static void test_no_wait(struct kc_conn *c, int dev)
+{
+	struct message m;
+	if (!mock_recv(ask, fake_last_token(dev), 1, 0, NEVER, &m))
+		return;
+	long start = now_ms();
+	after_recv(c, KDBUS_RECV_PEEK, &m);
+	uint64_t r[8];
+	recv_struct(r, 0, &m);
+	kc_cuse_after_ioctl(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, false);
+	long took = now_ms() - start;
+	CHECK(took < 150, "a PEEK, and a RECV that failed, wait for nothing", "%ld ms", took);
+	char text[1024];
+	int saved = stderr_capture();
+	start = now_ms();
+	int rc = kc_side_await(c, m.numbers, 1, 300);
+	took = now_ms() - start;
+	int again = kc_side_await(c, m.numbers, 1, 50);
+	stderr_text(saved, text, sizeof text);
+	CHECK(rc == -ETIMEDOUT && took >= 290 && took < 2000 && placeholder(m.numbers[0]),
+	      "files that never come: the wait gives up at its timeout", "rc %d, %ld ms", rc, took);
+	CHECK(again == -ETIMEDOUT && occurrences(text, "kdbus-cuse shim: files of a received kdbus message did not come") == 1,
+	      "and says so on stderr, once", "stderr: %s", text);
+}
+
+static void test_taken_over(struct kc_conn *c, int dev)
+{
+	struct message m;
+	if (!mock_recv(ask, fake_last_token(dev), 1, 0, 200, &m))
+		return;
+	int mine[2];
+	if (pipe(mine) < 0 || write(mine[1], "program", 7) != 7)
+		return;
+	/* What the shim's dup2() does before libc's: the number stops being a placeholder. */
+	kc_lock();
+	kc_conn_evict_locked(m.numbers[0]);
+	kc_unlock();
+	dup2(mine[0], m.numbers[0]);
+	long start = now_ms();
+	after_recv(c, 0, &m);
+	long took = now_ms() - start;
+	usleep(300000);
+	kc_side_drain(c);
+	CHECK(took < 150 && holds(m.numbers[0], "program"),
+	      "a number the program took over keeps the program's file; nothing waits for it", "%ld ms", took);
+	close(m.numbers[0]);
+	close(mine[0]);
+	close(mine[1]);
+}
+
+struct worker {
+	struct kc_conn *c;
+	const uint8_t *token;
+	int id, failures;
+};
+
+static void *recv_loop(void *arg)
+{
+	struct worker *w = arg;
+	int own = connect_mock();
+	for (int i = 0; i < 25; i++) {
+		struct message m;
+		if (!mock_recv(own, w->token, 1, 1, (w->id + i) % 3 == 0 ? 30 : 0, &m)) {
+			w->failures++;
+			continue;
+		}
+		after_recv(w->c, 0, &m);
+		if (!holds(m.numbers[0], "f0") || !holds(m.numbers[1], "m0"))
+			w->failures++;
+		close_all(&m);
+	}
+	close(own);
+	return NULL;
+}
+
+static void test_threads(struct kc_conn *c, int dev)
+{
+	struct worker w[4];
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++) {
+		w[i] = (struct worker){ .c = c, .token = fake_last_token(dev), .id = i };
+		pthread_create(&t[i], NULL, recv_loop, &w[i]);
+	}
+	int failures = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		failures += w[i].failures;
+	}
+	CHECK(failures == 0, "four threads, 100 RECVs with files over one side channel", "%d failed", failures);
+}
+
+static void test_fork(struct kc_conn *c, int dev)
+{
+	pid_t child = fork();
+	if (child == 0) {
+		int own = connect_mock();
+		struct message m;
+		int rc = 1;
+		if (own >= 0 && mock_recv(own, fake_last_token(dev), 1, 0, 50, &m)) {
+			after_recv(c, 0, &m);
+			rc = holds(m.numbers[0], "f0") ? 0 : 2;
+		}
+		kc_conn_closing(dev);
+		_exit(rc);
+	}
+	int status = -1;
+	waitpid(child, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a forked child receives files over the shared side channel",
+	      "status %d", status);
+	struct message m;
+	CHECK(mock_recv(ask, fake_last_token(dev), 1, 0, 0, &m) && (after_recv(c, 0, &m), holds(m.numbers[0], "f0")),
+	      "the child's close leaves the parent's side channel working", "count %u", m.count);
+	close_all(&m);
+}
+
+static void test_close(struct kc_conn *c, int dev)
+{
+	int sock = c->sock;
+	int d = dup(dev);
+	kc_conn_dup(dev, d, false);
+	struct kc_conn *same = kc_cuse_acquire(d);
+	CHECK(same == c, "a dup of the device is the same open file", "another");
+	if (same)
+		kc_conn_release(same);
+	kc_conn_release(c);
+	kc_conn_closing(dev);
+	close(dev);
+	CHECK(fcntl(sock, F_GETFD) == FD_CLOEXEC, "closing one descriptor keeps the side channel", "closed");
+	kc_conn_closing(d);
+	close(d);
+	struct message m;
+	CHECK(fcntl(sock, F_GETFD) == -1 && !mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m),
+	      "closing the last one closes the side channel", "still open");
+}
+
+static void test_refused(void)
+{
+	int dev = open("/dev/null", O_RDWR | O_CLOEXEC);
+	fake_device(dev, false);
+	char text[1024];
+	int saved = stderr_capture();
+	struct kc_conn *c = kc_cuse_probe(dev);
+	int rc = c ? kc_side_attach(c, dev) : 0;
+	stderr_text(saved, text, sizeof text);
+	CHECK(c && rc == -EPERM && kc_side_state(c) == KC_SIDE_FAILED && c->side.n_reserved == 0 && c->sock == -1,
+	      "a token the daemon refuses: attaching fails with EPERM and keeps nothing", "rc %d", rc);
+	CHECK(occurrences(text, "cannot attach a CUSE kdbus descriptor to the daemon at") == 1 && strstr(text, sock_path),
+	      "the failure is reported on stderr with the socket's path", "stderr: %s", text);
+	const uint8_t *first = fake_last_token(dev);
+	char token[16];
+	memcpy(token, first, 16);
+	CHECK(c && kc_side_attach(c, dev) == -EPERM && memcmp(token, fake_last_token(dev), 16) == 0,
+	      "and is not tried again", "asked for another token");
+	if (c)
+		kc_conn_release(c);
+	kc_conn_closing(dev);
+	close(dev);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: cuse-test MOCK_DAEMON\n");
+		return 2;
+	}
+	alarm(60);
+	snprintf(dir, sizeof dir, "/tmp/kdbus-cuse-test-XXXXXX");
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(sock_path, sizeof sock_path, "%s/daemon.sock", dir);
+	setenv("KDBUS_CUSE_SOCKET", sock_path, 1);
+	pid_t mock = start_mock(argv[1]);
+	ask = connect_mock();
+	CHECK(mock > 0 && ask >= 0, "the mock daemon starts", "it did not listen");
+	if (mock > 0 && ask >= 0) {
+		test_not_ours();
+		int dev;
+		struct kc_conn *c = attach_device(&dev);
+		if (c) {
+			test_attach(c, dev);
+			test_pool(c);
+			test_recv(c, dev);
+			test_late(c, dev);
+			test_no_wait(c, dev);
+			test_taken_over(c, dev);
+			test_threads(c, dev);
+			test_fork(c, dev);
+			test_close(c, dev);
+		}
+		test_refused();
+	}
+	if (mock > 0) {
+		kill(mock, SIGTERM);
+		waitpid(mock, NULL, 0);
+	}
+	unlink(sock_path);
+	rmdir(dir);
+	return check_exit();
+}
