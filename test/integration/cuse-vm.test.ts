@@ -3,6 +3,7 @@
  * /dev/kdbus, and clients use it as they used kdbus.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Vm, type VmJob } from '../vm/vm';
@@ -18,6 +19,8 @@ describe('CUSE transport in a VM', function () {
   before(async function () {
     const missing = Vm.unavailableReason();
     requireOrSkip(this, missing === undefined, `the test VM: ${missing}`);
+    const built = spawnSync('make', ['-s', '-C', path.join(ROOT, 'test', 'c')], { encoding: 'utf8' });
+    assert.equal(built.status, 0, `building the C test client: ${built.stderr}`);
     vm = await Vm.boot();
     daemon = vm.start(`cd ${ROOT} && exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`);
     const wait = await vm.run('for i in $(seq 1 600); do [ -e /dev/kdbus/0-system/bus ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
@@ -42,6 +45,20 @@ describe('CUSE transport in a VM', function () {
     assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /^ok$/m);
   });
+
+  for (const libc of ['glibc', 'musl']) {
+    it(`runs the C test client's scenarios through the shim (${libc})`, async function () {
+      const shim = path.join(ROOT, 'shim', 'build', libc, 'libkdbus-cuse-shim.so');
+      const client = path.join(ROOT, 'test', 'c', 'build', libc, 'kdbus-client');
+      requireOrSkip(this, fs.existsSync(shim) && fs.existsSync(client), `the ${libc} shim and C client (musl needs musl-gcc)`);
+      const env = `LD_PRELOAD=${shim} KDBUS_CUSE_ROOT=/dev/kdbus KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock`;
+      const r = await vm!.run(`env ${env} ${client} -v all /dev/kdbus/0-system/bus`, { timeoutMs: 100_000 });
+      assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+      for (const scenario of ['hello', 'name', 'call', 'signal', 'fds', 'notify', 'timeout', 'dead']) {
+        assert.match(r.stdout, new RegExp(`^\\[${scenario}\\] ok$`, 'm'), `scenario ${scenario}`);
+      }
+    });
+  }
 
   it('removes its nodes on SIGTERM', async () => {
     const log = await daemon!.stop('TERM');
