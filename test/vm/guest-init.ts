@@ -89,8 +89,10 @@ R=/newroot
 mount -t proc proc $R/proc && mount -t sysfs sysfs $R/sys && mount -t devtmpfs devtmpfs $R/dev ||
   die "cannot mount proc, sys and dev in the new root"
 mkdir -p $R/dev/pts $R/dev/shm
+# /tmp stays the overlay's: the host's /tmp shows through it, so a project checked out
+# there (CI clones anywhere) is visible inside.
 mount -t devpts devpts $R/dev/pts && mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm &&
-  mount -t tmpfs -o mode=1777 tmpfs $R/tmp && mount -t tmpfs -o mode=0755 tmpfs $R/run ||
+  mount -t tmpfs -o mode=0755 tmpfs $R/run ||
   die "cannot mount the new root's tmpfs"
 mkdir -p "$R$share"
 # The share changes under the guest's feet: no caching.
