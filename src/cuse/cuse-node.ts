@@ -9,7 +9,7 @@ import { Off, Cmd } from '../abi/constants';
 import { Errno, KdbusError } from '../abi/errno';
 import type { CallContext } from '../bus/caller';
 import { openHandle, type KdbusNode } from '../bus/handle';
-import { PidfdFiles } from '../os/pidfd-files';
+import { PidfdFiles, type KdbusFilePredicate } from '../os/pidfd-files';
 import { ProcessMemory, ProcessMemoryDenied } from '../os/process-memory';
 import { logger } from '../log/logger';
 import { NeedMemory, SegmentMemory } from '../transport/segment-memory';
@@ -39,6 +39,8 @@ export class CuseNode implements ChannelHandler {
     readonly node: KdbusNode,
     private readonly memory: MemoryMode,
     private readonly attachments: AttachmentRegistry,
+    /** Recognizes this daemon's own device nodes, which may not travel inside messages. */
+    private readonly isKdbus: KdbusFilePredicate,
   ) {}
 
   request(ch: CuseChannel, hdr: InHeader, p: Buffer): void {
@@ -57,11 +59,11 @@ export class CuseNode implements ChannelHandler {
         return ch.send(reply(hdr.unique, Errno.EINVAL));
       case Opcode.FLUSH:
         return ch.send(reply(hdr.unique, 0));
-      case Opcode.INTERRUPT: {
-        const target = p.readBigUInt64LE(0);
-        for (const f of this.files.values()) f.inFlight.get(target)?.abort();
+      case Opcode.INTERRUPT:
+        // A signal reached a caller blocked in a synchronous SEND. kdbus restarted such a
+        // wait (-ERESTARTSYS), and clients install their handlers with SA_RESTART; FUSE would
+        // return EINTR instead, so the wait simply goes on to its reply, error or deadline.
         return;
-      }
       default:
         return ch.send(reply(hdr.unique, Errno.ENOSYS));
     }
@@ -150,7 +152,7 @@ export class CuseNode implements ChannelHandler {
       return done(-(e as KdbusError).errno);
     }
     const base = {
-      files: new PidfdFiles(identity.tgid),
+      files: new PidfdFiles(identity.tgid, this.isKdbus),
       installer: f.installer,
       pid: identity.tgid,
       tid: hdr.pid,

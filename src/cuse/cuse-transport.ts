@@ -48,6 +48,8 @@ export class CuseTransport implements Transport, NodeHost {
   private poller: Poller | undefined;
   private readonly memory: MemoryMode = { mode: 'process_vm' };
   private readonly channels = new Map<string, { ch: CuseChannel; node: CuseNode }>();
+  /** Device numbers of the nodes this transport made (kernel-assigned, never reused while open). */
+  private readonly rdevs = new Set<number>();
   private readonly devRoot: string;
   private readonly prefix: string;
 
@@ -70,12 +72,13 @@ export class CuseTransport implements Transport, NodeHost {
   }
 
   private async addNode(devname: string, node: ConstructorParameters<typeof CuseNode>[0], mode: number, uid: number, gid: number): Promise<void> {
-    const cuseNode = new CuseNode(node, this.memory, this.opts.attachments);
+    const cuseNode = new CuseNode(node, this.memory, this.opts.attachments, (_fd, st) => st.isCharacterDevice() && this.rdevs.has(st.rdev));
     const ch = new CuseChannel(devname, this.poller!, cuseNode, this.opts.cusePath);
     this.channels.set(devname, { ch, node: cuseNode });
     await ch.ready;
     const file = path.join(this.devRoot, devname);
     await appears(file);
+    this.rdevs.add(fs.statSync(file).rdev);
     fs.chownSync(file, uid, gid);
     fs.chmodSync(file, mode);
   }
@@ -94,6 +97,11 @@ export class CuseTransport implements Transport, NodeHost {
     const entry = this.channels.get(devname);
     if (!entry) return;
     this.channels.delete(devname);
+    try {
+      this.rdevs.delete(fs.statSync(path.join(this.devRoot, devname)).rdev);
+    } catch {
+      // The node is gone already; its number goes with the channel.
+    }
     entry.node.closeAll();
     entry.ch.close();
   }
