@@ -25,11 +25,32 @@ export function withReturnFlags<T>(ctx: CallContext, cmd: ParsedCommand, body: (
   }
 }
 
-/** BUS_MAKE: returns the bus (the handle becomes its owner), or undefined after negotiation. */
-export async function cmdBusMake(domain: Domain, ctx: CallContext, arg: bigint): Promise<Bus | undefined> {
+/**
+ * The asynchronous tail of BUS_MAKE and ENDPOINT_MAKE: wait for the transports to show the
+ * node, then write return_flags back. As in kdbus_args_clear, a fault on that write fails
+ * the command, and `undo` takes the new object down instead of leaving it without an owner.
+ */
+async function completeMake<T>(ctx: CallContext, cmd: ParsedCommand, nodes: Promise<void>, made: T, undo: () => void): Promise<T> {
+  try {
+    await nodes;
+    writeReturnFlags(ctx.mem, cmd, 0n);
+    return made;
+  } catch (e) {
+    undo();
+    writeReturnFlags(ctx.mem, cmd, 0n);
+    throw e;
+  }
+}
+
+/**
+ * BUS_MAKE: resolves to the bus (the handle becomes its owner), or undefined after
+ * negotiation. Reading and checking the command happen synchronously, so a transport can
+ * fetch missing caller memory and run it again; only the wait for the node is asynchronous.
+ */
+export function cmdBusMake(domain: Domain, ctx: CallContext, arg: bigint): Promise<Bus | undefined> {
   const cmd = readCommand(ctx.mem, arg, Specs.BUS_MAKE);
-  if (cmd.negotiate) return undefined;
-  let bus: Bus | undefined;
+  if (cmd.negotiate) return Promise.resolve(undefined);
+  let bus: Bus;
   try {
     const name = itemString(cmd.get(ItemType.MAKE_NAME)!);
     const bloomItem = cmd.get(ItemType.BLOOM_PARAMETER)!;
@@ -49,43 +70,38 @@ export async function cmdBusMake(domain: Domain, ctx: CallContext, arg: bigint):
       collectProcMetadata(ctx.pid, ctx.tid, PROC_ATTACH_MASK), ctx.creds.euid, ctx.creds.egid, user,
     );
     domain.buses.set(name, bus);
-    await bus.addEndpointNodes(bus.defaultEndpoint);
-    // As in kdbus_args_clear: a fault writing return_flags back fails the command, and the
-    // catch below takes the bus down again instead of leaving it without an owner.
-    writeReturnFlags(ctx.mem, cmd, 0n);
-    logger.info(`bus ${name} created by uid ${ctx.creds.uid} (pid ${ctx.pid}), mode ${bus.defaultEndpoint.mode.toString(8)}`);
-    return bus;
   } catch (e) {
-    bus?.destroy();
     writeReturnFlags(ctx.mem, cmd, 0n);
     throw e;
   }
+  return completeMake(ctx, cmd, bus.addEndpointNodes(bus.defaultEndpoint), bus, () => bus.destroy()).then((b) => {
+    logger.info(`bus ${b.name} created by uid ${ctx.creds.uid} (pid ${ctx.pid}), mode ${b.defaultEndpoint.mode.toString(8)}`);
+    return b;
+  });
 }
 
-/** ENDPOINT_MAKE: only the bus owner, only on the default endpoint. */
-export async function cmdEndpointMake(ep: Endpoint, opener: Opener, ctx: CallContext, arg: bigint): Promise<Endpoint | undefined> {
+/** ENDPOINT_MAKE: only the bus owner, only on the default endpoint; synchronous up to the node wait. */
+export function cmdEndpointMake(ep: Endpoint, opener: Opener, ctx: CallContext, arg: bigint): Promise<Endpoint | undefined> {
   if (!ep.isOwner(opener)) throw fail('EPERM', `only the owner of bus ${ep.bus.name} can create endpoints`);
   const cmd = readCommand(ctx.mem, arg, Specs.ENDPOINT_MAKE);
-  if (cmd.negotiate) return undefined;
-  let custom: Endpoint | undefined;
+  if (cmd.negotiate) return Promise.resolve(undefined);
+  const bus = ep.bus;
+  let custom: Endpoint;
   try {
-    const bus = ep.bus;
     const name = itemString(cmd.get(ItemType.MAKE_NAME)!);
     verifyUidPrefix(name, ctx.creds.euid, 'endpoint name');
     if (bus.endpoints.has(name)) throw fail('EEXIST', `endpoint ${name} exists on bus ${bus.name}`);
     if (!bus.active) throw fail('ESHUTDOWN', `bus ${bus.name} is going away`);
     custom = new Endpoint(bus, name, cmd.flags, ctx.creds.euid, ctx.creds.egid, false);
     bus.endpoints.set(name, custom);
-    await bus.addEndpointNodes(custom);
-    // A fault writing return_flags back fails the command and removes the endpoint (see BUS_MAKE).
-    writeReturnFlags(ctx.mem, cmd, 0n);
-    logger.info(`endpoint ${custom.path} created, mode ${custom.mode.toString(8)}`);
-    return custom;
   } catch (e) {
-    if (custom) ep.bus.removeEndpoint(custom);
     writeReturnFlags(ctx.mem, cmd, 0n);
     throw e;
   }
+  return completeMake(ctx, cmd, bus.addEndpointNodes(custom), custom, () => bus.removeEndpoint(custom)).then((c) => {
+    logger.info(`endpoint ${c.path} created, mode ${c.mode.toString(8)}`);
+    return c;
+  });
 }
 
 /** The NAME / POLICY_ACCESS items of a command, in order, as policy upload input. */

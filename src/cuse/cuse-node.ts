@@ -212,6 +212,7 @@ export class CuseNode implements ChannelHandler {
         return ch.send(ioctlResultReply(hdr.unique, -Errno.EMSGSIZE));
       }
       this.retries.set(key, { ins });
+      logger.debug(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid}: retry round ${ins.length} asks ${inBytes} bytes in, ${outBytes} out`);
       ch.send(ioctlRetryReply(hdr.unique, ins, wantOuts));
     }
   }

@@ -46,7 +46,11 @@ export function cuseUnavailable(cusePath = '/dev/cuse'): string | undefined {
 export class CuseTransport implements Transport, NodeHost {
   readonly name = 'cuse';
   private poller: Poller | undefined;
-  private readonly memory: MemoryMode = { mode: 'process_vm' };
+  /**
+   * process_vm until the kernel refuses it. KDBUS_CUSE_IOCTL_MEMORY=retry starts with the
+   * FUSE retry protocol instead (to test it, or where process_vm is known to be blocked).
+   */
+  private readonly memory: MemoryMode = { mode: process.env['KDBUS_CUSE_IOCTL_MEMORY'] === 'retry' ? 'retry' : 'process_vm' };
   private readonly channels = new Map<string, { ch: CuseChannel; node: CuseNode }>();
   /** Device numbers of the nodes this transport made (kernel-assigned, never reused while open). */
   private readonly rdevs = new Set<number>();

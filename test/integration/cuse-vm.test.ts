@@ -22,7 +22,7 @@ describe('CUSE transport in a VM', function () {
     const built = spawnSync('make', ['-s', '-C', path.join(ROOT, 'test', 'c')], { encoding: 'utf8' });
     assert.equal(built.status, 0, `building the C test client: ${built.stderr}`);
     vm = await Vm.boot();
-    daemon = vm.start(`cd ${ROOT} && exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`);
+    daemon = vm.start(`cd ${ROOT} && exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`, { timeoutMs: 110_000 });
     const wait = await vm.run('for i in $(seq 1 600); do [ -e /dev/kdbus/0-system/bus ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
     assert.equal(wait.code, 0, 'the daemon made /dev/kdbus/0-system/bus');
   });
@@ -60,8 +60,28 @@ describe('CUSE transport in a VM', function () {
     });
   }
 
-  it('removes its nodes on SIGTERM', async () => {
+  it('serves the same clients through the FUSE ioctl retry protocol', async function () {
+    const shim = path.join(ROOT, 'shim', 'build', 'glibc', 'libkdbus-cuse-shim.so');
+    const client = path.join(ROOT, 'test', 'c', 'build', 'glibc', 'kdbus-client');
+    await daemon!.stop('TERM');
+    daemon = vm!.start(`cd ${ROOT} && KDBUS_CUSE_IOCTL_MEMORY=retry exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`, { timeoutMs: 110_000 });
+    const wait = await vm!.run('for i in $(seq 1 600); do [ -e /dev/kdbus/0-system/bus ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
+    assert.equal(wait.code, 0, 'the daemon came back');
+    const raw = await vm!.run(`/usr/bin/python3 ${path.join(vm!.shareDir, 'cuse-raw-client.py')} /dev/kdbus`, { timeoutMs: 60_000 });
+    assert.equal(raw.code, 0, `${raw.stdout}\n${raw.stderr}`);
+    const env = `LD_PRELOAD=${shim} KDBUS_CUSE_ROOT=/dev/kdbus KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock`;
+    const r = await vm!.run(`env ${env} ${client} -v all /dev/kdbus/0-system/bus`, { timeoutMs: 100_000 });
+    assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
     const log = await daemon!.stop('TERM');
+    daemon = undefined;
+    assert.match(log.stderr, /caller memory through the FUSE ioctl retry protocol/);
+  });
+
+  it('removes its nodes on SIGTERM', async () => {
+    daemon = vm!.start(`cd ${ROOT} && exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`);
+    const wait = await vm!.run('for i in $(seq 1 600); do [ -e /dev/kdbus/0-system/bus ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
+    assert.equal(wait.code, 0, 'the daemon came back');
+    const log = await daemon.stop('TERM');
     daemon = undefined;
     assert.match(log.stderr, /SIGTERM: shutting down/);
     const r = await vm!.run('ls /dev/kdbus 2>&1; true');

@@ -202,6 +202,21 @@ describe('socket transport (daemon side)', function () {
     b.close();
   });
 
+  it('fetches the struct of BUS_MAKE, whose node creation completes asynchronously', async () => {
+    const c = ProtocolClient.connect(sock);
+    assert.equal((await c.open('control')).errno, 0);
+    const w = new ItemWriter();
+    w.u64(0).u64(2n).u64(0);
+    w.itemU64(ItemType.BLOOM_PARAMETER, 64n, 1n);
+    w.string(ItemType.MAKE_NAME, `${process.getuid!()}-fetched`);
+    const make = Buffer.from(w.finish());
+    make.writeBigUInt64LE(BigInt(make.length), 0);
+    c.memory = (a, l) => (a >= 0xa0000n && a + BigInt(l) <= 0xa0000n + BigInt(make.length) ? make.subarray(Number(a - 0xa0000n), Number(a - 0xa0000n) + l) : undefined);
+    assert.equal((await c.ioctl(Cmd.BUS_MAKE, 0xa0000n, [])).errno, 0);
+    assert.ok(daemon.domain.buses.has(`${process.getuid!()}-fetched`));
+    c.close();
+  });
+
   it('passes a sealed memfd from sender to receiver', async () => {
     const a = await Peer.connect(sock, bus);
     const b = await Peer.connect(sock, bus);
