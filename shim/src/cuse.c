@@ -52,13 +52,14 @@ static bool sync_send(uint64_t arg)
 
 bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
 {
+	/* An asynchronous SEND installs nothing: no reason to attach or reserve for it. */
+	bool installs = cmd != KDBUS_CMD_SEND || sync_send(arg);
 	enum kc_side_state state = kc_side_state(c);
-	if (state != KC_SIDE_NONE)
-		return state != KC_SIDE_FOREIGN;
-	/* An asynchronous SEND installs nothing: no reason to attach for it. */
-	if (cmd == KDBUS_CMD_SEND && !sync_send(arg))
-		return true;
-	return kc_side_attach(c, fd) != -ENOTTY;
+	if (state == KC_SIDE_FOREIGN || (state == KC_SIDE_NONE && installs && kc_side_attach(c, fd) == -ENOTTY))
+		return false;
+	if (installs && kc_side_state(c) == KC_SIDE_READY)
+		kc_side_prepare(c);
+	return true;
 }
 
 static ssize_t read_pool(int pool, void *buf, size_t len, uint64_t offset)

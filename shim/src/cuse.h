@@ -31,8 +31,9 @@ int kc_cuse_opened(int fd);
 struct kc_conn *kc_cuse_probe(int fd);
 
 /*
- * Before RECV or SEND on the device fd: attaches when the command can install files, so they
- * can reach this process. false if the device turned out not to be the daemon's.
+ * Before RECV or SEND on the device fd: when the command can install files, attaches and
+ * makes sure the daemon holds numbers for them, so they can reach this process. false if the
+ * device turned out not to be the daemon's.
  */
 bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg);
 

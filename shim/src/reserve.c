@@ -58,6 +58,24 @@ int kc_reserve_take(int *out, int want)
 	return n;
 }
 
+int kc_reserve_take_below(int limit)
+{
+	int fd = open_reserved();
+	if (fd < 0)
+		return -1;
+	bool ok = fd < limit;
+	if (ok) {
+		kc_lock();
+		ok = kc_fd_set(fd, KC_FD_INTERNAL, NULL) == 0;
+		kc_unlock();
+	}
+	if (!ok) {
+		kc_sys_close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 void kc_reserve_return(const int *fds, int n)
 {
 	kc_lock();

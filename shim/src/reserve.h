@@ -13,6 +13,12 @@
 /* Fills out with up to want reserved numbers; returns how many (fewer if descriptors run out). */
 int kc_reserve_take(int *out, int want);
 
+/*
+ * A new reserved number if the lowest free one (3 or above) is below limit, else -1: kdbus
+ * gave installed files the lowest free numbers, so the program may expect one it closed.
+ */
+int kc_reserve_take_below(int limit);
+
 /* Returns numbers that were offered but not used. */
 void kc_reserve_return(const int *fds, int n);
 

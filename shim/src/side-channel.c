@@ -307,7 +307,7 @@ static int connect_side(struct kc_ident *id)
 /* Undoes what attach() recorded in c, once the daemon said no. */
 static void detach(struct kc_conn *c)
 {
-	int numbers[KC_SIDE_RESERVE];
+	int numbers[KC_SIDE_CAPACITY];
 	kc_lock();
 	int sock = c->sock;
 	struct kc_side_page *page = c->side.page;
@@ -340,26 +340,22 @@ static int attach(struct kc_conn *c, int fd)
 		munmap(page, sizeof *page);
 		return sock;
 	}
-	int numbers[KC_SIDE_RESERVE];
-	int n = kc_reserve_take(numbers, KC_SIDE_RESERVE);
 	kc_lock();
 	bool ok = kc_fd_set(sock, KC_FD_INTERNAL, c) == 0;
 	if (ok) {
 		c->sock = sock;
 		c->sock_id = id;
 		c->side.page = page;
-		memcpy(c->side.reserved, numbers, sizeof(int) * (size_t)n);
-		c->side.n_reserved = (unsigned)n;
 	}
 	kc_unlock();
 	if (!ok) {
 		kc_sys_close(sock);
 		munmap(page, sizeof *page);
-		kc_reserve_return(numbers, n);
 		return -EMFILE;
 	}
-	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_RESERVE)];
-	size_t len = kc_attach_encode(frame, REQUEST_SEQ, token, numbers, (uint32_t)n);
+	/* No numbers yet: a file that only sends (or only maps its pool) would hold them for nothing. */
+	uint8_t frame[KC_NUMBERS_FRAME_MAX(0)];
+	size_t len = kc_attach_encode(frame, REQUEST_SEQ, token, NULL, 0);
 	struct frame result;
 	struct kc_result r;
 	page_lock(page);
@@ -420,6 +416,69 @@ int kc_side_attach(struct kc_conn *c, int fd)
 		     "cannot attach a CUSE kdbus descriptor to the daemon at %s (%s): "
 		     "its pool cannot be mapped and files it receives are lost",
 		     kc_config()->socket, strerror(-rc));
+	return rc;
+}
+
+static int highest_locked(const struct kc_side *s)
+{
+	int highest = -1;
+	for (unsigned i = 0; i < s->n_reserved; i++)
+		if (s->reserved[i] > highest)
+			highest = s->reserved[i];
+	return highest;
+}
+
+/* Gives the daemon numbers (recorded first) and waits for its RESULT. Under the page lock. */
+static int reserve_request(struct kc_conn *c, int sock, const int *numbers, unsigned n)
+{
+	kc_lock();
+	memcpy(c->side.reserved + c->side.n_reserved, numbers, sizeof(int) * n);
+	c->side.n_reserved += n;
+	kc_unlock();
+	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_RESERVE + 1)];
+	struct frame result;
+	struct kc_result r;
+	int rc = request(c, sock, frame, kc_reserve_encode(frame, REQUEST_SEQ, numbers, n), &result);
+	if (rc == 0) {
+		rc = result_of(&result, &r);
+		close_fds(&result);
+	}
+	return rc;
+}
+
+int kc_side_prepare(struct kc_conn *c)
+{
+	int sock, rc;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &rc))
+		return rc;
+	kc_lock();
+	bool full = c->side.n_reserved >= KC_SIDE_RESERVE;
+	int highest = highest_locked(&c->side);
+	kc_unlock();
+	/* A lower number the program freed goes to the daemon, which uses these numbers first. */
+	int lower = highest > 3 ? kc_reserve_take_below(highest) : -1;
+	if (full && lower < 0)
+		return 0;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	page_lock(page);
+	kc_lock();
+	unsigned have = c->side.n_reserved;
+	kc_unlock();
+	int numbers[KC_SIDE_RESERVE + 1];
+	int n = 0;
+	if (lower >= 0 && have < KC_SIDE_CAPACITY)
+		numbers[n++] = lower;
+	else if (lower >= 0)
+		kc_reserve_return(&lower, 1);
+	if (have < KC_SIDE_RESERVE)
+		n += kc_reserve_take(numbers + n, KC_SIDE_RESERVE - (int)have);
+	rc = n > 0 ? reserve_request(c, sock, numbers, (unsigned)n) : 0;
+	page_unlock(page);
+	pthread_setcancelstate(cancel_state, NULL);
+	if (rc)
+		broke(c, -rc);
 	return rc;
 }
 

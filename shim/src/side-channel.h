@@ -4,7 +4,8 @@
  * a token from the device (only the holder of the open file can), presents it on a socket to
  * the daemon (ATTACH) with numbers it reserved, and that socket then brings the pool (POOL)
  * and the files RECV or a synchronous SEND installs (INSTALL, onto those numbers, which the
- * daemon has already written into the message); RESERVE tops the numbers up.
+ * daemon has already written into the message); RESERVE gives the numbers, before the first
+ * ioctl that may install files (a file that never receives holds none) and after each install.
  *
  * Forked children share the channel. All I/O on it happens under a robust lock in a page the
  * processes share, so frames are always read whole; any thread of a process may apply any
@@ -23,6 +24,8 @@ struct kc_side_page;
 
 /* Numbers the daemon holds for installs: as many as one message can bring. */
 #define KC_SIDE_RESERVE KDBUS_MAX_INSTALLED_FDS
+/* Room for lower numbers the program freed, which join a full reserve (kc_side_prepare). */
+#define KC_SIDE_CAPACITY (2 * KC_SIDE_RESERVE)
 
 enum kc_side_state {
 	KC_SIDE_NONE,      /* this process has not attached */
@@ -39,7 +42,7 @@ struct kc_side {
 	bool warned; /* a problem was reported on stderr; once per file is enough */
 	struct kc_side_page *page;
 	/* The numbers the daemon holds for this process, each still a placeholder here. */
-	int reserved[KC_SIDE_RESERVE];
+	int reserved[KC_SIDE_CAPACITY];
 	unsigned n_reserved;
 };
 
@@ -52,6 +55,12 @@ enum kc_side_state kc_side_state(struct kc_conn *c);
  * -errno attaching failed with, now and on every later call.
  */
 int kc_side_attach(struct kc_conn *c, int fd);
+
+/*
+ * Before an ioctl that may install files: makes sure the daemon holds numbers for them,
+ * the lowest free one among them, and waits until it has them. 0 or -errno.
+ */
+int kc_side_prepare(struct kc_conn *c);
 
 /* Asks for the pool (POOL) and keeps it in c; 0 or -errno (EBADFD before HELLO). */
 int kc_side_fetch_pool(struct kc_conn *c);

@@ -188,7 +188,14 @@ export class SocketSession {
         return this.attach(f);
       case FrameType.RESERVE:
         if (!this.sideOf) throw new ProtocolError('RESERVE on a socket that is not a side channel');
-        this.reserve.push(...numbersOf(f.payload, 0));
+        if (f.seq === 0n) {
+          this.reserve.push(...numbersOf(f.payload, 0));
+          return;
+        }
+        // Given right before an ioctl that may install files, among them the lowest free
+        // number (kdbus installed there): used first. The shim waits for the answer.
+        this.reserve.unshift(...numbersOf(f.payload, 0).sort((a, b) => a - b));
+        this.sendResult(f.seq, 0, [], [], 0);
         return;
       default:
         throw new ProtocolError(`unknown frame type ${f.type}`);

@@ -257,13 +257,17 @@ static void test_attach(struct kc_conn *c, int dev)
 	int sock = c->sock;
 	CHECK(sock >= 3 && fcntl(sock, F_GETFD) == FD_CLOEXEC && kc_fd_get(sock).kind == KC_FD_INTERNAL,
 	      "the side channel is the shim's, above stdio, close-on-exec", "fd %d", sock);
-	bool all = c->side.n_reserved == KC_SIDE_RESERVE;
+	struct message m;
+	CHECK(c->side.n_reserved == 0 && mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == 0,
+	      "ATTACH reserves no numbers: a file that never receives holds none", "%u", c->side.n_reserved);
+	int rc = kc_side_prepare(c);
+	bool all = rc == 0 && c->side.n_reserved == KC_SIDE_RESERVE;
 	for (unsigned i = 0; all && i < c->side.n_reserved; i++)
 		all = placeholder(c->side.reserved[i]) && fcntl(c->side.reserved[i], F_GETFD) == FD_CLOEXEC;
-	CHECK(all, "32 numbers are reserved, each a close-on-exec placeholder", "%u", c->side.n_reserved);
-	struct message m;
+	CHECK(all, "before RECV 32 numbers are reserved, each a close-on-exec placeholder", "rc %d, %u", rc,
+	      c->side.n_reserved);
 	CHECK(mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == KC_SIDE_RESERVE,
-	      "ATTACH gave the daemon those 32 numbers", "it holds %u", m.held);
+	      "the daemon holds those 32 numbers when the RECV comes", "it holds %u", m.held);
 	CHECK(kc_side_attach(c, dev) == 0 && c->sock == sock, "attaching again changes nothing", "sock %d", c->sock);
 }
 
@@ -294,6 +298,23 @@ static void test_recv(struct kc_conn *c, int dev)
 	close_all(&m);
 	CHECK(mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == KC_SIDE_RESERVE,
 	      "RESERVE tops the daemon's numbers up again", "it holds %u", m.held);
+}
+
+/* kdbus installed files on the lowest free numbers; programs reuse a number they closed. */
+static void test_lowest(struct kc_conn *c, int dev)
+{
+	int low = open("/dev/null", O_RDONLY);
+	int high = dup(low);
+	close(low);
+	struct message m;
+	int rc = kc_side_prepare(c);
+	CHECK(rc == 0 && mock_recv(ask, fake_last_token(dev), 1, 0, 0, &m) && m.count == 1 && m.numbers[0] == low,
+	      "a number the program closed below the reserve is the next installed file's", "rc %d: %d, not %d", rc,
+	      m.numbers[0], low);
+	after_recv(c, 0, &m);
+	CHECK(holds(low, "f0"), "and the file is there", "%d", low);
+	close_all(&m);
+	close(high);
 }
 
 static void test_late(struct kc_conn *c, int dev)
@@ -510,6 +531,7 @@ int main(int argc, char **argv)
 			test_attach(c, dev);
 			test_pool(c);
 			test_recv(c, dev);
+			test_lowest(c, dev);
 			test_late(c, dev);
 			test_no_wait(c, dev);
 			test_taken_over(c, dev);

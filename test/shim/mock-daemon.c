@@ -24,7 +24,7 @@
  *
  *   ATTACH    a token "mock-token-NNNN" is accepted once (else EPERM); the socket becomes a
  *             side channel holding the numbers offered, with a pool that starts "POOLDATA"
- *   RESERVE   more numbers
+ *   RESERVE   more numbers; with a seq, used first and answered with RESULT 0
  *   POOL      that pool
  *   MOCK_RECV (type 100, the test's stand-in for a RECV on the device: token, u32 n_fds,
  *             u32 n_memfds, u32 delay_ms, u32 0) takes numbers from that side channel's
@@ -501,9 +501,17 @@ static void do_reserve(struct client *c, struct frame *f)
 		fprintf(stderr, "mock: RESERVE on a socket that is no side channel\n");
 		return;
 	}
-	if (f->seq != 0)
-		fprintf(stderr, "mock: RESERVE with seq %llu\n", (unsigned long long)f->seq);
-	c->n_reserve += numbers_of(f->payload, f->len, c->reserve + c->n_reserve, MAX_RESERVE - c->n_reserve);
+	if (f->seq == 0) {
+		c->n_reserve += numbers_of(f->payload, f->len, c->reserve + c->n_reserve, MAX_RESERVE - c->n_reserve);
+		return;
+	}
+	/* Numbers for the next ioctl go first (the shim sends them lowest first). */
+	int32_t first[MAX_RESERVE];
+	unsigned n = numbers_of(f->payload, f->len, first, MAX_RESERVE - c->n_reserve);
+	memmove(c->reserve + n, c->reserve, sizeof(int32_t) * c->n_reserve);
+	memcpy(c->reserve, first, sizeof(int32_t) * n);
+	c->n_reserve += n;
+	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
 }
 
 static void send_install(struct client *c, const uint8_t *payload, size_t len, const int *fds, int n_fds)
