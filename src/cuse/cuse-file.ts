@@ -29,11 +29,29 @@ export class CuseFile implements AttachTarget {
   side: SideChannel | undefined;
   stopWake: (() => void) | undefined;
   readonly installer = new SideChannelInstaller(this);
+  /**
+   * Callers of this open file, by thread and the fsuid/fsgid FUSE reports with every request:
+   * reading /proc for each ioctl cost a third of it. A changed uid or gid reads /proc again;
+   * the entries go with the file (a thread id reused while the file stays open would need a
+   * pid wrap-around within its lifetime).
+   */
+  private readonly callers = new Map<string, CallerIdentity>();
 
   constructor(readonly handle: Handle) {}
 
   connection(): Connection | undefined {
     return this.handle.connection;
+  }
+
+  caller(tid: number, fsuid: number, fsgid: number): CallerIdentity {
+    const key = `${tid}:${fsuid}:${fsgid}`;
+    let id = this.callers.get(key);
+    if (!id) {
+      id = callerIdentity(tid);
+      if (this.callers.size >= 256) this.callers.clear();
+      this.callers.set(key, id);
+    }
+    return id;
   }
 
   attach(side: SideChannel): void {

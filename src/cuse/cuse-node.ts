@@ -147,7 +147,7 @@ export class CuseNode implements ChannelHandler {
     };
     let identity;
     try {
-      identity = callerIdentity(hdr.pid);
+      identity = f.caller(hdr.pid, hdr.uid, hdr.gid);
     } catch (e) {
       return done(-(e as KdbusError).errno);
     }
