@@ -5,6 +5,7 @@
  * layouts are derived from ipc/kdbus/connection.c, bus.c, names.c and notify.c.
  */
 import assert from 'node:assert/strict';
+import { requireOrSkip } from '../helpers/require';
 import { readFileSync } from 'node:fs';
 import {
   ALIGN8, Attach, HelloFlags, ItemType, KDBUS_DST_ID_BROADCAST, ListFlags, MsgFlags, NameFlags, Off, U64_MAX,
@@ -200,7 +201,7 @@ describe('bus info: CONN_INFO (kdbus-abi §3.11, test_conn_info)', () => {
   });
 
   it('translates creds and pids into the namespaces of the asking connection, both ways', async function () {
-    if (!namespacesUsable()) this.skip();
+    requireOrSkip(this, namespacesUsable(), 'user and pid namespaces (unshare, with full id maps)');
     const ns = await standIn(true);
     try {
       const nobody = { creds: credsOf(65534), privileged: false };

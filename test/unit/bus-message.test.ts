@@ -6,6 +6,7 @@
  * the kernel sources, not from this implementation.
  */
 import assert from 'node:assert/strict';
+import { requireOrSkip } from '../helpers/require';
 import fs from 'node:fs';
 import { Errno } from '../../src/abi/errno';
 import {
@@ -925,7 +926,7 @@ describe('bus metadata in other namespaces (kdbus_meta_export, test-metadata-ns.
   const nobody = credsOf(65534, 65534);
   const stops: Array<() => void> = [];
   before(function () {
-    if (!namespacesUsable()) this.skip();
+    requireOrSkip(this, namespacesUsable(), 'user and pid namespaces (unshare, with full id maps)');
   });
   afterEach(() => {
     for (const stop of stops.splice(0)) stop();

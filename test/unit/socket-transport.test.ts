@@ -5,6 +5,7 @@
  * and garbage from a client.
  */
 import assert from 'node:assert/strict';
+import { requireOrSkip } from '../helpers/require';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -280,7 +281,7 @@ describe('socket transport (daemon side)', function () {
   });
 
   it('grants no privilege or DAC override for capabilities held only in a user namespace of the client', async function () {
-    if (!userNamespacesUsable()) this.skip();
+    requireOrSkip(this, userNamespacesUsable(), 'user and pid namespaces (unshare, with full id maps)');
     // A custom endpoint "0-private": mode 0600, owned by uid 0, which the client cannot name.
     const owner = ProtocolClient.connect(sock);
     assert.equal((await owner.open(`${bus}/bus`)).errno, 0);
@@ -324,7 +325,7 @@ describe('socket transport (daemon side)', function () {
   });
 
   it('places a client it may not trace by its public id maps (an unprivileged daemon, a root client)', async function () {
-    if (!userNamespacesUsable()) this.skip();
+    requireOrSkip(this, userNamespacesUsable(), 'user and pid namespaces (unshare, with full id maps)');
     // A root process in a user namespace of its own without maps, and this (root) process:
     // uid 65534 can read neither one's namespace link, but both ones' id maps.
     const foreign = spawn('unshare', ['-U', 'sleep', '30'], { stdio: 'ignore' });
