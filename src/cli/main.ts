@@ -33,7 +33,8 @@ them on every transport the machine allows.
 Options:
   --config FILE          JSON configuration file (keys as below, camelCase)
   --transport MODE       auto (default), cuse or socket
-  --kdbus-root DIR       where the kdbus tree appears (default /dev/kdbus)
+  --kdbus-root DIR       where the kdbus tree appears (default /dev/kdbus for root,
+                         $XDG_RUNTIME_DIR/kdbus-cuse/kdbus otherwise)
   --bus NAME             bus created at start, e.g. 0-system (repeatable)
   --socket PATH          the socket transport's listening socket
   --listen ADDRESS       D-Bus address for legacy clients (repeatable)

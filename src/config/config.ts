@@ -34,17 +34,26 @@ export class ConfigError extends Error {
 const LOG_LEVELS = ['error', 'warn', 'info', 'verbose', 'debug'];
 const BUS_NAME = /^[0-9]+-[A-Za-z0-9_][A-Za-z0-9_.-]{0,61}[A-Za-z0-9_]$/;
 
+/** Where an unprivileged daemon keeps its files: it cannot write /run or /dev. */
+function userRuntimeDir(): string {
+  return path.join(process.env['XDG_RUNTIME_DIR'] || path.join(os.tmpdir(), `kdbus-cuse-${process.getuid?.() ?? 'user'}`), 'kdbus-cuse');
+}
+
 export function defaultSocketPath(): string {
   if (process.getuid?.() === 0) return '/run/kdbus-cuse/kdbus.sock';
-  const runtime = process.env['XDG_RUNTIME_DIR'] || path.join(os.tmpdir(), `kdbus-cuse-${process.getuid?.() ?? 'user'}`);
-  return path.join(runtime, 'kdbus-cuse', 'kdbus.sock');
+  return path.join(userRuntimeDir(), 'kdbus.sock');
+}
+
+/** /dev/kdbus for root (where CUSE puts its nodes); a tree of the user's own otherwise. */
+export function defaultKdbusRoot(): string {
+  return process.getuid?.() === 0 ? '/dev/kdbus' : path.join(userRuntimeDir(), 'kdbus');
 }
 
 export function defaults(): Config {
   const uid = process.getuid?.() ?? 0;
   return {
     transport: 'auto',
-    kdbusRoot: '/dev/kdbus',
+    kdbusRoot: defaultKdbusRoot(),
     buses: [uid === 0 ? '0-system' : `${uid}-user`],
     socket: defaultSocketPath(),
     listen: [],

@@ -51,8 +51,11 @@ export class PlaceholderTree implements NodeHost {
 
   removeEndpoint(ep: Endpoint): void {
     const dir = path.join(this.root, ep.bus.name);
+    // The directory has kdbus's read-only mode; its owner (or root) needs write to unlink.
+    makeWritable(dir);
     fs.rmSync(path.join(dir, ep.name), { force: true });
     if (ep.isDefault) fs.rmSync(dir, { recursive: true, force: true });
+    else if (fs.existsSync(dir)) fs.chmodSync(dir, busDirMode(ep.bus));
   }
 
   /** Removes everything it made, so nothing is left behind in /dev or /run. */
@@ -60,6 +63,7 @@ export class PlaceholderTree implements NodeHost {
     fs.rmSync(path.join(this.root, 'control'), { force: true });
     if (this.createdRoot) {
       try {
+        for (const bus of fs.readdirSync(this.root)) makeWritable(path.join(this.root, bus));
         fs.rmSync(this.root, { recursive: true, force: true });
       } catch (e) {
         logger.warn(`removing ${this.root}: ${(e as Error).message}`);
@@ -71,6 +75,14 @@ export class PlaceholderTree implements NodeHost {
     fs.writeFileSync(file, '', { mode });
     chownIfRoot(file, uid, gid);
     fs.chmodSync(file, mode);
+  }
+}
+
+function makeWritable(dir: string): void {
+  try {
+    fs.chmodSync(dir, 0o700);
+  } catch {
+    // Gone already, or not a directory: nothing to unlock.
   }
 }
 
