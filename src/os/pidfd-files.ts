@@ -67,6 +67,21 @@ function hasPoll(fd: number, mode: number): boolean {
   }
 }
 
+/**
+ * The shim holds numbers for files RECV will install (docs/socket-protocol.md, "reserved
+ * numbers") as empty memfds of this name. To the program such a number is not open, so a
+ * message naming it is answered as kdbus answered a closed descriptor.
+ */
+const SHIM_PLACEHOLDER = '/memfd:kdbus-cuse-reserved';
+
+function isShimPlaceholder(fd: number): boolean {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(SHIM_PLACEHOLDER);
+  } catch {
+    return false;
+  }
+}
+
 /** One daemon-side descriptor, owned by this object until close(). */
 export class ImportedFd implements ImportedFile {
   readonly kind: ImportedFile['kind'];
@@ -211,6 +226,10 @@ export class PidfdFiles implements CallerFiles {
     if (!Number.isInteger(fd) || fd < 0) throw fail('EBADF', `fd ${fd} is not a descriptor number`);
     const local = pidfd_getfd(this.handle(), fd, 0);
     if (local < 0) throw this.error(errno(), `taking fd ${fd} from pid ${this.pid} (pidfd_getfd)`);
+    if (isShimPlaceholder(local)) {
+      fs.closeSync(local);
+      throw fail('EBADF', `fd ${fd} of pid ${this.pid} is not open (the shim holds the number for a file to come)`);
+    }
     try {
       return new ImportedFd(local, this.isKdbus);
     } catch (e) {

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { KdbusError } from '../../src/abi/errno';
 import { ImportedFd, PidfdFiles } from '../../src/os/pidfd-files';
+import { memfd_create } from '../../src/os/libc';
 
 const F_SEAL_SEAL = 1;
 const F_SEAL_SHRINK = 2;
@@ -162,6 +163,17 @@ describe('os/pidfd-files', function () {
     assert.equal(errnoOf(() => files.get(fds.closed)), 'EBADF');
     assert.equal(errnoOf(() => files.get(100_000)), 'EBADF');
     assert.equal(errnoOf(() => files.get(-1)), 'EBADF');
+  });
+
+  it("answers EBADF for a number the shim holds with a placeholder, as for a closed one", () => {
+    const placeholder = memfd_create('kdbus-cuse-reserved', 1);
+    const files = new PidfdFiles(process.pid);
+    try {
+      assert.throws(() => files.get(placeholder), (e: unknown) => e instanceof KdbusError && e.code === 'EBADF');
+    } finally {
+      files.close();
+      fs.closeSync(placeholder);
+    }
   });
 
   it('answers ESRCH for a process that is gone', async () => {
