@@ -23,7 +23,7 @@ export function broadcast(bus: Bus, staging: Staging): void {
       dst.deliverOrLose(staging);
     }
   } else {
-    for (const dst of bus.matches.notificationTargets(notificationView(staging))) {
+    for (const dst of bus.matches.notificationTargets(staging.notificationView())) {
       if (!dst.isOrdinary || !dst.active) continue;
       if (!dst.canSeeNotification(staging)) continue;
       dst.deliverOrLose(staging);
@@ -44,21 +44,4 @@ function userMessageView(bus: Bus, staging: Staging) {
     bloom: staging.bloom,
     senderHoldsName: (name: string) => bus.names.primaryOwner(name) === src,
   };
-}
-
-function notificationView(staging: Staging) {
-  const h = staging.header;
-  const p = 64 + 16;
-  switch (staging.notifyType) {
-    case 0x8003:
-    case 0x8004:
-      return { type: staging.notifyType, id: h.readBigUInt64LE(p) };
-    default:
-      return {
-        type: staging.notifyType,
-        oldId: h.readBigUInt64LE(p),
-        newId: h.readBigUInt64LE(p + 16),
-        name: h.toString('latin1', p + 32, staging.headerSize - 1),
-      };
-  }
 }

@@ -16,15 +16,6 @@ import { collectProcMetadata, PROC_ATTACH_MASK, sanitizeAttachMask } from './met
 import { parsePolicyUpload, type PolicyItem } from './policy';
 import { logger } from '../log/logger';
 
-/** Runs a command body and writes return_flags back on every exit, as kdbus_args_clear does. */
-export function withReturnFlags<T>(ctx: CallContext, cmd: ParsedCommand, body: () => T): T {
-  try {
-    return body();
-  } finally {
-    writeReturnFlags(ctx.mem, cmd, 0n);
-  }
-}
-
 /**
  * The asynchronous tail of BUS_MAKE and ENDPOINT_MAKE: wait for the transports to show the
  * node, then write return_flags back. As in kdbus_args_clear, a fault on that write fails
@@ -125,9 +116,11 @@ export function policyItems(cmd: ParsedCommand): PolicyItem[] {
 export function cmdEndpointUpdate(ep: Endpoint, ctx: CallContext, arg: bigint): void {
   const cmd = readCommand(ctx.mem, arg, Specs.ENDPOINT_UPDATE);
   if (cmd.negotiate) return;
-  withReturnFlags(ctx, cmd, () => {
+  try {
     if (!ep.policy) throw fail('EBADFD', 'the default endpoint has no policy of its own');
     ep.policy.set(ep, parsePolicyUpload(policyItems(cmd)));
-  });
+  } finally {
+    writeReturnFlags(ctx.mem, cmd, 0n);
+  }
 }
 

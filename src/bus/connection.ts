@@ -193,7 +193,7 @@ export class Connection implements NameOwner {
       case ItemType.NAME_ADD:
       case ItemType.NAME_REMOVE:
       case ItemType.NAME_CHANGE:
-        return this.canSeeName(this.cred, notificationName(staging));
+        return this.canSeeName(this.cred, staging.notificationView().name!);
       default:
         return true;
     }
@@ -357,11 +357,4 @@ export class Connection implements NameOwner {
     logger.verbose(`${this.label}: disconnected`);
     return true;
   }
-}
-
-function notificationName(staging: Staging): string {
-  const h = staging.header;
-  const start = 64 + 16 + 32;
-  const end = staging.headerSize - 1;
-  return h.toString('latin1', start, end);
 }

@@ -22,6 +22,7 @@ import type { Bus } from './bus';
 import type { Connection } from './connection';
 import { collectProcMetadata, effectiveMask, encodeMetadata, IMPLICIT_ATTACH, metadataSize, type MetadataParts, type ProcMetadata } from './metadata';
 import { ItemWriter } from '../abi/items';
+import type { NotificationView } from './match';
 import { Gaps } from './queue';
 import type { Slice } from './pool';
 import type { QuotaCharge } from './quota';
@@ -32,6 +33,7 @@ import { nowNs } from './deadline';
 const USER_ADDRESS_LIMIT = 0x7fff_ffff_f000n;
 const ALL_SEALS = 0x1 | 0x2 | 0x4 | 0x8;
 const ZEROS = Buffer.alloc(8);
+const INLINE_PAYLOAD_MAX = 16 * 1024;
 
 export interface Emitted {
   slice: Slice;
@@ -108,6 +110,21 @@ export class Staging {
     this.callerTid = init.callerTid ?? 0;
   }
 
+  /** The kernel item of a notification, as match rules and SEE checks look at it. */
+  notificationView(): NotificationView {
+    const h = this.header;
+    const p = Off.msg.items + 16;
+    if (this.notifyType === ItemType.ID_ADD || this.notifyType === ItemType.ID_REMOVE) {
+      return { type: this.notifyType, id: h.readBigUInt64LE(p) };
+    }
+    return {
+      type: this.notifyType,
+      oldId: h.readBigUInt64LE(p),
+      newId: h.readBigUInt64LE(p + 16),
+      name: h.toString('latin1', p + 32, this.headerSize - 1),
+    };
+  }
+
   get isSignal(): boolean {
     return (this.flags & MsgFlags.SIGNAL) !== 0n;
   }
@@ -177,7 +194,10 @@ export class Staging {
       throw fail('EFAULT', this.fault);
     }
 
-    const head = Buffer.allocUnsafe(payloadStart);
+    // Small messages go into the pool in one write (one pwrite for a memfd pool); a large
+    // payload is written from where it already is instead of being copied once more.
+    const inline = this.payload.length <= INLINE_PAYLOAD_MAX;
+    const head = Buffer.allocUnsafe(inline ? size : payloadStart);
     this.header.copy(head, 0, 0, ALIGN8(this.headerSize));
     head.writeBigUInt64LE(BigInt(msgSize), Off.msg.size);
     for (const p of this.payloadOffsets) head.writeBigUInt64LE(BigInt(payloadStart + p.rel), p.pos);
@@ -190,8 +210,12 @@ export class Staging {
     } else {
       head.fill(0, this.headerSize, payloadStart);
     }
-    slice.write(0, head);
-    if (this.payload.length > 0) {
+    if (inline) {
+      this.payload.copy(head, payloadStart);
+      head.fill(0, payloadStart + this.payload.length, size);
+      slice.write(0, head);
+    } else {
+      slice.write(0, head);
       slice.write(payloadStart, this.payload);
       const pad = size - payloadStart - this.payload.length;
       if (pad > 0) slice.write(payloadStart + this.payload.length, ZEROS.subarray(0, pad));

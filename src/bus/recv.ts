@@ -1,7 +1,7 @@
 /**
  * KDBUS_CMD_RECV and the installation of a message's files into the receiving process.
  */
-import { Off, RecvFlags, RecvReturn } from '../abi/constants';
+import { ItemType, Off, RecvFlags, RecvReturn } from '../abi/constants';
 import { Errno, fail, KdbusError } from '../abi/errno';
 import { readCommand, writeReturnFlags } from '../abi/command';
 import { Specs } from '../abi/commands';
@@ -9,7 +9,6 @@ import type { CallContext } from './caller';
 import type { Connection } from './connection';
 import type { QueueEntry } from './queue';
 import { flushNotifications, notifyReply } from './notify';
-import { ItemType } from '../abi/constants';
 
 /**
  * Puts the entry's fds and memfds into the receiver and writes their numbers into the

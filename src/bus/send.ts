@@ -31,6 +31,13 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
   let staging: Staging | undefined;
   let cancel: ImportedFile | undefined;
   let pending: Promise<void> | undefined;
+  /** What every exit does, now or when a synchronous wait ends: kdbus_cmd_send's exit path. */
+  const cleanup = (): void => {
+    cancel?.close();
+    staging?.gaps?.unref();
+    flushNotifications(conn.bus);
+    writeReturnFlags(ctx.mem, cmd, 0n);
+  };
   try {
     const msg = readCommand(ctx.mem, msgAddress, Specs.MSG);
     if (msg.negotiate && !cmd.negotiate) throw fail('EINVAL', 'a message asks for negotiation but the send command does not');
@@ -46,23 +53,13 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
     if (srcId !== 0n && srcId !== conn.id) throw fail('EINVAL', `src_id ${srcId} is not the sender's id ${conn.id}`);
 
     staging = stageUserMessage(conn.bus, conn, cmd.flags, msg, ctx);
-    const bus = conn.bus;
     if (staging.dstId === KDBUS_DST_ID_BROADCAST) {
-      broadcast(bus, staging);
+      broadcast(conn.bus, staging);
     } else if (cmd.flags & SendFlags.SYNC_REPLY) {
       const tracker = startCall(conn, staging, ctx);
-      const cancelFile = cancel;
-      cancel = undefined;
-      const st = staging;
-      pending = waitReply(conn, tracker, ctx, cancelFile)
-        .then((r) => writeReply(ctx, cmd, { offset: r.offset, size: r.size, flags: r.flags }))
-        .finally(() => {
-          cancelFile?.close();
-          st.gaps?.unref();
-          flushNotifications(bus);
-          writeReturnFlags(ctx.mem, cmd, 0n);
-        });
-      staging = undefined;
+      pending = waitReply(conn, tracker, ctx, cancel)
+        .then((r) => writeReply(ctx, cmd, r))
+        .finally(cleanup);
       return pending;
     } else if (staging.flags & MsgFlags.EXPECT_REPLY || staging.timeoutOrReply === 0n) {
       unicast(conn, staging, ctx);
@@ -71,12 +68,7 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
     }
     writeReply(ctx, cmd, reply);
   } finally {
-    if (!pending) {
-      cancel?.close();
-      staging?.gaps?.unref();
-      flushNotifications(conn.bus);
-      writeReturnFlags(ctx.mem, cmd, 0n);
-    }
+    if (!pending) cleanup();
   }
 }
 
