@@ -603,17 +603,16 @@ const frameKey = (n: ProfileNode): string => {
 };
 
 /**
- * The profiles in dir (one per thread: the main thread, the CUSE poller), each as its busy
- * time per measured operation, the top self-time entries, and the project functions with
- * the most inclusive time. Idle time and start-up (module loading) are left out.
+ * The daemon's main-thread profile in dir as its busy time per measured operation, the top
+ * self-time entries, and the project functions with the most inclusive time. Idle time and
+ * start-up (module loading) are left out.
  */
 function summarizeProfile(dir: string, operations: number): string {
-  const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).sort() : [];
+  // CPU.<date>.<time>.<pid>.<thread id>.<seq>.cpuprofile: thread 0 is the main thread.
+  const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile') && f.split('.')[4] === '0').sort() : [];
   if (files.length === 0) return 'no profile written';
   const out: string[] = [];
   for (const f of files) {
-    // CPU.<date>.<time>.<pid>.<thread id>.<seq>.cpuprofile: thread 0 is the main thread.
-    const worker = f.split('.')[4] !== '0';
     const prof = JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as Profile;
     const byId = new Map(prof.nodes.map((n) => [n.id, n]));
     const parent = new Map<number, number>();
@@ -642,11 +641,11 @@ function summarizeProfile(dir: string, operations: number): string {
     const top = (m: Map<string, number>, n: number): string[] =>
       [...m].sort((a, b) => b[1] - a[1]).slice(0, n).map(([k, t]) => `        ${pct(t)}  ${k}`);
     out.push(
-      worker
-        ? `    worker thread (the CUSE poller): ${(busy / 1000).toFixed(0)} ms, nearly all of it blocked in epoll_wait (a blocking FFI call samples as busy)`
-        : `    main thread: busy ${(busy / 1000).toFixed(0)} ms, ${(busy / Math.max(operations, 1)).toFixed(0)} µs per operation; self time:`,
+      `    main thread: busy ${(busy / 1000).toFixed(0)} ms, ${(busy / Math.max(operations, 1)).toFixed(0)} µs per operation; self time:`,
+      ...top(self, 10),
+      '      project functions, inclusive:',
+      ...top(inclusive, 12),
     );
-    if (!worker) out.push(...top(self, 10), '      project functions, inclusive:', ...top(inclusive, 12));
   }
   return [`(${dir})`, ...out].join('\n');
 }

@@ -1,16 +1,18 @@
 /**
  * One CUSE channel: an open of /dev/cuse, which the kernel turns into one character device
- * once CUSE_INIT is answered. It reads requests without blocking when the poller says so,
- * hands them to its device, and writes replies (each one write(2)).
+ * once CUSE_INIT is answered. It reads requests without blocking on the main thread as soon
+ * as the event loop sees the channel readable, hands them to its device, and writes replies
+ * (each one write(2)).
  */
 import fs from 'node:fs';
+import { Errno } from '../abi/errno';
 import { logger } from '../log/logger';
+import { FdWatch } from '../os/fd-watch';
+import { errno, read, write } from '../os/libc';
 import {
   cuseInitReply, IN_HEADER, Opcode, parseInHeader, READ_BUFFER, reply, type InHeader,
 } from './fuse-abi';
-import type { Poller } from './poller';
 
-const ENOSYS = 38;
 
 /** What a device does with the requests of its channel. */
 export interface ChannelHandler {
@@ -22,6 +24,7 @@ export class CuseChannel {
   private readonly buf = Buffer.alloc(READ_BUFFER);
   private initialized = false;
   private closed = false;
+  private readonly watch: FdWatch;
   private readyResolve!: () => void;
   private readyReject!: (e: Error) => void;
   /** Settles when the kernel accepted CUSE_INIT (the node then appears in devtmpfs). */
@@ -29,7 +32,6 @@ export class CuseChannel {
 
   constructor(
     readonly devname: string,
-    private readonly poller: Poller,
     private readonly handler: ChannelHandler,
     cusePath = '/dev/cuse',
   ) {
@@ -38,28 +40,30 @@ export class CuseChannel {
       this.readyReject = reject;
     });
     this.fd = fs.openSync(cusePath, fs.constants.O_RDWR | fs.constants.O_NONBLOCK | 0o2000000);
-    poller.add(this.fd, () => this.drain());
+    try {
+      this.watch = new FdWatch(this.fd, (status) => (status < 0 ? this.fail(`${this.devname}: polling the channel failed (${status})`) : this.drain()));
+    } catch (e) {
+      fs.closeSync(this.fd);
+      throw e;
+    }
   }
 
   private drain(): void {
-    for (;;) {
-      if (this.closed) return;
-      let n: number;
-      try {
-        n = fs.readSync(this.fd, this.buf, 0, this.buf.length, null);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EAGAIN') break;
-        if (code === 'EINTR') continue;
-        if (code === 'ENOENT') continue;
-        this.fail(`reading ${this.devname}: ${(e as Error).message}`);
+    while (!this.closed) {
+      const n = read(this.fd, this.buf, this.buf.length);
+      if (n < 0) {
+        const err = errno();
+        if (err === Errno.EAGAIN) return;
+        // EINTR: a signal; ENOENT: the kernel dropped a request that was interrupted.
+        if (err === Errno.EINTR || err === Errno.ENOENT) continue;
+        this.fail(`reading ${this.devname}: errno ${err}`);
+        return;
+      }
+      if (n === 0) {
+        this.fail(`${this.devname}: the kernel closed the channel`);
         return;
       }
       if (n < IN_HEADER) {
-        if (n === 0) {
-          this.fail(`${this.devname}: the kernel closed the channel`);
-          return;
-        }
         logger.warn(`${this.devname}: short request of ${n} bytes ignored`);
         continue;
       }
@@ -71,7 +75,6 @@ export class CuseChannel {
         logger.error(`${this.devname}: request ${hdr.opcode} failed: ${(e as Error).stack}`);
       }
     }
-    this.poller.rearm(this.fd);
   }
 
   private dispatch(hdr: InHeader, payload: Buffer): void {
@@ -83,22 +86,18 @@ export class CuseChannel {
       return;
     }
     if (!this.initialized) {
-      this.send(reply(hdr.unique, ENOSYS));
+      this.send(reply(hdr.unique, Errno.ENOSYS));
       return;
     }
     this.handler.request(this, hdr, payload);
   }
 
-  /** Writes one reply or notification; a reply to a request the kernel dropped is not an error. */
+  /** Writes one reply or notification; a reply to a request the kernel dropped (ENOENT) is not an error. */
   send(b: Buffer): void {
     if (this.closed) return;
-    try {
-      fs.writeSync(this.fd, b);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return;
-      logger.warn(`${this.devname}: writing a reply failed: ${(e as Error).message}`);
-    }
+    if (write(this.fd, b, b.length) >= 0) return;
+    const err = errno();
+    if (err !== Errno.ENOENT) logger.warn(`${this.devname}: writing a reply failed (errno ${err})`);
   }
 
   private fail(message: string): void {
@@ -111,7 +110,7 @@ export class CuseChannel {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.poller.remove(this.fd);
+    this.watch.close();
     fs.closeSync(this.fd);
   }
 }

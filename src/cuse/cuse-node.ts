@@ -138,10 +138,11 @@ export class CuseNode implements ChannelHandler {
     const f = this.files.get(io.fh);
     if (!f) return ch.send(ioctlResultReply(hdr.unique, -Errno.EBADF));
     if (io.cmd === KDBUS_CUSE_CMD_ATTACH) return this.attachToken(ch, hdr, f, io);
-    const abort = new AbortController();
-    f.inFlight.set(hdr.unique, abort);
+    // Only a SEND can wait (for its reply); a release must end that wait.
+    const abort = io.cmd === Cmd.SEND ? new AbortController() : undefined;
+    if (abort) f.inFlight.set(hdr.unique, abort);
     const done = (result: number, out?: Buffer): void => {
-      f.inFlight.delete(hdr.unique);
+      if (abort) f.inFlight.delete(hdr.unique);
       ch.send(ioctlResultReply(hdr.unique, result, out));
       if (io.cmd === Cmd.HELLO && result === 0 && f.pollKh !== undefined && !f.stopWake) this.watch(ch, f);
     };
@@ -157,7 +158,7 @@ export class CuseNode implements ChannelHandler {
       pid: identity.tgid,
       tid: hdr.pid,
       creds: identity.creds,
-      signal: abort.signal,
+      signal: abort?.signal,
     };
     if (this.memory.mode === 'process_vm') {
       const ctx: CallContext = { ...base, mem: new ProcessMemory(hdr.pid) };

@@ -16,7 +16,6 @@ import type { AttachmentRegistry } from '../transport/attachments';
 import { busDirMode } from '../transport/placeholder-tree';
 import { CuseChannel } from './cuse-channel';
 import { CuseNode, type MemoryMode } from './cuse-node';
-import { Poller } from './poller';
 
 export interface CuseTransportOptions {
   /** Where the tree appears; must lie under /dev, where devtmpfs puts CUSE nodes. */
@@ -45,7 +44,6 @@ export function cuseUnavailable(cusePath = '/dev/cuse'): string | undefined {
 
 export class CuseTransport implements Transport, NodeHost {
   readonly name = 'cuse';
-  private poller: Poller | undefined;
   /**
    * process_vm until the kernel refuses it. KDBUS_CUSE_IOCTL_MEMORY=retry starts with the
    * FUSE retry protocol instead (to test it, or where process_vm is known to be blocked).
@@ -69,7 +67,6 @@ export class CuseTransport implements Transport, NodeHost {
   async start(domain: Domain): Promise<void> {
     const why = cuseUnavailable(this.opts.cusePath);
     if (why) throw new Error(why);
-    this.poller = new Poller();
     domain.poolStorage = (size) => new MemfdStorage(size);
     await this.addNode(`${this.prefix}/control`, { kind: 'control', domain }, 0o666, 0, 0);
     domain.hosts.push(this);
@@ -77,7 +74,7 @@ export class CuseTransport implements Transport, NodeHost {
 
   private async addNode(devname: string, node: ConstructorParameters<typeof CuseNode>[0], mode: number, uid: number, gid: number): Promise<void> {
     const cuseNode = new CuseNode(node, this.memory, this.opts.attachments, (_fd, st) => st.isCharacterDevice() && this.rdevs.has(st.rdev));
-    const ch = new CuseChannel(devname, this.poller!, cuseNode, this.opts.cusePath);
+    const ch = new CuseChannel(devname, cuseNode, this.opts.cusePath);
     this.channels.set(devname, { ch, node: cuseNode });
     await ch.ready;
     const file = path.join(this.devRoot, devname);
@@ -116,8 +113,6 @@ export class CuseTransport implements Transport, NodeHost {
       ch.close();
     }
     this.channels.clear();
-    await this.poller?.stop();
-    this.poller = undefined;
   }
 
   describe(): string {

@@ -35,6 +35,13 @@ export const pread = libc.func('intptr_t pread(int fd, void *buf, size_t count, 
   offset: number,
 ) => number;
 
+/**
+ * Plain read and write for descriptors read on every request (CUSE channels): fs.readSync
+ * throws an exception for EAGAIN, which ends every drain of a non-blocking descriptor.
+ */
+export const read = libc.func('intptr_t read(int fd, void *buf, size_t count)') as (fd: number, buf: Uint8Array, count: number) => number;
+export const write = libc.func('intptr_t write(int fd, const void *buf, size_t count)') as (fd: number, buf: Uint8Array, count: number) => number;
+
 const fcntlVariadic = libc.func('int fcntl(int fd, int cmd, ...)');
 
 /** fcntl with an int argument: F_ADD_SEALS / F_GET_SEALS on memfds; Node has no fcntl. */

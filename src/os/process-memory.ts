@@ -21,32 +21,78 @@ export class ProcessMemoryDenied extends Error {
   }
 }
 
-function iov(base: bigint, len: number): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeBigUInt64LE(base, 0);
-  b.writeBigUInt64LE(BigInt(len), 8);
-  return b;
+/**
+ * Bytes read per process_vm_readv at least: a command's struct, its message and their items
+ * mostly lie together, and under emulation each call costs far more than the bytes.
+ */
+const READ_AHEAD = 1024;
+
+/** One iovec each side, reused: the daemon's main thread is the only caller. */
+const localIov = Buffer.alloc(16);
+const remoteIov = Buffer.alloc(16);
+
+function setIovs(local: Buffer, remote: bigint, length: number): void {
+  localIov.writeBigUInt64LE(koffi.address(local) as bigint, 0);
+  localIov.writeBigUInt64LE(BigInt(length), 8);
+  remoteIov.writeBigUInt64LE(remote, 0);
+  remoteIov.writeBigUInt64LE(BigInt(length), 8);
 }
 
+/**
+ * One ioctl's view of the caller's memory. Reads come from a window read ahead once (a
+ * snapshot, as the kernel's copy_from_user of a whole struct was); writes go straight to
+ * the caller and into the window.
+ */
 export class ProcessMemory implements CallerMemory {
+  private window = Buffer.alloc(0);
+  private windowAt = 0n;
+
   /** `tid`: the calling thread, as CUSE reports it; its process's memory is what is read. */
   constructor(readonly tid: number) {}
 
   read(address: bigint, length: number): Buffer {
     const out = Buffer.allocUnsafe(length);
     if (length === 0) return out;
-    const n = readvFn(this.tid, iov(koffi.address(out) as bigint, length), 1, iov(address, length), 1, 0) as number;
-    if (n === length) return out;
+    const start = address - this.windowAt;
+    if (start >= 0n && start + BigInt(length) <= BigInt(this.window.length)) {
+      this.window.copy(out, 0, Number(start), Number(start) + length);
+      return out;
+    }
+    const want = Math.max(length, READ_AHEAD);
+    const buf = want === length ? out : Buffer.allocUnsafe(want);
+    setIovs(buf, address, want);
+    // A window that runs into an unmapped page comes back short, which is fine if it
+    // still covers what was asked.
+    const n = readvFn(this.tid, localIov, 1, remoteIov, 1, 0) as number;
+    if (n >= length) {
+      this.window = buf.subarray(0, n);
+      this.windowAt = address;
+      if (buf !== out) buf.copy(out, 0, 0, length);
+      return out;
+    }
     if (n < 0) this.check(koffi.errno());
     throw fail('EFAULT', `${length} bytes at 0x${address.toString(16)} are not readable in the caller`);
   }
 
   write(address: bigint, data: Buffer): void {
     if (data.length === 0) return;
-    const n = writevFn(this.tid, iov(koffi.address(data) as bigint, data.length), 1, iov(address, data.length), 1, 0) as number;
-    if (n === data.length) return;
+    setIovs(data, address, data.length);
+    const n = writevFn(this.tid, localIov, 1, remoteIov, 1, 0) as number;
+    if (n === data.length) {
+      this.patchWindow(address, data);
+      return;
+    }
     if (n < 0) this.check(koffi.errno());
     throw fail('EFAULT', `${data.length} bytes at 0x${address.toString(16)} are not writable in the caller`);
+  }
+
+  private patchWindow(address: bigint, data: Buffer): void {
+    const from = address > this.windowAt ? address : this.windowAt;
+    const end = address + BigInt(data.length);
+    const windowEnd = this.windowAt + BigInt(this.window.length);
+    const to = end < windowEnd ? end : windowEnd;
+    if (from >= to) return;
+    data.copy(this.window, Number(from - this.windowAt), Number(from - address), Number(to - address));
   }
 
   /** EPERM means this daemon may not use the fast path at all; the transport falls back. */

@@ -1,0 +1,101 @@
+/**
+ * Readiness of any descriptor on the main event loop. Node only watches sockets and pipes;
+ * a /dev/cuse channel or a SEQPACKET socket it cannot wrap. libuv, which Node exports to
+ * addons, can: a uv_poll_t on the default loop calls back on the main thread when the
+ * descriptor is readable, with no thread or descriptor of its own. A thread waiting in
+ * epoll for the main thread costs a hop per request, which under emulation is milliseconds.
+ */
+import * as koffi from 'koffi';
+
+const libc = koffi.load(null);
+const uvDefaultLoop = libc.func('void *uv_default_loop()');
+const uvHandleSize = libc.func('size_t uv_handle_size(int type)');
+const PollCallback = koffi.proto('void kdbus_cuse_uv_poll_cb(void *handle, int status, int events)');
+const CloseCallback = koffi.proto('void kdbus_cuse_uv_close_cb(void *handle)');
+const uvPollInit = libc.func('int uv_poll_init(void *loop, void *handle, int fd)');
+const uvPollStart = libc.func('int uv_poll_start(void *handle, int events, kdbus_cuse_uv_poll_cb *cb)');
+const uvClose = libc.func('void uv_close(void *handle, kdbus_cuse_uv_close_cb *cb)');
+const uvRef = libc.func('void uv_ref(void *handle)');
+const uvUnref = libc.func('void uv_unref(void *handle)');
+const uvStrerror = libc.func('const char *uv_strerror(int err)');
+
+/** uv_handle_type's UV_POLL. */
+const UV_POLL = 8;
+const UV_READABLE = 1;
+const POLL_SIZE = Number(uvHandleSize(UV_POLL));
+
+export class FdWatchError extends Error {}
+
+/**
+ * One callback each for every watch (koffi has a bounded number of trampolines, and a
+ * daemon may watch thousands of descriptors): libuv passes the handle, its address finds
+ * the watch.
+ */
+const watches = new Map<bigint, FdWatch>();
+let pollTrampoline: bigint | undefined;
+let closeTrampoline: bigint | undefined;
+
+function trampolines(): { poll: bigint; close: bigint } {
+  pollTrampoline ??= koffi.register((h: unknown, status: number) => {
+    watches.get(koffi.address(h))?.readable(status);
+  }, koffi.pointer(PollCallback));
+  // libuv owns a handle's memory until its close callback, on a later loop turn.
+  closeTrampoline ??= koffi.register((h: unknown) => koffi.free(h), koffi.pointer(CloseCallback));
+  return { poll: pollTrampoline, close: closeTrampoline };
+}
+
+/**
+ * Calls `onReadable` on the main thread while `fd` is readable (level-triggered: a handler
+ * that leaves data unread is called again). The status is a negative libuv error when the
+ * descriptor cannot be polled any more.
+ */
+export class FdWatch {
+  private handle: unknown;
+  private address = 0n;
+
+  constructor(readonly fd: number, private readonly onReadable: (status: number) => void) {
+    const { poll } = trampolines();
+    const handle = koffi.alloc('uint8_t', POLL_SIZE);
+    const rc = uvPollInit(uvDefaultLoop(), handle, fd) as number;
+    if (rc < 0) {
+      koffi.free(handle);
+      throw new FdWatchError(`cannot watch descriptor ${fd}: ${uvStrerror(rc) as string}`);
+    }
+    this.handle = handle;
+    this.address = koffi.address(handle);
+    watches.set(this.address, this);
+    const started = uvPollStart(handle, UV_READABLE, poll) as number;
+    if (started < 0) {
+      this.close();
+      throw new FdWatchError(`cannot watch descriptor ${fd}: ${uvStrerror(started) as string}`);
+    }
+  }
+
+  /** @internal called from libuv through the shared trampoline. */
+  readable(status: number): void {
+    try {
+      this.onReadable(status);
+    } catch (e) {
+      // An exception must not unwind through libuv's C frames.
+      process.nextTick(() => {
+        throw e;
+      });
+    }
+  }
+
+  /** Whether the watch alone keeps the process running (it does by default). */
+  setRef(keepsAlive: boolean): void {
+    if (this.handle === undefined) return;
+    if (keepsAlive) uvRef(this.handle);
+    else uvUnref(this.handle);
+  }
+
+  /** Stops watching; the descriptor stays open and is the caller's to close, after this. */
+  close(): void {
+    const handle = this.handle;
+    if (handle === undefined) return;
+    this.handle = undefined;
+    watches.delete(this.address);
+    uvClose(handle, trampolines().close);
+  }
+}
