@@ -1,0 +1,561 @@
+/**
+ * A kdbus connection the daemon holds on behalf of someone else: a legacy dbus1 client of a
+ * legacy endpoint, an upstream peer of the bridge. It drives the bus exactly as a transport
+ * drives it for a client process — Handle.ioctl on real kdbus command structs, messages read
+ * out of its own pool and FREEd — so policy, quotas, metadata and notifications are the
+ * bus's own, with the identity (credentials, pid) of the one it stands for.
+ *
+ * It deals in kdbus bytes only: payloads go out and come in as buffers, and translating them
+ * (GVariant, dbus1) is someone else's business.
+ *
+ * Reception: when the bus wakes the connection, a drain is scheduled (never run inside the
+ * waking command: handlers send, and the bus is not re-entrant). The drain RECVs while the
+ * connection polls readable, copies each slice out of the pool, FREEs it, and hands the
+ * decoded message to the handler.
+ */
+import {
+  Attach, Cmd, HelloFlags, ItemType, KDBUS_DST_ID_NAME, KDBUS_MATCH_ID_ANY, KDBUS_PAYLOAD_DBUS, MatchFlags, MsgFlags, Off,
+  RecvReturn, SendFlags, StructSize,
+} from '../abi/constants';
+import { Errno, fail, KdbusError } from '../abi/errno';
+import { ItemWriter } from '../abi/items';
+import type { CallContext, Credentials, ImportedFile } from '../bus/caller';
+import type { Connection } from '../bus/connection';
+import { nowNs } from '../bus/deadline';
+import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
+import { logger } from '../log/logger';
+import { FileKeeper, LocalCaller } from './local-caller';
+import {
+  decodeBloomParameter, decodeInfo, decodeList, decodeReceived, type InfoRecord, type KdbusMessage, type ListEntry,
+  type Pids, type Received, type UnixCreds,
+} from './pool-records';
+
+/** Whom the connection stands for: the opener of the file and the caller of every ioctl. */
+export interface LocalIdentity {
+  creds: Credentials;
+  pid: number;
+  /** Default: pid. */
+  tid?: number;
+  /** CAP_IPC_OWNER in the daemon's user namespace. */
+  privileged: boolean;
+}
+
+export interface LocalConnectionOptions {
+  /** Metadata the connection wants on what it receives (KDBUS_ATTACH_*). */
+  attachFlagsRecv: bigint;
+  /** Metadata it lets receivers see; default: all. */
+  attachFlagsSend?: bigint;
+  /** HELLO_ACCEPT_FD: receive messages carrying files (others get ECOMM sending them). */
+  acceptFds?: boolean;
+  /** Bytes, a multiple of 4096; default 16 MiB, as sd-bus asks. */
+  poolSize?: number;
+  /** CONN_DESCRIPTION. */
+  description?: string;
+  /**
+   * Metadata to show instead of the process's (CREDS, PIDS, SECLABEL items of HELLO): for
+   * peers without a local process. Only the bus owner or a privileged opener may fake; a
+   * faking connection's messages carry no process metadata at all.
+   */
+  fake?: { creds?: UnixCreds; pids?: Pids; seclabel?: string };
+}
+
+/** A memfd range to send, taken over by the bus like the message's other files. */
+export interface OutgoingMemfd {
+  file: ImportedFile;
+  start: number;
+  size: number;
+}
+
+export interface OutgoingMessage {
+  /** A connection id, KDBUS_DST_ID_BROADCAST, or a well-known name. */
+  dst: bigint | string;
+  /** KDBUS_MSG_* flags; SIGNAL is added when a bloom filter is given. */
+  flags?: bigint;
+  cookie: bigint;
+  /** For replies. */
+  cookieReply?: bigint;
+  /** Absolute CLOCK_MONOTONIC deadline of a call (EXPECT_REPLY); default: 25 s from now, as sd-bus. */
+  timeoutNs?: bigint;
+  priority?: bigint;
+  /** Default KDBUS_PAYLOAD_DBUS. */
+  payloadType?: bigint;
+  /** PAYLOAD_VEC (buffers, read in place by the bus) and PAYLOAD_MEMFD items, in order. Empty buffers are skipped. */
+  payload?: ReadonlyArray<Buffer | OutgoingMemfd>;
+  /** FDS. The bus takes these and the memfds over: they are closed once delivered, or when sending fails. */
+  fds?: readonly ImportedFile[];
+  /** Signal's bloom filter (generation 0), exactly the bus's bloom size. */
+  bloom?: Buffer;
+}
+
+/** One rule of a match entry (MATCH_ADD item); ids default to KDBUS_MATCH_ID_ANY, an absent name to any name. */
+export type MatchRule =
+  | { kind: 'bloom-mask'; mask: Buffer }
+  | { kind: 'sender-name'; name: string }
+  | { kind: 'sender-id'; id: bigint }
+  | { kind: 'dst-id'; id: bigint }
+  | { kind: 'name-add' | 'name-remove' | 'name-change'; oldId?: bigint; newId?: bigint; name?: string }
+  | { kind: 'id-add' | 'id-remove'; id?: bigint };
+
+const DEFAULT_POOL_SIZE = 16 * 1024 * 1024;
+const DEFAULT_CALL_TIMEOUT_NS = 25_000_000_000n;
+
+const NAME_ITEM: Record<'name-add' | 'name-remove' | 'name-change', ItemType> = {
+  'name-add': ItemType.NAME_ADD,
+  'name-remove': ItemType.NAME_REMOVE,
+  'name-change': ItemType.NAME_CHANGE,
+};
+
+/**
+ * Drains run as microtasks, right after the command that queued the message, but at most
+ * this many per turn of the event loop: two local connections answering each other would
+ * otherwise keep the loop from ever reaching a socket.
+ */
+const MICROTASK_DRAINS = 1024;
+let microtaskDrains = MICROTASK_DRAINS;
+let refillScheduled = false;
+
+function scheduleDrain(drain: () => void): void {
+  if (microtaskDrains === 0) {
+    setImmediate(drain);
+    return;
+  }
+  microtaskDrains--;
+  if (!refillScheduled) {
+    refillScheduled = true;
+    setImmediate(() => {
+      refillScheduled = false;
+      microtaskDrains = MICROTASK_DRAINS;
+    });
+  }
+  queueMicrotask(drain);
+}
+
+const NO_PARTS: ReadonlyArray<Buffer | OutgoingMemfd> = [];
+const NO_FILES: readonly ImportedFile[] = [];
+const INCOMPLETE_FDS = Number(RecvReturn.INCOMPLETE_FDS);
+
+const u64n = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 0x1_0000_0000;
+
+export class LocalConnection {
+  /** The connection's unique id. */
+  readonly id: bigint;
+  /** The bus's id128 (HELLO), what dbus1 calls the bus id (GetId, SASL's OK). */
+  readonly busId: Buffer;
+  /** MAKE_ACCESS_* flags of the bus. */
+  readonly busFlags: bigint;
+  /** The bus's bloom parameters: filter size in bytes and number of hash functions. */
+  readonly bloom: { readonly size: number; readonly nHash: number };
+
+  private readonly caller: LocalCaller;
+  private readonly keeper = new FileKeeper();
+  private readonly ctx: CallContext;
+  private readonly conn: Connection;
+  private readonly w = new ItemWriter(1024);
+  private readonly recvBuf = Buffer.alloc(StructSize.cmd_recv);
+  private readonly recvAddr: bigint;
+  private readonly freeBuf = Buffer.alloc(StructSize.cmd_free);
+  private readonly freeAddr: bigint;
+  private readonly sendBuf = Buffer.alloc(StructSize.cmd_send);
+  private readonly sendAddr: bigint;
+  private readonly stopWake: () => void;
+  private messageHandler: ((r: Received) => void) | undefined;
+  private droppedHandler: ((count: number) => void) | undefined;
+  private disconnectHandler: (() => void) | undefined;
+  /** Addresses mapped for the message being sent. */
+  private readonly staged: bigint[] = [];
+  private scheduled = false;
+  private closed = false;
+  private disconnectReported = false;
+
+  /** Opens `endpoint` as `who` and says HELLO. Errors are the bus's KdbusErrors (EPERM, ESHUTDOWN, ...). */
+  static open(endpoint: KdbusNode, who: LocalIdentity, opts: LocalConnectionOptions): LocalConnection {
+    const handle = openHandle(endpoint, { creds: who.creds, privileged: who.privileged, pid: who.pid });
+    try {
+      return new LocalConnection(handle, who, opts);
+    } catch (e) {
+      handle.release();
+      throw e;
+    }
+  }
+
+  private constructor(
+    readonly handle: Handle,
+    who: LocalIdentity,
+    opts: LocalConnectionOptions,
+  ) {
+    const caller = new LocalCaller();
+    this.caller = caller;
+    this.ctx = { mem: caller, files: caller, installer: this.keeper, pid: who.pid, tid: who.tid ?? who.pid, creds: who.creds };
+
+    const w = this.w.reset();
+    w.u64(0).u64(opts.acceptFds ? HelloFlags.ACCEPT_FD : 0n).u64(0);
+    w.u64(opts.attachFlagsSend ?? Attach.ALL).u64(opts.attachFlagsRecv);
+    w.u64(0).u64(0).u64(opts.poolSize ?? DEFAULT_POOL_SIZE).u64(0).u64(0).zeros(16);
+    if (opts.description !== undefined) w.string(ItemType.CONN_DESCRIPTION, opts.description);
+    const fake = opts.fake;
+    if (fake?.creds) {
+      const c = fake.creds;
+      w.itemU64(ItemType.CREDS, c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid, c.sgid, c.fsgid);
+    }
+    if (fake?.pids) w.itemU64(ItemType.PIDS, fake.pids.pid, fake.pids.tid, fake.pids.ppid);
+    if (fake?.seclabel !== undefined) w.string(ItemType.SECLABEL, fake.seclabel, 'utf8');
+    const hello = this.runCommand(Cmd.HELLO);
+    this.id = hello.readBigUInt64LE(Off.hello.id);
+    this.busFlags = hello.readBigUInt64LE(Off.hello.bus_flags);
+    this.busId = Buffer.from(hello.subarray(Off.hello.id128, Off.hello.id128 + 16));
+    const itemsOffset = u64n(hello, Off.hello.offset);
+    const itemsSize = u64n(hello, Off.hello.items_size);
+
+    this.conn = handle.connection!;
+    this.recvBuf.writeUInt32LE(StructSize.cmd_recv, 0);
+    this.recvAddr = caller.map(this.recvBuf, false);
+    this.freeBuf.writeUInt32LE(StructSize.cmd_free, 0);
+    this.freeAddr = caller.map(this.freeBuf, false);
+    this.sendBuf.writeUInt32LE(StructSize.cmd_send, 0);
+    this.sendAddr = caller.map(this.sendBuf, false);
+
+    const bloom = decodeBloomParameter(this.readAndFree(itemsOffset, itemsSize));
+    if (!bloom) throw fail('EOPNOTSUPP', 'HELLO returned no KDBUS_ITEM_BLOOM_PARAMETER');
+    this.bloom = bloom;
+    this.stopWake = handle.onWake(this.wake);
+  }
+
+  /** Still connected: not closed, and the bus has not shut the connection down. */
+  get connected(): boolean {
+    return !this.closed && (this.handle.poll() & Poll.HUP) === 0;
+  }
+
+  // --- sending ---------------------------------------------------------------------------
+
+  /** An asynchronous SEND: returns once the message is queued (or dropped, for signals). */
+  send(msg: OutgoingMessage): void {
+    try {
+      this.sendBuf.writeBigUInt64LE(this.stageMessage(msg, 0n), Off.send.msg_address);
+      this.run(Cmd.SEND, this.sendAddr);
+    } finally {
+      this.unstage();
+    }
+  }
+
+  /**
+   * A synchronous call (SEND with SYNC_REPLY): resolves with the reply, rejects with what
+   * kdbus returned (ETIMEDOUT, EPIPE, ECANCELED, ESHUTDOWN, EREMOTEIO, ...). EXPECT_REPLY
+   * is implied. `signal` interrupts the wait (EINTR), as a signal interrupts a client's ioctl.
+   */
+  async call(msg: OutgoingMessage, opts: { signal?: AbortSignal } = {}): Promise<KdbusMessage> {
+    const cmd = Buffer.alloc(StructSize.cmd_send);
+    cmd.writeUInt32LE(StructSize.cmd_send, Off.cmd.size);
+    cmd.writeBigUInt64LE(SendFlags.SYNC_REPLY, Off.cmd.flags);
+    const keeper = new FileKeeper();
+    const ctx: CallContext = { ...this.ctx, installer: keeper };
+    if (opts.signal) ctx.signal = opts.signal;
+    const cmdAddr = this.caller.map(cmd, false);
+    try {
+      let pending: void | Promise<void>;
+      try {
+        cmd.writeBigUInt64LE(this.stageMessage(msg, MsgFlags.EXPECT_REPLY), Off.send.msg_address);
+        pending = this.handle.ioctl(Cmd.SEND, cmdAddr, ctx);
+      } finally {
+        this.unstage();
+      }
+      if (!pending) throw new Error('SEND with SYNC_REPLY returned without waiting');
+      await pending;
+      if (this.closed) throw fail('ESHUTDOWN', 'the connection was closed before its reply was read');
+      const slice = this.readAndFree(u64n(cmd, Off.send.reply_offset), u64n(cmd, Off.send.reply_msg_size));
+      const incomplete = (cmd.readUInt32LE(Off.send.reply_return_flags) & INCOMPLETE_FDS) !== 0;
+      const reply = decodeReceived(slice, keeper.lookup, incomplete);
+      if (reply?.kind !== 'message') throw fail('EBADMSG', 'a synchronous call was answered by something that is not a message');
+      return reply;
+    } finally {
+      keeper.reset();
+      this.caller.unmap(cmdAddr);
+    }
+  }
+
+  /**
+   * Builds the kdbus_msg in caller memory and returns its address. Payload buffers are
+   * mapped, not copied; unstage() unmaps everything once SEND has read it.
+   */
+  private stageMessage(msg: OutgoingMessage, extraFlags: bigint): bigint {
+    const w = this.w.reset();
+    const caller = this.caller;
+    const staged = this.staged;
+    let flags = (msg.flags ?? 0n) | extraFlags;
+    if (msg.bloom) flags |= MsgFlags.SIGNAL;
+    const byName = typeof msg.dst === 'string';
+    let word56 = msg.cookieReply ?? 0n;
+    if (flags & MsgFlags.EXPECT_REPLY) word56 = msg.timeoutNs ?? nowNs() + DEFAULT_CALL_TIMEOUT_NS;
+    w.u64(0).u64(flags).u64(msg.priority ?? 0n).u64(byName ? KDBUS_DST_ID_NAME : (msg.dst as bigint)).u64(0);
+    w.u64(msg.payloadType ?? KDBUS_PAYLOAD_DBUS).u64(msg.cookie).u64(word56);
+    if (byName) w.string(ItemType.DST_NAME, msg.dst as string);
+
+    // Files are offered before anything can fail, so that every one of them is consumed.
+    const payload = msg.payload ?? NO_PARTS;
+    for (const part of payload) if (!Buffer.isBuffer(part)) caller.offerFile(part.file);
+    const fds = msg.fds ?? NO_FILES;
+    for (const f of fds) caller.offerFile(f);
+
+    let fileNo = 0;
+    for (const part of payload) {
+      if (Buffer.isBuffer(part)) {
+        if (part.length === 0) continue;
+        const addr = caller.map(part, true);
+        staged.push(addr);
+        w.itemU64(ItemType.PAYLOAD_VEC, part.length, addr);
+      } else {
+        const at = w.beginItem(ItemType.PAYLOAD_MEMFD);
+        w.u64(part.start).u64(part.size).i32(fileNo++).u32(0).endItem(at);
+      }
+    }
+    if (fds.length > 0) {
+      const at = w.beginItem(ItemType.FDS);
+      for (let i = 0; i < fds.length; i++) w.i32(fileNo++);
+      w.endItem(at);
+    }
+    if (msg.bloom) {
+      const at = w.beginItem(ItemType.BLOOM_FILTER);
+      w.u64(0).bytes(msg.bloom).endItem(at);
+    }
+    const built = w.finish();
+    built.writeUInt32LE(built.length, Off.msg.size);
+    const addr = caller.map(built, false);
+    staged.push(addr);
+    return addr;
+  }
+
+  private unstage(): void {
+    const staged = this.staged;
+    for (let i = 0; i < staged.length; i++) this.caller.unmap(staged[i]!);
+    staged.length = 0;
+    this.caller.settleFiles();
+  }
+
+  // --- receiving -------------------------------------------------------------------------
+
+  /**
+   * Sets the receiver of messages and notifications (undefined: leave them queued). The
+   * handler owns the files in what it gets and must close them. Payload buffers are views
+   * into a copy of the pool slice, valid for as long as they are referenced.
+   */
+  onMessage(handler: ((r: Received) => void) | undefined): void {
+    this.messageHandler = handler;
+    if (handler) this.wake();
+  }
+
+  /** Called with the count of messages the bus could not queue for this connection (RECV's dropped_msgs). */
+  onDropped(handler: ((count: number) => void) | undefined): void {
+    this.droppedHandler = handler;
+  }
+
+  /** Called once when the bus shuts the connection down (bus or endpoint gone), not on close(). */
+  onDisconnect(handler: (() => void) | undefined): void {
+    this.disconnectHandler = handler;
+    if (handler) this.wake();
+  }
+
+  private readonly wake = (): void => {
+    if (this.scheduled || this.closed) return;
+    this.scheduled = true;
+    scheduleDrain(this.drain);
+  };
+
+  private readonly drain = (): void => {
+    this.scheduled = false;
+    while (this.messageHandler && !this.closed && (this.handle.poll() & Poll.IN) !== 0) {
+      const r = this.receive();
+      if (r === null) break;
+      if (r === undefined) continue;
+      try {
+        this.messageHandler?.(r);
+      } catch (e) {
+        logger.error(`local connection ${this.id}: message handler failed: ${(e as Error).stack ?? String(e)}`);
+      }
+    }
+    const onDisconnect = this.disconnectHandler;
+    if (onDisconnect && !this.closed && !this.disconnectReported && (this.handle.poll() & Poll.HUP) !== 0) {
+      this.disconnectReported = true;
+      onDisconnect();
+    }
+  };
+
+  /**
+   * One RECV: the decoded message, undefined for something not worth handing on (an
+   * unknown kernel item, or only a dropped count), null when RECV failed otherwise.
+   */
+  private receive(): Received | undefined | null {
+    const rb = this.recvBuf;
+    rb.fill(0, Off.cmd.flags, StructSize.cmd_recv);
+    let got = true;
+    try {
+      this.run(Cmd.RECV, this.recvAddr);
+    } catch (e) {
+      if (!(e instanceof KdbusError)) throw e;
+      if (e.errno !== Errno.EAGAIN) {
+        logger.warn(`local connection ${this.id}: RECV failed: ${e.message}`);
+        return null;
+      }
+      got = false;
+    }
+    const dropped = u64n(rb, Off.recv.dropped_msgs);
+    if (dropped > 0) this.droppedHandler?.(dropped);
+    if (!got) return undefined;
+    const slice = this.readAndFree(u64n(rb, Off.recv.msg_offset), u64n(rb, Off.recv.msg_msg_size));
+    const incomplete = (rb.readUInt32LE(Off.recv.msg_return_flags) & INCOMPLETE_FDS) !== 0;
+    try {
+      return decodeReceived(slice, this.keeper.lookup, incomplete);
+    } finally {
+      this.keeper.reset();
+    }
+  }
+
+  private free(offset: number): void {
+    // Pool offsets are below 2^32 (pools are at most 4 GiB): no BigInt on this path.
+    this.freeBuf.writeUInt32LE(offset, Off.free.offset);
+    this.run(Cmd.FREE, this.freeAddr);
+  }
+
+  // --- names -----------------------------------------------------------------------------
+
+  /**
+   * NAME_ACQUIRE; returns the record's flags (PRIMARY, IN_QUEUE, ACQUIRED, ...). EEXIST when
+   * taken and not queued, EPERM by policy.
+   */
+  acquireName(name: string, flags = 0n): bigint {
+    this.w.reset().u64(0).u64(flags).u64(0).string(ItemType.NAME, name);
+    return this.runCommand(Cmd.NAME_ACQUIRE).readBigUInt64LE(Off.cmd.return_flags);
+  }
+
+  /** NAME_RELEASE: ESRCH for a name nobody has, EADDRINUSE for one this connection does not hold. */
+  releaseName(name: string): void {
+    this.w.reset().u64(0).u64(0).u64(0).string(ItemType.NAME, name);
+    this.runCommand(Cmd.NAME_RELEASE);
+  }
+
+  /** LIST with KDBUS_LIST_* flags. */
+  listNames(flags: bigint): ListEntry[] {
+    this.w.reset().u64(0).u64(flags).u64(0).u64(0).u64(0);
+    const out = this.runCommand(Cmd.LIST);
+    const size = u64n(out, Off.list.list_size);
+    if (size === 0) return [];
+    return decodeList(this.readAndFree(u64n(out, Off.list.offset), size));
+  }
+
+  /** CONN_INFO by id (ENXIO) or well-known name (ESRCH); shows `attachFlags` & what the subject allows. */
+  connInfo(subject: bigint | string, attachFlags: bigint): InfoRecord {
+    const w = this.w.reset().u64(0).u64(0).u64(0);
+    w.u64(typeof subject === 'bigint' ? subject : 0n).u64(attachFlags).u64(0).u64(0);
+    if (typeof subject === 'string') w.string(ItemType.NAME, subject);
+    const out = this.runCommand(Cmd.CONN_INFO);
+    return decodeInfo(this.readAndFree(u64n(out, Off.info_cmd.offset), u64n(out, Off.info_cmd.info_size)));
+  }
+
+  /** BUS_CREATOR_INFO: the bus's id, flags, name and creator metadata. */
+  busCreatorInfo(attachFlags: bigint): InfoRecord {
+    this.w.reset().u64(0).u64(0).u64(0).u64(0).u64(attachFlags).u64(0).u64(0);
+    const out = this.runCommand(Cmd.BUS_CREATOR_INFO);
+    return decodeInfo(this.readAndFree(u64n(out, Off.info_cmd.offset), u64n(out, Off.info_cmd.info_size)));
+  }
+
+  private readAndFree(offset: number, size: number): Buffer {
+    const data = this.conn.pool.storage.read(offset, size);
+    this.free(offset);
+    return data;
+  }
+
+  // --- matches and attach flags ----------------------------------------------------------
+
+  /**
+   * MATCH_ADD: one entry of `rules` (all must match), or of ready-made item bytes. With
+   * `replace`, the entries with the same cookie are replaced.
+   */
+  addMatch(cookie: bigint, rules: readonly MatchRule[] | Buffer, opts: { replace?: boolean } = {}): void {
+    const w = this.w.reset().u64(0).u64(opts.replace ? MatchFlags.REPLACE : 0n).u64(0).u64(cookie);
+    if (Buffer.isBuffer(rules)) w.bytes(rules);
+    else for (const r of rules) writeRule(w, r);
+    this.runCommand(Cmd.MATCH_ADD);
+  }
+
+  /** MATCH_REMOVE: every entry with the cookie; EBADSLT if there is none. */
+  removeMatch(cookie: bigint): void {
+    this.w.reset().u64(0).u64(0).u64(0).u64(cookie);
+    this.runCommand(Cmd.MATCH_REMOVE);
+  }
+
+  /** UPDATE of the attach masks. */
+  update(attach: { recv?: bigint; send?: bigint }): void {
+    const w = this.w.reset().u64(0).u64(0).u64(0);
+    if (attach.send !== undefined) w.itemU64(ItemType.ATTACH_FLAGS_SEND, attach.send);
+    if (attach.recv !== undefined) w.itemU64(ItemType.ATTACH_FLAGS_RECV, attach.recv);
+    this.runCommand(Cmd.UPDATE);
+  }
+
+  // --- teardown --------------------------------------------------------------------------
+
+  /**
+   * BYEBYE while still connected, then the last close of the handle: names released,
+   * ID_REMOVE sent, queued calls answered with REPLY_DEAD, pending call() promises
+   * rejected with ESHUTDOWN. Idempotent.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopWake();
+    if ((this.handle.poll() & Poll.HUP) === 0) {
+      try {
+        this.w.reset().u64(0).u64(0).u64(0);
+        this.runCommand(Cmd.BYEBYE);
+      } catch (e) {
+        // EBUSY: messages still queued; the release below discards them, as close() does.
+        if (!(e instanceof KdbusError)) throw e;
+      }
+    }
+    this.handle.release();
+  }
+
+  // --- ioctl plumbing --------------------------------------------------------------------
+
+  /** Runs the command built in `w`, returns the struct as the bus left it (a view into `w`). */
+  private runCommand(cmd: number): Buffer {
+    const struct = this.w.finish();
+    struct.writeUInt32LE(struct.length, Off.cmd.size);
+    const addr = this.caller.map(struct, false);
+    try {
+      this.run(cmd, addr);
+    } finally {
+      this.caller.unmap(addr);
+    }
+    return struct;
+  }
+
+  private run(cmd: number, addr: bigint): void {
+    if (this.handle.ioctl(cmd, addr, this.ctx)) throw new Error(`kdbus ioctl 0x${cmd.toString(16)} went asynchronous`);
+  }
+}
+
+function writeRule(w: ItemWriter, r: MatchRule): void {
+  switch (r.kind) {
+    case 'bloom-mask':
+      w.item(ItemType.BLOOM_MASK, r.mask);
+      break;
+    case 'sender-name':
+      w.string(ItemType.NAME, r.name);
+      break;
+    case 'sender-id':
+      w.itemU64(ItemType.ID, r.id);
+      break;
+    case 'dst-id':
+      w.itemU64(ItemType.DST_ID, r.id);
+      break;
+    case 'id-add':
+    case 'id-remove':
+      w.itemU64(r.kind === 'id-add' ? ItemType.ID_ADD : ItemType.ID_REMOVE, r.id ?? KDBUS_MATCH_ID_ANY, 0n);
+      break;
+    default: {
+      // kdbus_notify_name_change: old_id {id, flags}, new_id {id, flags}, then the name if any.
+      const at = w.beginItem(NAME_ITEM[r.kind]);
+      w.u64(r.oldId ?? KDBUS_MATCH_ID_ANY).u64(0).u64(r.newId ?? KDBUS_MATCH_ID_ANY).u64(0);
+      if (r.name !== undefined) w.bytes(Buffer.from(r.name, 'latin1')).zeros(1);
+      w.endItem(at);
+    }
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * A growable little-endian byte buffer the message encoders write into: one buffer per
+ * message, grown by doubling, so a large body is copied once into place rather than
+ * assembled from pieces. Every byte is written explicitly (padding included): the backing
+ * store comes from allocUnsafe.
+ */
+export class OutputBuffer {
+  private buf: Buffer;
+  pos = 0;
+
+  constructor(initialCapacity = 256) {
+    this.buf = Buffer.allocUnsafe(initialCapacity);
+  }
+
+  /** The bytes written so far (a view of the backing store, not a copy). */
+  finish(): Buffer {
+    return this.buf.subarray(0, this.pos);
+  }
+
+  private reserve(n: number): void {
+    const need = this.pos + n;
+    if (need <= this.buf.length) return;
+    const grown = Buffer.allocUnsafe(Math.max(need, this.buf.length * 2));
+    this.buf.copy(grown, 0, 0, this.pos);
+    this.buf = grown;
+  }
+
+  /** Zero padding up to the next multiple of alignment (a power of two). */
+  align(alignment: number): void {
+    const pad = -this.pos & (alignment - 1);
+    if (pad === 0) return;
+    this.reserve(pad);
+    this.buf.fill(0, this.pos, this.pos + pad);
+    this.pos += pad;
+  }
+
+  u8(v: number): void {
+    this.reserve(1);
+    this.buf[this.pos++] = v;
+  }
+
+  u16(v: number): void {
+    this.reserve(2);
+    this.buf.writeUInt16LE(v, this.pos);
+    this.pos += 2;
+  }
+
+  i16(v: number): void {
+    this.reserve(2);
+    this.buf.writeInt16LE(v, this.pos);
+    this.pos += 2;
+  }
+
+  u32(v: number): void {
+    this.reserve(4);
+    this.buf.writeUInt32LE(v, this.pos);
+    this.pos += 4;
+  }
+
+  i32(v: number): void {
+    this.reserve(4);
+    this.buf.writeInt32LE(v, this.pos);
+    this.pos += 4;
+  }
+
+  u64(v: bigint): void {
+    this.reserve(8);
+    this.buf.writeBigUInt64LE(v, this.pos);
+    this.pos += 8;
+  }
+
+  i64(v: bigint): void {
+    this.reserve(8);
+    this.buf.writeBigInt64LE(v, this.pos);
+    this.pos += 8;
+  }
+
+  f64(v: number): void {
+    this.reserve(8);
+    this.buf.writeDoubleLE(v, this.pos);
+    this.pos += 8;
+  }
+
+  /** An unsigned integer of width 1, 2, 4 or 8 bytes (GVariant framing offsets). */
+  word(v: number, width: number): void {
+    if (width === 8) this.u64(BigInt(v));
+    else if (width === 4) this.u32(v);
+    else if (width === 2) this.u16(v);
+    else this.u8(v);
+  }
+
+  bytes(src: Uint8Array): void {
+    this.reserve(src.length);
+    this.buf.set(src, this.pos);
+    this.pos += src.length;
+  }
+
+  /** Writes a string whose UTF-8 length the caller has measured; no terminator. */
+  utf8(s: string, byteLength: number): void {
+    this.reserve(byteLength);
+    this.buf.write(s, this.pos, byteLength, 'utf8');
+    this.pos += byteLength;
+  }
+
+  /** Overwrites a u32 written earlier (a length known only after what it measures). */
+  patchU32(at: number, v: number): void {
+    this.buf.writeUInt32LE(v, at);
+  }
+}
