@@ -21,7 +21,9 @@ const uvStrerror = libc.func('const char *uv_strerror(int err)');
 
 /** uv_handle_type's UV_POLL. */
 const UV_POLL = 8;
-const UV_READABLE = 1;
+/** uv_poll_event bits, as the callback reports them and as watch() takes them. */
+export const UV_READABLE = 1;
+export const UV_WRITABLE = 2;
 const POLL_SIZE = Number(uvHandleSize(UV_POLL));
 
 export class FdWatchError extends Error {}
@@ -36,8 +38,8 @@ let pollTrampoline: bigint | undefined;
 let closeTrampoline: bigint | undefined;
 
 function trampolines(): { poll: bigint; close: bigint } {
-  pollTrampoline ??= koffi.register((h: unknown, status: number) => {
-    watches.get(koffi.address(h))?.readable(status);
+  pollTrampoline ??= koffi.register((h: unknown, status: number, events: number) => {
+    watches.get(koffi.address(h))?.ready(status, events);
   }, koffi.pointer(PollCallback));
   // libuv owns a handle's memory until its close callback, on a later loop turn.
   closeTrampoline ??= koffi.register((h: unknown) => koffi.free(h), koffi.pointer(CloseCallback));
@@ -45,15 +47,17 @@ function trampolines(): { poll: bigint; close: bigint } {
 }
 
 /**
- * Calls `onReadable` on the main thread while `fd` is readable (level-triggered: a handler
- * that leaves data unread is called again). The status is a negative libuv error when the
- * descriptor cannot be polled any more.
+ * Calls `onReady` on the main thread while `fd` is readable (level-triggered: a handler that
+ * leaves data unread is called again), and while writable once asked with watch(). The
+ * status is a negative libuv error when the descriptor cannot be polled any more; events
+ * says which of UV_READABLE and UV_WRITABLE hold.
  */
 export class FdWatch {
   private handle: unknown;
   private address = 0n;
+  private events = UV_READABLE;
 
-  constructor(readonly fd: number, private readonly onReadable: (status: number) => void) {
+  constructor(readonly fd: number, private readonly onReady: (status: number, events: number) => void) {
     const { poll } = trampolines();
     const handle = koffi.alloc('uint8_t', POLL_SIZE);
     const rc = uvPollInit(uvDefaultLoop(), handle, fd) as number;
@@ -72,15 +76,23 @@ export class FdWatch {
   }
 
   /** @internal called from libuv through the shared trampoline. */
-  readable(status: number): void {
+  ready(status: number, events: number): void {
     try {
-      this.onReadable(status);
+      this.onReady(status, events);
     } catch (e) {
       // An exception must not unwind through libuv's C frames.
       process.nextTick(() => {
         throw e;
       });
     }
+  }
+
+  /** Which of UV_READABLE and UV_WRITABLE to watch for from now on. */
+  watch(events: number): void {
+    if (this.handle === undefined || events === this.events) return;
+    this.events = events;
+    const rc = uvPollStart(this.handle, events, trampolines().poll) as number;
+    if (rc < 0) throw new FdWatchError(`cannot watch descriptor ${this.fd}: ${uvStrerror(rc) as string}`);
   }
 
   /** Whether the watch alone keeps the process running (it does by default). */

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { FdWatch, FdWatchError } from '../../src/os/fd-watch';
+import { FdWatch, FdWatchError, UV_READABLE, UV_WRITABLE } from '../../src/os/fd-watch';
 import { closeFd, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';
 
 const pair = (): [number, number] => socketpair(SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -86,6 +86,26 @@ describe('FdWatch: readiness of any descriptor on the main loop', () => {
         closeFd(a);
         closeFd(b);
       }
+    }
+  });
+
+  it('reports writability only once asked, and stops when asked no more', async () => {
+    const [a, b] = pair();
+    const seen: number[] = [];
+    const w = new FdWatch(a, (_status, events) => {
+      seen.push(events);
+      if (seen.length === 2) w.watch(UV_READABLE);
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(seen, []);
+      w.watch(UV_READABLE | UV_WRITABLE);
+      await new Promise((r) => setTimeout(r, 30));
+      assert.deepEqual(seen, [UV_WRITABLE, UV_WRITABLE]);
+    } finally {
+      w.close();
+      closeFd(a);
+      closeFd(b);
     }
   });
 
