@@ -3,13 +3,10 @@
  * the kernel gave us, the ioctls in flight (for FUSE_INTERRUPT), and the shim's side
  * channel once it attached.
  */
-import { Attach } from '../abi/constants';
-import { fail } from '../abi/errno';
-import type { Credentials, FileInstaller, ImportedFile } from '../bus/caller';
+import type { FileInstaller, ImportedFile } from '../bus/caller';
 import type { Connection } from '../bus/connection';
 import type { Handle } from '../bus/handle';
-import { readTask } from '../os/proc';
-import { inDaemonUserNamespace } from '../os/namespaces';
+import { callerIdentity, type CallerIdentity } from '../os/caller-identity';
 import type { AttachTarget, SideChannel } from '../transport/attachments';
 
 /** Installs files through the attached shim; without one, RECV reports INCOMPLETE_FDS. */
@@ -61,25 +58,4 @@ export class CuseFile implements AttachTarget {
   detach(side: SideChannel): void {
     if (this.side === side) this.side = undefined;
   }
-}
-
-export interface CallerIdentity {
-  tgid: number;
-  creds: Credentials;
-  privileged: boolean;
-}
-
-const CAP_IPC_OWNER = 15n;
-
-/**
- * Who is calling: CUSE tells the thread; /proc tells its process and current credentials.
- * kdbus's privilege is CAP_IPC_OWNER in the domain's user namespace (the daemon's): a
- * process that is root only in a user namespace of its own shows the bit but is not
- * privileged here.
- */
-export function callerIdentity(tid: number): CallerIdentity {
-  const st = readTask(tid, tid, Attach.CREDS).status;
-  if (!st) throw fail('ESRCH', `calling thread ${tid} is gone`);
-  const capable = ((st.caps.effective >> CAP_IPC_OWNER) & 1n) === 1n;
-  return { tgid: st.tgid, creds: st.creds, privileged: capable && inDaemonUserNamespace(st.tgid) };
 }

@@ -15,7 +15,8 @@ import { logger } from '../log/logger';
 import { NeedMemory, SegmentMemory } from '../transport/segment-memory';
 import { ATTACH_STRUCT_SIZE, KDBUS_CUSE_CMD_ATTACH, type AttachmentRegistry } from '../transport/attachments';
 import type { ChannelHandler, CuseChannel } from './cuse-channel';
-import { callerIdentity, CuseFile } from './cuse-file';
+import { callerIdentity } from '../os/caller-identity';
+import { CuseFile } from './cuse-file';
 import {
   IOCTL_MAX_BYTES, IOCTL_MAX_IOV, ioctlResultReply, ioctlRetryReply, Opcode, openReply, parseIoctlIn,
   pollNotify, pollReply, POLL_SCHEDULE_NOTIFY, reply, type InHeader, type Iovec,

@@ -10,6 +10,7 @@ import type { CallContext, Credentials } from '../bus/caller';
 import { Domain } from '../bus/domain';
 import { openHandle, type Handle } from '../bus/handle';
 import type { Config } from '../config/config';
+import { LegacyEndpoint } from '../dbus1/legacy-endpoint';
 import { logger } from '../log/logger';
 import type { Transport } from './transport';
 
@@ -21,6 +22,7 @@ export class Daemon {
   readonly domain = new Domain();
   private readonly busOwners: Handle[] = [];
   private readonly transports: Transport[] = [];
+  private readonly legacy: LegacyEndpoint[] = [];
 
   constructor(readonly config: Config) {}
 
@@ -61,10 +63,26 @@ export class Daemon {
       logger.info(`transport ${t.name}: ${t.describe()}`);
     }
     for (const name of this.config.buses) await this.createBus(name);
+    if (this.config.listen.length > 0) this.startLegacyEndpoint(this.config.buses[0]!, this.config.listen);
+  }
+
+  /** dbus1 clients reach the bus at these addresses (the first bus, as --listen says). */
+  private startLegacyEndpoint(busName: string, addresses: string[]): void {
+    const bus = this.domain.buses.get(busName);
+    if (!bus) throw new Error(`bus ${busName} does not exist`);
+    const endpoint = new LegacyEndpoint(bus, { addresses });
+    endpoint.start();
+    this.legacy.push(endpoint);
+  }
+
+  /** Addresses where legacy D-Bus clients connect. */
+  legacyAddresses(): string[] {
+    return this.legacy.flatMap((e) => e.clientAddresses);
   }
 
   /** Removes every bus (clients see ESHUTDOWN/POLLHUP) and every node the transports made. */
   async stop(): Promise<void> {
+    for (const e of this.legacy.splice(0)) e.stop();
     for (const h of this.busOwners.splice(0)) h.release();
     this.domain.shutdown();
     for (const t of this.transports.splice(0).reverse()) {

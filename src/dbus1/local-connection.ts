@@ -47,6 +47,8 @@ export interface LocalConnectionOptions {
   attachFlagsSend?: bigint;
   /** HELLO_ACCEPT_FD: receive messages carrying files (others get ECOMM sending them). */
   acceptFds?: boolean;
+  /** HELLO_MONITOR: a privileged eavesdropper that sees every message and cannot send. */
+  monitor?: boolean;
   /** Bytes, a multiple of 4096; default 16 MiB, as sd-bus asks. */
   poolSize?: number;
   /** CONN_DESCRIPTION. */
@@ -188,7 +190,7 @@ export class LocalConnection {
     this.ctx = { mem: caller, files: caller, installer: this.keeper, pid: who.pid, tid: who.tid ?? who.pid, creds: who.creds };
 
     const w = this.w.reset();
-    w.u64(0).u64(opts.acceptFds ? HelloFlags.ACCEPT_FD : 0n).u64(0);
+    w.u64(0).u64((opts.acceptFds ? HelloFlags.ACCEPT_FD : 0n) | (opts.monitor ? HelloFlags.MONITOR : 0n)).u64(0);
     w.u64(opts.attachFlagsSend ?? Attach.ALL).u64(opts.attachFlagsRecv);
     w.u64(0).u64(0).u64(opts.poolSize ?? DEFAULT_POOL_SIZE).u64(0).u64(0).zeros(16);
     if (opts.description !== undefined) w.string(ItemType.CONN_DESCRIPTION, opts.description);

@@ -138,6 +138,12 @@ export class MatchRule {
     return this.canonical;
   }
 
+  /** The rule as a monitor applies it (BecomeMonitor): addressed messages match too. */
+  eavesdropping(): MatchRule {
+    if (this.eavesdrop) return this;
+    return new MatchRule(this.type, this.sender, this.interface, this.member, this.path, this.pathNamespace, this.destination, true, this.args);
+  }
+
   /** Same conditions (RemoveMatch removes one rule equal to the one it is given). */
   equals(other: MatchRule): boolean {
     return this === other || this.toString() === other.toString();

@@ -1,0 +1,385 @@
+/**
+ * org.freedesktop.DBus for legacy clients: what dbus-daemon answers, computed from the kdbus
+ * bus through the client's own connection (names, LIST, CONN_INFO, matches), as
+ * systemd-bus-proxyd did. Reply codes, error names and texts follow dbus-daemon.
+ */
+import fs from 'node:fs';
+import { Attach, HelloFlags, ListFlags, NameFlags } from '../abi/constants';
+import { KdbusError } from '../abi/errno';
+import { logger } from '../log/logger';
+import type { LocalConnection } from './local-connection';
+import { DRIVER_NAME, DRIVER_PATH, driverReply, errorReply, uniqueName } from './translate';
+import { MatchRule, MatchRuleInvalid, kdbusIdOfUniqueName } from './match-rule';
+import { MessageType, type Message } from './message';
+import { isValidBusName, isValidWellKnownName } from './names';
+import type { InfoRecord } from './pool-records';
+import type { Value } from './value';
+import { Variant } from './value';
+
+export const DBusError = {
+  Failed: 'org.freedesktop.DBus.Error.Failed',
+  ServiceUnknown: 'org.freedesktop.DBus.Error.ServiceUnknown',
+  NameHasNoOwner: 'org.freedesktop.DBus.Error.NameHasNoOwner',
+  InvalidArgs: 'org.freedesktop.DBus.Error.InvalidArgs',
+  UnknownMethod: 'org.freedesktop.DBus.Error.UnknownMethod',
+  UnknownInterface: 'org.freedesktop.DBus.Error.UnknownInterface',
+  UnknownProperty: 'org.freedesktop.DBus.Error.UnknownProperty',
+  PropertyReadOnly: 'org.freedesktop.DBus.Error.PropertyReadOnly',
+  AccessDenied: 'org.freedesktop.DBus.Error.AccessDenied',
+  MatchRuleNotFound: 'org.freedesktop.DBus.Error.MatchRuleNotFound',
+  MatchRuleInvalid: 'org.freedesktop.DBus.Error.MatchRuleInvalid',
+  LimitsExceeded: 'org.freedesktop.DBus.Error.LimitsExceeded',
+  NoReply: 'org.freedesktop.DBus.Error.NoReply',
+  NotSupported: 'org.freedesktop.DBus.Error.NotSupported',
+  UnixProcessIdUnknown: 'org.freedesktop.DBus.Error.UnixProcessIdUnknown',
+  SELinuxSecurityContextUnknown: 'org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown',
+  AdtAuditDataUnknown: 'org.freedesktop.DBus.Error.AdtAuditDataUnknown',
+} as const;
+
+/** A D-Bus error to answer a call with. */
+export class DriverError extends Error {
+  constructor(readonly errorName: string, message: string) {
+    super(message);
+  }
+}
+
+/** What the driver needs of the client it answers. */
+export interface DriverClient {
+  readonly conn: LocalConnection;
+  readonly uniqueName: string;
+  /** May change bus-wide state only the bus owner or root may (activation environment). */
+  readonly trusted: boolean;
+  send(m: Message): void;
+  addMatch(rule: MatchRule): void;
+  removeMatch(rule: MatchRule): boolean;
+  becomeMonitor(rules: MatchRule[]): void;
+}
+
+/** What the driver needs of the endpoint: activation. */
+export interface DriverBus {
+  listActivatable(): string[];
+  isActivatable(name: string): boolean;
+  startService(name: string, client: DriverClient): Promise<void>;
+  updateActivationEnvironment(vars: Record<string, string>): void;
+  reload(): void;
+}
+
+const REQUEST_ALLOW_REPLACEMENT = 1;
+const REQUEST_REPLACE_EXISTING = 2;
+const REQUEST_DO_NOT_QUEUE = 4;
+const CONN_INFO_CREDS = Attach.CREDS | Attach.PIDS | Attach.AUXGROUPS | Attach.SECLABEL;
+
+const INTROSPECTION = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+<node>
+  <interface name="org.freedesktop.DBus">
+    <method name="Hello"><arg direction="out" type="s"/></method>
+    <method name="RequestName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
+    <method name="ReleaseName"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="StartServiceByName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
+    <method name="UpdateActivationEnvironment"><arg direction="in" type="a{ss}"/></method>
+    <method name="NameHasOwner"><arg direction="in" type="s"/><arg direction="out" type="b"/></method>
+    <method name="ListNames"><arg direction="out" type="as"/></method>
+    <method name="ListActivatableNames"><arg direction="out" type="as"/></method>
+    <method name="AddMatch"><arg direction="in" type="s"/></method>
+    <method name="RemoveMatch"><arg direction="in" type="s"/></method>
+    <method name="GetNameOwner"><arg direction="in" type="s"/><arg direction="out" type="s"/></method>
+    <method name="ListQueuedOwners"><arg direction="in" type="s"/><arg direction="out" type="as"/></method>
+    <method name="GetConnectionUnixUser"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="GetConnectionUnixProcessID"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
+    <method name="GetAdtAuditSessionData"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
+    <method name="GetConnectionSELinuxSecurityContext"><arg direction="in" type="s"/><arg direction="out" type="ay"/></method>
+    <method name="GetConnectionCredentials"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="ReloadConfig"/>
+    <method name="GetId"><arg direction="out" type="s"/></method>
+    <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
+    <signal name="NameLost"><arg type="s"/></signal>
+    <signal name="NameAcquired"><arg type="s"/></signal>
+    <property name="Features" type="as" access="read"/>
+    <property name="Interfaces" type="as" access="read"/>
+  </interface>
+  <interface name="org.freedesktop.DBus.Introspectable">
+    <method name="Introspect"><arg direction="out" type="s"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Peer">
+    <method name="GetMachineId"><arg direction="out" type="s"/></method>
+    <method name="Ping"/>
+  </interface>
+  <interface name="org.freedesktop.DBus.Properties">
+    <method name="Get"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="out" type="v"/></method>
+    <method name="GetAll"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="Set"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="v"/></method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Monitoring">
+    <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
+  </interface>
+</node>
+`;
+
+const PROPERTIES: Record<string, () => Variant> = {
+  Features: () => new Variant('as', []),
+  Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring']),
+};
+
+type Handler = (c: DriverClient, bus: DriverBus, m: Message) => Promise<[string, Value[]]> | [string, Value[]];
+
+function args(m: Message, signature: string): Value[] {
+  if (m.signature !== signature) {
+    throw new DriverError(DBusError.InvalidArgs, `Call to ${m.member} has wrong args (${m.signature}, expected ${signature})`);
+  }
+  return m.body;
+}
+
+function checkName(name: string): void {
+  if (!isValidBusName(name)) throw new DriverError(DBusError.InvalidArgs, `The name "${name}" is not a valid bus name`);
+}
+
+/** The connection owning `name` now, or undefined; activators and queued owners own nothing. */
+function ownerInfo(conn: LocalConnection, name: string, attach: bigint): InfoRecord | undefined {
+  const id = name.startsWith(':') ? kdbusIdOfUniqueName(name) : undefined;
+  if (name.startsWith(':') && id === undefined) return undefined;
+  try {
+    const info = conn.connInfo(id ?? name, attach);
+    if (info.flags & HelloFlags.ACTIVATOR) return undefined;
+    return info;
+  } catch (e) {
+    if (e instanceof KdbusError && ['ESRCH', 'ENXIO', 'EINVAL'].includes(e.code)) return undefined;
+    throw e;
+  }
+}
+
+function requireOwner(conn: LocalConnection, name: string, attach: bigint): InfoRecord {
+  checkName(name);
+  const info = ownerInfo(conn, name, attach);
+  if (!info) throw new DriverError(DBusError.NameHasNoOwner, `Could not get owner of name '${name}': no such name`);
+  return info;
+}
+
+function ownedNames(conn: LocalConnection): string[] {
+  const out = new Set<string>([DRIVER_NAME]);
+  for (const e of conn.listNames(ListFlags.UNIQUE | ListFlags.NAMES)) {
+    if (e.flags & HelloFlags.ACTIVATOR) continue;
+    out.add(uniqueName(e.id));
+    for (const n of e.names) if (!(n.flags & (NameFlags.IN_QUEUE | NameFlags.ACTIVATOR))) out.add(n.name);
+  }
+  return [...out];
+}
+
+const HANDLERS: Record<string, Record<string, Handler>> = {
+  [DRIVER_NAME]: {
+    Hello: () => {
+      throw new DriverError(DBusError.Failed, 'Already handled an Hello message');
+    },
+    RequestName: (c, _bus, m) => {
+      const [name, flags] = args(m, 'su') as [string, number];
+      if (!isValidWellKnownName(name)) {
+        throw new DriverError(DBusError.InvalidArgs, `Requested bus name "${name}" is not valid`);
+      }
+      if (name === DRIVER_NAME) throw new DriverError(DBusError.InvalidArgs, `Connection "${c.uniqueName}" is not allowed to own the name "${name}" because it is reserved for D-Bus' use only`);
+      let kflags = 0n;
+      if (flags & REQUEST_ALLOW_REPLACEMENT) kflags |= NameFlags.ALLOW_REPLACEMENT;
+      if (flags & REQUEST_REPLACE_EXISTING) kflags |= NameFlags.REPLACE_EXISTING;
+      if (!(flags & REQUEST_DO_NOT_QUEUE)) kflags |= NameFlags.QUEUE;
+      try {
+        const ret = c.conn.acquireName(name, kflags);
+        return ['u', [ret & NameFlags.IN_QUEUE ? 2 : 1]];
+      } catch (e) {
+        if (e instanceof KdbusError && e.code === 'EEXIST') return ['u', [3]];
+        if (e instanceof KdbusError && e.code === 'EALREADY') return ['u', [4]];
+        if (e instanceof KdbusError && e.code === 'EPERM') throw new DriverError(DBusError.AccessDenied, `Connection "${c.uniqueName}" is not allowed to own the service "${name}" due to security policies`);
+        throw e;
+      }
+    },
+    ReleaseName: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      if (!isValidWellKnownName(name)) throw new DriverError(DBusError.InvalidArgs, `Given bus name "${name}" is not valid`);
+      if (name === DRIVER_NAME) throw new DriverError(DBusError.InvalidArgs, `Cannot release the name "${name}" because it is owned by the bus`);
+      try {
+        c.conn.releaseName(name);
+        return ['u', [1]];
+      } catch (e) {
+        if (e instanceof KdbusError && e.code === 'ESRCH') return ['u', [2]];
+        if (e instanceof KdbusError && e.code === 'EADDRINUSE') return ['u', [3]];
+        throw e;
+      }
+    },
+    ListNames: (c) => ['as', [ownedNames(c.conn)]],
+    ListActivatableNames: (c, bus) => {
+      const out = new Set<string>([DRIVER_NAME, ...bus.listActivatable()]);
+      for (const e of c.conn.listNames(ListFlags.ACTIVATORS)) for (const n of e.names) out.add(n.name);
+      return ['as', [[...out]]];
+    },
+    NameHasOwner: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      checkName(name);
+      return ['b', [name === DRIVER_NAME || ownerInfo(c.conn, name, 0n) !== undefined]];
+    },
+    GetNameOwner: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      if (name === DRIVER_NAME) return ['s', [DRIVER_NAME]];
+      return ['s', [uniqueName(requireOwner(c.conn, name, 0n).id)]];
+    },
+    ListQueuedOwners: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      if (name === DRIVER_NAME) return ['as', [[DRIVER_NAME]]];
+      const primary = requireOwner(c.conn, name, 0n);
+      const out = [uniqueName(primary.id)];
+      for (const e of c.conn.listNames(ListFlags.QUEUED)) {
+        if (e.id !== primary.id && e.names.some((n) => n.name === name)) out.push(uniqueName(e.id));
+      }
+      return ['as', [out]];
+    },
+    StartServiceByName: async (c, bus, m) => {
+      const [name, flags] = args(m, 'su') as [string, number];
+      if (flags !== 0) logger.debug(`${c.uniqueName}: StartServiceByName flags ${flags} ignored, as dbus-daemon does`);
+      checkName(name);
+      if (name === DRIVER_NAME || ownerInfo(c.conn, name, 0n)) return ['u', [2]];
+      if (!bus.isActivatable(name)) throw new DriverError(DBusError.ServiceUnknown, `The name ${name} was not provided by any .service files`);
+      await bus.startService(name, c);
+      return ['u', [1]];
+    },
+    UpdateActivationEnvironment: (c, bus, m) => {
+      const [pairs] = args(m, 'a{ss}') as [Array<[string, string]>];
+      if (!c.trusted) throw new DriverError(DBusError.AccessDenied, 'Cannot change the activation environment: only the bus owner or root may');
+      bus.updateActivationEnvironment(Object.fromEntries(pairs));
+      return ['', []];
+    },
+    GetConnectionUnixUser: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      const info = requireOwner(c.conn, name, CONN_INFO_CREDS);
+      const creds = info.meta.creds;
+      if (!creds) throw new DriverError(DBusError.Failed, `Could not determine UID for '${name}'`);
+      return ['u', [Number(creds.euid)]];
+    },
+    GetConnectionUnixProcessID: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      const pid = requireOwner(c.conn, name, CONN_INFO_CREDS).meta.pids?.pid;
+      if (!pid) throw new DriverError(DBusError.UnixProcessIdUnknown, `Could not determine PID for '${name}'`);
+      return ['u', [Number(pid)]];
+    },
+    GetConnectionCredentials: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      const entries: Array<[string, Variant]> = [];
+      if (name === DRIVER_NAME) {
+        entries.push(['UnixUserID', new Variant('u', process.geteuid?.() ?? 0)], ['ProcessID', new Variant('u', process.pid)]);
+        return ['a{sv}', [entries]];
+      }
+      const meta = requireOwner(c.conn, name, CONN_INFO_CREDS).meta;
+      if (meta.creds) entries.push(['UnixUserID', new Variant('u', Number(meta.creds.euid))]);
+      if (meta.creds && meta.auxGroups) entries.push(['UnixGroupIDs', new Variant('au', meta.auxGroups.map(Number))]);
+      if (meta.pids?.pid) entries.push(['ProcessID', new Variant('u', Number(meta.pids.pid))]);
+      if (meta.seclabel !== undefined) entries.push(['LinuxSecurityLabel', new Variant('ay', Buffer.from(`${meta.seclabel}\0`))]);
+      return ['a{sv}', [entries]];
+    },
+    GetConnectionSELinuxSecurityContext: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      const label = requireOwner(c.conn, name, CONN_INFO_CREDS).meta.seclabel;
+      if (label === undefined) throw new DriverError(DBusError.SELinuxSecurityContextUnknown, `Could not determine security context for '${name}'`);
+      return ['ay', [Buffer.from(label)]];
+    },
+    GetAdtAuditSessionData: (c, _bus, m) => {
+      const [name] = args(m, 's') as [string];
+      requireOwner(c.conn, name, 0n);
+      throw new DriverError(DBusError.AdtAuditDataUnknown, `Could not determine audit session data for '${name}'`);
+    },
+    AddMatch: (c, _bus, m) => {
+      const [text] = args(m, 's') as [string];
+      c.addMatch(MatchRule.parse(text));
+      return ['', []];
+    },
+    RemoveMatch: (c, _bus, m) => {
+      const [text] = args(m, 's') as [string];
+      if (!c.removeMatch(MatchRule.parse(text))) throw new DriverError(DBusError.MatchRuleNotFound, 'The given match rule wasn\'t found and can\'t be removed');
+      return ['', []];
+    },
+    GetId: (c) => ['s', [c.conn.busId.toString('hex')]],
+    ReloadConfig: (_c, bus) => {
+      bus.reload();
+      return ['', []];
+    },
+  },
+  'org.freedesktop.DBus.Introspectable': {
+    Introspect: (_c, _bus, m) => {
+      if (m.path !== '/' && m.path !== DRIVER_PATH) return ['s', ['<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n<node/>\n']];
+      return ['s', [INTROSPECTION]];
+    },
+  },
+  'org.freedesktop.DBus.Peer': {
+    Ping: () => ['', []],
+    GetMachineId: () => ['s', [machineId()]],
+  },
+  'org.freedesktop.DBus.Properties': {
+    Get: (_c, _bus, m) => {
+      const [iface, prop] = args(m, 'ss') as [string, string];
+      const get = iface === DRIVER_NAME ? PROPERTIES[prop] : undefined;
+      if (!get) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
+      return ['v', [get()]];
+    },
+    GetAll: (_c, _bus, m) => {
+      const [iface] = args(m, 's') as [string];
+      const entries = iface === DRIVER_NAME || iface === '' ? Object.entries(PROPERTIES).map(([k, f]) => [k, f()] as [string, Variant]) : [];
+      return ['a{sv}', [entries]];
+    },
+    Set: (_c, _bus, m) => {
+      const [iface, prop] = args(m, 'ssv') as [string, string, Variant];
+      if (iface !== DRIVER_NAME || !PROPERTIES[prop]) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
+      throw new DriverError(DBusError.PropertyReadOnly, `Property "${prop}" of "${iface}" is read-only`);
+    },
+  },
+  'org.freedesktop.DBus.Monitoring': {
+    BecomeMonitor: (c, _bus, m) => {
+      const [rules, flags] = args(m, 'asu') as [string[], number];
+      if (flags !== 0) throw new DriverError(DBusError.InvalidArgs, 'BecomeMonitor: flags must be 0');
+      c.becomeMonitor(rules.map((r) => MatchRule.parse(r)));
+      return ['', []];
+    },
+  },
+};
+
+let cachedMachineId: string | undefined;
+function machineId(): string {
+  if (cachedMachineId === undefined) {
+    try {
+      cachedMachineId = fs.readFileSync('/etc/machine-id', 'utf8').trim();
+    } catch {
+      cachedMachineId = fs.readFileSync('/var/lib/dbus/machine-id', 'utf8').trim();
+    }
+  }
+  return cachedMachineId;
+}
+
+/** Answers a method call addressed to org.freedesktop.DBus (replies only if one is expected). */
+export async function callDriver(c: DriverClient, bus: DriverBus, m: Message): Promise<void> {
+  if (m.type !== MessageType.MethodCall) return;
+  const wantsReply = !(m.flags & 1);
+  let reply: Message;
+  try {
+    const byIface = m.interface === undefined ? findMethod(m.member!) : HANDLERS[m.interface];
+    if (!byIface) throw new DriverError(DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
+    const handler = byIface[m.member!];
+    if (!handler) throw new DriverError(DBusError.UnknownMethod, `org.freedesktop.DBus does not understand message ${m.member}`);
+    const [signature, body] = await handler(c, bus, m);
+    reply = driverReply(m, signature, body);
+  } catch (e) {
+    reply = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
+  }
+  if (wantsReply) c.send(reply);
+}
+
+/** A call without an interface goes to the first interface with that method, as dbus-daemon does. */
+function findMethod(member: string): Record<string, Handler> | undefined {
+  return Object.values(HANDLERS).find((h) => member in h);
+}
+
+export function driverErrorOf(e: unknown): [string, string] {
+  if (e instanceof DriverError) return [e.errorName, e.message];
+  if (e instanceof MatchRuleInvalid) return [e.errorName, e.message];
+  if (e instanceof KdbusError) {
+    if (e.code === 'EPERM' || e.code === 'EACCES') return [DBusError.AccessDenied, e.message];
+    if (['ENOBUFS', 'EMFILE', 'EXFULL', 'ENOSPC', 'EMLINK'].includes(e.code)) return [DBusError.LimitsExceeded, e.message];
+    return [DBusError.Failed, e.message];
+  }
+  logger.error(`driver: unexpected failure: ${(e as Error).stack ?? String(e)}`);
+  return [DBusError.Failed, (e as Error).message ?? String(e)];
+}
+

@@ -1,0 +1,520 @@
+/**
+ * One client of the legacy endpoint: a dbus1 connection on a unix socket that is, after
+ * Hello, a kdbus connection of its own on the bus (the role systemd-bus-proxyd played per
+ * client). It authenticates the client (SASL EXTERNAL), routes its messages to the driver or
+ * through kdbus, and turns what kdbus delivers (messages, name and id notifications, reply
+ * failures) into dbus1, filtered by the client's match rules exactly.
+ *
+ * The client owns its socket stream, its kdbus connection (and with it names, matches,
+ * pending replies and pool) and, once it became a monitor, a monitor connection; close()
+ * releases all of them.
+ */
+import { Attach, KDBUS_DST_ID_BROADCAST, NameFlags } from '../abi/constants';
+import { KdbusError } from '../abi/errno';
+import type { ImportedFile } from '../bus/caller';
+import { nowNs } from '../bus/deadline';
+import type { KdbusNode } from '../bus/handle';
+import { logger } from '../log/logger';
+import { callerIdentity } from '../os/caller-identity';
+import { ImportedFd } from '../os/pidfd-files';
+import { readTask } from '../os/proc';
+import { closeFd, type PeerCred } from '../os/unix-socket';
+import { Bloom } from './bloom';
+import { callDriver, DBusError, DriverError, driverErrorOf, type DriverBus, type DriverClient } from './driver';
+import { LocalConnection, type MatchRule as KdbusRule } from './local-connection';
+import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';
+import { decodeMessage, encodeMessage, MessageFlag, MessageType, type Message } from './message';
+import { MessageStream } from './message-stream';
+import type { KdbusMessage, Received } from './pool-records';
+import { SaslServer } from './sasl';
+import {
+  DRIVER_NAME, driverReply, driverSignal, errorReply, fromKdbus, matchView, nameOwnerChanged, toKdbus, uniqueName,
+  uniqueNameChanged, Untranslatable,
+} from './translate';
+
+/** What the endpoint gives each of its clients. */
+export interface LegacyEndpointContext {
+  readonly node: KdbusNode;
+  readonly guid: string;
+  readonly bus: DriverBus;
+  /** uid of the bus's owner: with root, the only one who may monitor or change activation. */
+  readonly ownerUid: number;
+  readonly limits: LegacyLimits;
+  forget(client: LegacyClient): void;
+}
+
+/** dbus-daemon's session-bus defaults, except where noted. */
+export interface LegacyLimits {
+  authTimeoutMs: number;
+  maxMessageBytes: number;
+  maxOutgoingBytes: number;
+  maxFdsPerMessage: number;
+  maxMatchRules: number;
+}
+
+export const DEFAULT_LEGACY_LIMITS: LegacyLimits = {
+  authTimeoutMs: 30_000,
+  maxMessageBytes: 128 * 1024 * 1024,
+  maxOutgoingBytes: 128 * 1024 * 1024,
+  maxFdsPerMessage: 16,
+  maxMatchRules: 512,
+};
+
+const NAME_IN_QUEUE = NameFlags.IN_QUEUE;
+/** Cookies of the client's own kdbus matches; AddMatch rules count up from FIRST_RULE_COOKIE. */
+const OWN_NAMES_COOKIE = 1n;
+const UNICAST_SIGNALS_COOKIE = 2n;
+const FIRST_RULE_COOKIE = 16n;
+const U32_MAX = 0xffff_ffffn;
+
+interface InstalledRule {
+  rule: MatchRule;
+  cookie: bigint;
+}
+
+export class LegacyClient implements DriverClient {
+  private readonly stream: MessageStream;
+  private readonly sasl: SaslServer;
+  private authTimer: NodeJS.Timeout | undefined;
+  private unixFds = false;
+  private connection: LocalConnection | undefined;
+  private monitorConn: LocalConnection | undefined;
+  private monitorRules: MatchRule[] = [];
+  private bloom: Bloom | undefined;
+  private readonly rules: InstalledRule[] = [];
+  private nextCookie = FIRST_RULE_COOKIE;
+  private closed = false;
+  uniqueName = '';
+  trusted = false;
+  private readonly label: string;
+
+  constructor(private readonly ctx: LegacyEndpointContext, fd: number, private readonly peer: PeerCred) {
+    this.label = `legacy client pid ${peer.pid} (${comm(peer.pid)}, uid ${peer.uid})`;
+    this.sasl = new SaslServer({ peerUid: peer.uid, guid: ctx.guid, unixFdsPossible: true });
+    this.stream = new MessageStream(fd, {
+      auth: (b) => this.onAuth(b),
+      message: (raw) => this.onMessage(raw),
+      closed: (reason) => this.onClosed(reason),
+    }, {
+      maxMessageBytes: ctx.limits.maxMessageBytes,
+      maxOutgoingBytes: ctx.limits.maxOutgoingBytes,
+      maxQueuedFds: ctx.limits.maxFdsPerMessage * 4,
+    });
+    this.authTimer = setTimeout(() => this.close('authentication timed out'), ctx.limits.authTimeoutMs);
+    this.authTimer.unref();
+  }
+
+  get conn(): LocalConnection {
+    if (!this.connection) throw new DriverError(DBusError.Failed, 'not registered with Hello');
+    return this.connection;
+  }
+
+  close(reason: string): void {
+    this.stream.close(reason);
+  }
+
+  // --- from the client ---------------------------------------------------------------------
+
+  private onAuth(bytes: Buffer): void {
+    const step = this.sasl.feed(bytes);
+    if (step.output.length > 0) this.stream.writeRaw(step.output);
+    if (step.disconnect !== undefined) {
+      this.close(`authentication failed: ${step.disconnect}`);
+      return;
+    }
+    if (step.done) {
+      clearTimeout(this.authTimer);
+      this.authTimer = undefined;
+      this.unixFds = step.done.unixFds;
+      this.stream.startMessages(step.done.rest, step.done.unixFds);
+    }
+  }
+
+  private onMessage(raw: Buffer): void {
+    let m: Message;
+    try {
+      m = decodeMessage(raw);
+    } catch (e) {
+      this.close(`sent an invalid message: ${(e as Error).message}`);
+      return;
+    }
+    const n = m.unixFds ?? 0;
+    if (n > this.ctx.limits.maxFdsPerMessage) {
+      this.close(`sent a message with ${n} descriptors (at most ${this.ctx.limits.maxFdsPerMessage})`);
+      return;
+    }
+    const fds = this.stream.takeFds(n);
+    if (!fds) {
+      this.close(`a message announced ${n} descriptors that did not arrive`);
+      return;
+    }
+    let files: ImportedFile[];
+    try {
+      files = fds.map((fd) => new ImportedFd(fd));
+    } catch (e) {
+      fds.forEach(closeFd);
+      this.close(`sent a descriptor that cannot be passed on: ${(e as Error).message}`);
+      return;
+    }
+    if (!this.connection) {
+      files.forEach((f) => f.close());
+      if (m.type === MessageType.MethodCall && m.destination === DRIVER_NAME && m.member === 'Hello' && (m.interface ?? DRIVER_NAME) === DRIVER_NAME) {
+        this.hello(m);
+      } else {
+        this.close('sent a message other than Hello before Hello');
+      }
+      return;
+    }
+    m.sender = this.uniqueName;
+    if (this.monitorConn) {
+      // Monitors only listen, as with dbus-daemon.
+      files.forEach((f) => f.close());
+      return;
+    }
+    if (m.destination === DRIVER_NAME) {
+      files.forEach((f) => f.close());
+      void callDriver(this, this.ctx.bus, m);
+      return;
+    }
+    this.toBus(m, files);
+  }
+
+  private hello(m: Message): void {
+    let conn: LocalConnection;
+    try {
+      const id = callerIdentity(this.peer.pid);
+      conn = LocalConnection.open(this.ctx.node, { creds: id.creds, pid: id.tgid, privileged: id.privileged }, {
+        attachFlagsRecv: 0n,
+        acceptFds: this.unixFds,
+        description: description('legacy', this.peer.pid),
+      });
+      this.trusted = id.creds.euid === 0 || id.creds.euid === this.ctx.ownerUid;
+    } catch (e) {
+      const [name, text] = driverErrorOf(e);
+      this.sendToClient(errorReply(m, DRIVER_NAME, name, text));
+      this.close(`Hello refused: ${text}`);
+      return;
+    }
+    this.connection = conn;
+    this.uniqueName = uniqueName(conn.id);
+    this.bloom = new Bloom(conn.bloom.size, conn.bloom.nHash);
+    conn.onMessage((r) => this.fromBus(r));
+    conn.onDisconnect(() => this.close('the bus went away'));
+    const self = conn.id;
+    // dbus-daemon tells a client about its own names whatever its rules say (NameAcquired,
+    // NameLost); kdbus delivers unicast signals only where a match asks for them.
+    for (const rule of [
+      { kind: 'name-add', newId: self }, { kind: 'name-change', newId: self },
+      { kind: 'name-change', oldId: self }, { kind: 'name-remove', oldId: self },
+    ] as KdbusRule[]) conn.addMatch(OWN_NAMES_COOKIE, [rule]);
+    conn.addMatch(UNICAST_SIGNALS_COOKIE, [{ kind: 'dst-id', id: self }]);
+    m.sender = this.uniqueName;
+    this.sendToClient(driverReply(m, 's', [this.uniqueName]));
+    this.sendToClient(driverSignal('NameAcquired', 's', [this.uniqueName], this.uniqueName));
+    logger.debug(`${this.label} is ${this.uniqueName}`);
+  }
+
+  private toBus(m: Message, files: ImportedFile[]): void {
+    const expectsReply = m.type === MessageType.MethodCall && !(m.flags & MessageFlag.NoReplyExpected);
+    const dest = m.destination;
+    const name = dest !== undefined && !dest.startsWith(':') ? dest : undefined;
+    if (name !== undefined && !(m.flags & MessageFlag.NoAutoStart) && this.ctx.bus.isActivatable(name) && !this.hasOwner(name)) {
+      this.ctx.bus.startService(name, this).then(
+        () => this.toBus(m, files),
+        (e: unknown) => {
+          files.forEach((f) => f.close());
+          if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...driverErrorOf(e)));
+        },
+      );
+      return;
+    }
+    let out;
+    try {
+      out = toKdbus(m, files, this.bloom!, nowNs());
+    } catch (e) {
+      files.forEach((f) => f.close());
+      this.close(`sent a message kdbus cannot carry: ${(e as Error).message}`);
+      return;
+    }
+    if (!out) {
+      files.forEach((f) => f.close());
+      return;
+    }
+    try {
+      this.conn.send(out);
+    } catch (e) {
+      if (!(e instanceof KdbusError)) throw e;
+      if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, dest ?? '')));
+      else if (e.code !== 'EBADSLT') logger.debug(`${this.uniqueName}: a message to ${dest ?? 'everyone'} was dropped: ${e.message}`);
+    }
+  }
+
+  private hasOwner(name: string): boolean {
+    try {
+      this.conn.connInfo(name, 0n);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  // --- to the client -----------------------------------------------------------------------
+
+  /** DriverClient: the driver's answers. */
+  send(m: Message): void {
+    this.sendToClient(m);
+  }
+
+  private sendToClient(m: Message, fds: readonly number[] = []): boolean {
+    let raw: Buffer;
+    try {
+      raw = encodeMessage(m);
+    } catch (e) {
+      logger.warn(`${this.uniqueName || this.label}: a message for it could not be encoded: ${(e as Error).message}`);
+      fds.forEach(closeFd);
+      return true;
+    }
+    return this.stream.send(raw, fds);
+  }
+
+  private readonly owners: NameOwners = {
+    primaryOwner: (name) => {
+      if (name.startsWith(':') || name === DRIVER_NAME) return name;
+      try {
+        return uniqueName(this.conn.connInfo(name, 0n).id);
+      } catch {
+        return undefined;
+      }
+    },
+  };
+
+  private wants(m: Message): boolean {
+    const view = matchView(m);
+    return this.rules.some((r) => r.rule.matches(view, this.owners));
+  }
+
+  private fromBus(r: Received): void {
+    switch (r.kind) {
+      case 'message':
+        return this.deliver(r);
+      case 'name-add':
+      case 'name-change':
+      case 'name-remove': {
+        const self = this.conn.id;
+        const lost = r.kind !== 'name-add' && r.oldId === self && !(r.oldFlags & NAME_IN_QUEUE);
+        const acquired = r.kind !== 'name-remove' && r.newId === self && !(r.newFlags & NAME_IN_QUEUE);
+        if (lost) this.sendToClient(driverSignal('NameLost', 's', [r.name], this.uniqueName));
+        const changed = nameOwnerChanged(r);
+        if (changed && this.wants(changed)) this.sendToClient(changed);
+        if (acquired) this.sendToClient(driverSignal('NameAcquired', 's', [r.name], this.uniqueName));
+        return;
+      }
+      case 'id-add':
+      case 'id-remove': {
+        const changed = uniqueNameChanged(r.id, r.kind === 'id-add');
+        if (this.wants(changed)) this.sendToClient(changed);
+        return;
+      }
+      case 'reply-timeout':
+      case 'reply-dead': {
+        if (r.cookie > U32_MAX) return;
+        const call = { serial: r.cookie, sender: this.uniqueName } as Message;
+        const text = r.kind === 'reply-timeout'
+          ? 'Did not receive a reply. Possible causes include: the remote application did not send a reply, the message bus security policy blocked the reply, the reply timeout expired, or the network connection was broken.'
+          : 'The peer disconnected before it sent a reply';
+        this.sendToClient(errorReply(call, DRIVER_NAME, DBusError.NoReply, text));
+        return;
+      }
+    }
+  }
+
+  private deliver(k: KdbusMessage): void {
+    const fds = k.fds.map((f) => f?.fd ?? -1);
+    const drop = (why: string): void => {
+      for (const f of k.fds) f?.close();
+      logger.debug(`${this.uniqueName}: a message from :1.${k.srcId} was dropped: ${why}`);
+    };
+    let m: Message;
+    try {
+      m = fromKdbus(k, this.uniqueName);
+    } catch (e) {
+      if (e instanceof Untranslatable || e instanceof Error) return drop(e.message);
+      throw e;
+    }
+    if (k.dstId === KDBUS_DST_ID_BROADCAST && !this.wants(m)) return drop('no match rule of the client takes it');
+    if (fds.includes(-1)) return drop('a descriptor of it could not be received');
+    if (!this.sendToClient(m, fds)) {
+      for (const f of k.fds) f?.close();
+      this.refuseForFullQueue(m);
+    }
+  }
+
+  /** dbus-daemon answers a call to a client that does not read with LimitsExceeded. */
+  private refuseForFullQueue(m: Message): void {
+    logger.warn(`${this.uniqueName}: does not read its messages; one from ${m.sender} was refused`);
+    if (m.type !== MessageType.MethodCall || m.flags & MessageFlag.NoReplyExpected || !m.sender) return;
+    const reply = errorReply(m, this.uniqueName, DBusError.LimitsExceeded, `The maximum number of pending bytes for ${this.uniqueName} was reached`);
+    reply.destination = m.sender;
+    const out = toKdbus(reply, [], this.bloom!, nowNs());
+    try {
+      if (out) this.conn.send(out);
+    } catch (e) {
+      logger.debug(`${this.uniqueName}: could not refuse a call: ${(e as Error).message}`);
+    }
+  }
+
+  // --- match rules (the driver calls these) --------------------------------------------------
+
+  addMatch(rule: MatchRule): void {
+    if (this.rules.length >= this.ctx.limits.maxMatchRules) {
+      throw new DriverError(DBusError.LimitsExceeded, `Connection "${this.uniqueName}" is not allowed to add more match rules (maximum ${this.ctx.limits.maxMatchRules})`);
+    }
+    const cookie = this.nextCookie++;
+    try {
+      for (const entry of kdbusEntries(rule, this.bloom!)) this.conn.addMatch(cookie, entry);
+    } catch (e) {
+      this.safeRemoveMatch(cookie);
+      throw e;
+    }
+    this.rules.push({ rule, cookie });
+  }
+
+  removeMatch(rule: MatchRule): boolean {
+    const i = this.rules.findIndex((r) => r.rule.equals(rule));
+    if (i < 0) return false;
+    const [removed] = this.rules.splice(i, 1);
+    this.safeRemoveMatch(removed!.cookie);
+    return true;
+  }
+
+  private safeRemoveMatch(cookie: bigint): void {
+    try {
+      this.conn.removeMatch(cookie);
+    } catch (e) {
+      if (!(e instanceof KdbusError && e.code === 'EBADSLT')) throw e;
+    }
+  }
+
+  // --- monitoring ------------------------------------------------------------------------
+
+  becomeMonitor(rules: MatchRule[]): void {
+    if (!this.trusted) throw new DriverError(DBusError.AccessDenied, 'Only the bus owner or root may become a monitor');
+    const id = callerIdentity(this.peer.pid);
+    // kdbus monitors must be privileged; the endpoint vouches for a client it found trusted.
+    this.monitorConn = LocalConnection.open(this.ctx.node, { creds: id.creds, pid: id.tgid, privileged: true }, {
+      attachFlagsRecv: 0n,
+      acceptFds: this.unixFds,
+      monitor: true,
+      description: description('legacy-monitor', this.peer.pid),
+    });
+    this.monitorRules = rules.map((r) => r.eavesdropping());
+    this.monitorConn.onMessage((r) => this.monitored(r));
+    this.monitorConn.onDisconnect(() => this.close('the bus went away'));
+    for (const r of this.rules.splice(0)) this.safeRemoveMatch(r.cookie);
+    logger.info(`${this.uniqueName} (${this.label}) became a monitor`);
+  }
+
+  private monitored(r: Received): void {
+    let m: Message | undefined;
+    if (r.kind === 'message') {
+      const dest = r.dstId === KDBUS_DST_ID_BROADCAST || r.dstId === 0n ? '' : uniqueName(r.dstId);
+      try {
+        m = fromKdbus(r, dest);
+      } catch (e) {
+        logger.debug(`${this.uniqueName}: a monitored message could not be shown: ${(e as Error).message}`);
+      }
+      for (const f of r.fds) f?.close();
+      if (m && m.destination === '') m.destination = undefined;
+    } else if (r.kind === 'name-add' || r.kind === 'name-change' || r.kind === 'name-remove') {
+      m = nameOwnerChanged(r);
+    } else if (r.kind === 'id-add' || r.kind === 'id-remove') {
+      m = uniqueNameChanged(r.id, r.kind === 'id-add');
+    }
+    if (!m) return;
+    if (m.unixFds !== undefined) m.unixFds = undefined;
+    const view = matchView(m);
+    if (this.monitorRules.length > 0 && !this.monitorRules.some((rule) => rule.matches(view, this.owners))) return;
+    this.sendToClient(m);
+  }
+
+  // --- teardown ----------------------------------------------------------------------------
+
+  private onClosed(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.authTimer);
+    this.monitorConn?.close();
+    this.connection?.close();
+    this.ctx.forget(this);
+    logger.debug(`${this.uniqueName || this.label} disconnected: ${reason}`);
+  }
+}
+
+/**
+ * The kdbus match entries that let through what `rule` may match: broadcasts (bloom mask,
+ * sender), and the NAME_/ID_ notifications behind NameOwnerChanged. The exact rule is
+ * checked again on every message (a bloom mask has false positives).
+ */
+function kdbusEntries(rule: MatchRule, bloom: Bloom): KdbusRule[][] {
+  if (rule.eavesdrop) return [];
+  const parts = kdbusMatchOf(rule, 'safe');
+  const entries: KdbusRule[][] = [];
+  if (rule.sender !== DRIVER_NAME && (rule.type === undefined || rule.type === 'signal')) {
+    const entry: KdbusRule[] = [];
+    if (parts.bloomKeys.length > 0) entry.push({ kind: 'bloom-mask', mask: bloom.mask(parts.bloomKeys) });
+    if (parts.senderId !== undefined) entry.push({ kind: 'sender-id', id: parts.senderId });
+    if (parts.senderName !== undefined) entry.push({ kind: 'sender-name', name: parts.senderName });
+    entries.push(entry);
+  }
+  const noc = parts.nameOwnerChanged;
+  if (noc) {
+    const id = (n?: string): bigint | undefined => (n === undefined || n === '' ? undefined : kdbusIdOfUniqueName(n));
+    const named = noc.arg0 !== undefined && !noc.arg0.startsWith(':') ? noc.arg0 : undefined;
+    if (noc.arg0 === undefined || named !== undefined) {
+      for (const kind of ['name-add', 'name-change', 'name-remove'] as const) {
+        const e: KdbusRule = { kind };
+        if (named !== undefined) e.name = named;
+        const oldId = id(noc.arg1);
+        const newId = id(noc.arg2);
+        if (oldId !== undefined) e.oldId = oldId;
+        if (newId !== undefined) e.newId = newId;
+        entries.push([e]);
+      }
+    }
+    if (noc.arg0 === undefined || noc.arg0.startsWith(':')) {
+      const unique = id(noc.arg0);
+      for (const kind of ['id-add', 'id-remove'] as const) entries.push([unique === undefined ? { kind } : { kind, id: unique }]);
+    }
+  }
+  return entries;
+}
+
+function sendError(e: KdbusError, dest: string): [string, string] {
+  switch (e.code) {
+    case 'ESRCH':
+    case 'ENXIO':
+    case 'EADDRNOTAVAIL':
+    case 'ECONNRESET':
+      return [DBusError.ServiceUnknown, `The name ${dest} was not provided by any .service files`];
+    case 'ECOMM':
+      return [DBusError.NotSupported, 'Tried to send message with Unix file descriptors to a client that doesn\'t support that.'];
+    case 'EMSGSIZE':
+      return [DBusError.LimitsExceeded, `The message is too large for the bus: ${e.message}`];
+    default:
+      return driverErrorOf(e);
+  }
+}
+
+/** CONN_DESCRIPTION allows letters, digits and '_', with '-' or '.' between them. */
+function description(kind: string, pid: number): string {
+  const c = comm(pid).replace(/[^A-Za-z0-9_]+/g, '_');
+  return `${kind}-${c}`;
+}
+
+function comm(pid: number): string {
+  try {
+    return readTask(pid, pid, Attach.PID_COMM).pidComm?.toString() ?? '?';
+  } catch {
+    return '?';
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * The legacy D-Bus endpoint of one bus: the unix sockets where dbus1 clients connect
+ * (`--listen` addresses), and the clients connected there. Every client becomes a kdbus
+ * connection of the bus, so legacy and kdbus clients share names, signals and calls.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Bus } from '../bus/bus';
+import { logger } from '../log/logger';
+import { UnixListener, type ListenAddress } from '../os/unix-listener';
+import type { PeerCred } from '../os/unix-socket';
+import { formatAddress, parseAddress } from './address';
+import type { DriverBus } from './driver';
+import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
+
+export interface LegacyEndpointOptions {
+  /** D-Bus addresses to listen on (unix:path=, unix:abstract=, unix:dir=, unix:tmpdir=). */
+  addresses: string[];
+  /** Service activation; without it nothing is activatable. */
+  activation?: DriverBus;
+  limits?: Partial<LegacyLimits>;
+}
+
+const NO_ACTIVATION: DriverBus = {
+  listActivatable: () => [],
+  isActivatable: () => false,
+  startService: (name) => Promise.reject(new Error(`The name ${name} was not provided by any .service files`)),
+  updateActivationEnvironment: () => undefined,
+  reload: () => undefined,
+};
+
+export class LegacyEndpoint {
+  private readonly listeners: UnixListener[] = [];
+  private readonly clients = new Set<LegacyClient>();
+  private readonly ctx: LegacyEndpointContext;
+  /** The addresses clients use, as printed at start-up. */
+  readonly clientAddresses: string[] = [];
+
+  constructor(readonly bus: Bus, private readonly opts: LegacyEndpointOptions) {
+    this.ctx = {
+      node: { kind: 'endpoint', ep: bus.defaultEndpoint },
+      // dbus-daemon's GetId answers the server GUID; kdbus's bus id serves as both.
+      guid: bus.id128.toString('hex'),
+      bus: opts.activation ?? NO_ACTIVATION,
+      ownerUid: bus.uid,
+      limits: { ...DEFAULT_LEGACY_LIMITS, ...opts.limits },
+      forget: (c) => this.clients.delete(c),
+    };
+  }
+
+  start(): void {
+    try {
+      for (const address of this.opts.addresses) {
+        for (const a of parseAddress(address)) this.listen(a.kind === 'dir' ? { kind: 'path', path: socketIn(a.dir) } : a);
+      }
+    } catch (e) {
+      this.stop();
+      throw e;
+    }
+  }
+
+  private listen(a: { kind: 'path'; path: string } | { kind: 'abstract'; name: string }): void {
+    const where: ListenAddress = a.kind === 'path' ? { kind: 'path', path: a.path, mode: 0o666 } : a;
+    if (a.kind === 'path') fs.mkdirSync(path.dirname(a.path), { recursive: true, mode: 0o755 });
+    this.listeners.push(new UnixListener(where, (fd, peer) => this.accept(fd, peer)));
+    const address = formatAddress(a, this.ctx.guid);
+    this.clientAddresses.push(address);
+    logger.info(`legacy D-Bus endpoint of bus ${this.bus.name}: ${address}`);
+  }
+
+  private accept(fd: number, peer: PeerCred): void {
+    try {
+      this.clients.add(new LegacyClient(this.ctx, fd, peer));
+    } catch (e) {
+      logger.warn(`legacy endpoint: refusing pid ${peer.pid} (uid ${peer.uid}): ${(e as Error).message}`);
+    }
+  }
+
+  get clientCount(): number {
+    return this.clients.size;
+  }
+
+  /** Closes the sockets and disconnects every client (their kdbus connections go with them). */
+  stop(): void {
+    for (const l of this.listeners.splice(0)) l.close();
+    for (const c of [...this.clients]) c.close('the daemon is shutting down');
+    this.clients.clear();
+  }
+}
+
+/** unix:dir= and unix:tmpdir=: a fresh socket name in the directory, as dbus-daemon makes one. */
+function socketIn(dir: string): string {
+  return path.join(dir, `dbus-${crypto.randomBytes(8).toString('hex')}`);
+}

@@ -1,0 +1,155 @@
+/**
+ * Messages between the dbus1 world and the kdbus bus, as systemd-bus-proxyd and sd-bus
+ * moved them (../shared/docs/reference/sdbus-kdbus-client.md §2.1, §2.4, §2.5): the kdbus
+ * header carries the addressing and flags, the payload is the whole message in GVariant
+ * form, and sender and destination come from the kdbus header on the way back.
+ */
+import { KDBUS_DST_ID_BROADCAST, KDBUS_PAYLOAD_DBUS, MsgFlags } from '../abi/constants';
+import type { ImportedFile } from '../bus/caller';
+import type { Bloom } from './bloom';
+import { encodeGVariantMessage, decodeGVariantMessage } from './gvariant-message';
+import { kdbusIdOfUniqueName, type MatchMessage, type MessageType as RuleType } from './match-rule';
+import { MessageFlag, MessageType, type Message } from './message';
+import type { KdbusMessage, NameChangeNotification } from './pool-records';
+import { payloadBytes } from './pool-records';
+import type { OutgoingMessage } from './local-connection';
+import { parseSignature } from './signature';
+
+export const DRIVER_NAME = 'org.freedesktop.DBus';
+export const DRIVER_PATH = '/org/freedesktop/DBus';
+const NAME_IN_QUEUE = 1n << 3n;
+const NAME_ACTIVATOR = 1n << 4n;
+const U32_MAX = 0xffff_ffffn;
+
+/**
+ * dbus-daemon lets a call wait for its reply for as long as the caller waits; a kdbus call
+ * needs a deadline, so it gets one longer than any client library's own timeout.
+ */
+export const LEGACY_REPLY_TIMEOUT_NS = 3600n * 1_000_000_000n;
+
+const RULE_TYPES: Record<number, RuleType> = {
+  [MessageType.MethodCall]: 'method_call',
+  [MessageType.MethodReturn]: 'method_return',
+  [MessageType.Error]: 'error',
+  [MessageType.Signal]: 'signal',
+};
+
+export function uniqueName(id: bigint): string {
+  return `:1.${id}`;
+}
+
+/** A message as match rules and bloom filters look at it. */
+export function matchView(m: Message): MatchMessage {
+  const types = m.signature === '' ? [] : parseSignature(m.signature).map((t) => t.signature);
+  const view: MatchMessage = { type: RULE_TYPES[m.type]!, args: m.body, argTypes: types };
+  if (m.sender !== undefined) view.sender = m.sender;
+  if (m.destination !== undefined) view.destination = m.destination;
+  if (m.path !== undefined) view.path = m.path;
+  if (m.interface !== undefined) view.interface = m.interface;
+  if (m.member !== undefined) view.member = m.member;
+  return view;
+}
+
+/**
+ * The kdbus form of a message a legacy client sends to someone other than the driver.
+ * `files` are the message's descriptors (UNIX_FDS of them), taken over by the bus. Returns
+ * undefined for what dbus-daemon would only show to eavesdroppers: a non-signal with no
+ * destination.
+ */
+export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom, nowNs: bigint): OutgoingMessage | undefined {
+  const signal = m.type === MessageType.Signal;
+  let dst: bigint | string;
+  if (m.destination === undefined) {
+    if (!signal) return undefined;
+    dst = KDBUS_DST_ID_BROADCAST;
+  } else {
+    dst = kdbusIdOfUniqueName(m.destination) ?? m.destination;
+  }
+  // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
+  const payload = encodeGVariantMessage(m.sender === undefined ? m : { ...m, sender: undefined });
+  let flags = 0n;
+  const expectReply = m.type === MessageType.MethodCall && !(m.flags & MessageFlag.NoReplyExpected);
+  if (expectReply) flags |= MsgFlags.EXPECT_REPLY;
+  if (m.flags & MessageFlag.NoAutoStart) flags |= MsgFlags.NO_AUTO_START;
+  const out: OutgoingMessage = { dst, flags, cookie: m.serial, payloadType: KDBUS_PAYLOAD_DBUS, payload: [payload] };
+  if (expectReply) out.timeoutNs = nowNs + LEGACY_REPLY_TIMEOUT_NS;
+  else if (m.replySerial !== undefined) out.cookieReply = m.replySerial;
+  if (files.length > 0) out.fds = files;
+  // sd-bus attaches a bloom filter to every signal, unicast ones included.
+  if (signal) out.bloom = bloom.filter(matchView(m), 'union');
+  return out;
+}
+
+export class Untranslatable extends Error {}
+
+/**
+ * The dbus1 form of a kdbus message for a legacy client whose unique name is `self`.
+ * Throws Untranslatable for what dbus1 cannot carry (64-bit cookies, foreign payloads).
+ */
+export function fromKdbus(k: KdbusMessage, self: string): Message {
+  if (k.payloadType !== KDBUS_PAYLOAD_DBUS) throw new Untranslatable(`payload type 0x${k.payloadType.toString(16)} is not D-Bus`);
+  const m = decodeGVariantMessage(payloadBytes(k));
+  if (m.serial > U32_MAX) throw new Untranslatable(`cookie ${m.serial} does not fit a dbus1 serial`);
+  if (m.replySerial !== undefined && m.replySerial > U32_MAX) throw new Untranslatable(`reply cookie ${m.replySerial} does not fit a dbus1 serial`);
+  m.sender = k.srcId === 0n ? DRIVER_NAME : uniqueName(k.srcId);
+  if (k.dstName !== undefined) m.destination = k.dstName;
+  else if (k.dstId === KDBUS_DST_ID_BROADCAST) m.destination = undefined;
+  else m.destination = self;
+  return m;
+}
+
+let driverSerial = 0n;
+
+/** A signal of the bus driver (NameOwnerChanged, NameAcquired, NameLost). */
+export function driverSignal(member: string, signature: string, body: Message['body'], destination?: string): Message {
+  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
+  const m: Message = {
+    type: MessageType.Signal,
+    flags: MessageFlag.NoReplyExpected,
+    serial: driverSerial,
+    path: DRIVER_PATH,
+    interface: DRIVER_NAME,
+    member,
+    sender: DRIVER_NAME,
+    signature,
+    body,
+  };
+  if (destination !== undefined) m.destination = destination;
+  return m;
+}
+
+/** A reply or error of the driver to the call `to`. */
+export function driverReply(to: Message, signature: string, body: Message['body']): Message {
+  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
+  const m: Message = { type: MessageType.MethodReturn, flags: MessageFlag.NoReplyExpected, serial: driverSerial, replySerial: to.serial, sender: DRIVER_NAME, signature, body };
+  if (to.sender !== undefined) m.destination = to.sender;
+  return m;
+}
+
+export function errorReply(to: Message, sender: string, name: string, text: string): Message {
+  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
+  const m: Message = {
+    type: MessageType.Error, flags: MessageFlag.NoReplyExpected, serial: driverSerial, replySerial: to.serial,
+    errorName: name, sender, signature: 's', body: [text],
+  };
+  if (to.sender !== undefined) m.destination = to.sender;
+  return m;
+}
+
+/**
+ * NameOwnerChanged for a NAME_ notification: a side that only queues for the name, or is
+ * an activator, is no owner (as sd-bus synthesized it); undefined when neither side owns.
+ */
+export function nameOwnerChanged(n: NameChangeNotification): Message | undefined {
+  const owner = (id: bigint, flags: bigint): string => (id === 0n || flags & (NAME_IN_QUEUE | NAME_ACTIVATOR) ? '' : uniqueName(id));
+  const before = owner(n.oldId, n.oldFlags);
+  const after = owner(n.newId, n.newFlags);
+  if (before === '' && after === '') return undefined;
+  return driverSignal('NameOwnerChanged', 'sss', [n.name, before, after]);
+}
+
+/** NameOwnerChanged for ID_ADD / ID_REMOVE: a unique name appears or goes. */
+export function uniqueNameChanged(id: bigint, added: boolean): Message {
+  const name = uniqueName(id);
+  return driverSignal('NameOwnerChanged', 'sss', added ? [name, '', name] : [name, name, '']);
+}
