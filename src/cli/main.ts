@@ -37,7 +37,9 @@ Options:
                          $XDG_RUNTIME_DIR/kdbus-cuse/kdbus otherwise)
   --bus NAME             bus created at start, e.g. 0-system (repeatable)
   --socket PATH          the socket transport's listening socket
-  --listen ADDRESS       D-Bus address for legacy clients (repeatable)
+  --listen ADDRESS       D-Bus address where legacy (dbus1) clients reach the first
+                         bus (repeatable; default unix:path=<socket's dir>/bus_socket;
+                         "none": no legacy endpoint)
   --upstream ADDRESS     bridge the first bus to an existing bus
   --log-level LEVEL      error, warn, info (default), verbose or debug
 `,
@@ -71,7 +73,7 @@ export function serveConfig(argv: readonly string[]): Config | undefined {
   if (one('kdbus-root')) c.kdbusRoot = path.resolve(one('kdbus-root')!);
   if (flags.has('bus')) c.buses = flags.get('bus')!;
   if (one('socket')) c.socket = path.resolve(one('socket')!);
-  if (flags.has('listen')) c.listen = flags.get('listen')!;
+  if (flags.has('listen')) c.listen = flags.get('listen')!.filter((a) => a !== 'none');
   if (one('upstream')) c.upstream = one('upstream');
   if (one('log-level')) c.logLevel = one('log-level')!;
   return validate(c, file ? `${file} and command line` : 'command line');

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { AddressError, escapeValue, parseAddress } from '../dbus1/address';
 
 export type TransportMode = 'auto' | 'cuse' | 'socket';
 
@@ -17,8 +18,11 @@ export interface Config {
   buses: string[];
   /** The socket transport's listening socket (the shim's rendezvous). */
   socket: string;
-  /** D-Bus addresses where legacy clients reach the first bus. */
-  listen: string[];
+  /**
+   * D-Bus addresses where legacy clients reach the first bus; undefined: the default, a
+   * socket named bus_socket beside the transport socket; empty: no legacy endpoint.
+   */
+  listen: string[] | undefined;
   /** Address of an existing bus to bridge the first bus to. */
   upstream: string | undefined;
   logLevel: string;
@@ -56,7 +60,7 @@ export function defaults(): Config {
     kdbusRoot: defaultKdbusRoot(),
     buses: [uid === 0 ? '0-system' : `${uid}-user`],
     socket: defaultSocketPath(),
-    listen: [],
+    listen: undefined,
     upstream: undefined,
     logLevel: process.env['KDBUS_CUSE_LOG_LEVEL'] ?? 'info',
   };
@@ -83,12 +87,23 @@ export function validate(c: Config, source: string): Config {
   c.buses.forEach((b, i) => {
     if (!BUS_NAME.test(b)) throw new ConfigError(source, `buses[${i}]`, `"${b}" is not a bus name like 0-system or 1000-user (uid, dash, 1-63 chars of [A-Za-z0-9_.-])`);
   });
-  c.listen.forEach((a, i) => {
-    if (!a.startsWith('unix:')) throw new ConfigError(source, `listen[${i}]`, `only unix: addresses are supported, not "${a}"`);
-  });
-  if (c.upstream !== undefined && !c.upstream.startsWith('unix:')) throw new ConfigError(source, 'upstream', `only unix: addresses are supported, not "${c.upstream}"`);
+  c.listen?.forEach((a, i) => checkAddress(source, `listen[${i}]`, a));
+  if (c.upstream !== undefined) checkAddress(source, 'upstream', c.upstream);
   if (!LOG_LEVELS.includes(c.logLevel)) throw new ConfigError(source, 'logLevel', `must be one of ${LOG_LEVELS.join(', ')}`);
   return c;
+}
+
+function checkAddress(source: string, key: string, address: string): void {
+  try {
+    parseAddress(address);
+  } catch (e) {
+    throw new ConfigError(source, key, e instanceof AddressError ? e.message : String(e));
+  }
+}
+
+/** Where legacy D-Bus clients connect: the configured addresses, or the default one. */
+export function listenAddresses(c: Config): string[] {
+  return c.listen ?? [`unix:path=${escapeValue(path.join(path.dirname(c.socket), 'bus_socket'))}`];
 }
 
 const KEYS = new Set(['transport', 'kdbusRoot', 'buses', 'socket', 'listen', 'upstream', 'logLevel']);

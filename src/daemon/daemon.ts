@@ -9,7 +9,7 @@ import { LocalMemory } from '../abi/local-memory';
 import type { CallContext, Credentials } from '../bus/caller';
 import { Domain } from '../bus/domain';
 import { openHandle, type Handle } from '../bus/handle';
-import type { Config } from '../config/config';
+import { listenAddresses, type Config } from '../config/config';
 import { LegacyEndpoint } from '../dbus1/legacy-endpoint';
 import { logger } from '../log/logger';
 import type { Transport } from './transport';
@@ -63,7 +63,8 @@ export class Daemon {
       logger.info(`transport ${t.name}: ${t.describe()}`);
     }
     for (const name of this.config.buses) await this.createBus(name);
-    if (this.config.listen.length > 0) this.startLegacyEndpoint(this.config.buses[0]!, this.config.listen);
+    const listen = listenAddresses(this.config);
+    if (listen.length > 0) this.startLegacyEndpoint(this.config.buses[0]!, listen);
   }
 
   /** dbus1 clients reach the bus at these addresses (the first bus, as --listen says). */
