@@ -4,6 +4,7 @@
  * /proc); the bus never asks the OS about a client itself except through these objects.
  */
 import type { CallerMemory } from '../abi/memory';
+import type { PoolStorage } from './pool-storage';
 
 /** Credentials as kdbus snapshots them: at open() for the file, at each ioctl for SEND. */
 export interface Credentials {
@@ -25,6 +26,11 @@ export interface Opener {
   /** CAP_IPC_OWNER in the domain's user namespace (the daemon's). */
   privileged: boolean;
   pid: number;
+  /**
+   * Where this file's pool lives, if not where the domain puts pools: a connection the
+   * daemon holds itself is never mapped, so its pool needs no memfd.
+   */
+  poolStorage?: (size: number) => PoolStorage;
 }
 
 /**

@@ -246,14 +246,13 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     },
     GetConnectionUnixUser: (c, _bus, m) => {
       const [name] = args(m, 's') as [string];
-      const info = requireOwner(c.conn, name, CONN_INFO_CREDS);
-      const creds = info.meta.creds;
+      const creds = requireOwner(c.conn, name, Attach.CREDS).meta.creds;
       if (!creds) throw new DriverError(DBusError.Failed, `Could not determine UID for '${name}'`);
       return ['u', [Number(creds.euid)]];
     },
     GetConnectionUnixProcessID: (c, _bus, m) => {
       const [name] = args(m, 's') as [string];
-      const pid = requireOwner(c.conn, name, CONN_INFO_CREDS).meta.pids?.pid;
+      const pid = requireOwner(c.conn, name, Attach.PIDS).meta.pids?.pid;
       if (!pid) throw new DriverError(DBusError.UnixProcessIdUnknown, `Could not determine PID for '${name}'`);
       return ['u', [Number(pid)]];
     },
@@ -273,7 +272,7 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     },
     GetConnectionSELinuxSecurityContext: (c, _bus, m) => {
       const [name] = args(m, 's') as [string];
-      const label = requireOwner(c.conn, name, CONN_INFO_CREDS).meta.seclabel;
+      const label = requireOwner(c.conn, name, Attach.SECLABEL).meta.seclabel;
       if (label === undefined) throw new DriverError(DBusError.SELinuxSecurityContextUnknown, `Could not determine security context for '${name}'`);
       return ['ay', [Buffer.from(label)]];
     },

@@ -23,6 +23,7 @@ import type { CallContext, Credentials, ImportedFile } from '../bus/caller';
 import type { Connection } from '../bus/connection';
 import { nowNs } from '../bus/deadline';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
+import { SparseStorage } from '../bus/pool-storage';
 import { logger } from '../log/logger';
 import { FileKeeper, LocalCaller } from './local-caller';
 import {
@@ -171,7 +172,8 @@ export class LocalConnection {
 
   /** Opens `endpoint` as `who` and says HELLO. Errors are the bus's KdbusErrors (EPERM, ESHUTDOWN, ...). */
   static open(endpoint: KdbusNode, who: LocalIdentity, opts: LocalConnectionOptions): LocalConnection {
-    const handle = openHandle(endpoint, { creds: who.creds, privileged: who.privileged, pid: who.pid });
+    // Nobody maps this pool: it lives in the daemon's heap, whatever the transports use.
+    const handle = openHandle(endpoint, { creds: who.creds, privileged: who.privileged, pid: who.pid, poolStorage: (size) => new SparseStorage(size) });
     try {
       return new LocalConnection(handle, who, opts);
     } catch (e) {
