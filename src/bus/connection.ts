@@ -75,6 +75,8 @@ export class Connection implements NameOwner {
   readonly pool: Pool;
   readonly quota: QuotaTable;
   readonly queue = new Queue();
+  /** Messages and payload bytes this connection sent and was given, for `kdbus-cuse status`. */
+  readonly counters = { sent: 0, sentBytes: 0, received: 0, receivedBytes: 0 };
   /** HELLO-time process snapshot (CONN_INFO), or the faked one a privileged client gave. */
   readonly meta: ProcMetadata | undefined;
   readonly fakeMeta: ProcMetadata | undefined;
@@ -214,6 +216,8 @@ export class Connection implements NameOwner {
   deliver(staging: Staging, reply?: ReplyTracker, nameId = 0n): void {
     const entry = this.makeEntry(staging, reply, nameId);
     if (reply) reply.replyDst.linkReply(reply);
+    this.counters.received++;
+    this.counters.receivedBytes += staging.payload.length;
     this.queue.push(entry);
     this.wake();
   }
@@ -239,6 +243,8 @@ export class Connection implements NameOwner {
     if (tracker.waiting) {
       try {
         tracker.entry = this.makeEntry(staging, undefined, 0n);
+        this.counters.received++;
+        this.counters.receivedBytes += staging.payload.length;
       } catch (e) {
         if (!(e instanceof KdbusError)) throw e;
         thrown = e;

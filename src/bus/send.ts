@@ -57,6 +57,7 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
       broadcast(conn.bus, staging);
     } else if (cmd.flags & SendFlags.SYNC_REPLY) {
       const tracker = startCall(conn, staging, ctx);
+      countSent(conn, staging);
       pending = waitReply(conn, tracker, ctx, cancel)
         .then((r) => writeReply(ctx, cmd, r))
         .finally(cleanup);
@@ -66,10 +67,16 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
     } else {
       sendReply(conn, staging);
     }
+    countSent(conn, staging);
     writeReply(ctx, cmd, reply);
   } finally {
     if (!pending) cleanup();
   }
+}
+
+function countSent(conn: Connection, staging: Staging): void {
+  conn.counters.sent++;
+  conn.counters.sentBytes += staging.payload.length;
 }
 
 function writeReply(ctx: CallContext, cmd: ParsedCommand, r: { offset: bigint; size: bigint; flags: bigint }): void {

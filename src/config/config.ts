@@ -26,6 +26,12 @@ export interface Config {
   /** Address of an existing bus to bridge the first bus to. */
   upstream: string | undefined;
   logLevel: string;
+  /** The control socket of `status` and `monitor`; undefined: control.sock beside the transport socket. */
+  control: string | undefined;
+  /** Directories of D-Bus service files for activation; undefined: dbus-daemon's defaults. */
+  serviceDirs: string[] | undefined;
+  /** A group whose members may use the control socket besides root (mode 0660 instead of 0600). */
+  controlGroup: string | undefined;
 }
 
 export class ConfigError extends Error {
@@ -63,6 +69,9 @@ export function defaults(): Config {
     listen: undefined,
     upstream: undefined,
     logLevel: process.env['KDBUS_CUSE_LOG_LEVEL'] ?? 'info',
+    control: undefined,
+    controlGroup: undefined,
+    serviceDirs: undefined,
   };
 }
 
@@ -83,6 +92,7 @@ export function validate(c: Config, source: string): Config {
   }
   if (!path.isAbsolute(c.kdbusRoot)) throw new ConfigError(source, 'kdbusRoot', `must be an absolute path, not "${c.kdbusRoot}"`);
   if (!path.isAbsolute(c.socket)) throw new ConfigError(source, 'socket', `must be an absolute path, not "${c.socket}"`);
+  if (c.control !== undefined && !path.isAbsolute(c.control)) throw new ConfigError(source, 'control', `must be an absolute path, not "${c.control}"`);
   if (c.buses.length === 0) throw new ConfigError(source, 'buses', 'at least one bus is needed');
   c.buses.forEach((b, i) => {
     if (!BUS_NAME.test(b)) throw new ConfigError(source, `buses[${i}]`, `"${b}" is not a bus name like 0-system or 1000-user (uid, dash, 1-63 chars of [A-Za-z0-9_.-])`);
@@ -106,7 +116,12 @@ export function listenAddresses(c: Config): string[] {
   return c.listen ?? [`unix:path=${escapeValue(path.join(path.dirname(c.socket), 'bus_socket'))}`];
 }
 
-const KEYS = new Set(['transport', 'kdbusRoot', 'buses', 'socket', 'listen', 'upstream', 'logLevel']);
+/** Where `status` and `monitor` reach the daemon. */
+export function controlPath(c: Pick<Config, 'control' | 'socket'>): string {
+  return c.control ?? path.join(path.dirname(c.socket), 'control.sock');
+}
+
+const KEYS = new Set(['transport', 'kdbusRoot', 'buses', 'socket', 'listen', 'upstream', 'logLevel', 'control', 'controlGroup', 'serviceDirs']);
 
 /** Reads a JSON configuration file over the defaults. */
 export function loadFile(file: string, base: Config = defaults()): Config {
@@ -134,6 +149,9 @@ export function loadFile(file: string, base: Config = defaults()): Config {
       case 'listen': c.listen = expectStrings(file, key, v); break;
       case 'upstream': c.upstream = v === null ? undefined : expectString(file, key, v); break;
       case 'logLevel': c.logLevel = expectString(file, key, v); break;
+      case 'control': c.control = expectString(file, key, v); break;
+      case 'controlGroup': c.controlGroup = expectString(file, key, v); break;
+      case 'serviceDirs': c.serviceDirs = expectStrings(file, key, v); break;
     }
   }
   return validate(c, file);

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { Attach, HelloFlags, ListFlags, NameFlags } from '../abi/constants';
 import { KdbusError } from '../abi/errno';
 import { logger } from '../log/logger';
+import { ActivationError } from './activation';
 import type { LocalConnection } from './local-connection';
 import { DRIVER_NAME, DRIVER_PATH, driverReply, errorReply, uniqueName } from './translate';
 import { MatchRule, MatchRuleInvalid, kdbusIdOfUniqueName } from './match-rule';
@@ -372,7 +373,7 @@ function findMethod(member: string): Record<string, Handler> | undefined {
 
 export function driverErrorOf(e: unknown): [string, string] {
   if (e instanceof DriverError) return [e.errorName, e.message];
-  if (e instanceof MatchRuleInvalid) return [e.errorName, e.message];
+  if (e instanceof MatchRuleInvalid || e instanceof ActivationError) return [e.errorName, e.message];
   if (e instanceof KdbusError) {
     if (e.code === 'EPERM' || e.code === 'EACCES') return [DBusError.AccessDenied, e.message];
     if (['ENOBUFS', 'EMFILE', 'EXFULL', 'ENOSPC', 'EMLINK'].includes(e.code)) return [DBusError.LimitsExceeded, e.message];

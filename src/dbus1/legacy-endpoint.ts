@@ -10,30 +10,32 @@ import type { Bus } from '../bus/bus';
 import { logger } from '../log/logger';
 import { UnixListener, type ListenAddress } from '../os/unix-listener';
 import type { PeerCred } from '../os/unix-socket';
+import { Activation, defaultServiceDirs, waitForName } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
+import { LocalConnection } from './local-connection';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
 
 export interface LegacyEndpointOptions {
   /** D-Bus addresses to listen on (unix:path=, unix:abstract=, unix:dir=, unix:tmpdir=). */
   addresses: string[];
-  /** Service activation; without it nothing is activatable. */
-  activation?: DriverBus;
+  /** Directories of D-Bus service files; default: dbus-daemon's for this kind of bus. */
+  serviceDirs?: string[];
   limits?: Partial<LegacyLimits>;
 }
 
-const NO_ACTIVATION: DriverBus = {
-  listActivatable: () => [],
-  isActivatable: () => false,
-  startService: (name) => Promise.reject(new Error(`The name ${name} was not provided by any .service files`)),
-  updateActivationEnvironment: () => undefined,
-  reload: () => undefined,
-};
+/** A bus named <uid>-system of root is a system bus to legacy clients; any other a session bus. */
+function busType(bus: Bus): 'system' | 'session' {
+  return bus.uid === 0 && bus.name === '0-system' ? 'system' : 'session';
+}
 
 export class LegacyEndpoint {
   private readonly listeners: UnixListener[] = [];
   private readonly clients = new Set<LegacyClient>();
   private readonly ctx: LegacyEndpointContext;
+  private activation: Activation | undefined;
+  /** Watches for activated services taking their names (one connection for every start). */
+  private watcher: LocalConnection | undefined;
   /** The addresses clients use, as printed at start-up. */
   readonly clientAddresses: string[] = [];
 
@@ -42,7 +44,7 @@ export class LegacyEndpoint {
       node: { kind: 'endpoint', ep: bus.defaultEndpoint },
       // dbus-daemon's GetId answers the server GUID; kdbus's bus id serves as both.
       guid: bus.id128.toString('hex'),
-      bus: opts.activation ?? NO_ACTIVATION,
+      bus: this.driverBus(),
       ownerUid: bus.uid,
       limits: { ...DEFAULT_LEGACY_LIMITS, ...opts.limits },
       forget: (c) => this.clients.delete(c),
@@ -54,10 +56,41 @@ export class LegacyEndpoint {
       for (const address of this.opts.addresses) {
         for (const a of parseAddress(address)) this.listen(a.kind === 'dir' ? { kind: 'path', path: socketIn(a.dir) } : a);
       }
+      const type = busType(this.bus);
+      this.activation = new Activation({
+        dirs: this.opts.serviceDirs ?? defaultServiceDirs(type),
+        busAddress: this.clientAddresses.join(';'),
+        busType: type,
+      });
     } catch (e) {
       this.stop();
       throw e;
     }
+  }
+
+  private driverBus(): DriverBus {
+    const activation = (): Activation => {
+      if (!this.activation) throw new Error('the legacy endpoint is not started');
+      return this.activation;
+    };
+    return {
+      listActivatable: () => activation().listActivatable(),
+      isActivatable: (name) => this.activation?.isActivatable(name) ?? false,
+      startService: (name) => activation().start(name, (n, signal) => waitForName(this.nameWatcher(), n, signal)),
+      updateActivationEnvironment: (vars) => activation().updateEnvironment(vars),
+      reload: () => activation().reload(),
+    };
+  }
+
+  private nameWatcher(): LocalConnection {
+    if (!this.watcher?.connected) {
+      this.watcher = LocalConnection.open(this.ctx.node, {
+        creds: { uid: this.bus.uid, euid: this.bus.uid, suid: this.bus.uid, fsuid: this.bus.uid, gid: 0, egid: 0, sgid: 0, fsgid: 0, groups: [] },
+        pid: process.pid,
+        privileged: true,
+      }, { attachFlagsRecv: 0n, description: 'legacy-activation' });
+    }
+    return this.watcher;
   }
 
   private listen(a: { kind: 'path'; path: string } | { kind: 'abstract'; name: string }): void {
@@ -83,6 +116,8 @@ export class LegacyEndpoint {
 
   /** Closes the sockets and disconnects every client (their kdbus connections go with them). */
   stop(): void {
+    this.activation?.close();
+    this.watcher?.close();
     for (const l of this.listeners.splice(0)) l.close();
     for (const c of [...this.clients]) c.close('the daemon is shutting down');
     this.clients.clear();
