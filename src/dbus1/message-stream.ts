@@ -108,6 +108,12 @@ function closeAll(fds: readonly number[], from = 0, to = fds.length): void {
 export class MessageStream {
   private readonly watch: FdWatch;
   private closedFlag = false;
+  /**
+   * The client can no longer be written to (EPIPE, ECONNRESET, a poll error) but may have
+   * left messages in the socket: a client that sends a signal and exits at once expects it
+   * delivered. The stream reads what is left, then closes.
+   */
+  private peerGone = false;
   private messages = false;
   private unixFds = false;
 
@@ -255,7 +261,7 @@ export class MessageStream {
   send(raw: Buffer, fds: readonly number[] = NO_FDS): boolean {
     if (raw.length === 0) throw new RangeError('send: a message has at least its fixed header');
     if (fds.length > MAX_FDS_PER_SEND) throw new RangeError(`send: ${fds.length} descriptors; one sendmsg carries at most ${MAX_FDS_PER_SEND}`);
-    if (this.closedFlag) {
+    if (this.closedFlag || this.peerGone) {
       closeAll(fds);
       return true;
     }
@@ -277,18 +283,22 @@ export class MessageStream {
     closeAll(this.fdQueue, this.fdHead);
     this.fdQueue = [];
     this.fdHead = 0;
-    for (let i = this.outHead; i < this.outQueue.length; i++) closeAll(this.outQueue[i]!.fds);
-    this.outQueue = [];
-    this.outHead = 0;
-    this.outBytes = 0;
+    this.dropOutput();
     this.buf = EMPTY;
     this.start = this.end = this.need = 0;
     this.handlers.closed(reason);
   }
 
+  private dropOutput(): void {
+    for (let i = this.outHead; i < this.outQueue.length; i++) closeAll(this.outQueue[i]!.fds);
+    this.outQueue = [];
+    this.outHead = 0;
+    this.outBytes = 0;
+  }
+
   private ready(status: number, events: number): void {
     if (status < 0) {
-      this.close(`the socket cannot be polled (libuv error ${status})`);
+      this.finish(`the socket cannot be polled (libuv error ${status})`);
       return;
     }
     if ((events & UV_WRITABLE) !== 0) this.flush();
@@ -296,7 +306,17 @@ export class MessageStream {
     if ((events & UV_READABLE) !== 0 && !this.closedFlag) this.readOnce();
   }
 
-  private readOnce(): void {
+  /** Reads what the gone client left in the socket, then closes. */
+  private finish(reason: string): void {
+    this.peerGone = true;
+    while (!this.closedFlag && this.readOnce()) {
+      // Each read hands its messages on before the next.
+    }
+    this.close(reason);
+  }
+
+  /** One recvmsg and what it brought handed on; false when nothing more can be read. */
+  private readOnce(): boolean {
     if (this.messages) this.makeRoom();
     else this.start = this.end = 0;
     const free = this.buf.length - this.end;
@@ -308,19 +328,29 @@ export class MessageStream {
       n = recvmsgFn(this.fd, this.rmsg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
       if (n >= 0) break;
       const e = koffi.errno();
-      if (e === EAGAIN) return;
-      if (e === ECONNRESET) return this.close('the client reset the connection');
-      if (e !== EINTR) return this.close(`recvmsg failed: errno ${e}`);
+      if (e === EAGAIN) return false;
+      if (e === ECONNRESET) {
+        if (!this.peerGone) this.close('the client reset the connection');
+        return false;
+      }
+      if (e !== EINTR) {
+        this.close(`recvmsg failed: errno ${e}`);
+        return false;
+      }
     }
     const controlLen = this.rmsg.readUInt32LE(MSG_CONTROLLEN);
-    if (controlLen > 0 && !this.acceptFds(controlLen)) return;
-    if (n === 0) return this.close('the client closed the connection');
+    if (controlLen > 0 && !this.acceptFds(controlLen)) return false;
+    if (n === 0) {
+      if (!this.peerGone) this.close('the client closed the connection');
+      return false;
+    }
     if (!this.messages) {
       this.handlers.auth(this.buf.subarray(0, n));
-      return;
+      return !this.closedFlag;
     }
     this.end += n;
     this.frame();
+    return !this.closedFlag;
   }
 
   /** Queues the descriptors of the last read; false when that closed the stream. */
@@ -485,7 +515,17 @@ export class MessageStream {
       const e = koffi.errno();
       if (e === EAGAIN) return -1;
       if (e === EINTR) continue;
-      this.close(e === EPIPE || e === ECONNRESET ? `the client went away (sendmsg: ${e === EPIPE ? 'EPIPE' : 'ECONNRESET'})` : `sendmsg failed: errno ${e}`);
+      if (e === EPIPE || e === ECONNRESET) {
+        // This may run inside the handling of one of the client's own messages: read the
+        // rest of them on a later turn, then close.
+        if (!this.peerGone) {
+          this.peerGone = true;
+          this.dropOutput();
+          setImmediate(() => this.finish(`the client went away (sendmsg: ${e === EPIPE ? 'EPIPE' : 'ECONNRESET'})`));
+        }
+        return -2;
+      }
+      this.close(`sendmsg failed: errno ${e}`);
       return -2;
     }
   }

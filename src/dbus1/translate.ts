@@ -65,10 +65,13 @@ export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom
   } else {
     dst = kdbusIdOfUniqueName(m.destination) ?? m.destination;
   }
-  // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
-  const payload = encodeGVariantMessage(m.sender === undefined ? m : { ...m, sender: undefined });
-  let flags = 0n;
   const expectReply = m.type === MessageType.MethodCall && !(m.flags & MessageFlag.NoReplyExpected);
+  // sd-bus drops a message whose NO_REPLY_EXPECTED disagrees with kdbus's EXPECT_REPLY (§2.4);
+  // dbus1 does not require the flag on replies, errors and signals, so it is set here.
+  const headerFlags = expectReply ? m.flags : m.flags | MessageFlag.NoReplyExpected;
+  // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
+  const payload = encodeGVariantMessage(m.sender === undefined && headerFlags === m.flags ? m : { ...m, sender: undefined, flags: headerFlags });
+  let flags = 0n;
   if (expectReply) flags |= MsgFlags.EXPECT_REPLY;
   if (m.flags & MessageFlag.NoAutoStart) flags |= MsgFlags.NO_AUTO_START;
   const out: OutgoingMessage = { dst, flags, cookie: m.serial, payloadType: KDBUS_PAYLOAD_DBUS, payload: [payload] };
