@@ -63,6 +63,8 @@ export interface DriverBus {
   startService(name: string, client: DriverClient): Promise<void>;
   updateActivationEnvironment(vars: Record<string, string>): void;
   reload(): void;
+  /** Ids of the owner and the queue of `name`, in queue order (kdbus's LIST is per connection). */
+  queuedOwners(name: string): bigint[];
 }
 
 const REQUEST_ALLOW_REPLACEMENT = 1;
@@ -122,6 +124,11 @@ const PROPERTIES: Record<string, () => Variant> = {
   Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring']),
 };
 
+/** Only org.freedesktop.DBus has properties; other interfaces are unknown to Properties. */
+function knownPropertyInterface(iface: string): void {
+  if (iface !== DRIVER_NAME) throw new DriverError(DBusError.UnknownInterface, `Interface "${iface}" has no properties here`);
+}
+
 type Handler = (c: DriverClient, bus: DriverBus, m: Message) => Promise<[string, Value[]]> | [string, Value[]];
 
 function args(m: Message, signature: string): Value[] {
@@ -129,6 +136,13 @@ function args(m: Message, signature: string): Value[] {
     throw new DriverError(DBusError.InvalidArgs, `Call to ${m.member} has wrong args (${m.signature}, expected ${signature})`);
   }
   return m.body;
+}
+
+/** dbus-daemon takes privileged methods only at the driver's own path. */
+function canonicalPathOnly(m: Message): void {
+  if (m.path !== DRIVER_PATH) {
+    throw new DriverError(DBusError.AccessDenied, `Method '${m.member}' is only available at the canonical object path '${DRIVER_PATH}'`);
+  }
 }
 
 function checkName(name: string): void {
@@ -183,7 +197,10 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
       if (!(flags & REQUEST_DO_NOT_QUEUE)) kflags |= NameFlags.QUEUE;
       try {
         const ret = c.conn.acquireName(name, kflags);
-        return ['u', [ret & NameFlags.IN_QUEUE ? 2 : 1]];
+        // kdbus sets ACQUIRED only when ownership or queue place is new; an owner asking
+        // again gets PRIMARY alone (dbus-daemon's ALREADY_OWNER).
+        if (ret & NameFlags.IN_QUEUE) return ['u', [2]];
+        return ['u', [ret & NameFlags.ACQUIRED ? 1 : 4]];
       } catch (e) {
         if (e instanceof KdbusError && e.code === 'EEXIST') return ['u', [3]];
         if (e instanceof KdbusError && e.code === 'EALREADY') return ['u', [4]];
@@ -220,15 +237,13 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
       if (name === DRIVER_NAME) return ['s', [DRIVER_NAME]];
       return ['s', [uniqueName(requireOwner(c.conn, name, 0n).id)]];
     },
-    ListQueuedOwners: (c, _bus, m) => {
+    ListQueuedOwners: (_c, bus, m) => {
       const [name] = args(m, 's') as [string];
       if (name === DRIVER_NAME) return ['as', [[DRIVER_NAME]]];
-      const primary = requireOwner(c.conn, name, 0n);
-      const out = [uniqueName(primary.id)];
-      for (const e of c.conn.listNames(ListFlags.QUEUED)) {
-        if (e.id !== primary.id && e.names.some((n) => n.name === name)) out.push(uniqueName(e.id));
-      }
-      return ['as', [out]];
+      checkName(name);
+      const queue = bus.queuedOwners(name);
+      if (queue.length === 0) throw new DriverError(DBusError.NameHasNoOwner, `Could not get owners of name '${name}': no such name`);
+      return ['as', [queue.map(uniqueName)]];
     },
     StartServiceByName: async (c, bus, m) => {
       const [name, flags] = args(m, 'su') as [string, number];
@@ -240,6 +255,7 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
       return ['u', [1]];
     },
     UpdateActivationEnvironment: (c, bus, m) => {
+      canonicalPathOnly(m);
       const [pairs] = args(m, 'a{ss}') as [Array<[string, string]>];
       if (!c.trusted) throw new DriverError(DBusError.AccessDenied, 'Cannot change the activation environment: only the bus owner or root may');
       bus.updateActivationEnvironment(Object.fromEntries(pairs));
@@ -266,7 +282,8 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
       }
       const meta = requireOwner(c.conn, name, CONN_INFO_CREDS).meta;
       if (meta.creds) entries.push(['UnixUserID', new Variant('u', Number(meta.creds.euid))]);
-      if (meta.creds && meta.auxGroups) entries.push(['UnixGroupIDs', new Variant('au', meta.auxGroups.map(Number))]);
+      // dbus-daemon lists the primary group with the supplementary ones.
+      if (meta.creds) entries.push(['UnixGroupIDs', new Variant('au', [...new Set([Number(meta.creds.egid), ...(meta.auxGroups ?? []).map(Number)])].sort((a, b) => a - b))]);
       if (meta.pids?.pid) entries.push(['ProcessID', new Variant('u', Number(meta.pids.pid))]);
       if (meta.seclabel !== undefined) entries.push(['LinuxSecurityLabel', new Variant('ay', Buffer.from(`${meta.seclabel}\0`))]);
       return ['a{sv}', [entries]];
@@ -311,23 +328,26 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
   'org.freedesktop.DBus.Properties': {
     Get: (_c, _bus, m) => {
       const [iface, prop] = args(m, 'ss') as [string, string];
-      const get = iface === DRIVER_NAME ? PROPERTIES[prop] : undefined;
+      knownPropertyInterface(iface);
+      const get = PROPERTIES[prop];
       if (!get) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
       return ['v', [get()]];
     },
     GetAll: (_c, _bus, m) => {
       const [iface] = args(m, 's') as [string];
-      const entries = iface === DRIVER_NAME || iface === '' ? Object.entries(PROPERTIES).map(([k, f]) => [k, f()] as [string, Variant]) : [];
-      return ['a{sv}', [entries]];
+      if (iface !== '') knownPropertyInterface(iface);
+      return ['a{sv}', [Object.entries(PROPERTIES).map(([k, f]) => [k, f()] as [string, Variant])]];
     },
     Set: (_c, _bus, m) => {
       const [iface, prop] = args(m, 'ssv') as [string, string, Variant];
-      if (iface !== DRIVER_NAME || !PROPERTIES[prop]) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
+      knownPropertyInterface(iface);
+      if (!PROPERTIES[prop]) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
       throw new DriverError(DBusError.PropertyReadOnly, `Property "${prop}" of "${iface}" is read-only`);
     },
   },
   'org.freedesktop.DBus.Monitoring': {
     BecomeMonitor: (c, _bus, m) => {
+      canonicalPathOnly(m);
       const [rules, flags] = args(m, 'asu') as [string[], number];
       if (flags !== 0) throw new DriverError(DBusError.InvalidArgs, 'BecomeMonitor: flags must be 0');
       c.becomeMonitor(rules.map((r) => MatchRule.parse(r)));

@@ -9,7 +9,7 @@
  * pending replies and pool) and, once it became a monitor, a monitor connection; close()
  * releases all of them.
  */
-import { Attach, KDBUS_DST_ID_BROADCAST, NameFlags } from '../abi/constants';
+import { Attach, KDBUS_DST_ID_BROADCAST, ListFlags, NameFlags } from '../abi/constants';
 import { KdbusError } from '../abi/errno';
 import type { ImportedFile } from '../bus/caller';
 import { nowNs } from '../bus/deadline';
@@ -40,6 +40,13 @@ export interface LegacyEndpointContext {
   /** uid of the bus's owner: with root, the only one who may monitor or change activation. */
   readonly ownerUid: number;
   readonly limits: LegacyLimits;
+  /**
+   * Clients that became monitors. The driver's traffic never crosses kdbus, so clients show
+   * it to them: calls to the driver and the driver's answers and name signals.
+   */
+  readonly monitors: Set<LegacyClient>;
+  /** Kdbus ids of the legacy clients: their name changes they show monitors themselves. */
+  readonly legacyIds: Set<bigint>;
   forget(client: LegacyClient): void;
 }
 
@@ -167,12 +174,13 @@ export class LegacyClient implements DriverClient {
     }
     m.sender = this.uniqueName;
     if (this.monitorConn) {
-      // Monitors only listen, as with dbus-daemon.
       files.forEach((f) => f.close());
+      this.close('a monitor sent a message (monitors may only listen)');
       return;
     }
     if (m.destination === DRIVER_NAME) {
       files.forEach((f) => f.close());
+      this.showMonitors(m);
       void callDriver(this, this.ctx.bus, m);
       return;
     }
@@ -197,6 +205,7 @@ export class LegacyClient implements DriverClient {
     }
     this.connection = conn;
     this.uniqueName = uniqueName(conn.id);
+    this.ctx.legacyIds.add(conn.id);
     this.bloom = new Bloom(conn.bloom.size, conn.bloom.nHash);
     conn.onMessage((r) => this.fromBus(r));
     conn.onDisconnect(() => this.close('the bus went away'));
@@ -265,7 +274,9 @@ export class LegacyClient implements DriverClient {
     this.sendToClient(m);
   }
 
-  private sendToClient(m: Message, fds: readonly number[] = []): boolean {
+  /** `shown`: monitors have seen it already (it is their own capture). */
+  private sendToClient(m: Message, fds: readonly number[] = [], shown = false): boolean {
+    if (!shown && m.sender === DRIVER_NAME && m.member !== 'NameOwnerChanged') this.showMonitors(m);
     let raw: Buffer;
     try {
       raw = encodeMessage(m);
@@ -280,11 +291,8 @@ export class LegacyClient implements DriverClient {
   private readonly owners: NameOwners = {
     primaryOwner: (name) => {
       if (name.startsWith(':') || name === DRIVER_NAME) return name;
-      try {
-        return uniqueName(this.conn.connInfo(name, 0n).id);
-      } catch {
-        return undefined;
-      }
+      const owner = this.ctx.bus.queuedOwners(name)[0];
+      return owner === undefined ? undefined : uniqueName(owner);
     },
   };
 
@@ -305,6 +313,9 @@ export class LegacyClient implements DriverClient {
         const acquired = r.kind !== 'name-remove' && r.newId === self && !(r.newFlags & NAME_IN_QUEUE);
         if (lost) this.sendToClient(driverSignal('NameLost', 's', [r.name], this.uniqueName));
         const changed = nameOwnerChanged(r);
+        // Monitors see a legacy client's name change from the client, in dbus-daemon's order
+        // (NameLost, NameOwnerChanged, NameAcquired), once: from the new owner if legacy.
+        if (changed && (r.newId === self || (r.oldId === self && !this.ctx.legacyIds.has(r.newId)))) this.showMonitors(changed);
         if (changed && this.wants(changed)) this.sendToClient(changed);
         if (acquired) this.sendToClient(driverSignal('NameAcquired', 's', [r.name], this.uniqueName));
         return;
@@ -400,6 +411,16 @@ export class LegacyClient implements DriverClient {
   becomeMonitor(rules: MatchRule[]): void {
     if (!this.trusted) throw new DriverError(DBusError.AccessDenied, 'Only the bus owner or root may become a monitor');
     const id = callerIdentity(this.peer.pid);
+    // As with dbus-daemon, a monitor owns nothing, not even its unique name: its ordinary
+    // connection goes first (the monitor does not see its own names go), and it is told it
+    // lost each name once the call is answered.
+    const conn = this.conn;
+    const names = conn.listNames(ListFlags.NAMES).filter((e) => e.id === conn.id).flatMap((e) => e.names.map((n) => n.name));
+    conn.onMessage(undefined);
+    conn.onDisconnect(undefined);
+    this.ctx.legacyIds.delete(conn.id);
+    conn.close();
+    this.rules.splice(0);
     // kdbus monitors must be privileged; the endpoint vouches for a client it found trusted.
     this.monitorConn = LocalConnection.open(this.ctx.node, { creds: id.creds, pid: id.tgid, privileged: true }, {
       attachFlagsRecv: 0n,
@@ -410,8 +431,22 @@ export class LegacyClient implements DriverClient {
     this.monitorRules = rules.map((r) => r.eavesdropping());
     this.monitorConn.onMessage((r) => this.monitored(r));
     this.monitorConn.onDisconnect(() => this.close('the bus went away'));
-    for (const r of this.rules.splice(0)) this.safeRemoveMatch(r.cookie);
+    this.ctx.monitors.add(this);
+    setImmediate(() => {
+      for (const name of [...names, this.uniqueName]) this.sendToClient(driverSignal('NameLost', 's', [name], this.uniqueName));
+    });
     logger.info(`${this.uniqueName} (${this.label}) became a monitor`);
+  }
+
+  /** A message of the driver's conversation with some client, for every monitor that wants it. */
+  private showMonitors(m: Message): void {
+    for (const monitor of this.ctx.monitors) if (monitor !== this) monitor.capture(m);
+  }
+
+  private capture(m: Message): void {
+    const view = matchView(m);
+    if (this.monitorRules.length > 0 && !this.monitorRules.some((rule) => rule.matches(view, this.owners))) return;
+    this.sendToClient(m.unixFds === undefined ? m : { ...m, unixFds: undefined }, [], true);
   }
 
   private monitored(r: Received): void {
@@ -426,15 +461,12 @@ export class LegacyClient implements DriverClient {
       for (const f of r.fds) f?.close();
       if (m && m.destination === '') m.destination = undefined;
     } else if (r.kind === 'name-add' || r.kind === 'name-change' || r.kind === 'name-remove') {
+      if (this.ctx.legacyIds.has(r.newId) || this.ctx.legacyIds.has(r.oldId)) return;
       m = nameOwnerChanged(r);
     } else if (r.kind === 'id-add' || r.kind === 'id-remove') {
       m = uniqueNameChanged(r.id, r.kind === 'id-add');
     }
-    if (!m) return;
-    if (m.unixFds !== undefined) m.unixFds = undefined;
-    const view = matchView(m);
-    if (this.monitorRules.length > 0 && !this.monitorRules.some((rule) => rule.matches(view, this.owners))) return;
-    this.sendToClient(m);
+    if (m) this.capture(m);
   }
 
   // --- teardown ----------------------------------------------------------------------------
@@ -443,6 +475,8 @@ export class LegacyClient implements DriverClient {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.authTimer);
+    this.ctx.monitors.delete(this);
+    if (this.connection) this.ctx.legacyIds.delete(this.connection.id);
     this.monitorConn?.close();
     this.connection?.close();
     this.ctx.forget(this);

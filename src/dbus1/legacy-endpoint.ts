@@ -47,6 +47,8 @@ export class LegacyEndpoint {
       bus: this.driverBus(),
       ownerUid: bus.uid,
       limits: { ...DEFAULT_LEGACY_LIMITS, ...opts.limits },
+      monitors: new Set(),
+      legacyIds: new Set(),
       forget: (c) => this.clients.delete(c),
     };
   }
@@ -79,6 +81,13 @@ export class LegacyEndpoint {
       startService: (name) => activation().start(name, (n, signal) => waitForName(this.nameWatcher(), n, signal)),
       updateActivationEnvironment: (vars) => activation().updateEnvironment(vars),
       reload: () => activation().reload(),
+      queuedOwners: (name) => {
+        const entry = this.bus.names.entry(name);
+        if (!entry) return [];
+        const ids: bigint[] = [];
+        for (const r of entry.records()) if (r.owner !== entry.activator || r.owner === entry.primary) ids.push(r.owner.id);
+        return ids;
+      },
     };
   }
 

@@ -51,10 +51,14 @@ const MSG_FLAGS = 48;
 const TWO_32 = 2 ** 32;
 
 /**
- * The read buffer an idle stream keeps: dozens of typical messages per read, while a
- * thousand clients hold 16 MiB. A larger message grows it for as long as it is needed.
+ * The read buffer: dozens of typical messages per read. Every stream reads into the same
+ * one (reads happen one at a time on the main thread, and each is framed and handed on
+ * before the next), and keeps a buffer of its own only while it holds part of a message,
+ * so an idle client costs no buffer at all.
  */
 const READ_BUFFER_BYTES = 16 * 1024;
+const shared = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+const sharedAddress = Number(koffi.address(shared) as bigint);
 /** Below this much free space behind the data, the data moves to the front before a read. */
 const MIN_READ_BYTES = 1024;
 const EMPTY = Buffer.alloc(0);
@@ -167,8 +171,8 @@ export class MessageStream {
     this.smsg.writeUInt32LE(1, MSG_IOVLEN);
     this.scontrol.writeUInt32LE(SOL_SOCKET, 8);
     this.scontrol.writeUInt32LE(SCM_RIGHTS, 12);
-    this.buf = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-    this.bufAddress = addressOf(this.buf);
+    this.buf = shared;
+    this.bufAddress = sharedAddress;
     try {
       this.watch = new FdWatch(fd, (status, events) => this.ready(status, events));
     } catch (e) {
@@ -409,7 +413,21 @@ export class MessageStream {
       this.need = 0;
       this.handlers.message(raw);
     }
-    if (this.start === this.end) this.start = this.end = 0;
+    this.settle();
+  }
+
+  /** Between reads a stream holds only its unfinished message, in a buffer of its own. */
+  private settle(): void {
+    if (this.closedFlag) return;
+    if (this.start === this.end) {
+      this.start = this.end = 0;
+      if (this.buf !== shared && this.buf.length <= READ_BUFFER_BYTES) {
+        this.buf = shared;
+        this.bufAddress = sharedAddress;
+      }
+      return;
+    }
+    if (this.buf === shared) this.replaceBuffer(Math.max(this.need, this.end - this.start, DBUS1_PREFIX_SIZE));
   }
 
   /**
@@ -419,11 +437,14 @@ export class MessageStream {
    */
   private makeRoom(): void {
     const pending = this.end - this.start;
-    if (pending === 0 && this.buf.length > READ_BUFFER_BYTES) {
-      this.replaceBuffer(READ_BUFFER_BYTES);
+    if (pending === 0) {
+      this.start = this.end = 0;
+      this.buf = shared;
+      this.bufAddress = sharedAddress;
       return;
     }
-    const want = Math.max(this.need, DBUS1_PREFIX_SIZE);
+    // A private buffer holding a partial message reads at least as much as the shared one.
+    const want = Math.max(this.need, DBUS1_PREFIX_SIZE, this.buf === shared ? 0 : READ_BUFFER_BYTES);
     if (want > this.buf.length) {
       this.replaceBuffer(want);
       return;

@@ -1,0 +1,251 @@
+/**
+ * Legacy (D-Bus 1) benchmark: the same sd-bus clients (bench/c/sdbus-pingpong) against
+ * kdbus-cuse's legacy endpoint, dbus-daemon and dbus-broker, in one run, side by side:
+ * call/reply latency between a legacy caller and a legacy service (0 B, 1 KiB, 64 KiB),
+ * signal fan-out to 10 receivers, and the bus's memory per idle legacy client (its RSS with
+ * 0 and with 200 connected, idle clients). Targets are reported, never asserted.
+ *
+ *   node dist/bench/legacy.js            full run
+ *   node dist/bench/legacy.js --quick    a tenth of the iterations (a smoke run)
+ *
+ * kdbus-cuse rows read "n/a (endpoint not available)" while `serve --listen` does not
+ * answer a driver call.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as dbus from 'dbus-next';
+import { cpuModel } from './report';
+import {
+  BUS_KINDS, PROJECT, busUnavailable, driverCall, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
+} from '../test/helpers/legacy-bus';
+
+const C_DIR = path.join(PROJECT, 'bench', 'c');
+const SDBUS_PINGPONG = path.join(C_DIR, 'build', 'sdbus-pingpong');
+const KIB = 1024;
+const IDLE_CLIENTS = 200;
+const CLIENT_TIMEOUT_MS = 120_000;
+
+interface Stats {
+  n: number;
+  mean_us: number;
+  p99_us: number;
+}
+type Outcome = Stats | { error: string };
+const failed = (o: Outcome | undefined): o is { error: string } => o !== undefined && 'error' in o;
+
+interface Case {
+  key: string;
+  label: string;
+  args: string[];
+}
+
+function cases(quick: boolean): Case[] {
+  const q = (n: number): number => (quick ? Math.max(5, Math.round(n / 10)) : n);
+  return [
+    { key: 'call 0', label: '0 B', args: ['call', '0', String(q(3000))] },
+    { key: 'call 1024', label: '1 KiB', args: ['call', String(KIB), String(q(3000))] },
+    { key: 'call 65536', label: '64 KiB', args: ['call', String(64 * KIB), String(q(1500))] },
+    { key: 'fanout 10', label: '10 receivers', args: ['fanout', '10', String(q(300))] },
+  ];
+}
+
+async function pingpong(bus: LegacyBus, args: string[]): Promise<Outcome> {
+  const [mode, ...rest] = args;
+  const r = await run(SDBUS_PINGPONG, [mode!, bus.address, ...rest], { timeoutMs: CLIENT_TIMEOUT_MS });
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  if (r.code === 0 && line.startsWith('{')) return JSON.parse(line) as Stats;
+  const how = r.timedOut ? `timed out after ${CLIENT_TIMEOUT_MS / 1000} s` : r.signal ? `killed by ${r.signal}` : `exit code ${r.code}`;
+  return { error: `sdbus-pingpong ${mode}: ${how}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` };
+}
+
+/** Whether a bus answers a driver call (the kdbus-cuse endpoint may not yet). */
+async function answers(bus: LegacyBus): Promise<boolean> {
+  const r = await driverCall(bus, 'GetId');
+  return r.code === 0 && /string "[0-9a-f]{32}"/.test(r.stdout);
+}
+
+interface Memory {
+  idleKiB: number;
+  loadedKiB: number;
+  perClientKiB: number;
+}
+
+/** The bus's RSS with no client and with IDLE_CLIENTS connected (Hello done) and idle. */
+async function idleMemory(bus: LegacyBus): Promise<Memory | { error: string }> {
+  const pid = bus.busPid();
+  if (pid === undefined) return { error: 'no bus process' };
+  const settle = async (): Promise<number | undefined> => {
+    await sleep(1_000);
+    return rssKiB(pid);
+  };
+  const idleKiB = await settle();
+  const clients: dbus.MessageBus[] = [];
+  try {
+    for (let i = 0; i < IDLE_CLIENTS; i++) {
+      const c = dbus.sessionBus({ busAddress: bus.address });
+      clients.push(c);
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`client ${i}: no Hello reply in 10 s`)), 10_000);
+        c.on('connect', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        c.on('error', (e) => {
+          clearTimeout(timer);
+          reject(e instanceof Error ? e : new Error(String(e)));
+        });
+      });
+    }
+    const loadedKiB = await settle();
+    if (idleKiB === undefined || loadedKiB === undefined) return { error: 'the bus process ended' };
+    return { idleKiB, loadedKiB, perClientKiB: (loadedKiB - idleKiB) / IDLE_CLIENTS };
+  } catch (e) {
+    return { error: e instanceof Error ? e.message : String(e) };
+  } finally {
+    for (const c of clients) c.disconnect();
+  }
+}
+
+interface Column {
+  kind: BusKind;
+  /** Why the column is empty, when it is. */
+  unavailable?: string;
+  results: Map<string, Outcome>;
+  memory?: Memory | { error: string };
+}
+
+async function measure(kind: BusKind, dir: string, all: Case[]): Promise<Column> {
+  const col: Column = { kind, results: new Map() };
+  const missing = busUnavailable(kind);
+  if (missing) return { ...col, unavailable: `n/a (${missing})` };
+  let bus: LegacyBus | undefined;
+  try {
+    bus = await startBus(kind, path.join(dir, kind));
+    if (!(await answers(bus))) return { ...col, unavailable: kind === 'kdbus-cuse' ? 'n/a (endpoint not available)' : 'n/a (does not answer)' };
+    for (const c of all) {
+      progress(`${kind}: ${c.key}`);
+      col.results.set(c.key, await pingpong(bus, c.args));
+    }
+  } catch (e) {
+    return { ...col, unavailable: kind === 'kdbus-cuse' ? 'n/a (endpoint not available)' : `n/a (${e instanceof Error ? e.message.split('\n')[0] : String(e)})` };
+  } finally {
+    await bus?.stop();
+  }
+  // A fresh bus for the memory count: what the latency runs left behind is not idle cost.
+  try {
+    progress(`${kind}: memory with ${IDLE_CLIENTS} idle clients`);
+    bus = await startBus(kind, path.join(dir, `${kind}-memory`));
+    col.memory = await idleMemory(bus);
+  } catch (e) {
+    col.memory = { error: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
+  } finally {
+    await bus?.stop();
+  }
+  return col;
+}
+
+// ---- reporting ---------------------------------------------------------------------------
+
+const us = (x: number): string => (x >= 1000 ? x.toFixed(0) : x >= 100 ? x.toFixed(1) : x.toFixed(2));
+
+function table(head: string[], rows: string[][]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+function meanOf(col: Column | undefined, key: string): number | undefined {
+  const o = col?.results.get(key);
+  return o && !failed(o) ? o.mean_us : undefined;
+}
+
+function report(columns: Column[], all: Case[], seconds: number): string {
+  const byKind = new Map(columns.map((c) => [c.kind, c]));
+  const cell = (col: Column, key: string, field: 'mean_us' | 'p99_us'): string => {
+    if (col.unavailable) return field === 'mean_us' ? col.unavailable : '';
+    const o = col.results.get(key);
+    return o === undefined ? '' : failed(o) ? 'failed' : us(o[field]);
+  };
+  const ratio = (key: string, versus: BusKind): string => {
+    const a = meanOf(byKind.get('kdbus-cuse'), key);
+    const b = meanOf(byKind.get(versus), key);
+    return a === undefined || b === undefined ? '-' : `${(a / b).toFixed(2)}x`;
+  };
+  const head = ['', ...columns.flatMap((c) => [`${c.kind} mean µs`, 'p99']), 'kdbus-cuse/broker', 'kdbus-cuse/daemon'];
+  const rowOf = (c: Case): string[] => [c.label, ...columns.flatMap((col) => [cell(col, c.key, 'mean_us'), cell(col, c.key, 'p99_us')]), ratio(c.key, 'dbus-broker'), ratio(c.key, 'dbus-daemon')];
+  const calls = all.filter((c) => c.key.startsWith('call'));
+  const fan = all.filter((c) => c.key.startsWith('fanout'));
+
+  const memHead = ['', ...columns.map((c) => c.kind)];
+  const mem = (f: (m: Memory) => string): string[] =>
+    columns.map((c) => (c.unavailable ? c.unavailable : !c.memory ? '' : 'error' in c.memory ? `failed: ${c.memory.error}` : f(c.memory)));
+  const memRows = [
+    ['RSS, no client (KiB)', ...mem((m) => String(m.idleKiB))],
+    [`RSS, ${IDLE_CLIENTS} idle clients (KiB)`, ...mem((m) => String(m.loadedKiB))],
+    ['per idle client (KiB)', ...mem((m) => m.perClientKiB.toFixed(1))],
+  ];
+
+  const verdict = (ok: boolean | undefined): string => (ok === undefined ? 'not measured' : ok ? 'met' : 'NOT met');
+  const targets: string[] = ['Targets (reported, not asserted):'];
+  const kc = byKind.get('kdbus-cuse');
+  for (const c of calls) {
+    const a = meanOf(kc, c.key);
+    const broker = meanOf(byKind.get('dbus-broker'), c.key);
+    const daemon = meanOf(byKind.get('dbus-daemon'), c.key);
+    const within = a !== undefined && broker !== undefined ? a <= 1.25 * broker : undefined;
+    const ahead = a !== undefined && daemon !== undefined ? a < daemon : undefined;
+    targets.push(`  ${c.label} call/reply within 1.25x of dbus-broker: ${ratio(c.key, 'dbus-broker')} -> ${verdict(within)}; ahead of dbus-daemon: ${ratio(c.key, 'dbus-daemon')} -> ${verdict(ahead)}`);
+  }
+  const kcMem = kc?.memory && !('error' in kc.memory) ? kc.memory.perClientKiB : undefined;
+  targets.push(`  memory per idle legacy client under 64 KiB: ${kcMem === undefined ? '-' : `${kcMem.toFixed(1)} KiB`} -> ${verdict(kcMem === undefined ? undefined : kcMem < 64)}`);
+
+  const errors = columns.flatMap((col) => [...col.results].filter(([, o]) => failed(o)).map(([k, o]) => `  ${col.kind} ${k}: ${(o as { error: string }).error}`));
+  return [
+    'kdbus-cuse legacy benchmark — sd-bus clients (bench/c/sdbus-pingpong) on each bus over unix:path sockets',
+    `node ${process.version}  ${os.type()} ${os.release()} ${os.arch()}  cpu ${cpuModel()} (${os.cpus().length} logical)`,
+    `date ${new Date().toISOString()}  load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} (1/5/15 min at the end)`,
+    '',
+    'Legacy caller to legacy service, call/reply (payload an "ay" argument; the callee touches every page), µs per call',
+    table(head, calls.map(rowOf)),
+    '',
+    'Signal fan-out, µs from sending until the last of the receivers (each a process) has the signal',
+    table(head, fan.map(rowOf)),
+    '',
+    `Memory of the bus process (VmRSS) with no client and with ${IDLE_CLIENTS} idle dbus-next clients (Hello done)`,
+    table(memHead, memRows),
+    '',
+    ...targets,
+    ...(errors.length > 0 ? ['', 'Failures:', ...errors] : []),
+    '',
+    `run: ${seconds.toFixed(1)} s`,
+  ].join('\n');
+}
+
+function progress(msg: string): void {
+  process.stderr.write(`${msg}\n`);
+}
+
+async function main(): Promise<void> {
+  const quick = process.argv.includes('--quick');
+  const started = Date.now();
+  const make = spawnSync('make', ['-s', '-C', C_DIR, path.join('build', 'sdbus-pingpong')], { encoding: 'utf8' });
+  if (make.status !== 0) throw new Error(`make -C bench/c build/sdbus-pingpong failed:\n${make.stdout}${make.stderr}`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-legacy-bench-'));
+  const all = cases(quick);
+  const columns: Column[] = [];
+  try {
+    for (const kind of BUS_KINDS) columns.push(await measure(kind, dir, all));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  // kdbus-cuse first, as in bench/transport.ts.
+  columns.sort((a, b) => (a.kind === 'kdbus-cuse' ? -1 : b.kind === 'kdbus-cuse' ? 1 : 0));
+  process.stdout.write(`${report(columns, all, (Date.now() - started) / 1000)}\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exit(1);
+});
