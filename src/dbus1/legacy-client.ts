@@ -227,7 +227,8 @@ export class LegacyClient implements DriverClient {
     const expectsReply = m.type === MessageType.MethodCall && !(m.flags & MessageFlag.NoReplyExpected);
     const dest = m.destination;
     const name = dest !== undefined && !dest.startsWith(':') ? dest : undefined;
-    if (name !== undefined && !(m.flags & MessageFlag.NoAutoStart) && this.ctx.bus.isActivatable(name) && !this.hasOwner(name)) {
+    // An owned name is the common case: only an unowned one may need activating.
+    if (name !== undefined && !(m.flags & MessageFlag.NoAutoStart) && this.ctx.bus.queuedOwners(name).length === 0 && this.ctx.bus.isActivatable(name)) {
       this.ctx.bus.startService(name, this).then(
         () => this.toBus(m, files),
         (e: unknown) => {
@@ -255,15 +256,6 @@ export class LegacyClient implements DriverClient {
       if (!(e instanceof KdbusError)) throw e;
       if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, dest ?? '')));
       else if (e.code !== 'EBADSLT') logger.debug(`${this.uniqueName}: a message to ${dest ?? 'everyone'} was dropped: ${e.message}`);
-    }
-  }
-
-  private hasOwner(name: string): boolean {
-    try {
-      this.conn.connInfo(name, 0n);
-      return true;
-    } catch {
-      return false;
     }
   }
 
