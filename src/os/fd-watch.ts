@@ -6,6 +6,7 @@
  * epoll for the main thread costs a hop per request, which under emulation is milliseconds.
  */
 import * as koffi from 'koffi';
+import { logger } from '../log/logger';
 
 const libc = koffi.load(null);
 const uvDefaultLoop = libc.func('void *uv_default_loop()');
@@ -80,10 +81,9 @@ export class FdWatch {
     try {
       this.onReady(status, events);
     } catch (e) {
-      // An exception must not unwind through libuv's C frames.
-      process.nextTick(() => {
-        throw e;
-      });
+      // An exception must not unwind through libuv's C frames, and one client's trouble
+      // must not end the daemon: it is a bug to log, and the loop goes on.
+      logger.error(`handler of descriptor ${this.fd} failed: ${(e as Error).stack ?? String(e)}`);
     }
   }
 
