@@ -6,8 +6,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ConfigError, defaults, loadFile, validate, type Config, type TransportMode } from '../config/config';
 import { Daemon } from '../daemon/daemon';
+import { ServiceLifecycle } from '../daemon/lifecycle';
 import { logger, setLogLevel } from '../log/logger';
+import { SdNotifier } from '../os/sd-notify';
 import { parseArgs, UsageError } from './args';
+import { monitor, status } from './control-client';
 import { selectTransports } from '../daemon/select-transports';
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
@@ -19,6 +22,8 @@ The kdbus IPC served from userland.
 
 Commands:
   serve       run the daemon
+  status      show the running daemon's buses, endpoints and connections
+  monitor     show the messages passing on a bus as they pass
   shim-path   print the path of the client preload library
 
 Options:
@@ -42,6 +47,10 @@ Options:
                          "none": no legacy endpoint)
   --upstream ADDRESS     bridge the first bus to an existing bus
   --log-level LEVEL      error, warn, info (default), verbose or debug
+  --check-config         validate the configuration and exit (0: valid, 2: the error)
+
+Signals: SIGHUP reloads the configuration (log level, new buses; other changes
+wait for a restart), SIGTERM and SIGINT stop the daemon and remove its nodes.
 `,
   'shim-path': `Usage: kdbus-cuse shim-path [--libc glibc|musl]
 
@@ -59,6 +68,7 @@ const SERVE_FLAGS = {
   listen: { value: true, repeat: true },
   upstream: { value: true },
   'log-level': { value: true },
+  'check-config': { value: false },
   help: { value: false },
 };
 
@@ -85,19 +95,17 @@ async function serve(argv: readonly string[]): Promise<number> {
     process.stdout.write(HELP['serve']!);
     return 0;
   }
+  if (parseArgs(argv, SERVE_FLAGS).flags.has('check-config')) {
+    process.stdout.write(`configuration valid: transport ${config.transport}, buses ${config.buses.join(', ')}\n`);
+    return 0;
+  }
   setLogLevel(config.logLevel);
-  const daemon = new Daemon(config);
+  const daemon = new Daemon(config, pkg.version);
+  const lifecycle = new ServiceLifecycle(daemon, { notifier: SdNotifier.fromEnvironment(), readConfig: () => serveConfig(argv)! });
   for (const t of await selectTransports(config)) daemon.addTransport(t);
   await daemon.start();
   logger.info(`kdbus-cuse ${pkg.version} ready: buses ${config.buses.join(', ')}`);
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string): void => {
-      logger.info(`${sig}: shutting down`);
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  await lifecycle.run();
   await daemon.stop();
   return 0;
 }
@@ -136,6 +144,10 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await serve(rest);
       case 'shim-path':
         return shimPath(rest);
+      case 'status':
+        return await status(rest);
+      case 'monitor':
+        return await monitor(rest);
       default:
         throw new UsageError(`unknown command "${command}"`);
     }

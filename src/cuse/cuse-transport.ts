@@ -123,7 +123,8 @@ export class CuseTransport implements Transport, NodeHost {
 /** devtmpfs creates the node shortly after the kernel accepted CUSE_INIT. */
 async function appears(file: string): Promise<void> {
   for (let i = 0; i < 400; i++) {
-    if (fs.existsSync(file)) return;
+    // stat, not access(): under a closed device policy access() to our own nodes is refused.
+    if (fs.statSync(file, { throwIfNoEntry: false })) return;
     await new Promise((r) => setTimeout(r, 5));
   }
   logger.warn(`${file} did not appear within 2 s`);

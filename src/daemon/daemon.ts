@@ -2,6 +2,7 @@
  * The daemon: one domain, the buses it was configured to create (it stays their owner, as
  * PID 1 did for kdbus's system bus), and the transports that carry clients to them.
  */
+import fs from 'node:fs';
 import { ItemType } from '../abi/constants';
 import { KdbusError } from '../abi/errno';
 import { ItemWriter } from '../abi/items';
@@ -9,9 +10,11 @@ import { LocalMemory } from '../abi/local-memory';
 import type { CallContext, Credentials } from '../bus/caller';
 import { Domain } from '../bus/domain';
 import { openHandle, type Handle } from '../bus/handle';
-import { listenAddresses, type Config } from '../config/config';
+import { controlPath, listenAddresses, type Config } from '../config/config';
 import { LegacyEndpoint } from '../dbus1/legacy-endpoint';
 import { logger } from '../log/logger';
+import { CreatedDirs, runtimeDirs } from './runtime-dirs';
+import { ControlSocket } from './control-socket';
 import type { Transport } from './transport';
 
 /** systemd's bus parameters: 64-byte bloom filters with 8 hash functions. */
@@ -23,8 +26,10 @@ export class Daemon {
   private readonly busOwners: Handle[] = [];
   private readonly transports: Transport[] = [];
   private readonly legacy: LegacyEndpoint[] = [];
+  private createdDirs: CreatedDirs | undefined;
+  private control: ControlSocket | undefined;
 
-  constructor(readonly config: Config) {}
+  constructor(readonly config: Config, private readonly version = '') {}
 
   /** Creates a bus through BUS_MAKE, as its owner; the bus lives as long as the daemon. */
   async createBus(name: string): Promise<void> {
@@ -58,6 +63,7 @@ export class Daemon {
   }
 
   async start(): Promise<void> {
+    this.createdDirs = new CreatedDirs(runtimeDirs(this.config));
     for (const t of this.transports) {
       await t.start(this.domain);
       logger.info(`transport ${t.name}: ${t.describe()}`);
@@ -65,13 +71,19 @@ export class Daemon {
     for (const name of this.config.buses) await this.createBus(name);
     const listen = listenAddresses(this.config);
     if (listen.length > 0) this.startLegacyEndpoint(this.config.buses[0]!, listen);
+    this.control = new ControlSocket(controlPath(this.config), this.domain, {
+      version: this.version,
+      transports: () => this.transports.map((t) => `${t.name}: ${t.describe()}`),
+      legacy: () => this.legacy.map((e) => ({ bus: e.bus.name, addresses: e.clientAddresses, clients: e.clientCount })),
+    }, groupId(this.config.controlGroup));
+    await this.control.start();
   }
 
   /** dbus1 clients reach the bus at these addresses (the first bus, as --listen says). */
   private startLegacyEndpoint(busName: string, addresses: string[]): void {
     const bus = this.domain.buses.get(busName);
     if (!bus) throw new Error(`bus ${busName} does not exist`);
-    const endpoint = new LegacyEndpoint(bus, { addresses });
+    const endpoint = new LegacyEndpoint(bus, { addresses, ...(this.config.serviceDirs ? { serviceDirs: this.config.serviceDirs } : {}) });
     endpoint.start();
     this.legacy.push(endpoint);
   }
@@ -83,6 +95,8 @@ export class Daemon {
 
   /** Removes every bus (clients see ESHUTDOWN/POLLHUP) and every node the transports made. */
   async stop(): Promise<void> {
+    await this.control?.stop();
+    this.control = undefined;
     for (const e of this.legacy.splice(0)) e.stop();
     for (const h of this.busOwners.splice(0)) h.release();
     this.domain.shutdown();
@@ -93,5 +107,15 @@ export class Daemon {
         logger.warn(`stopping transport ${t.name}: ${(e as Error).message}`);
       }
     }
+    this.createdDirs?.removeEmpty();
   }
+}
+
+/** The control group, by name (from /etc/group) or number. */
+function groupId(group: string | undefined): number | undefined {
+  if (group === undefined) return undefined;
+  if (/^[0-9]+$/.test(group)) return Number(group);
+  const line = fs.readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.split(':')[0] === group);
+  if (!line) throw new Error(`controlGroup: no group named "${group}" in /etc/group`);
+  return Number(line.split(':')[2]);
 }
