@@ -3,7 +3,6 @@
  * called for ioctls with kdbus's ioctl type and for mmap calls that failed on a socket, so
  * other programs never pay for it.
  */
-#include "channel.h"
 #include "config.h"
 #include "conn.h"
 
@@ -53,7 +52,7 @@ struct kc_conn *kc_conn_attach(int fd)
 	 * the whole truth: such a connection never sends CLOSE, and the daemon releases it at
 	 * the socket's end of file.
 	 */
-	if (kc_conn_create(fd, kc_channel_find(fd), mux, false)) {
+	if (kc_conn_create(fd, mux, false)) {
 		c = kc_conn_acquire(fd);
 	} else {
 		kc_mux_unmap(mux);

@@ -2,6 +2,7 @@
 #include "conn.h"
 #include "request.h"
 #include "reserve.h"
+#include "self.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -65,10 +66,6 @@ static int *field_of(struct kc_conn *c, int fd, const struct kc_ident **id)
 		*id = &c->sock_id;
 		return &c->sock;
 	}
-	if (c->channel == fd) {
-		*id = &c->channel_id;
-		return &c->channel;
-	}
 	if (c->pool == fd) {
 		*id = &c->pool_id;
 		return &c->pool;
@@ -82,7 +79,7 @@ static void take_ref_locked(struct kc_conn *c, bool user_fd)
 	if (user_fd)
 		c->user_fds++;
 	if (c->counted)
-		kc_holders_add(kc_mux_holders(c->mux), getpid(), 1);
+		kc_holders_add(kc_mux_holders(c->mux), kc_self_pid(), 1);
 }
 
 /*
@@ -93,7 +90,7 @@ static struct kc_conn *drop_ref_locked(struct kc_conn *c, bool user_fd)
 {
 	if (user_fd)
 		c->user_fds--;
-	if (c->counted && kc_holders_add(kc_mux_holders(c->mux), getpid(), -1) == 0 &&
+	if (c->counted && kc_holders_add(kc_mux_holders(c->mux), kc_self_pid(), -1) == 0 &&
 	    kc_holders_last(kc_mux_holders(c->mux)))
 		c->release_handle = true;
 	if (--c->refs > 0)
@@ -104,7 +101,7 @@ static struct kc_conn *drop_ref_locked(struct kc_conn *c, bool user_fd)
 			break;
 		}
 	}
-	int own[] = { c->sock, c->channel, c->pool };
+	int own[] = { c->sock, c->pool };
 	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
 		if (own[i] >= 0)
 			kc_fd_clear(own[i]);
@@ -123,7 +120,7 @@ static void finish(struct kc_conn *c)
 		if (kc_request_bare(c, c->sock, KC_FRAME_CLOSE, &in, &r) == 0)
 			kc_inbound_release(&in);
 	}
-	int own[] = { c->sock, c->channel, c->pool };
+	int own[] = { c->sock, c->pool };
 	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
 		if (own[i] >= 0)
 			kc_sys_close(own[i]);
@@ -161,19 +158,17 @@ static struct kc_conn *clear_entry_locked(int fd)
 	return NULL;
 }
 
-struct kc_conn *kc_conn_create(int user_fd, int channel, struct kc_mux *mux, bool counted)
+struct kc_conn *kc_conn_create(int user_fd, struct kc_mux *mux, bool counted)
 {
 	struct kc_conn *c = calloc(1, sizeof *c);
 	if (!c)
 		return NULL;
 	c->refs = c->user_fds = 1;
 	c->counted = counted;
-	c->channel = channel;
 	c->pool = -1;
 	c->mux = mux;
-	if (!ident_of(user_fd, &c->sock_id) || (channel >= 0 && !ident_of(channel, &c->channel_id)))
+	if (!ident_of(user_fd, &c->sock_id))
 		goto fail;
-	c->channel_inheritable = channel >= 0 && !(kc_sys_fcntl(channel, F_GETFD, 0) & FD_CLOEXEC);
 	c->sock = kc_sys_fcntl(user_fd, F_DUPFD_CLOEXEC, 3);
 	if (c->sock < 0)
 		goto fail_sock;
@@ -186,16 +181,13 @@ struct kc_conn *kc_conn_create(int user_fd, int channel, struct kc_mux *mux, boo
 		goto fail_sock;
 	}
 	struct kc_conn *stale = clear_entry_locked(user_fd);
-	bool ok = kc_fd_set(user_fd, KC_FD_USER, c) == 0 && kc_fd_set(c->sock, KC_FD_INTERNAL, c) == 0 &&
-		  (channel < 0 || kc_fd_set(channel, KC_FD_INTERNAL, c) == 0);
+	bool ok = kc_fd_set(user_fd, KC_FD_USER, c) == 0 && kc_fd_set(c->sock, KC_FD_INTERNAL, c) == 0;
 	if (ok) {
 		c->next = conns;
 		conns = c;
 	} else {
 		kc_fd_clear(user_fd);
 		kc_fd_clear(c->sock);
-		if (channel >= 0)
-			kc_fd_clear(channel);
 	}
 	kc_unlock();
 	finish(stale);
@@ -225,7 +217,7 @@ struct kc_conn *kc_conn_create_cuse(int fd)
 		goto out;
 	c->refs = c->user_fds = 1;
 	c->cuse = true;
-	c->sock = c->channel = c->pool = -1;
+	c->sock = c->pool = -1;
 	c->dev_id.dev = st.st_dev;
 	c->dev_id.ino = st.st_ino;
 	kc_lock();
@@ -379,34 +371,31 @@ int kc_conn_pool(struct kc_conn *c, uint64_t *size)
 	return pool;
 }
 
-static void make_inheritable_locked(struct kc_conn *c)
+void kc_conn_allow_shortcuts(struct kc_conn *c)
 {
-	if (!c->channel_inheritable && c->channel >= 0 && kc_sys_fcntl(c->channel, F_SETFD, 0) == 0)
-		c->channel_inheritable = true;
+	kc_lock();
+	c->shortcuts = true;
+	kc_unlock();
 }
 
-void kc_conn_dup(int fd, int newfd, bool inheritable)
+bool kc_conn_shortcuts(struct kc_conn *c, uint64_t *pool_size)
+{
+	kc_lock();
+	bool known = c->shortcuts && c->pool >= 0;
+	*pool_size = c->pool_size;
+	kc_unlock();
+	return known;
+}
+
+void kc_conn_dup(int fd, int newfd)
 {
 	kc_lock();
 	struct kc_conn *stale = clear_entry_locked(newfd);
 	struct kc_fd_entry e = kc_fd_get(fd);
-	if ((e.kind == KC_FD_USER || e.kind == KC_FD_CUSE) && kc_fd_set(newfd, e.kind, e.owner) == 0) {
+	if ((e.kind == KC_FD_USER || e.kind == KC_FD_CUSE) && kc_fd_set(newfd, e.kind, e.owner) == 0)
 		take_ref_locked(e.owner, true);
-		/* A side channel stays close-on-exec: after exec the device attaches anew. */
-		if (inheritable && e.kind == KC_FD_USER)
-			make_inheritable_locked(e.owner);
-	}
 	kc_unlock();
 	finish(stale);
-}
-
-void kc_conn_note_inheritable(int fd)
-{
-	kc_lock();
-	struct kc_fd_entry e = kc_fd_get(fd);
-	if (e.kind == KC_FD_USER)
-		make_inheritable_locked(e.owner);
-	kc_unlock();
 }
 
 void kc_conn_closing(int fd)

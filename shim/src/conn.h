@@ -1,9 +1,9 @@
 /*
  * A kdbus connection as this process sees it: the daemon socket (which the program's
- * descriptors share), the fd channel, the pool once HELLO handed it over, and the page it
+ * descriptors share), the pool once HELLO handed it over, and the page it
  * shares with the other processes that hold it (the multiplexer and the reference count).
  * An open CUSE device is one too (cuse): the kernel carries the file, the socket is the side
- * channel (side-channel.h), and there is neither fd channel nor multiplexer.
+ * channel (side-channel.h), and there is no multiplexer.
  *
  * References: every program descriptor of the connection and every operation in flight
  * holds one, in this process (refs) and in the shared count. The last one in this process
@@ -36,11 +36,10 @@ struct kc_conn {
 	bool counted;
 	bool release_handle; /* the shared count reached zero: send CLOSE before going */
 	int sock;            /* the shim's own descriptor of the socket; -1 if it was lost */
-	int channel;         /* the fd channel; -1 when unknown (after exec, it may not be found) */
 	int pool;            /* the read-only pool; -1 until HELLO or POOL brought it */
 	uint64_t pool_size;
-	bool channel_inheritable;
-	struct kc_ident sock_id, channel_id, pool_id;
+	bool shortcuts;      /* HELLO here said the daemon's WAKEs are exact, and this is no policy holder */
+	struct kc_ident sock_id, pool_id;
 	struct kc_mux *mux;
 	struct kc_conn *next; /* this process's connections, for fork */
 	bool cuse;
@@ -49,13 +48,12 @@ struct kc_conn {
 };
 
 /*
- * Takes over a connected socket the program holds as user_fd, with its fd channel (or -1)
- * and multiplexer, and records user_fd as the program's. counted says whether the mux's
+ * Takes over a connected socket the program holds as user_fd, with its multiplexer, and records user_fd as the program's. counted says whether the mux's
  * reference count covers every reference (true for a socket the shim just opened). NULL
  * with errno on failure (then nothing was taken over); EEXIST if another thread took
  * user_fd over first.
  */
-struct kc_conn *kc_conn_create(int user_fd, int channel, struct kc_mux *mux, bool counted);
+struct kc_conn *kc_conn_create(int user_fd, struct kc_mux *mux, bool counted);
 
 /*
  * Records the program's descriptor fd, just opened or not yet known, as a CUSE device (a
@@ -99,10 +97,17 @@ void kc_conn_set_pool(struct kc_conn *c, int pool);
 /* The pool descriptor and size; -1 if unknown. */
 int kc_conn_pool(struct kc_conn *c, uint64_t *size);
 
+/*
+ * HELLO made c a connection that may RECV and FREE (no policy holder) on a daemon whose
+ * WAKEs follow the queue exactly: RECV on an empty queue and FREE of a published slice
+ * may be answered here (ioctl.c).
+ */
+void kc_conn_allow_shortcuts(struct kc_conn *c);
+/* Whether they may, with the pool's size; false before HELLO or without the pool. */
+bool kc_conn_shortcuts(struct kc_conn *c, uint64_t *pool_size);
+
 /* newfd is another program descriptor of fd's connection or device (dup); nothing if fd is not kdbus. */
-void kc_conn_dup(int fd, int newfd, bool inheritable);
-/* A program descriptor that will survive exec: the fd channel must survive it too. */
-void kc_conn_note_inheritable(int fd);
+void kc_conn_dup(int fd, int newfd);
 
 /*
  * The program is about to close fd (or replace it): for a kdbus descriptor, drop its

@@ -26,12 +26,12 @@ static bool known(int fd)
 }
 
 /* Bookkeeping after a successful dup onto newfd; leaves errno alone. */
-static void after_dup(int fd, int newfd, bool inheritable)
+static void after_dup(int fd, int newfd)
 {
 	if (!known(fd) && !known(newfd))
 		return;
 	int saved = errno;
-	kc_conn_dup(fd, newfd, inheritable);
+	kc_conn_dup(fd, newfd);
 	errno = saved;
 }
 
@@ -85,7 +85,7 @@ KC_EXPORT int dup(int fd)
 		return kc_next_missing();
 	int newfd = next(fd);
 	if (newfd >= 0)
-		after_dup(fd, newfd, true);
+		after_dup(fd, newfd);
 	return newfd;
 }
 
@@ -99,7 +99,7 @@ KC_EXPORT int dup2(int fd, int newfd)
 	before_replace(fd, newfd);
 	int rc = next(fd, newfd);
 	if (rc >= 0)
-		after_dup(fd, newfd, true);
+		after_dup(fd, newfd);
 	return rc;
 }
 
@@ -113,20 +113,15 @@ KC_EXPORT int dup3(int fd, int newfd, int flags)
 	before_replace(fd, newfd);
 	int rc = next(fd, newfd, flags);
 	if (rc >= 0)
-		after_dup(fd, newfd, !(flags & O_CLOEXEC));
+		after_dup(fd, newfd);
 	return rc;
 }
 
-/* fcntl commands that make or change descriptors, after libc did them successfully. */
-static void after_fcntl(int fd, int cmd, unsigned long arg, int rc)
+/* fcntl commands that make descriptors, after libc did them successfully. */
+static void after_fcntl(int fd, int cmd, int rc)
 {
-	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) {
-		after_dup(fd, rc, cmd == F_DUPFD);
-	} else if (cmd == F_SETFD && !(arg & FD_CLOEXEC) && kc_fd_get(fd).kind == KC_FD_USER) {
-		int saved = errno;
-		kc_conn_note_inheritable(fd);
-		errno = saved;
-	}
+	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+		after_dup(fd, rc);
 }
 
 KC_EXPORT int fcntl(int fd, int cmd, ...)
@@ -141,7 +136,7 @@ KC_EXPORT int fcntl(int fd, int cmd, ...)
 		return kc_next_missing();
 	int rc = next(fd, cmd, arg);
 	if (rc >= 0)
-		after_fcntl(fd, cmd, arg, rc);
+		after_fcntl(fd, cmd, rc);
 	return rc;
 }
 
@@ -161,7 +156,7 @@ KC_EXPORT int fcntl64(int fd, int cmd, ...)
 		return kc_next_missing();
 	int rc = next(fd, cmd, arg);
 	if (rc >= 0)
-		after_fcntl(fd, cmd, arg, rc);
+		after_fcntl(fd, cmd, rc);
 	return rc;
 }
 #endif

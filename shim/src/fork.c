@@ -2,6 +2,7 @@
 #include "fork.h"
 #include "conn.h"
 #include "fd-table.h"
+#include "self.h"
 
 #include <pthread.h>
 
@@ -18,6 +19,7 @@ static void parent(void)
 
 static void child(void)
 {
+	kc_self_forget();
 	kc_conn_in_child_locked();
 	kc_unlock();
 }

@@ -36,6 +36,12 @@ enum kc_frame_type {
 
 /* RESULT flags bit 0: the first descriptor that came with the frame is the pool. */
 #define KC_RESULT_POOL 1u
+/*
+ * RESULT flags bit 1, with HELLO's: the daemon keeps WAKE and HUP exactly to the
+ * connection's state (docs/socket-protocol.md, Poll), so the shim may answer RECV on an
+ * empty queue and FREE of a published slice itself.
+ */
+#define KC_RESULT_EXACT_WAKES 2u
 
 struct kc_header {
 	uint32_t length;

@@ -1,8 +1,8 @@
 /* The OPEN exchange that turns a fresh daemon connection into a kdbus descriptor. */
 #include "handshake.h"
-#include "channel.h"
 #include "conn.h"
 #include "frame.h"
+#include "self.h"
 #include "sock-io.h"
 #include "sys.h"
 
@@ -27,19 +27,19 @@ static int connect_daemon(int sock, const char *path)
 	return -1;
 }
 
-/* Sends OPEN and reads its RESULT; returns the fd channel, or -errno. */
+/* Sends OPEN and reads its RESULT; 0 or -errno. */
 static int exchange_open(int sock, const char *rel, int flags)
 {
 	uint8_t head[KC_OPEN_HEAD];
 	static const uint8_t zeros[8];
 	size_t rel_len = strlen(rel);
-	kc_open_head_encode(head, OPEN_SEQ, (uint32_t)flags, (uint32_t)kc_sys_gettid(), (uint32_t)rel_len);
+	kc_open_head_encode(head, OPEN_SEQ, (uint32_t)flags, (uint32_t)kc_self_tid(), (uint32_t)rel_len);
 	struct iovec iov[3] = {
 		{ head, sizeof head },
 		{ (void *)rel, rel_len },
 		{ (void *)zeros, kc_pad8(rel_len) - rel_len },
 	};
-	int rc = kc_send_all(sock, iov, 3);
+	int rc = kc_send_all(sock, iov, 3, NULL, 0);
 	if (rc)
 		return rc == -EPIPE ? -ESHUTDOWN : rc;
 
@@ -64,17 +64,13 @@ static int exchange_open(int sock, const char *rel, int flags)
 			rc = kc_result_decode(payload, len, &r);
 	}
 	free(payload);
-	int channel = -1;
 	if (rc == 0 && r.err != 0)
 		rc = -r.err;
-	else if (rc == 0 && n_fds != 1)
-		rc = -EPROTO; /* a successful OPEN hands over exactly the fd channel */
-	else if (rc == 0)
-		channel = fds[0];
+	else if (rc == 0 && n_fds != 0)
+		rc = -EPROTO; /* OPEN hands over nothing */
 	for (unsigned i = 0; i < n_fds; i++)
-		if (fds[i] != channel)
-			kc_sys_close(fds[i]);
-	return rc ? rc : channel;
+		kc_sys_close(fds[i]);
+	return rc;
 }
 
 int kc_handshake(const char *rel, const char *path, int flags)
@@ -88,27 +84,22 @@ int kc_handshake(const char *rel, const char *path, int flags)
 		err = errno;
 		goto fail;
 	}
-	int channel = exchange_open(sock, rel, flags);
-	if (channel < 0) {
-		err = -channel;
+	int rc = exchange_open(sock, rel, flags);
+	if (rc < 0) {
+		err = -rc;
 		goto fail;
 	}
-	channel = kc_sys_settle_fd(channel, cloexec);
-	struct kc_mux *mux = channel < 0 ? NULL : kc_mux_create(FIRST_REQUEST_SEQ);
+	struct kc_mux *mux = kc_mux_create(FIRST_REQUEST_SEQ);
 	if (!mux) {
 		err = errno;
-		if (channel >= 0)
-			kc_sys_close(channel);
 		goto fail;
 	}
-	kc_channel_name(channel, sock);
 	/* kdbus ignored O_NONBLOCK, but F_GETFL shows it; the shim's own I/O waits regardless. */
 	if (flags & O_NONBLOCK)
 		kc_sys_fcntl(sock, F_SETFL, O_NONBLOCK);
-	if (!kc_conn_create(sock, channel, mux, true)) {
+	if (!kc_conn_create(sock, mux, true)) {
 		err = errno;
 		kc_mux_unmap(mux);
-		kc_sys_close(channel);
 		goto fail;
 	}
 	return sock;

@@ -13,10 +13,12 @@
 #include "real.h"
 #include "request.h"
 #include "reserve.h"
+#include "self.h"
 #include "sys.h"
 
 #include <errno.h>
 #include <stdarg.h>
+#include <string.h>
 #include <sys/ioctl.h>
 
 /* glibc and musl declare ioctl's request differently; the definition must match the header. */
@@ -27,6 +29,9 @@ typedef int kc_ioctl_request;
 #endif
 
 KC_NEXT_SLOT(ioctl);
+
+/* RESULT writes applied per system call. */
+#define WRITE_BATCH 16
 
 /* The VFS answered these before a driver saw them, for kdbus files as for any other. */
 static bool handled_by_vfs(uint32_t cmd)
@@ -54,9 +59,22 @@ static int apply_result(struct kc_conn *c, struct kc_inbound *in, const struct k
 	uint64_t address;
 	const uint8_t *data;
 	uint32_t length;
-	while (kc_result_next_write(r, &pos, &address, &data, &length))
-		if (kc_caller_write(address, data, length) < 0 && err == 0)
-			err = EFAULT;
+	struct iovec local[WRITE_BATCH], remote[WRITE_BATCH];
+	unsigned n = 0;
+	bool more = true;
+	while (more) {
+		more = kc_result_next_write(r, &pos, &address, &data, &length);
+		if (more) {
+			local[n] = (struct iovec){ (void *)data, length };
+			remote[n] = (struct iovec){ (void *)(uintptr_t)address, length };
+			n++;
+		}
+		if (n == WRITE_BATCH || (!more && n > 0)) {
+			if (kc_caller_write_all(local, remote, n) < 0 && err == 0)
+				err = EFAULT;
+			n = 0;
+		}
+	}
 	unsigned next = 0;
 	if (r->flags & KC_RESULT_POOL) {
 		if (in->n_fds == 0)
@@ -75,8 +93,53 @@ static int apply_result(struct kc_conn *c, struct kc_inbound *in, const struct k
 	return -err;
 }
 
+/* Where cmd, having succeeded, wrote the offset of a pool slice it published; 0 if nowhere. */
+static uint32_t published_offset_field(uint32_t cmd, const struct kc_prefetch *pf)
+{
+	switch (cmd) {
+	case KDBUS_CMD_RECV:
+		return pf->have_flags && (pf->flags & KDBUS_RECV_DROP) ? 0 : KDBUS_RECV_MSG_OFFSET_OFF;
+	case KDBUS_CMD_SEND:
+		return pf->have_flags && (pf->flags & KDBUS_SEND_SYNC_REPLY) ? KDBUS_SEND_REPLY_OFFSET_OFF : 0;
+	case KDBUS_CMD_HELLO:
+		return KDBUS_HELLO_OFFSET_OFF;
+	case KDBUS_CMD_CONN_INFO:
+	case KDBUS_CMD_BUS_CREATOR_INFO:
+		return KDBUS_INFO_OFFSET_OFF;
+	case KDBUS_CMD_LIST:
+		return KDBUS_LIST_OFFSET_OFF;
+	}
+	return 0;
+}
+
+/*
+ * After a successful RESULT: the slice the command published, as its write-backs tell
+ * (an empty reply, at the pool's end, is no slice).
+ */
+static void note_published(struct kc_conn *c, uint32_t cmd, uint64_t arg, const struct kc_prefetch *pf,
+			   const struct kc_result *r)
+{
+	uint32_t field = published_offset_field(cmd, pf);
+	uint64_t pool_size;
+	if (!field || !kc_conn_shortcuts(c, &pool_size))
+		return;
+	uint64_t want = arg + field, address, offset;
+	const uint8_t *data;
+	uint32_t length;
+	size_t pos = 0;
+	bool found = false;
+	while (kc_result_next_write(r, &pos, &address, &data, &length)) {
+		if (address <= want && want + sizeof offset <= address + length) {
+			memcpy(&offset, data + (want - address), sizeof offset);
+			found = true;
+		}
+	}
+	if (found && offset < pool_size)
+		kc_mux_note_published(c->mux, offset);
+}
+
 static int exchange(struct kc_conn *c, int sock, uint32_t cmd, uint64_t arg, const struct kc_prefetch *pf,
-		    const int *reserved, unsigned n_reserved, unsigned *installed)
+		    const int *reserved, unsigned n_reserved, unsigned *installed, bool unanswered)
 {
 	uint8_t head[KC_FRAME_HEADER + KC_IOCTL_FIXED + 4 * (KC_MAX_LISTED_FDS + KDBUS_MAX_INSTALLED_FDS)];
 	int32_t reserved32[KDBUS_MAX_INSTALLED_FDS];
@@ -89,7 +152,7 @@ static int exchange(struct kc_conn *c, int sock, uint32_t cmd, uint64_t arg, con
 			pass[n_pass++] = pf->fds[i];
 	struct kc_ioctl_desc d = {
 		.cmd = cmd,
-		.tid = (uint32_t)kc_sys_gettid(),
+		.tid = (uint32_t)kc_self_tid(),
 		.arg = arg,
 		.n_segments = pf->n_segments,
 		.segments_bytes = pf->segments.len,
@@ -102,20 +165,76 @@ static int exchange(struct kc_conn *c, int sock, uint32_t cmd, uint64_t arg, con
 	struct kc_outgoing out = {
 		.iov = { { head, kc_ioctl_head_size(pf->n_fds, n_reserved) }, { pf->segments.data, pf->segments.len } },
 		.iovcnt = pf->segments.len ? 2 : 1,
-		.channel_message = true,
 		.pass = pass,
 		.n_pass = n_pass,
 		.listed = head + KC_IOCTL_FDS_OFF,
 		.n_listed = pf->n_fds,
 	};
+	if (unanswered)
+		return kc_request_unanswered(c, sock, &out);
 	struct kc_inbound in;
 	struct kc_result r;
 	int rc = kc_request(c, sock, &out, &in, &r);
 	if (rc)
 		return rc;
 	rc = apply_result(c, &in, &r, reserved, n_reserved, installed);
+	if (rc == 0 && cmd == KDBUS_CMD_HELLO && (r.flags & KC_RESULT_EXACT_WAKES) && !(pf->flags & KDBUS_HELLO_POLICY_HOLDER))
+		kc_conn_allow_shortcuts(c);
+	if (rc == 0)
+		note_published(c, cmd, arg, pf, &r);
 	kc_inbound_release(&in);
 	return rc;
+}
+
+/*
+ * FREE of a slice the daemon published and no FREE named since, on a connection with no
+ * sign of its end: kdbus could only succeed (writing return_flags 0), so the shim does
+ * that itself and the daemon gets the FREE without answering it. Every FREE forgets its
+ * offset, whichever way it goes. True if the FREE may go unanswered.
+ */
+static bool free_needs_no_answer(struct kc_conn *c, int sock, uint64_t arg, const struct kc_prefetch *pf)
+{
+	const uint8_t *cmd = kc_prefetch_cmd(pf);
+	uint64_t size, offset, pool_size;
+	if (!cmd || pf->cmd_len < KDBUS_FREE_SIZE)
+		return false;
+	memcpy(&size, cmd + KDBUS_CMD_SIZE_OFF, sizeof size);
+	memcpy(&offset, cmd + KDBUS_FREE_OFFSET_OFF, sizeof offset);
+	bool sure = kc_mux_take_published(c->mux, sock, offset) && kc_conn_shortcuts(c, &pool_size);
+	static const uint64_t no_flags;
+	return sure && size == KDBUS_FREE_SIZE && pf->flags == 0 &&
+	       kc_caller_write(arg + KDBUS_CMD_RETURN_FLAGS_OFF, &no_flags, sizeof no_flags) == 0;
+}
+
+/*
+ * RECV on an empty queue: kdbus answered EAGAIN, reporting no message and no lost ones.
+ * Whenever the connection has something to receive (or has gone), the daemon has a WAKE
+ * (or HUP) on its way after its last RESULT (docs/socket-protocol.md, Poll); when none was
+ * read and none waits, the queue is empty, and the shim answers as the daemon would, with
+ * the same write-backs. True if answered.
+ */
+static bool recv_answered_here(struct kc_conn *c, int sock, uint64_t arg, const struct kc_prefetch *pf)
+{
+	const uint8_t *cmd = kc_prefetch_cmd(pf);
+	uint64_t size, flags = pf->flags, pool_size;
+	if (!cmd || pf->cmd_len < KDBUS_RECV_SIZE)
+		return false;
+	memcpy(&size, cmd + KDBUS_CMD_SIZE_OFF, sizeof size);
+	/* Anything the daemon could refuse goes to it: items, unknown flags, DROP with USE_PRIORITY. */
+	if (size != KDBUS_RECV_SIZE || (flags & ~(KDBUS_RECV_PEEK | KDBUS_RECV_DROP | KDBUS_RECV_USE_PRIORITY)) ||
+	    ((flags & KDBUS_RECV_DROP) && (flags & KDBUS_RECV_USE_PRIORITY)))
+		return false;
+	if (!kc_conn_shortcuts(c, &pool_size) || !kc_mux_nothing_queued(c->mux, sock))
+		return false;
+	/* dropped_msgs, then msg: the empty slice at the pool's end, no return flags. */
+	const uint64_t info[4] = { 0, pool_size, 0, 0 };
+	static const uint64_t no_flags;
+	struct iovec local[2] = { { (void *)info, sizeof info }, { (void *)&no_flags, sizeof no_flags } };
+	struct iovec remote[2] = {
+		{ (void *)(uintptr_t)(arg + KDBUS_RECV_DROPPED_MSGS_OFF), sizeof info },
+		{ (void *)(uintptr_t)(arg + KDBUS_CMD_RETURN_FLAGS_OFF), sizeof no_flags },
+	};
+	return kc_caller_write_all(local, remote, 2) == 0;
 }
 
 static int kdbus_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
@@ -124,11 +243,16 @@ static int kdbus_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
 	int reserved[KDBUS_MAX_INSTALLED_FDS];
 	unsigned n_reserved = 0, installed = 0;
 	int rc = kc_prefetch_build(&pf, cmd, arg);
-	if (rc == 0) {
+	int sock = rc == 0 ? kc_conn_socket(c, fd) : -1;
+	if (rc == 0 && sock < 0) {
+		rc = -EBADF;
+	} else if (rc == 0 && cmd == KDBUS_CMD_RECV && recv_answered_here(c, sock, arg, &pf)) {
+		rc = -EAGAIN;
+	} else if (rc == 0) {
 		if (may_install_files(cmd, &pf))
 			n_reserved = (unsigned)kc_reserve_take(reserved, KDBUS_MAX_INSTALLED_FDS);
-		int sock = kc_conn_socket(c, fd);
-		rc = sock < 0 ? -EBADF : exchange(c, sock, cmd, arg, &pf, reserved, n_reserved, &installed);
+		bool unanswered = cmd == KDBUS_CMD_FREE && free_needs_no_answer(c, sock, arg, &pf);
+		rc = exchange(c, sock, cmd, arg, &pf, reserved, n_reserved, &installed, unanswered);
 	}
 	kc_reserve_return(reserved + installed, (int)(n_reserved - installed));
 	kc_prefetch_free(&pf);
@@ -164,16 +288,11 @@ static int cuse_ioctl(int fd, kc_ioctl_request request, unsigned long arg,
 	return rc;
 }
 
-KC_EXPORT int ioctl(int fd, kc_ioctl_request request, ...)
+/* ioctl on a descriptor that is not a CUSE device the shim knows. */
+static int kdbus_or_next(int fd, kc_ioctl_request request, unsigned long arg,
+			 int (*next)(int, kc_ioctl_request, ...))
 {
-	va_list ap;
-	va_start(ap, request);
-	unsigned long arg = va_arg(ap, unsigned long);
-	va_end(ap);
-	int (*next)(int, kc_ioctl_request, ...) = KC_NEXT(ioctl);
 	uint32_t cmd = (uint32_t)request;
-	if (kc_fd_get(fd).kind == KC_FD_CUSE)
-		return cuse_ioctl(fd, request, arg, next);
 	struct kc_conn *c = kc_conn_acquire(fd);
 	if (!c && KDBUS_IOCTL_TYPE(cmd) == KDBUS_IOCTL_MAGIC && kc_fd_get(fd).kind == KC_FD_NONE) {
 		c = kc_conn_attach(fd);
@@ -181,11 +300,8 @@ KC_EXPORT int ioctl(int fd, kc_ioctl_request request, ...)
 			return cuse_ioctl(fd, request, arg, next);
 	}
 	if (!c || handled_by_vfs(cmd)) {
-		if (c) {
-			if (cmd == FIONCLEX)
-				kc_conn_note_inheritable(fd);
+		if (c)
 			kc_conn_release(c);
-		}
 		return next ? next(fd, request, arg) : kc_next_missing();
 	}
 	int rc = kdbus_ioctl(c, fd, cmd, arg);
@@ -195,4 +311,22 @@ KC_EXPORT int ioctl(int fd, kc_ioctl_request request, ...)
 		return -1;
 	}
 	return 0;
+}
+
+KC_EXPORT int ioctl(int fd, kc_ioctl_request request, ...)
+{
+	va_list ap;
+	va_start(ap, request);
+	unsigned long arg = va_arg(ap, unsigned long);
+	va_end(ap);
+	int (*next)(int, kc_ioctl_request, ...) = KC_NEXT(ioctl);
+	enum kc_fd_kind kind = kc_fd_get(fd).kind;
+	if (kind == KC_FD_CUSE)
+		return cuse_ioctl(fd, request, arg, next);
+	/* A kdbus descriptor: the pid is read once for the whole call (self.h). */
+	pid_t outer = kind == KC_FD_USER ? kc_self_enter() : 0;
+	int rc = kdbus_or_next(fd, request, arg, next);
+	if (kind == KC_FD_USER)
+		kc_self_leave(outer);
+	return rc;
 }

@@ -16,6 +16,11 @@
 #define KDBUS_IOCTL_TYPE(cmd) (((uint32_t)(cmd) >> 8) & 0xffu)
 
 /* The direction and size bits differ between architectures; _IOC produces the local values. */
+#define KDBUS_CMD_HELLO ((uint32_t)_IOC(_IOC_READ | _IOC_WRITE, KDBUS_IOCTL_MAGIC, 0x80, 96))
+#define KDBUS_CMD_FREE ((uint32_t)_IOC(_IOC_WRITE, KDBUS_IOCTL_MAGIC, 0x83, 32))
+#define KDBUS_CMD_CONN_INFO ((uint32_t)_IOC(_IOC_READ, KDBUS_IOCTL_MAGIC, 0x84, 56))
+#define KDBUS_CMD_BUS_CREATOR_INFO ((uint32_t)_IOC(_IOC_READ, KDBUS_IOCTL_MAGIC, 0x85, 56))
+#define KDBUS_CMD_LIST ((uint32_t)_IOC(_IOC_READ, KDBUS_IOCTL_MAGIC, 0x86, 40))
 #define KDBUS_CMD_SEND ((uint32_t)_IOC(_IOC_WRITE, KDBUS_IOCTL_MAGIC, 0x90, 56))
 #define KDBUS_CMD_RECV ((uint32_t)_IOC(_IOC_READ, KDBUS_IOCTL_MAGIC, 0x91, 64))
 
@@ -39,9 +44,26 @@
 #define KDBUS_RECV_SIZE 64
 #define KDBUS_RECV_MSG_OFFSET_OFF 40
 #define KDBUS_RECV_MSG_SIZE_OFF 48
+#define KDBUS_RECV_DROPPED_MSGS_OFF 32
 /* PEEK installs nothing (the fd numbers in the message are undefined); DROP receives nothing. */
 #define KDBUS_RECV_PEEK 1ull
 #define KDBUS_RECV_DROP 2ull
+#define KDBUS_RECV_USE_PRIORITY 4ull
+
+/* struct kdbus_cmd_hello flags: a policy holder neither sends nor receives. */
+#define KDBUS_HELLO_POLICY_HOLDER 4ull
+
+/* Every command struct's return_flags word. */
+#define KDBUS_CMD_RETURN_FLAGS_OFF 16
+
+/* Where a command that publishes a pool slice puts the slice's offset. */
+#define KDBUS_HELLO_OFFSET_OFF 64
+#define KDBUS_INFO_OFFSET_OFF 40 /* struct kdbus_cmd_info: CONN_INFO, BUS_CREATOR_INFO */
+#define KDBUS_LIST_OFFSET_OFF 24
+
+/* struct kdbus_cmd_free: {u64 size, u64 flags, u64 return_flags, u64 offset} */
+#define KDBUS_FREE_SIZE 32
+#define KDBUS_FREE_OFFSET_OFF 24
 
 /* struct kdbus_msg */
 #define KDBUS_MSG_ITEMS_OFF 64

@@ -1,5 +1,6 @@
 /* The connection's request multiplexer (see mux.h). */
 #include "mux.h"
+#include "self.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -29,7 +30,10 @@ struct kc_mux {
 	int32_t reader_pid;
 	int32_t dead; /* errno once the stream ended or went out of step, else 0 */
 	uint32_t hup;
+	/* A WAKE was read since the last RESULT: the daemon's queue may hold messages. */
+	uint32_t wake_read;
 	struct slot slots[SLOTS];
+	struct kc_published published;
 };
 
 static void lock_robust(pthread_mutex_t *mutex)
@@ -108,7 +112,7 @@ int kc_mux_enter(struct kc_mux *m, struct kc_wait *w)
 		if (free_slot >= 0) {
 			struct slot *s = &m->slots[free_slot];
 			s->seq = m->next_seq++;
-			s->pid = getpid();
+			s->pid = kc_self_pid();
 			s->busy = 1;
 			w->slot = free_slot;
 			w->seq = s->seq;
@@ -154,7 +158,7 @@ static int become_reader(struct kc_mux *m, struct kc_wait *w)
 		}
 		if (m->reader < 0) {
 			m->reader = w->slot;
-			m->reader_pid = getpid();
+			m->reader_pid = kc_self_pid();
 			break;
 		}
 		if (!wait_changed(m) && !kc_sys_alive(m->reader_pid))
@@ -168,6 +172,7 @@ static int become_reader(struct kc_mux *m, struct kc_wait *w)
 static void release_reader(struct kc_mux *m, struct kc_wait *w)
 {
 	lock_robust(&m->lock);
+	m->wake_read = 0;
 	if (m->reader == w->slot) {
 		m->reader = -1;
 		pthread_cond_broadcast(&m->changed);
@@ -235,9 +240,35 @@ int kc_mux_send_mem(struct kc_mux *m, int sock, uint64_t seq, int32_t err, const
 		{ (void *)zeros, kc_pad8(len) - len },
 	};
 	kc_mux_lock_writes(m);
-	int rc = kc_send_all(sock, iov, 3);
+	int rc = kc_send_all(sock, iov, 3, NULL, 0);
 	kc_mux_unlock_writes(m);
 	return rc;
+}
+
+void kc_mux_note_published(struct kc_mux *m, uint64_t offset)
+{
+	lock_robust(&m->lock);
+	kc_published_add(&m->published, offset);
+	pthread_mutex_unlock(&m->lock);
+}
+
+bool kc_mux_take_published(struct kc_mux *m, int sock, uint64_t offset)
+{
+	lock_robust(&m->lock);
+	/* A reader at work may have read a HUP and not said so yet. */
+	bool sure = kc_published_take(&m->published, offset) && m->reader < 0 && !m->dead && !m->hup &&
+		    kc_only_wake_queued(sock);
+	pthread_mutex_unlock(&m->lock);
+	return sure;
+}
+
+bool kc_mux_nothing_queued(struct kc_mux *m, int sock)
+{
+	lock_robust(&m->lock);
+	/* A reader at work may have read a WAKE and not said so yet. */
+	bool quiet = m->reader < 0 && !m->dead && !m->hup && !m->wake_read && kc_nothing_waiting(sock);
+	pthread_mutex_unlock(&m->lock);
+	return quiet;
 }
 
 /* The busy slot waiting for seq, or -1. Under m->lock. */
@@ -262,10 +293,13 @@ static int drop_orphan(struct kc_mux *m, int sock, const struct kc_header *h, in
 	kc_inbound_release(&in);
 	if (h->type == KC_FRAME_FETCH)
 		return kc_mux_send_mem(m, sock, h->seq, EFAULT, NULL, 0);
-	if (h->type == KC_FRAME_RESULT && slot >= 0) {
+	if (h->type == KC_FRAME_RESULT) {
 		lock_robust(&m->lock);
-		m->slots[slot].busy = 0;
-		pthread_cond_broadcast(&m->changed);
+		m->wake_read = 0;
+		if (slot >= 0) {
+			m->slots[slot].busy = 0;
+			pthread_cond_broadcast(&m->changed);
+		}
 		pthread_mutex_unlock(&m->lock);
 	}
 	return 0;
@@ -291,11 +325,12 @@ int kc_mux_next(struct kc_mux *m, struct kc_wait *w, int sock, struct kc_inbound
 			if (rc)
 				return rc;
 			kc_inbound_release(&event);
-			if (h.type == KC_FRAME_HUP) {
-				lock_robust(&m->lock);
+			lock_robust(&m->lock);
+			if (h.type == KC_FRAME_HUP)
 				m->hup = 1;
-				pthread_mutex_unlock(&m->lock);
-			}
+			else
+				m->wake_read = 1;
+			pthread_mutex_unlock(&m->lock);
 			continue;
 		}
 		if (h.seq == w->seq) {

@@ -13,6 +13,7 @@
 
 #include "frame.h"
 #include "holders.h"
+#include "published.h"
 #include "sock-io.h"
 
 #include <stdint.h>
@@ -67,5 +68,23 @@ void kc_inbound_release(struct kc_inbound *in);
 
 /* Sends a MEM frame answering FETCH seq: data, or err (EFAULT) with no data. 0 or -errno. */
 int kc_mux_send_mem(struct kc_mux *m, int sock, uint64_t seq, int32_t err, const void *data, uint32_t len);
+
+/*
+ * Whether the connection is known to have nothing to receive and to be alive: the daemon
+ * has a WAKE (or HUP) on the way, written with or after its last RESULT, whenever it has
+ * (docs/socket-protocol.md, Poll); none was read since the last RESULT, none is being read,
+ * and nothing waits on sock.
+ */
+bool kc_mux_nothing_queued(struct kc_mux *m, int sock);
+
+/* Records a slice the daemon published to the program (published.h). */
+void kc_mux_note_published(struct kc_mux *m, uint64_t offset);
+
+/*
+ * Forgets the published slice at offset; true if it was one and the connection shows no
+ * sign of its end (no HUP read, none being read, the stream alive, nothing but a WAKE
+ * waiting on sock): then a well-formed FREE of it cannot fail.
+ */
+bool kc_mux_take_published(struct kc_mux *m, int sock, uint64_t offset);
 
 #endif

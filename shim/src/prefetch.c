@@ -25,6 +25,9 @@ static int32_t get_int(const uint8_t *p)
 	return v;
 }
 
+/* How much of a struct add_struct reads before it knows its size. */
+#define SPECULATIVE_READ 512
+
 /* Marks "no segment" where add_struct returns an offset. */
 #define NO_SEGMENT ((size_t)-1)
 
@@ -36,10 +39,14 @@ static int32_t get_int(const uint8_t *p)
  */
 static size_t add_struct(struct kc_prefetch *p, uint64_t address, size_t *len, int *err)
 {
+	/* Commands and messages are mostly small: one read usually brings the whole struct. */
+	_Alignas(8) uint8_t head[SPECULATIVE_READ];
 	uint64_t size;
 	*len = 0;
-	if (kc_caller_read(&size, address, sizeof size) < 0)
+	size_t got = kc_caller_read_some(head, address, sizeof head);
+	if (got < sizeof size)
 		return NO_SEGMENT;
+	memcpy(&size, head, sizeof size);
 	size_t want = size < 8 ? 8 : size > KDBUS_CMD_MAX_SIZE ? KDBUS_CMD_MAX_SIZE : (size_t)size;
 	size_t mark = p->segments.len;
 	uint8_t *data = kc_segments_append(&p->segments, address, (uint32_t)want);
@@ -47,7 +54,9 @@ static size_t add_struct(struct kc_prefetch *p, uint64_t address, size_t *len, i
 		*err = -ENOMEM;
 		return NO_SEGMENT;
 	}
-	if (kc_caller_read(data, address, want) < 0) {
+	if (want <= got) {
+		memcpy(data, head, want);
+	} else if (kc_caller_read(data, address, want) < 0) {
 		/* The tail is unreadable; send the size word so the daemon can tell EFAULT from EINVAL. */
 		kc_buf_truncate(&p->segments, mark);
 		want = sizeof size;
@@ -148,6 +157,7 @@ int kc_prefetch_build(struct kc_prefetch *p, uint32_t cmd, uint64_t arg)
 	if (cmd_struct == NO_SEGMENT)
 		return err;
 	const uint8_t *data = p->segments.data + cmd_struct;
+	p->cmd_len = len;
 	if (len >= KDBUS_CMD_FLAGS_OFF + 8) {
 		p->have_flags = true;
 		p->flags = get64(data + KDBUS_CMD_FLAGS_OFF);
@@ -175,6 +185,11 @@ int kc_prefetch_build(struct kc_prefetch *p, uint32_t cmd, uint64_t arg)
 	if (have_cancel)
 		add_fd(p, cancel_fd);
 	return 0;
+}
+
+const uint8_t *kc_prefetch_cmd(const struct kc_prefetch *p)
+{
+	return p->cmd_len ? p->segments.data + KC_SEGMENT_HEADER : NULL;
 }
 
 void kc_prefetch_free(struct kc_prefetch *p)

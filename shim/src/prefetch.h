@@ -21,7 +21,12 @@ struct kc_prefetch {
 	/* The command struct's flags word, when it could be read. */
 	bool have_flags;
 	uint64_t flags;
+	/* How much of the command struct was read (0: none); it is the first segment. */
+	size_t cmd_len;
 };
+
+/* The command struct as read (cmd_len bytes), or NULL. */
+const uint8_t *kc_prefetch_cmd(const struct kc_prefetch *p);
 
 /* Fills p for ioctl cmd at arg; 0 or -ENOMEM. kc_prefetch_free releases it either way. */
 int kc_prefetch_build(struct kc_prefetch *p, uint32_t cmd, uint64_t arg);

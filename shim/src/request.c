@@ -8,21 +8,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Sends the frame and the message before it as one unit; 0 or -errno. */
-static int send_request(struct kc_conn *c, int sock, uint64_t seq, struct kc_outgoing *out)
+/* Sends the frame, with its descriptors on its first bytes; 0 or -errno. */
+static int send_request(struct kc_conn *c, int sock, struct kc_outgoing *out)
 {
-	int rc = 0;
 	kc_mux_lock_writes(c->mux);
-	if (out->channel_message) {
-		rc = c->channel < 0 ? -ENOTCONN : kc_send_channel_message(c->channel, (uint8_t)seq, out->pass, out->n_pass);
-		if (rc == -EBADF && out->n_pass > 0) {
-			/* One of the program's descriptors went away since it was listed: kdbus said EBADF too. */
-			memset(out->listed, 0xff, 4 * (size_t)out->n_listed);
-			rc = kc_send_channel_message(c->channel, (uint8_t)seq, NULL, 0);
-		}
+	int rc = kc_send_all(sock, out->iov, out->iovcnt, out->pass, out->n_pass);
+	if (rc == -EBADF && out->n_pass > 0) {
+		/* One of the program's descriptors went away since it was listed: kdbus said EBADF too. */
+		memset(out->listed, 0xff, 4 * (size_t)out->n_listed);
+		rc = kc_send_all(sock, out->iov, out->iovcnt, NULL, 0);
 	}
-	if (rc == 0)
-		rc = kc_send_all(sock, out->iov, out->iovcnt);
 	kc_mux_unlock_writes(c->mux);
 	return rc;
 }
@@ -60,7 +55,7 @@ int kc_request(struct kc_conn *c, int sock, struct kc_outgoing *out, struct kc_i
 		return rc;
 	}
 	memcpy((uint8_t *)out->iov[0].iov_base + 8, &w.seq, sizeof w.seq);
-	rc = send_request(c, sock, w.seq, out);
+	rc = send_request(c, sock, out);
 	/*
 	 * The daemon closed the connection. What it sent before (other waiters' answers, a HUP)
 	 * is still to be read, and the stream's end then tells every waiter, this one included,
@@ -89,6 +84,15 @@ int kc_request(struct kc_conn *c, int sock, struct kc_outgoing *out, struct kc_i
 		kc_inbound_release(in);
 	}
 	kc_mux_leave(c->mux, &w);
+	pthread_setcancelstate(cancel_state, NULL);
+	return rc;
+}
+
+int kc_request_unanswered(struct kc_conn *c, int sock, struct kc_outgoing *out)
+{
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	int rc = send_request(c, sock, out);
 	pthread_setcancelstate(cancel_state, NULL);
 	return rc;
 }

@@ -1,6 +1,6 @@
 /*
- * One request to the daemon and its answer: the frame goes out (an IOCTL preceded by its
- * fd-channel message), FETCHes are answered from the caller's memory, and the RESULT comes
+ * One request to the daemon and its answer: the frame goes out (an IOCTL with the
+ * descriptors it names), FETCHes are answered from the caller's memory, and the RESULT comes
  * back to the caller.
  */
 #ifndef KC_REQUEST_H
@@ -15,8 +15,7 @@ struct kc_outgoing {
 	/* The frame: iov[0] starts with its header, whose seq kc_request fills in. */
 	struct iovec iov[2];
 	int iovcnt;
-	/* IOCTL only: the fd-channel message carrying these descriptors goes first. */
-	bool channel_message;
+	/* IOCTL only: descriptors that go with the frame's first bytes. */
 	const int *pass;
 	unsigned n_pass;
 	/* The frame's fd number list, set to -1 if the descriptors cannot be passed after all. */
@@ -30,6 +29,9 @@ struct kc_outgoing {
  */
 int kc_request(struct kc_conn *c, int sock, struct kc_outgoing *out, struct kc_inbound *in,
 	       struct kc_result *result);
+
+/* Sends out over sock as a request that wants no answer (its seq stays 0); 0 or -errno. */
+int kc_request_unanswered(struct kc_conn *c, int sock, struct kc_outgoing *out);
 
 /* kc_request for a frame without payload (POOL, CLOSE). */
 int kc_request_bare(struct kc_conn *c, int sock, uint32_t type, struct kc_inbound *in, struct kc_result *result);

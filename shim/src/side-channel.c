@@ -155,7 +155,7 @@ static void close_fds(struct frame *f)
 static int send_frame(int sock, const uint8_t *frame, size_t len)
 {
 	struct iovec iov = { (void *)frame, len };
-	int rc = kc_send_all(sock, &iov, 1);
+	int rc = kc_send_all(sock, &iov, 1, NULL, 0);
 	return rc == -EPIPE || rc == -ECONNRESET ? -ESHUTDOWN : rc;
 }
 

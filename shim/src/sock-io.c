@@ -37,10 +37,28 @@ int kc_connect_daemon(int sock)
 	return 0;
 }
 
-int kc_send_all(int sock, struct iovec *iov, int iovcnt)
+int kc_send_all(int sock, struct iovec *iov, int iovcnt, const int *fds, unsigned n_fds)
 {
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * KC_MAX_LISTED_FDS)];
+	} control;
+	struct msghdr m = { 0 };
+	if (n_fds > KC_MAX_LISTED_FDS)
+		return -EINVAL;
+	if (n_fds > 0) {
+		memset(&control, 0, sizeof control);
+		m.msg_control = control.buf;
+		m.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
+	}
 	while (iovcnt > 0) {
-		struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
+		m.msg_iov = iov;
+		m.msg_iovlen = (size_t)iovcnt;
 		ssize_t n = sendmsg(sock, &m, MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR)
@@ -53,6 +71,9 @@ int kc_send_all(int sock, struct iovec *iov, int iovcnt)
 			}
 			return -errno;
 		}
+		/* The descriptors went with the first bytes. */
+		m.msg_control = NULL;
+		m.msg_controllen = 0;
 		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
 			n -= (ssize_t)iov->iov_len;
 			iov++;
@@ -66,45 +87,19 @@ int kc_send_all(int sock, struct iovec *iov, int iovcnt)
 	return 0;
 }
 
-int kc_send_channel_message(int channel, uint8_t tag, const int *fds, unsigned n_fds)
-{
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * KC_MAX_LISTED_FDS)];
-	} control;
-	struct iovec iov = { .iov_base = &tag, .iov_len = 1 };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
-	if (n_fds > KC_MAX_LISTED_FDS)
-		return -EINVAL;
-	if (n_fds > 0) {
-		memset(&control, 0, sizeof control);
-		m.msg_control = control.buf;
-		m.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
-	}
-	for (;;) {
-		if (sendmsg(channel, &m, MSG_NOSIGNAL) >= 0)
-			return 0;
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			int rc = wait_for(channel, POLLOUT);
-			if (rc)
-				return rc;
-			continue;
-		}
-		return -errno;
-	}
-}
-
 int kc_peek_header(int sock, uint8_t *header)
 {
 	for (;;) {
-		ssize_t n = recv(sock, header, 16, MSG_PEEK);
+		/*
+		 * Waiting in poll(), not in a blocking recv(): the kernel wakes a task blocked in
+		 * recv() on this socket each time the daemon reads what this side sent (to offer
+		 * room for writing), and that needless wake-up costs both sides a context switch.
+		 * poll() for POLLIN only wakes for data.
+		 */
+		int rc = wait_for(sock, POLLIN);
+		if (rc)
+			return rc;
+		ssize_t n = recv(sock, header, 16, MSG_PEEK | MSG_DONTWAIT);
 		if (n == 16)
 			return 0;
 		if (n == 0)
@@ -118,16 +113,34 @@ int kc_peek_header(int sock, uint8_t *header)
 			nanosleep(&ms, NULL);
 			continue;
 		}
-		if (errno == EINTR)
+		if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
 			continue;
-		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			int rc = wait_for(sock, POLLIN);
-			if (rc)
-				return rc;
-			continue;
-		}
 		return -errno;
 	}
+}
+
+bool kc_only_wake_queued(int sock)
+{
+	uint8_t head[KC_FRAME_HEADER + 1];
+	ssize_t n;
+	do
+		n = recv(sock, head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK;
+	uint32_t type;
+	memcpy(&type, head + 4, sizeof type);
+	return n == KC_FRAME_HEADER && type == KC_FRAME_WAKE;
+}
+
+bool kc_nothing_waiting(int sock)
+{
+	uint8_t byte;
+	ssize_t n;
+	do
+		n = recv(sock, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 /* Takes the descriptors out of one recvmsg's control data. */

@@ -1,11 +1,12 @@
 /*
- * Blocking I/O on the daemon socket and the fd channel, whatever O_NONBLOCK the program set
+ * Blocking I/O on the daemon socket, whatever O_NONBLOCK the program set
  * on the shared open file: EAGAIN waits in poll(), EINTR retries (a kdbus ioctl the program
  * sees restarts, as with SA_RESTART). SIGPIPE is never raised.
  */
 #ifndef KC_SOCK_IO_H
 #define KC_SOCK_IO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -16,11 +17,12 @@
 /* Connects sock to the daemon's socket (config.h); 0 or -1 with errno (ENAMETOOLONG: no usable path). */
 int kc_connect_daemon(int sock);
 
-/* Writes all of iov; 0 or -errno (EPIPE/ECONNRESET when the daemon is gone). */
-int kc_send_all(int sock, struct iovec *iov, int iovcnt);
-
-/* One fd-channel message: one byte of data (tag) with fds as SCM_RIGHTS. 0 or -errno. */
-int kc_send_channel_message(int channel, uint8_t tag, const int *fds, unsigned n_fds);
+/*
+ * Writes all of iov, with fds (at most KC_MAX_LISTED_FDS) as SCM_RIGHTS on the first bytes;
+ * 0 or -errno (EPIPE/ECONNRESET when the daemon is gone; EBADF, with nothing sent, when one
+ * of fds is not open).
+ */
+int kc_send_all(int sock, struct iovec *iov, int iovcnt, const int *fds, unsigned n_fds);
 
 /*
  * Waits for a 16-byte frame header and copies it without consuming it (so descriptors that
@@ -28,6 +30,15 @@ int kc_send_channel_message(int channel, uint8_t tag, const int *fds, unsigned n
  * stream, or -errno.
  */
 int kc_peek_header(int sock, uint8_t *header);
+
+/*
+ * Whether the daemon has sent nothing that waits on sock but, perhaps, a WAKE. Never
+ * blocks. A HUP, an answer to another request or the end of the stream all say no.
+ */
+bool kc_only_wake_queued(int sock);
+
+/* Whether the daemon has sent nothing that waits on sock (nor ended the stream). Never blocks. */
+bool kc_nothing_waiting(int sock);
 
 /*
  * Reads exactly len bytes, collecting descriptors (close-on-exec) into fds. More descriptors

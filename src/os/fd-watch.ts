@@ -30,6 +30,16 @@ const POLL_SIZE = Number(uvHandleSize(UV_POLL));
 export class FdWatchError extends Error {}
 
 /**
+ * Readiness callbacks come from libuv outside Node's callback scope, so promise
+ * continuations, queueMicrotask and nextTick callbacks queued in them would wait for some
+ * unrelated event. One immediate per loop turn runs them right after the poll phase.
+ */
+let checkpointQueued = false;
+const checkpoint = (): void => {
+  checkpointQueued = false;
+};
+
+/**
  * One callback each for every watch (koffi has a bounded number of trampolines, and a
  * daemon may watch thousands of descriptors): libuv passes the handle, its address finds
  * the watch.
@@ -78,6 +88,10 @@ export class FdWatch {
 
   /** @internal called from libuv through the shared trampoline. */
   ready(status: number, events: number): void {
+    if (!checkpointQueued) {
+      checkpointQueued = true;
+      setImmediate(checkpoint);
+    }
     try {
       this.onReady(status, events);
     } catch (e) {

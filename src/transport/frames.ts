@@ -25,6 +25,16 @@ export interface Frame {
   type: number;
   seq: bigint;
   payload: Buffer;
+  /** The process that wrote the frame's first bytes, as the kernel told (0 when it did not). */
+  pid: number;
+  uid: number;
+  gid: number;
+  /**
+   * The buffer the frame has to itself (a frame larger than the read buffer), to be given
+   * back with FrameReader.recycle() once nothing uses the payload; undefined when the
+   * payload is a view into the read buffer, which the next read reuses.
+   */
+  own: Buffer | undefined;
 }
 
 export class ProtocolError extends Error {
@@ -46,41 +56,137 @@ export function encodeFrame(type: FrameType, seq: bigint, payload: Buffer = Buff
   return b;
 }
 
-/** Cuts a byte stream into frames; throws ProtocolError on a malformed header. */
-export class FrameReader {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+/** Reads go into a buffer of this size; a larger frame gets one of its own. */
+const READ_BUFFER = 64 * 1024;
+/** Below this much room at the end, the unread rest moves to the front before a read. */
+const MIN_READ = 4096;
 
-  push(chunk: Buffer): Frame[] {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    const out: Frame[] = [];
-    while (this.buffered >= FRAME_HEADER) {
-      const head = this.peek(FRAME_HEADER);
-      const len = head.readUInt32LE(0);
+/**
+ * One buffer for large frames, shared by all readers and given back after use: a megabyte
+ * allocated per frame is external memory that drives V8 into full collections.
+ */
+let spare: Buffer | undefined;
+
+/**
+ * Cuts a byte stream into frames where it was read: a frame that lies in the read buffer
+ * is handed out as a view into it (valid until the next read), a frame larger than the
+ * buffer is read into a buffer of its own. Each frame carries the sender of the read that
+ * brought its first byte. Throws ProtocolError on a malformed header.
+ */
+export class FrameReader {
+  private buf = Buffer.allocUnsafe(READ_BUFFER);
+  private start = 0;
+  private end = 0;
+  /** Where the last read's bytes begin in buf. */
+  private chunkStart = 0;
+  private chunkPid = 0;
+  private chunkUid = 0;
+  private chunkGid = 0;
+  /** Sender of the incomplete frame at start, when its first byte came with an earlier read. */
+  private pendingPid = 0;
+  private pendingUid = 0;
+  private pendingGid = 0;
+  /** A frame larger than buf (in a buffer that may be larger still), its length and how much of it is in. */
+  private big: Buffer | undefined;
+  private bigLength = 0;
+  private bigFilled = 0;
+
+  /** The buffer the next read goes into, from targetOffset on for targetLength bytes. */
+  target: Buffer = this.buf;
+  targetOffset = 0;
+  targetLength = READ_BUFFER;
+
+  /** Makes room for the next read and sets target, targetOffset and targetLength. */
+  prepare(): void {
+    if (this.big) {
+      this.target = this.big;
+      this.targetOffset = this.bigFilled;
+      this.targetLength = this.bigLength - this.bigFilled;
+      return;
+    }
+    if (this.start === this.end) {
+      this.start = this.end = 0;
+    } else if (this.buf.length - this.end < MIN_READ && this.start > 0) {
+      this.buf.copyWithin(0, this.start, this.end);
+      this.end -= this.start;
+      this.start = 0;
+    }
+    this.target = this.buf;
+    this.targetOffset = this.end;
+    this.targetLength = this.buf.length - this.end;
+  }
+
+  /** Accounts for n bytes read into the target, written by the given process. */
+  received(n: number, pid: number, uid: number, gid: number): void {
+    if (this.big) {
+      this.bigFilled += n;
+      return;
+    }
+    this.chunkStart = this.end;
+    this.end += n;
+    this.chunkPid = pid;
+    this.chunkUid = uid;
+    this.chunkGid = gid;
+  }
+
+  /** Whether bytes of an incomplete frame are waiting for more. */
+  get partial(): boolean {
+    return this.big !== undefined || this.start < this.end;
+  }
+
+  /** The next complete frame, or undefined until more is read. */
+  next(): Frame | undefined {
+    const big = this.big;
+    if (big) {
+      if (this.bigFilled < this.bigLength) return undefined;
+      this.big = undefined;
+      return this.frameAt(big, 0, this.bigLength, this.pendingPid, this.pendingUid, this.pendingGid, big);
+    }
+    const at = this.start;
+    const avail = this.end - at;
+    if (avail >= FRAME_HEADER) {
+      const len = this.buf.readUInt32LE(at);
       if (len < FRAME_HEADER || len % 8 !== 0 || len > MAX_FRAME) {
         throw new ProtocolError(`frame length ${len} is not a multiple of 8 in [${FRAME_HEADER}, ${MAX_FRAME}]`);
       }
-      if (this.buffered < len) break;
-      const frame = this.take(len);
-      out.push({ type: frame.readUInt32LE(4), seq: frame.readBigUInt64LE(8), payload: frame.subarray(FRAME_HEADER) });
+      if (avail >= len) {
+        this.start = at + len;
+        return at < this.chunkStart
+          ? this.frameAt(this.buf, at, len, this.pendingPid, this.pendingUid, this.pendingGid, undefined)
+          : this.frameAt(this.buf, at, len, this.chunkPid, this.chunkUid, this.chunkGid, undefined);
+      }
+      if (at >= this.chunkStart) this.keepSender();
+      if (len > this.buf.length) {
+        if (spare && spare.length >= len) {
+          this.big = spare;
+          spare = undefined;
+        } else {
+          this.big = Buffer.allocUnsafe(len);
+        }
+        this.buf.copy(this.big, 0, at, this.end);
+        this.bigLength = len;
+        this.bigFilled = avail;
+        this.start = this.end = 0;
+      }
+      return undefined;
     }
-    return out;
+    if (avail > 0 && at >= this.chunkStart) this.keepSender();
+    return undefined;
   }
 
-  private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!;
-    this.chunks = [Buffer.concat(this.chunks)];
-    return this.chunks[0]!;
+  private keepSender(): void {
+    this.pendingPid = this.chunkPid;
+    this.pendingUid = this.chunkUid;
+    this.pendingGid = this.chunkGid;
   }
 
-  private take(n: number): Buffer {
-    const first = this.peek(n);
-    const frame = first.subarray(0, n);
-    if (first.length === n) this.chunks.shift();
-    else this.chunks[0] = first.subarray(n);
-    this.buffered -= n;
-    return frame;
+  /** Gives back the buffer of a large frame whose payload nothing uses any more. */
+  static recycle(own: Buffer): void {
+    if (!spare || own.length >= spare.length) spare = own;
+  }
+
+  private frameAt(b: Buffer, at: number, len: number, pid: number, uid: number, gid: number, own: Buffer | undefined): Frame {
+    return { type: b.readUInt32LE(at + 4), seq: b.readBigUInt64LE(at + 8), payload: b.subarray(at + FRAME_HEADER, at + len), pid, uid, gid, own };
   }
 }
 

@@ -34,6 +34,17 @@ export class SegmentMemory implements CallerMemory {
     this.faults.push({ address, length });
   }
 
+  /**
+   * Makes the segments' bytes the memory's own: they were views into the buffer the
+   * transport reads into, which the next read reuses, and the command is going on later.
+   */
+  detach(): void {
+    for (let i = 0; i < this.segments.length; i++) {
+      const s = this.segments[i]!;
+      this.segments[i] = { address: s.address, data: Buffer.from(s.data) };
+    }
+  }
+
   /** Starts a new attempt: the previous attempt's writes are void. */
   resetWrites(): void {
     this.writes = [];

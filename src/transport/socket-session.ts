@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import type net from 'node:net';
 import { Attach, Cmd } from '../abi/constants';
-import { Errno, KdbusError, fail } from '../abi/errno';
+import { Errno, errnoName, KdbusError, fail } from '../abi/errno';
 import type { CallContext, CallerFiles, Credentials, FileInstaller, ImportedFile, Opener } from '../bus/caller';
 import type { Domain } from '../bus/domain';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
@@ -16,14 +16,13 @@ import { idMapped, inDaemonUserNamespace, readIdMap } from '../os/namespaces';
 import { ImportedFd } from '../os/pidfd-files';
 import { fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
-import {
-  closeFd, peerCred, recvWithFds, sendWithFds, setPassCred, socketpair,
-  SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_SEQPACKET, type PeerCred,
-} from '../os/unix-socket';
+import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../os/unix-socket';
+import { FdWatch } from '../os/fd-watch';
 import { logger } from '../log/logger';
 import type { Connection } from '../bus/connection';
 import type { AttachmentRegistry, AttachTarget, SideChannel } from './attachments';
-import { decodeSegments, encodeFrame, encodeSegments, FrameReader, FrameType, ProtocolError, type Frame } from './frames';
+import { decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, ProtocolError, type Frame, type Segment } from './frames';
+import { ClientSocket, MAX_FDS_PER_READ } from './client-socket';
 import { NeedMemory, SegmentMemory } from './segment-memory';
 import { accessFor, MAY_EXEC, permitted } from './node-access';
 import { busDirMode } from './placeholder-tree';
@@ -31,7 +30,9 @@ import { busDirMode } from './placeholder-tree';
 const CAP_DAC_OVERRIDE = 1n;
 const CAP_IPC_OWNER = 15n;
 const F_DUPFD_CLOEXEC = 1030;
+/** RESULT flags: the first descriptor is the pool; WAKE and HUP follow the connection exactly (Poll). */
 const RESULT_POOL = 1;
+const RESULT_EXACT_WAKES = 2;
 const O_CLOEXEC = 0o2000000;
 
 /** The opener as OPEN checks it (fresh, not cached: privilege is decided once per file). */
@@ -42,7 +43,7 @@ interface OpenerIdentity {
   overrides(uid: number, gid: number): boolean;
 }
 
-/** The client's descriptors named in one IOCTL, received over the fd channel. */
+/** The client's descriptors named in one IOCTL, which came with its frame. */
 class ReceivedFiles implements CallerFiles {
   constructor(private readonly numbers: readonly number[], private readonly fds: readonly number[]) {}
 
@@ -93,6 +94,24 @@ class ReservedInstaller implements FileInstaller {
   }
 }
 
+/** What one IOCTL runs against. */
+class IoctlContext implements CallContext {
+  constructor(
+    readonly mem: SegmentMemory,
+    readonly files: ReceivedFiles,
+    readonly installer: ReservedInstaller,
+    readonly pid: number,
+    readonly tid: number,
+    readonly creds: Credentials,
+    private readonly abort: AbortController | undefined,
+  ) {}
+
+  /** Made when a command asks for it (one that waits): an AbortSignal costs microseconds. */
+  get signal(): AbortSignal | undefined {
+    return this.abort?.signal;
+  }
+}
+
 /** A list of i32 numbers: u32 count, u32 0, then the numbers. */
 function numbersOf(b: Buffer, offset: number): number[] {
   if (b.length < offset + 8) return [];
@@ -102,17 +121,48 @@ function numbersOf(b: Buffer, offset: number): number[] {
   return out;
 }
 
+/** errno, n_writes, n_fds, flags. */
+const RESULT_HEAD = 16;
+const NO_FDS: readonly number[] = [];
+const WAKE_FRAME = encodeFrame(FrameType.WAKE, 0n);
+const HUP_FRAME = encodeFrame(FrameType.HUP, 0n);
+
+/**
+ * Answers are encoded here and sent right away; only what the socket does not take at once
+ * is copied out (into the session's queue).
+ */
+let scratch = Buffer.allocUnsafe(16 * 1024);
+
+/** Bytes the socket did not take yet, with the descriptors that go with their first byte. */
+interface Pending {
+  data: Buffer;
+  fds: readonly number[];
+  after: (() => void) | undefined;
+}
+
+/** How long to wait before trying a full socket again, at first and at most. */
+const RETRY_MS = 1;
+const RETRY_MAX_MS = 50;
+
+const pad8 = (n: number): number => (n + 7) & ~7;
+
 export class SocketSession {
   readonly peer: PeerCred;
+  /** The daemon's own descriptor of the socket, read and written directly. */
   private readonly fd: number;
+  private readonly io: ClientSocket;
+  private readonly watch: FdWatch;
   private readonly reader = new FrameReader();
+  /** Descriptors that came with frames not dispatched yet, in order of arrival. */
+  private readonly inFds: number[] = [];
   private handle: Handle | undefined;
-  private fdChannel = -1;
   private readonly fetches = new Map<bigint, (r: { errno: number; data: Buffer }) => void>();
   private readonly aborts = new Set<AbortController>();
   private readonly identities = new Map<string, Credentials>();
-  private readonly out: Array<{ frame: Buffer; fds: number[]; after?: () => void }> = [];
-  private flushing = false;
+  private lastIdentity: { pid: number; uid: number; gid: number; creds: Credentials } | undefined;
+  private readonly out: Pending[] = [];
+  private retry: NodeJS.Timeout | undefined;
+  private retryMs = RETRY_MS;
   private wakeOutstanding = false;
   /** A HUP the client has not read yet: like WAKE, re-sent after each RESULT while it holds. */
   private hupOutstanding = false;
@@ -127,16 +177,30 @@ export class SocketSession {
   /** Numbers the shim reserved for files of its CUSE handle (ATTACH, RESERVE). */
   private readonly reserve: number[] = [];
 
+  /**
+   * Takes over the client's socket from Node, which accepted it paused: the session reads
+   * and writes a duplicate of it directly (Node streams give neither credentials nor
+   * descriptors), and destroys `socket` when it ends.
+   */
   constructor(
     private readonly domain: Domain,
     private readonly socket: net.Socket,
     private readonly onClose: (s: SocketSession) => void,
     private readonly attachments: AttachmentRegistry,
   ) {
-    this.fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
-    this.peer = peerCred(this.fd);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('close', () => this.close());
+    const fd = fcntl((socket as unknown as { _handle: { fd: number } })._handle.fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) throw new Error('cannot duplicate the client socket: the daemon is out of file descriptors');
+    try {
+      this.peer = peerCred(fd);
+      // Every read then says which process wrote its bytes; the kernel never mixes writers in one read.
+      setPassCred(fd);
+      this.io = new ClientSocket(fd);
+      this.watch = new FdWatch(fd, (status) => this.onReadable(status));
+    } catch (e) {
+      closeFd(fd);
+      throw e;
+    }
+    this.fd = fd;
     socket.on('error', (e) => logger.verbose(`${this.label}: socket error: ${e.message}`));
   }
 
@@ -145,24 +209,47 @@ export class SocketSession {
     return conn ? conn.label : `client pid ${this.peer.pid} uid ${this.peer.uid}`;
   }
 
-  private onData(chunk: Buffer): void {
-    let frames: Frame[];
-    try {
-      frames = this.reader.push(chunk);
-    } catch (e) {
-      this.protocolError((e as Error).message);
+  /** Reads what the client sent and runs each frame as soon as it is complete. */
+  private onReadable(status: number): void {
+    if (status < 0) {
+      logger.verbose(`${this.label}: polling the socket failed (${status})`);
+      this.close();
       return;
     }
-    for (const f of frames) {
-      try {
-        this.dispatch(f);
-      } catch (e) {
-        if (e instanceof ProtocolError) this.protocolError(e.message);
-        else {
-          logger.error(`${this.label}: internal error on frame type ${f.type}: ${(e as Error).stack}`);
-          this.socket.destroy();
+    const reader = this.reader;
+    const io = this.io;
+    let frame: Frame | undefined;
+    try {
+      while (!this.closed) {
+        reader.prepare();
+        const n = io.recv(reader.target, reader.targetOffset, reader.targetLength);
+        if (n < 0) break;
+        if (n === 0) {
+          this.close();
+          break;
         }
-        return;
+        for (const fd of io.fds) this.inFds.push(fd);
+        if (io.truncated) throw new ProtocolError(`more than ${MAX_FDS_PER_READ} descriptors came with one frame`);
+        reader.received(n, io.pid, io.uid, io.gid);
+        for (frame = reader.next(); frame && !this.closed; frame = reader.next()) {
+          this.dispatch(frame);
+          // An IOCTL gives its buffer back when its command is done.
+          if (frame.own && frame.type !== FrameType.IOCTL) FrameReader.recycle(frame.own);
+        }
+        frame = undefined;
+        if (this.inFds.length > 0 && !reader.partial) throw new ProtocolError(`${this.inFds.length} descriptors came with no frame that announced them`);
+        // A read that did not fill the buffer most likely took all there was; if not, the
+        // watch calls again, which costs less than a read that finds nothing each time.
+        if (n < reader.targetLength) break;
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError) this.protocolError(e.message);
+      else if (e instanceof SyscallError && !frame) {
+        logger.verbose(`${this.label}: ${e.message}`);
+        this.close();
+      } else {
+        logger.error(`${this.label}: internal error${frame ? ` on frame type ${frame.type}` : ''}: ${(e as Error).stack}`);
+        this.close();
       }
     }
   }
@@ -197,7 +284,7 @@ export class SocketSession {
         // Given right before an ioctl that may install files, among them the lowest free
         // number (kdbus installed there): used first. The shim waits for the answer.
         this.reserve.unshift(...numbersOf(f.payload, 0).sort((a, b) => a - b));
-        this.sendResult(f.seq, 0, [], [], 0);
+        this.sendResult(f.seq, 0, [], NO_FDS, 0);
         return;
       default:
         throw new ProtocolError(`unknown frame type ${f.type}`);
@@ -206,7 +293,7 @@ export class SocketSession {
 
   private protocolError(message: string): void {
     logger.warn(`${this.label}: protocol error, disconnecting: ${message}`);
-    this.socket.destroy();
+    this.close();
   }
 
   // --- identity --------------------------------------------------------------------------
@@ -216,6 +303,8 @@ export class SocketSession {
    * kernel tells us those three with every request, so a changed identity is noticed.
    */
   private identity(pid: number, uid: number, gid: number): Credentials {
+    const last = this.lastIdentity;
+    if (last && last.pid === pid && last.uid === uid && last.gid === gid) return last.creds;
     const key = `${pid}:${uid}:${gid}`;
     let creds = this.identities.get(key);
     if (!creds) {
@@ -225,9 +314,9 @@ export class SocketSession {
       if (this.identities.size > 64) this.identities.clear();
       this.identities.set(key, creds);
     }
+    this.lastIdentity = { pid, uid, gid, creds };
     return creds;
   }
-
   /**
    * The opener's credentials and rights, read fresh. A capability bit in the status file
    * counts only in the namespace that holds it: kdbus privilege is CAP_IPC_OWNER in the
@@ -261,13 +350,13 @@ export class SocketSession {
     if (f.payload.length < 16) throw new ProtocolError('ATTACH frame too short');
     const target = this.attachments.claim(Buffer.from(f.payload.subarray(0, 16)));
     if (!target) {
-      this.sendResult(f.seq, Errno.EPERM, [], [], 0);
+      this.sendResult(f.seq, Errno.EPERM, [], NO_FDS, 0);
       return;
     }
     this.sideOf = target;
     this.reserve.push(...numbersOf(f.payload, 16));
     target.attach(this.side);
-    this.sendResult(f.seq, 0, [], [], 0);
+    this.sendResult(f.seq, 0, [], NO_FDS, 0);
   }
 
   /** Files a CUSE RECV installs: numbers from the reserve, the files sent right away. */
@@ -289,7 +378,8 @@ export class SocketSession {
       p.writeUInt32LE(fds.length, 0);
       let k = 0;
       for (const n of numbers) if (n >= 0) p.writeInt32LE(n, 8 + 4 * k++);
-      this.enqueue(encodeFrame(FrameType.INSTALL, 0n, p), fds, () => fds.forEach(closeFd));
+      const frame = encodeFrame(FrameType.INSTALL, 0n, p);
+      this.send(frame, frame.length, fds, () => fds.forEach(closeFd));
     }
     return numbers;
   }
@@ -324,25 +414,18 @@ export class SocketSession {
     if (16 + pathLen > p.length) throw new ProtocolError('OPEN path runs past the frame');
     const rel = p.toString('latin1', 16, 16 + pathLen);
     let errno = 0;
-    let shimEnd = -1;
     try {
       const id = this.openerIdentity(this.peer.pid);
       const node = this.resolve(rel, id, flags);
       const opener: Opener = { creds: id.creds, privileged: id.privileged, pid: this.peer.pid };
       this.handle = openHandle(node, opener);
-      const [daemonEnd, otherEnd] = socketpair(SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC);
-      setPassCred(daemonEnd);
-      this.fdChannel = daemonEnd;
-      shimEnd = otherEnd;
       logger.debug(`${this.label}: opened ${rel}`);
     } catch (e) {
       if (!(e instanceof KdbusError)) throw e;
       errno = e.errno;
       logger.verbose(`${this.label}: open ${rel}: ${e.message}`);
     }
-    this.sendResult(f.seq, errno, [], shimEnd >= 0 ? [shimEnd] : [], 0, () => {
-      if (shimEnd >= 0) closeFd(shimEnd);
-    });
+    this.sendResult(f.seq, errno, [], NO_FDS, 0);
   }
 
   // --- IOCTL -----------------------------------------------------------------------------
@@ -362,86 +445,158 @@ export class SocketSession {
     const listEnd = 32 + ((4 * (nFds + nRes) + 7) & ~7);
     if (listEnd > p.length) throw new ProtocolError('IOCTL fd lists run past the frame');
     const numbers: number[] = [];
-    for (let i = 0; i < nFds; i++) numbers.push(p.readInt32LE(32 + 4 * i));
+    let expected = 0;
+    for (let i = 0; i < nFds; i++) {
+      const n = p.readInt32LE(32 + 4 * i);
+      numbers.push(n);
+      if (n >= 0) expected++;
+    }
     const reserved: number[] = [];
     for (let i = 0; i < nRes; i++) reserved.push(p.readInt32LE(32 + 4 * (nFds + i)));
     const { segments } = decodeSegments(p, listEnd, nSeg);
-
-    const msg = recvWithFds(this.fdChannel, 8);
-    if (!msg || !msg.cred) throw new ProtocolError('IOCTL without its message on the fd channel');
-    const expected = numbers.filter((n) => n >= 0).length;
-    if (msg.fds.length !== expected || msg.truncated) {
-      for (const fd of msg.fds) closeFd(fd);
-      throw new ProtocolError(`IOCTL announced ${expected} fds, the fd channel carried ${msg.fds.length}`);
+    if (f.pid <= 0) throw new ProtocolError('IOCTL whose bytes came without the sender\'s credentials');
+    if (this.inFds.length < expected) {
+      throw new ProtocolError(`IOCTL announced ${expected} fds, ${this.inFds.length} came with it`);
     }
-    let k = 0;
-    const received = numbers.map((n) => (n >= 0 ? msg.fds[k++]! : -1));
-    const files = new ReceivedFiles(numbers, received);
-    void this.runIoctl(f.seq, handle, cmd, arg, tid, msg.cred, segments, files, reserved).finally(() => files.close());
+    const received = expected === 0 ? numbers.map(() => -1) : numbers.map((n) => (n >= 0 ? this.inFds.shift()! : -1));
+    this.runIoctl(f.seq, handle, cmd, arg, tid, f, segments, new ReceivedFiles(numbers, received), reserved);
   }
 
-  private async runIoctl(
-    seq: bigint, handle: Handle, cmd: number, arg: bigint, tid: number, cred: PeerCred,
-    segments: ReturnType<typeof decodeSegments>['segments'], files: ReceivedFiles, reserved: number[],
-  ): Promise<void> {
+  /**
+   * Runs the command at once and answers in the same turn; only a command that waits (a
+   * synchronous SEND, a setup command) or needs more of the caller's memory goes on
+   * asynchronously.
+   */
+  private runIoctl(
+    seq: bigint, handle: Handle, cmd: number, arg: bigint, tid: number, sender: Frame,
+    segments: Segment[], files: ReceivedFiles, reserved: number[],
+  ): void {
     const mem = new SegmentMemory(segments);
     const installer = new ReservedInstaller(reserved);
     // Only a synchronous SEND waits, so only it can be interrupted by the socket closing.
     const abort = cmd === Cmd.SEND ? new AbortController() : undefined;
+    let errno = 0;
+    try {
+      const ctx = new IoctlContext(
+        mem, files, installer, sender.pid, this.verifiedTid(sender.pid, tid), this.identity(sender.pid, sender.uid, sender.gid), abort,
+      );
+      let pending: void | Promise<void>;
+      try {
+        pending = handle.ioctl(cmd, arg, ctx);
+      } catch (e) {
+        if (!(e instanceof NeedMemory)) throw e;
+        if (!sender.own) mem.detach();
+        void this.finishLater(seq, handle, cmd, arg, ctx, mem, installer, files, abort, e, sender.own);
+        return;
+      }
+      if (pending) {
+        if (!sender.own) mem.detach();
+        void this.finishLater(seq, handle, cmd, arg, ctx, mem, installer, files, abort, pending, sender.own);
+        return;
+      }
+    } catch (e) {
+      errno = this.errnoOf(e, cmd);
+    }
+    files.close();
+    this.answer(seq, handle, cmd, errno, mem, installer);
+    if (sender.own) FrameReader.recycle(sender.own);
+  }
+
+  /** A command that waits or needs memory fetched; its large frame's buffer is given back after. */
+  private async finishLater(
+    seq: bigint, handle: Handle, cmd: number, arg: bigint, ctx: CallContext, mem: SegmentMemory,
+    installer: ReservedInstaller, files: ReceivedFiles, abort: AbortController | undefined, next: NeedMemory | Promise<void>,
+    own: Buffer | undefined,
+  ): Promise<void> {
+    try {
+      await this.continueIoctl(seq, handle, cmd, arg, ctx, mem, installer, files, abort, next);
+    } finally {
+      if (own) FrameReader.recycle(own);
+    }
+  }
+
+  /** Waits for the command, or FETCHes what it needs and runs it again; then answers. */
+  private async continueIoctl(
+    seq: bigint, handle: Handle, cmd: number, arg: bigint, ctx: CallContext, mem: SegmentMemory,
+    installer: ReservedInstaller, files: ReceivedFiles, abort: AbortController | undefined, next: NeedMemory | Promise<void>,
+  ): Promise<void> {
     if (abort) this.aborts.add(abort);
     let errno = 0;
     try {
-      const creds = this.identity(cred.pid, cred.uid, cred.gid);
-      const ctx: CallContext = { mem, files, installer, pid: cred.pid, tid: this.verifiedTid(cred.pid, tid), creds };
-      if (abort) ctx.signal = abort.signal;
       for (;;) {
-        mem.resetWrites();
-        installer.reset();
-        let pending: void | Promise<void>;
-        try {
-          pending = handle.ioctl(cmd, arg, ctx);
-        } catch (e) {
-          if (e instanceof NeedMemory) {
-            const r = await this.fetch(seq, e.address, e.length);
-            if (r.errno !== 0 || r.data.length !== e.length) mem.addFault(e.address, e.length);
-            else mem.add(e.address, r.data);
-            continue;
+        if (next instanceof NeedMemory) {
+          const r = await this.fetch(seq, next.address, next.length);
+          if (r.errno !== 0 || r.data.length !== next.length) mem.addFault(next.address, next.length);
+          else mem.add(next.address, r.data);
+          mem.resetWrites();
+          installer.reset();
+          try {
+            const pending = handle.ioctl(cmd, arg, ctx);
+            if (!pending) break;
+            next = pending;
+          } catch (e) {
+            if (!(e instanceof NeedMemory)) throw e;
+            next = e;
           }
-          throw e;
+          continue;
         }
-        if (pending) await pending;
+        await next;
         break;
       }
     } catch (e) {
-      if (e instanceof KdbusError) errno = e.errno;
-      else if (e instanceof NeedMemory) errno = Errno.EFAULT;
-      else if (this.closed) return;
-      else {
-        logger.error(`${this.label}: ioctl 0x${cmd.toString(16)} failed unexpectedly: ${(e as Error).stack}`);
-        errno = Errno.EIO;
+      if (this.closed && !(e instanceof KdbusError)) {
+        files.close();
+        installer.closeSent();
+        return;
       }
+      errno = this.errnoOf(e, cmd);
     } finally {
       if (abort) this.aborts.delete(abort);
     }
+    files.close();
     if (this.closed) {
       installer.closeSent();
       return;
     }
+    this.answer(seq, handle, cmd, errno, mem, installer);
+  }
+
+  private errnoOf(e: unknown, cmd: number): number {
+    if (e instanceof KdbusError) return e.errno;
+    if (e instanceof NeedMemory) return Errno.EFAULT;
+    logger.error(`${this.label}: ioctl 0x${cmd.toString(16)} failed unexpectedly: ${(e as Error).stack}`);
+    return Errno.EIO;
+  }
+
+  /** The RESULT of an ioctl, with the pool after HELLO and the files the command installed. */
+  private answer(seq: bigint, handle: Handle, cmd: number, errno: number, mem: SegmentMemory, installer: ReservedInstaller): void {
+    if (this.closed) {
+      installer.closeSent();
+      return;
+    }
+    if (seq === 0n) {
+      // The client answered this one itself (a FREE it knew could not fail) and waits for nothing.
+      installer.closeSent();
+      if (errno !== 0) logger.warn(`${this.label}: ioctl 0x${cmd.toString(16)} that the client did not wait for failed: ${errnoName(errno)}`);
+      return;
+    }
     let flags = 0;
-    const fds = [...installer.sent];
+    let fds: readonly number[] = installer.sent;
     let poolFd = -1;
     if (cmd === Cmd.HELLO && errno === 0 && handle.connection) {
+      flags |= RESULT_EXACT_WAKES;
       poolFd = this.openPoolReadOnly(handle.connection);
       if (poolFd >= 0) {
         flags |= RESULT_POOL;
-        fds.unshift(poolFd);
+        fds = [poolFd, ...installer.sent];
       }
       this.stopWake = handle.onWake(() => this.maybeWake());
     }
-    this.sendResult(seq, errno, mem.writes, fds, flags, () => {
+    const after = fds.length === 0 ? undefined : (): void => {
       if (poolFd >= 0) closeFd(poolFd);
       installer.closeSent();
-    });
+    };
+    this.sendResult(seq, errno, mem.writes, fds, flags, after);
   }
 
   /**
@@ -464,7 +619,8 @@ export class SocketSession {
       const p = Buffer.alloc(16);
       p.writeBigUInt64LE(address, 0);
       p.writeUInt32LE(length, 8);
-      this.enqueue(encodeFrame(FrameType.FETCH, seq, p), []);
+      const frame = encodeFrame(FrameType.FETCH, seq, p);
+      this.send(frame, frame.length, NO_FDS, undefined);
     });
   }
 
@@ -477,22 +633,46 @@ export class SocketSession {
   private sendPool(seq: bigint): void {
     const conn = this.handle?.connection ?? this.sideOf?.connection();
     const poolFd = conn ? this.openPoolReadOnly(conn) : -1;
-    this.sendResult(seq, poolFd >= 0 ? 0 : Errno.EBADFD, [], poolFd >= 0 ? [poolFd] : [], poolFd >= 0 ? RESULT_POOL : 0, () => {
-      if (poolFd >= 0) closeFd(poolFd);
-    });
+    if (poolFd < 0) {
+      this.sendResult(seq, Errno.EBADFD, [], NO_FDS, 0);
+      return;
+    }
+    this.sendResult(seq, 0, [], [poolFd], RESULT_POOL, () => closeFd(poolFd));
   }
 
-  private sendResult(seq: bigint, errno: number, writes: SegmentMemory['writes'], fds: number[], flags: number, after?: () => void): void {
-    const head = Buffer.alloc(16);
-    head.writeInt32LE(errno, 0);
-    head.writeUInt32LE(writes.length, 4);
-    head.writeUInt32LE(fds.length - (flags & RESULT_POOL ? 1 : 0), 8);
-    head.writeUInt32LE(flags, 12);
-    const frame = encodeFrame(FrameType.RESULT, seq, Buffer.concat([head, encodeSegments(writes)]));
+  /**
+   * A RESULT, and in the same write the WAKE or HUP that is due after it: the shim takes an
+   * empty socket right after a RESULT for a connection with nothing to receive (Poll), so the
+   * two must arrive together.
+   */
+  private sendResult(seq: bigint, errno: number, writes: readonly Segment[], fds: readonly number[], flags: number, after?: () => void): void {
+    let len = FRAME_HEADER + RESULT_HEAD;
+    for (const w of writes) len += 16 + pad8(w.data.length);
     this.wakeOutstanding = false;
     this.hupOutstanding = false;
-    this.enqueue(frame, fds, after);
-    this.maybeWake();
+    const event = this.dueEvent();
+    if (len + FRAME_HEADER > scratch.length) scratch = Buffer.allocUnsafe(Math.max(len + FRAME_HEADER, 2 * scratch.length));
+    const b = scratch;
+    b.writeUInt32LE(len, 0);
+    b.writeUInt32LE(FrameType.RESULT, 4);
+    b.writeBigUInt64LE(seq, 8);
+    b.writeInt32LE(errno, 16);
+    b.writeUInt32LE(writes.length, 20);
+    b.writeUInt32LE(fds.length - (flags & RESULT_POOL ? 1 : 0), 24);
+    b.writeUInt32LE(flags, 28);
+    let p = FRAME_HEADER + RESULT_HEAD;
+    for (const w of writes) {
+      const n = w.data.length;
+      const padded = pad8(n);
+      b.writeBigUInt64LE(w.address, p);
+      b.writeUInt32LE(n, p + 8);
+      b.writeUInt32LE(0, p + 12);
+      w.data.copy(b, p + 16);
+      if (padded > n) b.fill(0, p + 16 + n, p + 16 + padded);
+      p += 16 + padded;
+    }
+    if (event) event.copy(b, len);
+    this.send(b, event ? len + FRAME_HEADER : len, fds, after);
   }
 
   /** CLOSE: the client's last reference is going; release before it returns from close(). */
@@ -500,66 +680,99 @@ export class SocketSession {
     this.stopWake?.();
     this.stopWake = undefined;
     this.handle?.release();
-    this.sendResult(seq, 0, [], [], 0);
+    this.sendResult(seq, 0, [], NO_FDS, 0);
   }
 
   // --- poll ------------------------------------------------------------------------------
 
+  /** When the connection became readable or went away: the WAKE or HUP due, sent now. */
   private maybeWake(): void {
+    const event = this.dueEvent();
+    if (event) this.send(event, event.length, NO_FDS, undefined);
+  }
+
+  /**
+   * The WAKE (readable) or HUP (gone) frame the client has not been sent since the last
+   * RESULT, marked as sent; undefined when none is due.
+   */
+  private dueEvent(): Buffer | undefined {
     const handle = this.handle;
-    if (this.closed || !handle?.connection) return;
+    if (this.closed || !handle?.connection) return undefined;
     const mask = handle.poll();
     if (mask & Poll.HUP) {
-      if (!this.hupOutstanding) {
-        this.hupOutstanding = true;
-        this.enqueue(encodeFrame(FrameType.HUP, 0n), []);
-      }
-    } else if (mask & Poll.IN && !this.wakeOutstanding) {
-      this.wakeOutstanding = true;
-      this.enqueue(encodeFrame(FrameType.WAKE, 0n), []);
+      if (this.hupOutstanding) return undefined;
+      this.hupOutstanding = true;
+      return HUP_FRAME;
     }
+    if (!(mask & Poll.IN) || this.wakeOutstanding) return undefined;
+    this.wakeOutstanding = true;
+    return WAKE_FRAME;
   }
 
   // --- output ----------------------------------------------------------------------------
 
   /**
-   * Frames go out in order. Libuv writes those without descriptors; frames with descriptors
-   * go out by sendmsg once libuv's queue is empty, so the two never interleave.
+   * Sends data[0, length) with fds on its first byte, at once when nothing is queued before
+   * it. What the socket does not take is copied into the queue, in order, and tried again
+   * shortly (a client that does not read its answers is the only one who waits).
    */
-  private enqueue(frame: Buffer, fds: number[], after?: () => void): void {
-    this.out.push({ frame, fds, after });
-    this.flush();
+  private send(data: Buffer, length: number, fds: readonly number[], after: (() => void) | undefined): void {
+    if (this.closed) {
+      after?.();
+      return;
+    }
+    if (this.out.length === 0) {
+      let n: number;
+      try {
+        n = this.io.send(data, 0, length, fds);
+      } catch (e) {
+        after?.();
+        this.lost(e as Error);
+        return;
+      }
+      if (n === length) {
+        after?.();
+        return;
+      }
+      if (n >= 0) this.out.push({ data: Buffer.from(data.subarray(n, length)), fds: NO_FDS, after });
+      else this.out.push({ data: Buffer.from(data.subarray(0, length)), fds, after });
+    } else {
+      this.out.push({ data: Buffer.from(data.subarray(0, length)), fds, after });
+    }
+    this.retryMs = RETRY_MS;
+    this.retry ??= setTimeout(() => this.flush(), this.retryMs);
   }
 
   private flush(): void {
-    if (this.flushing) return;
-    this.flushing = true;
-    try {
-      while (this.out.length > 0 && !this.closed) {
-        const item = this.out[0]!;
-        if (item.fds.length === 0) {
-          this.socket.write(item.frame);
-        } else {
-          if (this.socket.writableLength > 0) {
-            this.socket.once('drain', () => this.flush());
-            return;
-          }
-          const n = sendWithFds(this.fd, item.frame, item.fds);
-          if (n < 0) {
-            setTimeout(() => this.flush(), 1);
-            return;
-          }
-          if (n < item.frame.length) this.socket.write(item.frame.subarray(n));
-        }
-        this.out.shift();
-        item.after?.();
+    this.retry = undefined;
+    while (this.out.length > 0 && !this.closed) {
+      const item = this.out[0]!;
+      let n: number;
+      try {
+        n = this.io.send(item.data, 0, item.data.length, item.fds);
+      } catch (e) {
+        this.lost(e as Error);
+        return;
       }
-    } catch (e) {
-      logger.warn(`${this.label}: sending to the client failed: ${(e as Error).message}`);
-      this.socket.destroy();
-    } finally {
-      this.flushing = false;
+      if (n < item.data.length) {
+        if (n > 0) {
+          item.data = item.data.subarray(n);
+          item.fds = NO_FDS;
+          this.retryMs = RETRY_MS;
+        } else {
+          this.retryMs = Math.min(2 * this.retryMs, RETRY_MAX_MS);
+        }
+        this.retry = setTimeout(() => this.flush(), this.retryMs);
+        return;
+      }
+      this.out.shift();
+      item.after?.();
     }
+  }
+
+  private lost(e: Error): void {
+    logger.verbose(`${this.label}: sending to the client failed: ${e.message}`);
+    this.close();
   }
 
   close(): void {
@@ -567,13 +780,16 @@ export class SocketSession {
     this.closed = true;
     for (const a of this.aborts) a.abort();
     for (const item of this.out.splice(0)) item.after?.();
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = undefined;
     this.stopWake?.();
     this.sideOf?.detach(this.side);
     this.sideOf = undefined;
     this.handle?.release();
     this.handle = undefined;
-    if (this.fdChannel >= 0) closeFd(this.fdChannel);
-    this.fdChannel = -1;
+    for (const fd of this.inFds.splice(0)) closeFd(fd);
+    this.watch.close();
+    closeFd(this.fd);
     this.socket.destroy();
     this.onClose(this);
   }

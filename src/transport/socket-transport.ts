@@ -53,7 +53,8 @@ export class SocketTransport implements Transport {
       if (await isAlive(file)) throw new Error(`${file}: another daemon is listening there`);
       fs.rmSync(file, { force: true });
     }
-    const server = net.createServer({ allowHalfOpen: false }, (socket) => this.accept(socket));
+    // Paused: a session reads its client's socket itself, for the credentials and descriptors.
+    const server = net.createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

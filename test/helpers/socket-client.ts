@@ -22,7 +22,8 @@ export interface Result {
 export class ProtocolClient {
   private buf = Buffer.alloc(0);
   private seq = 1n;
-  fdChannel = -1;
+  /** The flags word of the last RESULT. */
+  lastFlags = 0;
   /** Unsolicited frames seen while waiting (WAKE, HUP). */
   readonly events: number[] = [];
   /** Answers the daemon's FETCH requests; by default everything is unreadable. */
@@ -62,11 +63,12 @@ export class ProtocolClient {
     }
   }
 
-  private send(type: FrameType, seq: bigint, payload: Buffer): void {
+  /** Sends a frame, with fds on its first bytes. */
+  private send(type: FrameType, seq: bigint, payload: Buffer, fds: number[] = []): void {
     const frame = encodeFrame(type, seq, payload);
     let off = 0;
     while (off < frame.length) {
-      const n = sendWithFds(this.fd, frame.subarray(off), []);
+      const n = sendWithFds(this.fd, frame.subarray(off), off === 0 ? fds : []);
       if (n < 0) throw new Error('socket full');
       off += n;
     }
@@ -94,6 +96,7 @@ export class ProtocolClient {
       const p = f.payload;
       const nWrites = p.readUInt32LE(4);
       const flags = p.readUInt32LE(12);
+      this.lastFlags = flags;
       const writes: Segment[] = [];
       let q = 16;
       for (let i = 0; i < nWrites; i++) {
@@ -116,14 +119,22 @@ export class ProtocolClient {
     p.writeUInt32LE(path.length, 8);
     const seq = this.seq++;
     this.send(FrameType.OPEN, seq, Buffer.concat([p, path]));
-    const r = await this.result(seq);
-    if (r.errno === 0) this.fdChannel = r.fds[0]!;
-    return r;
+    return this.result(seq);
   }
 
   /** One ioctl with the given prefetched segments and descriptors. */
   async ioctl(cmd: number, arg: bigint, segments: Segment[], fds: Array<{ number: number; fd: number }> = [], reserved: number[] = []): Promise<Result> {
     const seq = this.seq++;
+    this.sendIoctl(seq, cmd, arg, segments, fds, reserved);
+    return this.result(seq);
+  }
+
+  /** An ioctl with seq 0, which wants no RESULT. */
+  ioctlUnanswered(cmd: number, arg: bigint, segments: Segment[]): void {
+    this.sendIoctl(0n, cmd, arg, segments, [], []);
+  }
+
+  private sendIoctl(seq: bigint, cmd: number, arg: bigint, segments: Segment[], fds: Array<{ number: number; fd: number }>, reserved: number[]): void {
     const head = Buffer.alloc(32);
     head.writeUInt32LE(cmd, 0);
     head.writeUInt32LE(process.pid, 4);
@@ -134,9 +145,7 @@ export class ProtocolClient {
     const lists = Buffer.alloc(((fds.length + reserved.length) * 4 + 7) & ~7);
     fds.forEach((f, i) => lists.writeInt32LE(f.number, i * 4));
     reserved.forEach((r, i) => lists.writeInt32LE(r, (fds.length + i) * 4));
-    if (sendWithFds(this.fdChannel, Buffer.from([Number(seq & 0xffn)]), fds.map((f) => f.fd)) < 0) throw new Error('fd channel full');
-    this.send(FrameType.IOCTL, seq, Buffer.concat([head, lists, encodeSegments(segments)]));
-    return this.result(seq);
+    this.send(FrameType.IOCTL, seq, Buffer.concat([head, lists, encodeSegments(segments)]), fds.map((f) => f.fd));
   }
 
   /** Waits for the next unsolicited frame (WAKE or HUP) and returns its type. */
@@ -160,7 +169,6 @@ export class ProtocolClient {
   }
 
   close(): void {
-    if (this.fdChannel >= 0) closeFd(this.fdChannel);
     closeFd(this.fd);
   }
 }

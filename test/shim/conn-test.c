@@ -448,16 +448,15 @@ static void test_threads(int fd)
 	CHECK(failures == 0, "four threads, 1200 ioctls on one connection", "%d failed", failures);
 }
 
-/* The shim's fd channel: the socket named after the connection. */
-static int find_channel(void)
+/* The shim's own descriptor of the connection's socket: another number for the same file. */
+static int find_own_socket(int fd)
 {
-	for (int fd = 3; fd < 1024; fd++) {
-		struct sockaddr_un a;
-		socklen_t len = sizeof a;
-		if (getsockname(fd, (struct sockaddr *)&a, &len) == 0 && a.sun_family == AF_UNIX && len > 3 &&
-		    a.sun_path[0] == 0 && strncmp(a.sun_path + 1, "kdbus-cuse-channel", 18) == 0)
-			return fd;
-	}
+	struct stat want, st;
+	if (fstat(fd, &want) < 0)
+		return -1;
+	for (int other = 3; other < 1024; other++)
+		if (other != fd && fstat(other, &st) == 0 && st.st_dev == want.st_dev && st.st_ino == want.st_ino)
+			return other;
 	return -1;
 }
 
@@ -476,13 +475,13 @@ static int send_one_fd(int fd)
 
 static void test_own_descriptors(int fd)
 {
-	int channel = find_channel();
-	CHECK(channel >= 3, "the fd channel is named and above stdio", "at %d", channel);
+	int own = find_own_socket(fd);
+	CHECK(own >= 3, "the shim's own socket descriptor is above stdio", "at %d", own);
 	for (int i = 3; i < 1024; i++)
 		if (i != fd)
 			close(i);
-	CHECK(find_channel() == channel && send_one_fd(fd) == 0,
-	      "closing every other descriptor leaves the shim's own alone", "channel now %d", find_channel());
+	CHECK(find_own_socket(fd) == own && send_one_fd(fd) == 0,
+	      "closing every other descriptor leaves the shim's own alone", "own socket now %d", find_own_socket(fd));
 	uint64_t r[8] = { 64 };
 	char got[3] = { 0 };
 	CHECK(kioctl(fd, CMD_RECV, r) == 0 && read((int)r[5], got, 2) == 2 && strcmp(got, "r0") == 0 && r[7] == 32,
@@ -490,9 +489,9 @@ static void test_own_descriptors(int fd)
 	close((int)r[5]);
 	close((int)r[6]);
 	int null = open("/dev/null", O_RDONLY);
-	CHECK(dup2(null, channel) == channel && find_channel() >= 0 && find_channel() != channel && send_one_fd(fd) == 0,
-	      "dup2 onto the channel's number moves the channel", "channel now %d", find_channel());
-	close(channel);
+	CHECK(dup2(null, own) == own && find_own_socket(fd) >= 0 && find_own_socket(fd) != own && send_one_fd(fd) == 0,
+	      "dup2 onto the shim's socket descriptor moves it", "own socket now %d", find_own_socket(fd));
+	close(own);
 	close(null);
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
 	int high = dup2(fd, 900);
@@ -506,13 +505,13 @@ static void test_own_descriptors(int fd)
 #endif
 }
 
-/* After exec: the inherited descriptor is recognized, its channel found, its pool fetched. */
+/* After exec: the inherited descriptor is recognized, files pass, its pool is fetched. */
 static int after_exec(int fd)
 {
 	uint64_t value = 9, plus, pid;
 	CHECK(mock_free(fd, &value, &plus, &pid) == 0 && plus == 10 && pid == (uint64_t)getpid(),
 	      "after exec: ioctls on the inherited descriptor", "errno %d", errno);
-	CHECK(send_one_fd(fd) == 0, "after exec: the fd channel is found again", "errno %d", errno);
+	CHECK(send_one_fd(fd) == 0, "after exec: descriptors pass with an ioctl", "errno %d", errno);
 	void *p = mmap(NULL, POOL_SIZE, PROT_READ, MAP_SHARED, fd, 0);
 	CHECK(p != MAP_FAILED && memcmp(p, "POOLDATA", 8) == 0, "after exec: mmap asks for the pool", "errno %d", errno);
 	return check_exit();
@@ -633,6 +632,69 @@ static void test_release(void)
 	close(observer);
 }
 
+/* What the mock saw on its exact bus, as CONN_INFO tells it there. */
+static void exact_counts(int fd, uint64_t *unanswered_frees, uint64_t *recvs, uint64_t *bad_frees)
+{
+	uint64_t s[7] = { 56 };
+	if (kioctl(fd, CMD_CONN_INFO, s) < 0)
+		s[3] = s[4] = s[6] = UINT64_MAX;
+	*unanswered_frees = s[3];
+	*recvs = s[4];
+	*bad_frees = s[6];
+}
+
+/*
+ * Against a daemon whose WAKEs follow its queue exactly (HELLO says so): RECV on an empty
+ * queue and FREE of a published slice are answered by the shim, as the daemon answers them.
+ */
+static void test_shortcuts(void)
+{
+	char path[160];
+	snprintf(path, sizeof path, "%s/0-exact/bus", root);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	uint64_t h[12], frees, recvs, bad, r[8];
+	CHECK(fd >= 0 && hello(fd, h) == 0, "HELLO on a bus whose WAKEs are exact", "errno %d", errno);
+	memset(r, 0xaa, sizeof r);
+	r[0] = 64;
+	r[1] = 0;
+	int rc = kioctl(fd, CMD_RECV, r);
+	int err = errno;
+	exact_counts(fd, &frees, &recvs, &bad);
+	CHECK(rc == -1 && err == EAGAIN && recvs == 0, "RECV on an empty queue: EAGAIN without asking the daemon",
+	      "rc %d errno %d, %llu RECVs reached it", rc, err, (unsigned long long)recvs);
+	CHECK(r[2] == 0 && r[4] == 0 && r[5] == POOL_SIZE && r[6] == 0 && r[7] == 0,
+	      "with the daemon's write-backs: no message, none lost", "return_flags %llx offset %llx",
+	      (unsigned long long)r[2], (unsigned long long)r[5]);
+
+	uint64_t m[4] = { 32 };
+	rc = kioctl(fd, CMD_MATCH_ADD, m); /* queues a message: a WAKE waits on the socket */
+	memset(r, 0, sizeof r);
+	r[0] = 64;
+	rc = rc ? rc : kioctl(fd, CMD_RECV, r);
+	uint64_t slice = r[5];
+	exact_counts(fd, &frees, &recvs, &bad);
+	CHECK(rc == 0 && slice == 0x2000 && recvs == 1, "RECV with a WAKE waiting goes to the daemon",
+	      "rc %d errno %d slice %llx, %llu RECVs", rc, errno, (unsigned long long)slice, (unsigned long long)recvs);
+	rc = kioctl(fd, CMD_RECV, r);
+	err = errno;
+	exact_counts(fd, &frees, &recvs, &bad);
+	CHECK(rc == -1 && err == EAGAIN && recvs == 1, "once the queue is empty again, RECV is answered here",
+	      "rc %d errno %d, %llu RECVs", rc, err, (unsigned long long)recvs);
+
+	uint64_t f[4] = { 32, 0, 0xaa, slice };
+	rc = kioctl(fd, CMD_FREE, f);
+	exact_counts(fd, &frees, &recvs, &bad);
+	CHECK(rc == 0 && f[2] == 0 && frees == 1 && bad == 0,
+	      "FREE of the published slice: answered here, sent on without waiting", "rc %d errno %d, %llu/%llu frees",
+	      rc, errno, (unsigned long long)frees, (unsigned long long)bad);
+	rc = kioctl(fd, CMD_FREE, f);
+	err = errno;
+	exact_counts(fd, &frees, &recvs, &bad);
+	CHECK(rc == -1 && err == ENXIO && frees == 1, "a second FREE of it goes to the daemon: ENXIO",
+	      "rc %d errno %d, %llu frees without answer", rc, err, (unsigned long long)frees);
+	close(fd);
+}
+
 static void make_tree(void)
 {
 	char tmpl[] = "/tmp/kdbus-shim-test-XXXXXX";
@@ -650,6 +712,10 @@ static void make_tree(void)
 	/* The placeholders the daemon would make; mknod, since open() of these paths is the shim's. */
 	mknod(bus_path, S_IFREG | 0666, 0);
 	snprintf(path, sizeof path, "%s/control", root);
+	mknod(path, S_IFREG | 0666, 0);
+	snprintf(path, sizeof path, "%s/0-exact", root);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/0-exact/bus", root);
 	mknod(path, S_IFREG | 0666, 0);
 	snprintf(path, sizeof path, "%s/0-cuse", root);
 	mkdir(path, 0755);
@@ -677,6 +743,7 @@ int main(int argc, char **argv)
 	test_open();
 	test_cuse_device();
 	test_release();
+	test_shortcuts();
 	int fd = open_bus(O_CLOEXEC);
 	test_hello_and_pool(fd);
 	test_send(fd);

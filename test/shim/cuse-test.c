@@ -468,7 +468,7 @@ static void test_close(struct kc_conn *c, int dev)
 {
 	int sock = c->sock;
 	int d = dup(dev);
-	kc_conn_dup(dev, d, false);
+	kc_conn_dup(dev, d);
 	struct kc_conn *same = kc_cuse_acquire(d);
 	CHECK(same == c, "a dup of the device is the same open file", "another");
 	if (same)

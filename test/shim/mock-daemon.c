@@ -3,7 +3,7 @@
  * machinery can be tested without Node. It decodes frames by itself (not with the shim's
  * codec) and implements a few commands with behaviour conn-test.c knows:
  *
- *   OPEN      "0-test/bus" and "control" open; "0-denied/bus" is EACCES; else ENOENT
+ *   OPEN      "0-test/bus", "0-exact/bus" and "control" open; "0-denied/bus" is EACCES; else ENOENT
  *   HELLO     writes id 42 and pool_size 1 MiB; hands over a pool that starts "POOLDATA"
  *   SEND      reply.offset = bytes of vector data, reply.msg_size = bytes readable from the
  *             passed files, reply.return_flags = files passed; with SYNC_REPLY it answers
@@ -11,7 +11,7 @@
  *   RECV      installs two pipes holding "r0" and "r1"; writes the reserved numbers it used
  *             to msg.offset and msg.msg_size, and how many it was offered to msg.return_flags
  *   FREE      FETCHes the u64 at `offset`, writes it + 1 to return_flags and the caller's
- *             pid (from the fd channel's credentials) to offset
+ *             pid (from the frame's credentials) to offset
  *   BYEBYE    answers a parked SEND first, then sends a WAKE, then its own RESULT
  *   MATCH_ADD answers, then sends a WAKE
  *   CONN_INFO writes return_flags = 1
@@ -19,6 +19,18 @@
  *   LIST      writes how many CLOSE frames the mock has seen (all clients) to `offset`
  *   others    ENOTTY
  *   CLOSE     counted and answered
+ *
+ * On "0-exact/bus" the mock keeps a queue the way the daemon does (docs/socket-protocol.md,
+ * Poll), and says so in HELLO's RESULT (flags bit 1):
+ *
+ *   MATCH_ADD queues a message (a WAKE follows every RESULT, in the same write, while the
+ *             queue is not empty)
+ *   RECV      EAGAIN on an empty queue, with the daemon's write-backs; else a slice at
+ *             0x2000 + 0x100 * n (n counting from 0), published
+ *   FREE      0 for a published slice (then no longer published), else ENXIO; one with
+ *             seq 0 gets no RESULT
+ *   CONN_INFO writes how many FREEs came with seq 0 to id, RECVs to attach_flags, FREEs of
+ *             slices not published with seq 0 to info_size
  *
  * Side channels of CUSE devices (there are no CUSE devices here; cuse-test.c plays one):
  *
@@ -66,11 +78,15 @@ struct frame {
 	uint64_t seq;
 	uint8_t *payload;
 	size_t len;
+	/* The descriptors that came with the frame's bytes, and who sent its first ones. */
+	int fds[64];
+	int n_fds;
+	pid_t pid;
 	struct frame *next;
 };
 
 struct client {
-	int sock, chan, pool;
+	int sock, pool;
 	struct frame *backlog, *backlog_tail;
 	bool parked;
 	uint64_t parked_seq, parked_arg, parked_cookie;
@@ -80,6 +96,11 @@ struct client {
 	int32_t reserve[MAX_RESERVE];
 	unsigned n_reserve;
 	unsigned messages;
+	/* "0-exact/bus": the queue, the slices published, and what came. */
+	bool exact;
+	unsigned queued, slices, n_published;
+	uint64_t published[8];
+	uint64_t recvs, unanswered_frees, bad_unanswered_frees;
 };
 
 /* An INSTALL that waits for its time. */
@@ -124,31 +145,64 @@ static void put64(uint8_t *p, uint64_t v)
 	memcpy(p, &v, 8);
 }
 
-static bool read_full(int fd, void *buf, size_t len)
+/* Reads len bytes, collecting the descriptors and the sender that come with them into f. */
+static bool read_full(int fd, void *buf, size_t len, struct frame *f)
 {
 	for (size_t got = 0; got < len;) {
-		ssize_t n = read(fd, (uint8_t *)buf + got, len - got);
+		union {
+			struct cmsghdr align;
+			char buf[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
+		} control;
+		struct iovec iov = { (uint8_t *)buf + got, len - got };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
+		ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
 		if (n <= 0) {
 			if (n < 0 && errno == EINTR)
 				continue;
 			return false;
+		}
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+			if (cm->cmsg_type == SCM_RIGHTS) {
+				int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+				for (int i = 0; i < k; i++) {
+					int received;
+					memcpy(&received, CMSG_DATA(cm) + sizeof(int) * (size_t)i, sizeof received);
+					if (f->n_fds < 64)
+						f->fds[f->n_fds++] = received;
+					else
+						close(received);
+				}
+			} else if (cm->cmsg_type == SCM_CREDENTIALS && !f->pid) {
+				struct ucred cred;
+				memcpy(&cred, CMSG_DATA(cm), sizeof cred);
+				f->pid = cred.pid;
+			}
 		}
 		got += (size_t)n;
 	}
 	return true;
 }
 
-/* One frame, its descriptors attached to its first byte as the real daemon does. */
-static void send_frame(struct client *c, uint32_t type, uint64_t seq, const uint8_t *payload, size_t len,
-		       const int *fds, int n_fds)
+/*
+ * One frame, its descriptors attached to its first byte as the real daemon does; with
+ * `then_wake`, a WAKE right after it in the same write (as the daemon sends a RESULT and the
+ * WAKE due after it).
+ */
+static void send_frames(struct client *c, uint32_t type, uint64_t seq, const uint8_t *payload, size_t len,
+			const int *fds, int n_fds, bool then_wake)
 {
-	size_t total = 16 + ((len + 7) & ~(size_t)7);
+	size_t frame = 16 + ((len + 7) & ~(size_t)7);
+	size_t total = frame + (then_wake ? 16 : 0);
 	uint8_t *b = calloc(1, total);
-	put32(b, (uint32_t)total);
+	put32(b, (uint32_t)frame);
 	put32(b + 4, type);
 	put64(b + 8, seq);
 	if (len)
 		memcpy(b + 16, payload, len);
+	if (then_wake) {
+		put32(b + frame, 16);
+		put32(b + frame + 4, WAKE);
+	}
 	union {
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int) * 64)];
@@ -177,34 +231,43 @@ static void send_frame(struct client *c, uint32_t type, uint64_t seq, const uint
 	free(b);
 }
 
+static void send_frame(struct client *c, uint32_t type, uint64_t seq, const uint8_t *payload, size_t len,
+		       const int *fds, int n_fds)
+{
+	send_frames(c, type, seq, payload, len, fds, n_fds, false);
+}
+
+static void free_frame(struct frame *f)
+{
+	for (int i = 0; i < f->n_fds; i++)
+		close(f->fds[i]);
+	free(f->payload);
+	free(f);
+}
+
 static struct frame *read_frame(struct client *c)
 {
 	uint8_t h[16];
-	if (!read_full(c->sock, h, 16))
-		return NULL;
 	struct frame *f = calloc(1, sizeof *f);
+	if (!read_full(c->sock, h, 16, f)) {
+		free_frame(f);
+		return NULL;
+	}
 	uint32_t length = get32(h);
 	f->type = get32(h + 4);
 	f->seq = get64(h + 8);
 	if (length < 16 || length % 8 || length > (8u << 20)) {
 		fprintf(stderr, "mock: bad frame length %u\n", length);
-		free(f);
+		free_frame(f);
 		return NULL;
 	}
 	f->len = length - 16;
 	f->payload = malloc(f->len + 1);
-	if (!read_full(c->sock, f->payload, f->len)) {
-		free(f->payload);
-		free(f);
+	if (!read_full(c->sock, f->payload, f->len, f)) {
+		free_frame(f);
 		return NULL;
 	}
 	return f;
-}
-
-static void free_frame(struct frame *f)
-{
-	free(f->payload);
-	free(f);
 }
 
 struct write {
@@ -229,7 +292,7 @@ static void send_result(struct client *c, uint64_t seq, int err, const struct wr
 		memcpy(p + at + 16, w[i].data, w[i].len);
 		at += 16 + ((w[i].len + 7) & ~7u);
 	}
-	send_frame(c, RESULT, seq, p, at, fds, n_fds);
+	send_frames(c, RESULT, seq, p, at, fds, n_fds, c->exact && c->queued > 0);
 }
 
 static struct write w64(uint64_t address, uint64_t value)
@@ -339,7 +402,7 @@ static void do_hello(struct call *k)
 	snprintf(path, sizeof path, "/proc/self/fd/%d", c->pool);
 	int ro = open(path, O_RDONLY | O_CLOEXEC);
 	struct write w[2] = { w64(k->arg + 48, 42), w64(k->arg + 56, POOL_SIZE) };
-	send_result(c, k->seq, 0, w, 2, &ro, 1, 1);
+	send_result(c, k->seq, 0, w, 2, &ro, 1, c->exact ? 3 : 1);
 	close(ro);
 }
 
@@ -426,6 +489,48 @@ static void do_recv(struct call *k)
 	close(p1[0]);
 }
 
+/* RECV on "0-exact/bus". */
+static void do_exact_recv(struct call *k)
+{
+	struct client *c = k->c;
+	c->recvs++;
+	if (c->queued == 0) {
+		struct write w[5] = { w64(k->arg + 32, 0), w64(k->arg + 40, POOL_SIZE), w64(k->arg + 48, 0),
+				      w64(k->arg + 56, 0), w64(k->arg + 16, 0) };
+		send_result(c, k->seq, EAGAIN, w, 5, NULL, 0, 0);
+		return;
+	}
+	c->queued--;
+	uint64_t offset = 0x2000 + 0x100 * (uint64_t)c->slices++;
+	if (c->n_published < 8)
+		c->published[c->n_published++] = offset;
+	struct write w[5] = { w64(k->arg + 32, 0), w64(k->arg + 40, offset), w64(k->arg + 48, 0x80),
+			      w64(k->arg + 56, 0), w64(k->arg + 16, 0) };
+	send_result(c, k->seq, 0, w, 5, NULL, 0, 0);
+}
+
+/* FREE on "0-exact/bus". */
+static void do_exact_free(struct call *k)
+{
+	struct client *c = k->c;
+	uint8_t s[32];
+	int err = mem_read(k, k->arg, 32, s) ? EFAULT : ENXIO;
+	for (unsigned i = 0; err == ENXIO && i < c->n_published; i++) {
+		if (c->published[i] == get64(s + 24)) {
+			c->published[i] = c->published[--c->n_published];
+			err = 0;
+		}
+	}
+	if (k->seq == 0) {
+		c->unanswered_frees++;
+		if (err)
+			c->bad_unanswered_frees++;
+		return;
+	}
+	struct write w = w64(k->arg + 16, 0);
+	send_result(c, k->seq, err, &w, err == EFAULT ? 0 : 1, NULL, 0, 0);
+}
+
 static void do_free(struct call *k)
 {
 	uint8_t s[32], v[8];
@@ -472,7 +577,7 @@ static unsigned numbers_of(const uint8_t *p, size_t len, int32_t *out, unsigned 
 
 static void do_attach(struct client *c, struct frame *f)
 {
-	if (f->len < 16 + 8 || c->side || c->chan >= 0) {
+	if (f->len < 16 + 8 || c->side) {
 		fprintf(stderr, "mock: a malformed ATTACH\n");
 		send_result(c, f->seq, EILSEQ, NULL, 0, NULL, 0, 0);
 		return;
@@ -670,8 +775,6 @@ static int send_due(void)
 static void close_client(struct client *c)
 {
 	close(c->sock);
-	if (c->chan >= 0)
-		close(c->chan);
 	if (c->pool >= 0)
 		close(c->pool);
 	while (c->backlog) {
@@ -680,43 +783,21 @@ static void close_client(struct client *c)
 		free_frame(f);
 	}
 	memset(c, 0, sizeof *c);
-	c->sock = c->chan = c->pool = -1;
+	c->sock = c->pool = -1;
 }
 
-/* The fd-channel message that precedes every IOCTL: its descriptors and the sender's pid. */
-static bool take_channel_message(struct call *k)
+/* The descriptors that came with an IOCTL frame (taken over by k) and the sender's pid. */
+static bool take_frame_fds(struct call *k, struct frame *f)
 {
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
-	} control;
-	char byte;
-	struct iovec iov = { &byte, 1 };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf };
-	if (recvmsg(k->c->chan, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) {
-		fprintf(stderr, "mock: IOCTL without its fd-channel message\n");
-		return false;
-	}
-	int got[64], n_got = 0;
-	k->pid = 0;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-		if (cm->cmsg_type == SCM_RIGHTS) {
-			int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-			memcpy(got + n_got, CMSG_DATA(cm), sizeof(int) * (size_t)n);
-			n_got += n;
-		} else if (cm->cmsg_type == SCM_CREDENTIALS) {
-			struct ucred cred;
-			memcpy(&cred, CMSG_DATA(cm), sizeof cred);
-			k->pid = cred.pid;
-		}
-	}
 	int used = 0;
 	for (uint32_t i = 0; i < k->n_fds; i++)
-		k->files[i] = k->numbers[i] >= 0 && used < n_got ? got[used++] : -1;
-	if (used != n_got || !k->pid) {
-		fprintf(stderr, "mock: %d fds listed, %d came; pid %d\n", used, n_got, k->pid);
+		k->files[i] = k->numbers[i] >= 0 && used < f->n_fds ? f->fds[used++] : -1;
+	k->pid = f->pid;
+	if (used != f->n_fds || !k->pid) {
+		fprintf(stderr, "mock: %d fds listed, %d came; pid %d\n", used, f->n_fds, k->pid);
 		return false;
 	}
+	f->n_fds = 0;
 	char task[64];
 	snprintf(task, sizeof task, "/proc/%d/task/%u", k->pid, k->tid);
 	if (access(task, F_OK) < 0) {
@@ -747,11 +828,29 @@ static void do_ioctl(struct client *c, struct frame *f)
 	size_t lists = 32 + ((4 * (k.n_fds + k.n_res) + 7) & ~7u);
 	k.segs = p + lists;
 	k.segs_len = f->len - lists;
-	if (!take_channel_message(&k)) {
+	if (!take_frame_fds(&k, f)) {
 		send_result(c, k.seq, EILSEQ, NULL, 0, NULL, 0, 0);
 		return;
 	}
 	uint8_t size[8];
+	if (c->exact && (k.cmd == 0x80409591 || k.cmd == 0x40209583 || k.cmd == 0x402095B0 || k.cmd == 0x80389584)) {
+		if (k.cmd == 0x80409591) {
+			do_exact_recv(&k);
+		} else if (k.cmd == 0x40209583) {
+			do_exact_free(&k);
+		} else if (k.cmd == 0x402095B0) {
+			c->queued++;
+			send_result(c, k.seq, 0, NULL, 0, NULL, 0, 0);
+		} else {
+			struct write w[3] = { w64(k.arg + 24, c->unanswered_frees), w64(k.arg + 32, c->recvs),
+					      w64(k.arg + 48, c->bad_unanswered_frees) };
+			send_result(c, k.seq, 0, w, 3, NULL, 0, 0);
+		}
+		for (uint32_t i = 0; i < k.n_fds; i++)
+			if (k.files[i] >= 0)
+				close(k.files[i]);
+		return;
+	}
 	switch (k.cmd) {
 	case 0xC0609580:
 		do_hello(&k);
@@ -801,21 +900,12 @@ static void do_open(struct client *c, struct frame *f)
 	char path[256] = { 0 };
 	memcpy(path, f->payload + 16, len < 255 ? len : 255);
 	int err = ENOENT;
-	if (strcmp(path, "0-test/bus") == 0 || strcmp(path, "control") == 0)
+	if (strcmp(path, "0-test/bus") == 0 || strcmp(path, "0-exact/bus") == 0 || strcmp(path, "control") == 0)
 		err = 0;
 	else if (strcmp(path, "0-denied/bus") == 0)
 		err = EACCES;
-	if (err) {
-		send_result(c, f->seq, err, NULL, 0, NULL, 0, 0);
-		return;
-	}
-	int pair[2];
-	socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair);
-	int one = 1;
-	setsockopt(pair[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-	c->chan = pair[0];
-	send_result(c, f->seq, 0, NULL, 0, &pair[1], 1, 0);
-	close(pair[1]);
+	c->exact = err == 0 && strcmp(path, "0-exact/bus") == 0;
+	send_result(c, f->seq, err, NULL, 0, NULL, 0, 0);
 }
 
 static void do_pool(struct client *c, struct frame *f)
@@ -878,7 +968,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < MAX_CLIENTS; i++)
-		clients[i].sock = clients[i].chan = clients[i].pool = -1;
+		clients[i].sock = clients[i].pool = -1;
 	for (;;) {
 		struct pollfd p[MAX_CLIENTS + 1];
 		int idx[MAX_CLIENTS + 1], n = 0;
@@ -896,6 +986,10 @@ int main(int argc, char **argv)
 		send_due();
 		if (p[0].revents & POLLIN) {
 			int s = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+			int one = 1;
+			/* Every read then says which process wrote the bytes, as the daemon's reads do. */
+			if (s >= 0)
+				setsockopt(s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
 			for (int i = 0; s >= 0 && i < MAX_CLIENTS; i++) {
 				if (clients[i].sock < 0) {
 					clients[i].sock = s;

@@ -188,6 +188,37 @@ describe('socket transport (daemon side)', function () {
     b.close();
   });
 
+  it('says in HELLO\'s RESULT that its WAKEs are exact, and runs an IOCTL with seq 0 without answering it', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    assert.equal((await a.send(b.id, 'to be freed')).errno, 0);
+    const hello = Buffer.alloc(96);
+    hello.writeBigUInt64LE(96n, 0);
+    hello.writeBigUInt64LE(HelloFlags.ACCEPT_FD, 8);
+    hello.writeBigUInt64LE(16n * 1024n * 1024n, Off.hello.pool_size);
+    const c = ProtocolClient.connect(sock);
+    assert.equal((await c.open(`${bus}/bus`)).errno, 0);
+    const r = await c.ioctl(Cmd.HELLO, 0x10000n, [{ address: 0x10000n, data: hello }]);
+    assert.equal(r.errno, 0);
+    assert.equal(c.lastFlags, 3, 'POOL and EXACT_WAKES');
+    fs.closeSync(r.pool!);
+    c.close();
+
+    const got = Buffer.alloc(64);
+    got.writeBigUInt64LE(64n, 0);
+    const recv = await b.client.ioctl(Cmd.RECV, 0x60000n, [{ address: 0x60000n, data: got }]);
+    const offset = apply(got, 0x60000n, recv).readBigUInt64LE(Off.recv.msg_offset);
+    const free = Buffer.alloc(32);
+    free.writeBigUInt64LE(32n, 0);
+    free.writeBigUInt64LE(offset, 24);
+    b.client.ioctlUnanswered(Cmd.FREE, 0x20000n, [{ address: 0x20000n, data: free }]);
+    // The next answer on this socket is the next request's: the FREE ran, and said nothing.
+    const again = await b.client.ioctl(Cmd.FREE, 0x20000n, [{ address: 0x20000n, data: free }]);
+    assert.equal(again.errno, Errno.ENXIO, 'the slice was freed by the unanswered FREE');
+    a.close();
+    b.close();
+  });
+
   it('fetches memory that was not prefetched, and reports EFAULT for unreadable memory', async () => {
     const a = await Peer.connect(sock, bus);
     const b = await Peer.connect(sock, bus);
