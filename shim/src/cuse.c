@@ -50,15 +50,16 @@ static bool sync_send(uint64_t arg)
 	       (get64(flags) & KDBUS_SEND_SYNC_REPLY);
 }
 
-bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
+bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg, struct kc_side_offer *offer)
 {
+	offer->n = 0;
 	/* An asynchronous SEND installs nothing: no reason to attach or reserve for it. */
 	bool installs = cmd != KDBUS_CMD_SEND || sync_send(arg);
 	enum kc_side_state state = kc_side_state(c);
 	if (state == KC_SIDE_FOREIGN || (state == KC_SIDE_NONE && installs && kc_side_attach(c, fd) == -ENOTTY))
 		return false;
 	if (installs && kc_side_state(c) == KC_SIDE_READY)
-		kc_side_prepare(c);
+		kc_side_prepare(c, offer);
 	return true;
 }
 
@@ -112,14 +113,15 @@ static unsigned named_numbers(struct kc_conn *c, uint32_t cmd, uint64_t arg, int
 	return scan(pool, offset, size, out, max);
 }
 
-void kc_cuse_after_ioctl(struct kc_conn *c, uint32_t cmd, uint64_t arg, bool succeeded)
+void kc_cuse_after_ioctl(struct kc_conn *c, uint32_t cmd, uint64_t arg, bool succeeded, const struct kc_side_offer *offer)
 {
-	if (kc_side_state(c) != KC_SIDE_READY)
-		return;
-	int numbers[MAX_NAMED];
-	unsigned n = succeeded ? named_numbers(c, cmd, arg, numbers, MAX_NAMED) : 0;
-	if (n)
-		kc_side_await(c, numbers, n, INSTALL_TIMEOUT_MS);
-	else
-		kc_side_drain(c);
+	if (kc_side_state(c) == KC_SIDE_READY) {
+		int numbers[MAX_NAMED];
+		unsigned n = succeeded ? named_numbers(c, cmd, arg, numbers, MAX_NAMED) : 0;
+		if (n)
+			kc_side_await(c, numbers, n, INSTALL_TIMEOUT_MS);
+		else
+			kc_side_drain(c);
+	}
+	kc_side_withdraw(c, offer);
 }

@@ -9,6 +9,7 @@
 #define KC_CUSE_H
 
 #include "conn.h"
+#include "side-channel.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -35,12 +36,13 @@ struct kc_conn *kc_cuse_probe(int fd);
  * makes sure the daemon holds numbers for them, so they can reach this process. false if the
  * device turned out not to be the daemon's.
  */
-bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg);
+bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg, struct kc_side_offer *offer);
 
 /*
  * After it (succeeded: whether it did): applies the files that arrived and, if the received
- * message names numbers still waiting for theirs, waits for them (5 s at most).
+ * message names numbers still waiting for theirs, waits for them (5 s at most); then frees
+ * the numbers offered for it that no file went to.
  */
-void kc_cuse_after_ioctl(struct kc_conn *c, uint32_t cmd, uint64_t arg, bool succeeded);
+void kc_cuse_after_ioctl(struct kc_conn *c, uint32_t cmd, uint64_t arg, bool succeeded, const struct kc_side_offer *offer);
 
 #endif

@@ -274,14 +274,15 @@ static int cuse_ioctl(int fd, kc_ioctl_request request, unsigned long arg,
 	struct kc_conn *c = kc_cuse_acquire(fd);
 	if (!c && kc_fd_get(fd).kind == KC_FD_NONE)
 		c = kc_cuse_probe(fd);
-	if (c && !kc_cuse_before_ioctl(c, fd, cmd, arg)) {
+	struct kc_side_offer offer = { .n = 0 };
+	if (c && !kc_cuse_before_ioctl(c, fd, cmd, arg, &offer)) {
 		kc_conn_release(c);
 		c = NULL;
 	}
 	int rc = next(fd, request, arg);
 	if (c) {
 		int saved = errno;
-		kc_cuse_after_ioctl(c, cmd, arg, rc == 0);
+		kc_cuse_after_ioctl(c, cmd, arg, rc == 0, &offer);
 		kc_conn_release(c);
 		errno = saved;
 	}

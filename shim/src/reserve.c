@@ -11,6 +11,8 @@
 
 #include <stdio.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <fcntl.h>
 #include <string.h>
 
 #define RESERVED_NAME "kdbus-cuse-reserved"
@@ -58,22 +60,59 @@ int kc_reserve_take(int *out, int want)
 	return n;
 }
 
-int kc_reserve_take_below(int limit)
+static bool record(int fd)
 {
-	int fd = open_reserved();
-	if (fd < 0)
-		return -1;
-	bool ok = fd < limit;
-	if (ok) {
-		kc_lock();
-		ok = kc_fd_set(fd, KC_FD_INTERNAL, NULL) == 0;
-		kc_unlock();
-	}
-	if (!ok) {
+	kc_lock();
+	bool ok = kc_fd_set(fd, KC_FD_INTERNAL, NULL) == 0;
+	kc_unlock();
+	if (!ok)
 		kc_sys_close(fd);
-		return -1;
+	return ok;
+}
+
+int kc_reserve_take_lowest(int *out, int want)
+{
+	int n = 0;
+	while (n < want) {
+		int fd = open_reserved();
+		if (fd < 0 || !record(fd))
+			break;
+		out[n++] = fd;
 	}
-	return fd;
+	return n;
+}
+
+/* Half the descriptor limit, at most 4096: out of the way of programs, cheap for the kernel's table. */
+static int high_base(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return 4096;
+	rlim_t half = rl.rlim_cur / 2;
+	return half > 4096 ? 4096 : half < 3 ? 3 : (int)half;
+}
+
+int kc_reserve_take_high(int *out, int want)
+{
+	int base = high_base();
+	int n = 0;
+	while (n < want) {
+		int fd = open_reserved();
+		if (fd < 0)
+			break;
+		if (fd < base) {
+			int high = kc_sys_fcntl(fd, F_DUPFD_CLOEXEC, base);
+			/* With no room up there the low number still serves; it only displaces. */
+			if (high >= 0) {
+				kc_sys_close(fd);
+				fd = high;
+			}
+		}
+		if (!record(fd))
+			break;
+		out[n++] = fd;
+	}
+	return n;
 }
 
 void kc_reserve_return(const int *fds, int n)

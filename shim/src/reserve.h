@@ -13,11 +13,11 @@
 /* Fills out with up to want reserved numbers; returns how many (fewer if descriptors run out). */
 int kc_reserve_take(int *out, int want);
 
-/*
- * A new reserved number if the lowest free one (3 or above) is below limit, else -1: kdbus
- * gave installed files the lowest free numbers, so the program may expect one it closed.
- */
-int kc_reserve_take_below(int limit);
+/* New reserved numbers at the lowest free numbers (3 or above), where kdbus installed files. */
+int kc_reserve_take_lowest(int *out, int want);
+
+/* New reserved numbers far above those programs use (see side-channel.h). */
+int kc_reserve_take_high(int *out, int want);
 
 /* Returns numbers that were offered but not used. */
 void kc_reserve_return(const int *fds, int n);

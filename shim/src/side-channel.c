@@ -141,7 +141,22 @@ static int index_of(const struct kc_side *s, int number)
 
 static void remove_at(struct kc_side *s, int i)
 {
-	s->reserved[i] = s->reserved[--s->n_reserved];
+	if (s->transient[i])
+		s->n_transient--;
+	s->n_reserved--;
+	s->reserved[i] = s->reserved[s->n_reserved];
+	s->transient[i] = s->transient[s->n_reserved];
+}
+
+/* Records numbers the daemon is about to hold. Under kc_lock. */
+static void add_locked(struct kc_side *s, const int *numbers, unsigned n, bool transient)
+{
+	for (unsigned i = 0; i < n; i++) {
+		s->reserved[s->n_reserved] = numbers[i];
+		s->transient[s->n_reserved++] = transient;
+	}
+	if (transient)
+		s->n_transient += n;
 }
 
 static void close_fds(struct frame *f)
@@ -183,14 +198,13 @@ static int top_up(struct kc_conn *c, int sock)
 {
 	int numbers[KC_SIDE_RESERVE];
 	kc_lock();
-	int want = KC_SIDE_RESERVE - (int)c->side.n_reserved;
+	int want = KC_SIDE_RESERVE - (int)(c->side.n_reserved - c->side.n_transient);
 	kc_unlock();
-	int n = want > 0 ? kc_reserve_take(numbers, want) : 0;
+	int n = want > 0 ? kc_reserve_take_high(numbers, want) : 0;
 	if (n == 0)
 		return 0;
 	kc_lock();
-	memcpy(c->side.reserved + c->side.n_reserved, numbers, sizeof(int) * (size_t)n);
-	c->side.n_reserved += (unsigned)n;
+	add_locked(&c->side, numbers, (unsigned)n, false);
 	kc_unlock();
 	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_RESERVE)];
 	int rc = send_frame(sock, frame, kc_reserve_encode(frame, 0, numbers, (uint32_t)n));
@@ -318,6 +332,7 @@ static void detach(struct kc_conn *c)
 	c->sock = -1;
 	c->side.page = NULL;
 	c->side.n_reserved = 0;
+	c->side.n_transient = 0;
 	kc_unlock();
 	if (sock >= 0)
 		kc_sys_close(sock);
@@ -419,23 +434,13 @@ int kc_side_attach(struct kc_conn *c, int fd)
 	return rc;
 }
 
-static int highest_locked(const struct kc_side *s)
-{
-	int highest = -1;
-	for (unsigned i = 0; i < s->n_reserved; i++)
-		if (s->reserved[i] > highest)
-			highest = s->reserved[i];
-	return highest;
-}
-
-/* Gives the daemon numbers (recorded first) and waits for its RESULT. Under the page lock. */
-static int reserve_request(struct kc_conn *c, int sock, const int *numbers, unsigned n)
+/* Gives the daemon transient numbers (recorded first) and waits for its RESULT. Under the page lock. */
+static int offer_request(struct kc_conn *c, int sock, const int *numbers, unsigned n)
 {
 	kc_lock();
-	memcpy(c->side.reserved + c->side.n_reserved, numbers, sizeof(int) * n);
-	c->side.n_reserved += n;
+	add_locked(&c->side, numbers, n, true);
 	kc_unlock();
-	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_RESERVE + 1)];
+	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_TRANSIENT)];
 	struct frame result;
 	struct kc_result r;
 	int rc = request(c, sock, frame, kc_reserve_encode(frame, REQUEST_SEQ, numbers, n), &result);
@@ -446,40 +451,54 @@ static int reserve_request(struct kc_conn *c, int sock, const int *numbers, unsi
 	return rc;
 }
 
-int kc_side_prepare(struct kc_conn *c)
+int kc_side_prepare(struct kc_conn *c, struct kc_side_offer *offer)
 {
 	int sock, rc;
 	struct kc_side_page *page;
+	offer->n = 0;
 	if (!ready(c, &sock, &page, &rc))
 		return rc;
-	kc_lock();
-	bool full = c->side.n_reserved >= KC_SIDE_RESERVE;
-	int highest = highest_locked(&c->side);
-	kc_unlock();
-	/* A lower number the program freed goes to the daemon, which uses these numbers first. */
-	int lower = highest > 3 ? kc_reserve_take_below(highest) : -1;
-	if (full && lower < 0)
-		return 0;
 	int cancel_state;
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
 	page_lock(page);
+	/* The reserve first (its frame needs no answer), so the daemon always has enough numbers. */
+	rc = top_up(c, sock);
 	kc_lock();
-	unsigned have = c->side.n_reserved;
+	bool room = c->side.n_reserved + KC_SIDE_TRANSIENT <= KC_SIDE_CAPACITY;
 	kc_unlock();
-	int numbers[KC_SIDE_RESERVE + 1];
-	int n = 0;
-	if (lower >= 0 && have < KC_SIDE_CAPACITY)
-		numbers[n++] = lower;
-	else if (lower >= 0)
-		kc_reserve_return(&lower, 1);
-	if (have < KC_SIDE_RESERVE)
-		n += kc_reserve_take(numbers + n, KC_SIDE_RESERVE - (int)have);
-	rc = n > 0 ? reserve_request(c, sock, numbers, (unsigned)n) : 0;
+	if (rc == 0 && room) {
+		int n = kc_reserve_take_lowest(offer->numbers, KC_SIDE_TRANSIENT);
+		offer->n = (unsigned)n;
+		if (n > 0)
+			rc = offer_request(c, sock, offer->numbers, (unsigned)n);
+	}
 	page_unlock(page);
 	pthread_setcancelstate(cancel_state, NULL);
 	if (rc)
 		broke(c, -rc);
 	return rc;
+}
+
+void kc_side_withdraw(struct kc_conn *c, const struct kc_side_offer *offer)
+{
+	int unused[KC_SIDE_TRANSIENT];
+	unsigned n = 0;
+	kc_lock();
+	for (unsigned i = 0; i < offer->n; i++) {
+		int number = offer->numbers[i];
+		int at = index_of(&c->side, number);
+		/* Gone from the list: a file went there (or the channel was torn down). */
+		if (at < 0)
+			continue;
+		remove_at(&c->side, at);
+		if (kc_reserve_is_placeholder_locked(number)) {
+			kc_fd_clear(number);
+			unused[n++] = number;
+		}
+	}
+	kc_unlock();
+	for (unsigned i = 0; i < n; i++)
+		kc_sys_close(unused[i]);
 }
 
 int kc_side_fetch_pool(struct kc_conn *c)
@@ -619,12 +638,14 @@ void kc_side_in_child_locked(struct kc_conn *c)
 		kc_sys_close(c->side.reserved[i]);
 	}
 	c->side.n_reserved = 0;
+	c->side.n_transient = 0;
 }
 
 void kc_side_finish(struct kc_side *s)
 {
 	kc_reserve_return(s->reserved, (int)s->n_reserved);
 	s->n_reserved = 0;
+	s->n_transient = 0;
 	if (s->page)
 		munmap(s->page, sizeof *s->page);
 	s->page = NULL;

@@ -22,9 +22,18 @@
 struct kc_conn;
 struct kc_side_page;
 
-/* Numbers the daemon holds for installs: as many as one message can bring. */
+/*
+ * Numbers the daemon holds for installs: as many as one message can bring, far above the
+ * numbers programs use, so holding them takes no number a program would get.
+ */
 #define KC_SIDE_RESERVE KDBUS_MAX_INSTALLED_FDS
-/* Room for lower numbers the program freed, which join a full reserve (kc_side_prepare). */
+/*
+ * The lowest free numbers, offered for a single ioctl (kdbus installed files there): the
+ * daemon uses them first and forgets them when that ioctl ends, and the shim then frees
+ * those it did not use, so they displace nothing either.
+ */
+#define KC_SIDE_TRANSIENT 2
+/* Room for the reserve and the transient numbers of concurrent ioctls. */
 #define KC_SIDE_CAPACITY (2 * KC_SIDE_RESERVE)
 
 enum kc_side_state {
@@ -43,7 +52,16 @@ struct kc_side {
 	struct kc_side_page *page;
 	/* The numbers the daemon holds for this process, each still a placeholder here. */
 	int reserved[KC_SIDE_CAPACITY];
+	/* Which of them are transient (offered for one ioctl). */
+	bool transient[KC_SIDE_CAPACITY];
 	unsigned n_reserved;
+	unsigned n_transient;
+};
+
+/* The transient numbers one ioctl offered, to free after it. */
+struct kc_side_offer {
+	int numbers[KC_SIDE_TRANSIENT];
+	unsigned n;
 };
 
 /* Where this process is with c's side channel. */
@@ -57,10 +75,14 @@ enum kc_side_state kc_side_state(struct kc_conn *c);
 int kc_side_attach(struct kc_conn *c, int fd);
 
 /*
- * Before an ioctl that may install files: makes sure the daemon holds numbers for them,
- * the lowest free one among them, and waits until it has them. 0 or -errno.
+ * Before an ioctl that may install files: makes sure the daemon holds numbers for them
+ * (the reserve), offers the lowest free numbers for this ioctl alone (recorded in offer),
+ * and waits until the daemon has them. 0 or -errno.
  */
-int kc_side_prepare(struct kc_conn *c);
+int kc_side_prepare(struct kc_conn *c, struct kc_side_offer *offer);
+
+/* After that ioctl (and its installs): frees the offered numbers no file went to. */
+void kc_side_withdraw(struct kc_conn *c, const struct kc_side_offer *offer);
 
 /* Asks for the pool (POOL) and keeps it in c; 0 or -errno (EBADFD before HELLO). */
 int kc_side_fetch_pool(struct kc_conn *c);

@@ -144,6 +144,7 @@ export class CuseNode implements ChannelHandler {
     if (abort) f.inFlight.set(hdr.unique, abort);
     const done = (result: number, out?: Buffer): void => {
       if (abort) f.inFlight.delete(hdr.unique);
+      f.side?.commandDone();
       ch.send(ioctlResultReply(hdr.unique, result, out));
       if (io.cmd === Cmd.HELLO && result === 0 && f.pollKh !== undefined && !f.stopWake) this.watch(ch, f);
     };
@@ -195,6 +196,7 @@ export class CuseNode implements ChannelHandler {
     const finish = (result: number): void => {
       this.retries.delete(key);
       f.inFlight.delete(hdr.unique);
+      f.side?.commandDone();
       base.files.close();
       ch.send(ioctlResultReply(hdr.unique, result, outData(outs, mem)));
     };
@@ -210,6 +212,7 @@ export class CuseNode implements ChannelHandler {
       const outBytes = wantOuts.reduce((n, v) => n + v.len, 0);
       if (ins.length + wantOuts.length > IOCTL_MAX_IOV || inBytes > IOCTL_MAX_BYTES || outBytes > IOCTL_MAX_BYTES) {
         this.retries.delete(key);
+        f.side?.commandDone();
         logger.warn(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid} needs ${inBytes} bytes of caller memory: more than the FUSE retry protocol carries; give the daemon ptrace-level access (CAP_SYS_PTRACE) to lift the limit`);
         return ch.send(ioctlResultReply(hdr.unique, -Errno.EMSGSIZE));
       }

@@ -13,6 +13,8 @@ import type { ImportedFile } from '../bus/caller';
 export interface SideChannel {
   /** Gives files reserved numbers in the client and sends them; -1 where none is left. */
   install(files: readonly ImportedFile[]): number[];
+  /** A command of the handle ended: numbers offered for it alone are void now. */
+  commandDone(): void;
 }
 
 export interface AttachTarget {

@@ -173,9 +173,17 @@ export class SocketSession {
 
   /** The CUSE handle this socket is the side channel of (ATTACH), if it is one. */
   private sideOf: AttachTarget | undefined;
-  private readonly side: SideChannel = { install: (files) => this.installForCuse(files) };
+  private readonly side: SideChannel = {
+    install: (files) => this.installForCuse(files),
+    // The lowest free numbers were offered for that one command; the shim frees what is left.
+    commandDone: () => {
+      this.transient = [];
+    },
+  };
   /** Numbers the shim reserved for files of its CUSE handle (ATTACH, RESERVE). */
   private readonly reserve: number[] = [];
+  /** The lowest free numbers of the client, offered for the next command alone: used first. */
+  private transient: number[] = [];
 
   /**
    * Takes over the client's socket from Node, which accepted it paused: the session reads
@@ -281,9 +289,9 @@ export class SocketSession {
           this.reserve.push(...numbersOf(f.payload, 0));
           return;
         }
-        // Given right before an ioctl that may install files, among them the lowest free
-        // number (kdbus installed there): used first. The shim waits for the answer.
-        this.reserve.unshift(...numbersOf(f.payload, 0).sort((a, b) => a - b));
+        // Given right before an ioctl that may install files: the lowest free numbers
+        // (kdbus installed there), for that ioctl alone. The shim waits for the answer.
+        this.transient = numbersOf(f.payload, 0).sort((a, b) => a - b);
         this.sendResult(f.seq, 0, [], NO_FDS, 0);
         return;
       default:
@@ -364,12 +372,12 @@ export class SocketSession {
     const numbers: number[] = [];
     const fds: number[] = [];
     for (const file of files) {
-      const dup = this.reserve.length > 0 && file.fd >= 0 ? fcntl(file.fd, F_DUPFD_CLOEXEC, 0) : -1;
+      const dup = this.transient.length + this.reserve.length > 0 && file.fd >= 0 ? fcntl(file.fd, F_DUPFD_CLOEXEC, 0) : -1;
       if (dup < 0) {
         numbers.push(-1);
         continue;
       }
-      const n = this.reserve.shift()!;
+      const n = this.transient.length > 0 ? this.transient.shift()! : this.reserve.shift()!;
       numbers.push(n);
       fds.push(dup);
     }

@@ -212,7 +212,10 @@ systemctl poweroff
 /** The VM job: install the project as packaged, the unit, the test units; then boot systemd. */
 const JOB = (share: string, p: string): string => `set -e
 mkdir -p /usr/lib/kdbus-cuse /etc/default
-mount --bind ${p} /usr/lib/kdbus-cuse
+# A copy, as a package would install it (a bind mount of a checkout under /tmp was not
+# found by the unit's ExecStart).
+cp -a ${p}/bin ${p}/dist ${p}/node_modules ${p}/package.json /usr/lib/kdbus-cuse/
+mkdir -p /usr/lib/kdbus-cuse/shim /usr/lib/kdbus-cuse/test/c && cp -a ${p}/shim/build /usr/lib/kdbus-cuse/shim/ && cp -a ${p}/test/c/build /usr/lib/kdbus-cuse/test/c/
 ln -sf /usr/lib/kdbus-cuse/bin/kdbus-cuse /usr/bin/kdbus-cuse
 cp ${p}/systemd/kdbus-cuse.service /etc/systemd/system/
 echo 'KDBUS_CUSE_OPTS="--config /etc/kdbus-cuse.json"' > /etc/default/kdbus-cuse

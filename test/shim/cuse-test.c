@@ -151,11 +151,15 @@ static void recv_struct(uint64_t r[8], uint64_t flags, const struct message *m)
 	r[6] = m->size;
 }
 
+/* The numbers the last kc_side_prepare offered for one ioctl; after_recv withdraws them. */
+static struct kc_side_offer offer;
+
 static void after_recv(struct kc_conn *c, uint64_t flags, const struct message *m)
 {
 	uint64_t r[8];
 	recv_struct(r, flags, m);
-	kc_cuse_after_ioctl(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, true);
+	kc_cuse_after_ioctl(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, true, &offer);
+	offer.n = 0;
 }
 
 /* Whether number holds a file whose data starts with text (a pipe is read, a memfd pread). */
@@ -221,7 +225,7 @@ static void test_not_ours(void)
 	CHECK(kc_cuse_probe(null) == NULL && errno == 1234, "a character device that refuses the token is not the daemon's",
 	      "errno %d", errno);
 	struct kc_conn *c = kc_cuse_acquire(null);
-	CHECK(c && kc_side_state(c) == KC_SIDE_FOREIGN && !kc_cuse_before_ioctl(c, null, KDBUS_CMD_RECV, 0),
+	CHECK(c && kc_side_state(c) == KC_SIDE_FOREIGN && !kc_cuse_before_ioctl(c, null, KDBUS_CMD_RECV, 0, &offer),
 	      "it is recorded as such and asked once", "state %d", c ? (int)kc_side_state(c) : -1);
 	if (c)
 		kc_conn_release(c);
@@ -260,14 +264,26 @@ static void test_attach(struct kc_conn *c, int dev)
 	struct message m;
 	CHECK(c->side.n_reserved == 0 && mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == 0,
 	      "ATTACH reserves no numbers: a file that never receives holds none", "%u", c->side.n_reserved);
-	int rc = kc_side_prepare(c);
-	bool all = rc == 0 && c->side.n_reserved == KC_SIDE_RESERVE;
+	int lowest = open("/dev/null", O_RDONLY);
+	close(lowest);
+	int rc = kc_side_prepare(c, &offer);
+	bool all = rc == 0 && c->side.n_reserved == KC_SIDE_RESERVE + KC_SIDE_TRANSIENT && offer.n == KC_SIDE_TRANSIENT;
 	for (unsigned i = 0; all && i < c->side.n_reserved; i++)
 		all = placeholder(c->side.reserved[i]) && fcntl(c->side.reserved[i], F_GETFD) == FD_CLOEXEC;
-	CHECK(all, "before RECV 32 numbers are reserved, each a close-on-exec placeholder", "rc %d, %u", rc,
-	      c->side.n_reserved);
-	CHECK(mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == KC_SIDE_RESERVE,
-	      "the daemon holds those 32 numbers when the RECV comes", "it holds %u", m.held);
+	CHECK(all, "before RECV 32 numbers are reserved and 2 offered for it, each a close-on-exec placeholder",
+	      "rc %d, %u", rc, c->side.n_reserved);
+	bool high = true;
+	for (unsigned i = 0; i < c->side.n_reserved; i++)
+		if (!c->side.transient[i])
+			high = high && c->side.reserved[i] > offer.numbers[1];
+	CHECK(offer.numbers[0] == lowest && high,
+	      "the offered numbers are the lowest free ones, the reserve lies above them", "offered %d, lowest %d",
+	      offer.numbers[0], lowest);
+	CHECK(mock_recv(ask, fake_last_token(dev), 0, 0, 0, &m) && m.held == KC_SIDE_RESERVE + KC_SIDE_TRANSIENT,
+	      "the daemon holds those numbers when the RECV comes", "it holds %u", m.held);
+	after_recv(c, 0, &m);
+	CHECK(c->side.n_reserved == KC_SIDE_RESERVE && fcntl(lowest, F_GETFD) < 0,
+	      "after it the offered numbers no file went to are free again", "%u reserved", c->side.n_reserved);
 	CHECK(kc_side_attach(c, dev) == 0 && c->sock == sock, "attaching again changes nothing", "sock %d", c->sock);
 }
 
@@ -307,7 +323,7 @@ static void test_lowest(struct kc_conn *c, int dev)
 	int high = dup(low);
 	close(low);
 	struct message m;
-	int rc = kc_side_prepare(c);
+	int rc = kc_side_prepare(c, &offer);
 	CHECK(rc == 0 && mock_recv(ask, fake_last_token(dev), 1, 0, 0, &m) && m.count == 1 && m.numbers[0] == low,
 	      "a number the program closed below the reserve is the next installed file's", "rc %d: %d, not %d", rc,
 	      m.numbers[0], low);
@@ -332,7 +348,7 @@ static void test_late(struct kc_conn *c, int dev)
 	if (!mock_recv(ask, fake_last_token(dev), 0, 1, 100, &m))
 		return;
 	uint64_t s[7] = { 56, KDBUS_SEND_SYNC_REPLY, 0, 0, m.offset, m.size, 0 };
-	kc_cuse_after_ioctl(c, KDBUS_CMD_SEND, (uint64_t)(uintptr_t)s, true);
+	kc_cuse_after_ioctl(c, KDBUS_CMD_SEND, (uint64_t)(uintptr_t)s, true, &offer);
 	CHECK(holds(m.numbers[0], "m0"), "so does a synchronous SEND for its reply's files", "%d", m.numbers[0]);
 	close_all(&m);
 
@@ -340,7 +356,7 @@ static void test_late(struct kc_conn *c, int dev)
 		return;
 	s[1] = 0;
 	start = now_ms();
-	kc_cuse_after_ioctl(c, KDBUS_CMD_SEND, (uint64_t)(uintptr_t)s, true);
+	kc_cuse_after_ioctl(c, KDBUS_CMD_SEND, (uint64_t)(uintptr_t)s, true, &offer);
 	took = now_ms() - start;
 	CHECK(took < 150 && placeholder(m.numbers[0]), "an asynchronous SEND waits for nothing", "%ld ms", took);
 	usleep(300000);
@@ -358,7 +374,7 @@ static void test_no_wait(struct kc_conn *c, int dev)
 	after_recv(c, KDBUS_RECV_PEEK, &m);
 	uint64_t r[8];
 	recv_struct(r, 0, &m);
-	kc_cuse_after_ioctl(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, false);
+	kc_cuse_after_ioctl(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, false, &offer);
 	long took = now_ms() - start;
 	CHECK(took < 150, "a PEEK, and a RECV that failed, wait for nothing", "%ld ms", took);
 	char text[1024];

@@ -36,7 +36,8 @@
  *
  *   ATTACH    a token "mock-token-NNNN" is accepted once (else EPERM); the socket becomes a
  *             side channel holding the numbers offered, with a pool that starts "POOLDATA"
- *   RESERVE   more numbers; with a seq, used first and answered with RESULT 0
+ *   RESERVE   more numbers; with a seq, numbers for the next MOCK_RECV alone, used first
+ *             and answered with RESULT 0 (the daemon's transient numbers)
  *   POOL      that pool
  *   MOCK_RECV (type 100, the test's stand-in for a RECV on the device: token, u32 n_fds,
  *             u32 n_memfds, u32 delay_ms, u32 0) takes numbers from that side channel's
@@ -95,6 +96,8 @@ struct client {
 	uint8_t token[16];
 	int32_t reserve[MAX_RESERVE];
 	unsigned n_reserve;
+	int32_t transient[MAX_RESERVE];
+	unsigned n_transient;
 	unsigned messages;
 	/* "0-exact/bus": the queue, the slices published, and what came. */
 	bool exact;
@@ -610,12 +613,8 @@ static void do_reserve(struct client *c, struct frame *f)
 		c->n_reserve += numbers_of(f->payload, f->len, c->reserve + c->n_reserve, MAX_RESERVE - c->n_reserve);
 		return;
 	}
-	/* Numbers for the next ioctl go first (the shim sends them lowest first). */
-	int32_t first[MAX_RESERVE];
-	unsigned n = numbers_of(f->payload, f->len, first, MAX_RESERVE - c->n_reserve);
-	memmove(c->reserve + n, c->reserve, sizeof(int32_t) * c->n_reserve);
-	memcpy(c->reserve, first, sizeof(int32_t) * n);
-	c->n_reserve += n;
+	/* Numbers for the next ioctl alone, used first (the shim sends them lowest first). */
+	c->n_transient = numbers_of(f->payload, f->len, c->transient, MAX_RESERVE);
 	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
 }
 
@@ -685,18 +684,25 @@ static void do_mock_recv(struct client *asker, struct frame *f)
 		total = 32;
 	int32_t numbers[32];
 	int files[32];
-	unsigned held = c->n_reserve, n_files = 0;
+	unsigned held = c->n_reserve + c->n_transient, n_files = 0;
 	uint8_t install[8 + 4 * 32] = { 0 };
+	unsigned next_transient = 0;
 	for (unsigned i = 0; i < total; i++) {
 		numbers[i] = -1;
-		if (c->n_reserve == 0)
-			continue;
-		numbers[i] = c->reserve[0];
-		memmove(c->reserve, c->reserve + 1, sizeof(int32_t) * --c->n_reserve);
+		if (next_transient < c->n_transient) {
+			numbers[i] = c->transient[next_transient++];
+		} else {
+			if (c->n_reserve == 0)
+				continue;
+			numbers[i] = c->reserve[0];
+			memmove(c->reserve, c->reserve + 1, sizeof(int32_t) * --c->n_reserve);
+		}
 		files[n_files] = file_holding(i < n_fds ? 'f' : 'm', i < n_fds ? i : i - n_fds);
 		put32(install + 8 + 4 * n_files++, (uint32_t)numbers[i]);
 	}
 	put32(install, n_files);
+	/* The RECV ends here: the numbers offered for it alone are void. */
+	c->n_transient = 0;
 
 	uint8_t msg[1024] = { 0 };
 	size_t at = 64;
