@@ -999,6 +999,13 @@ static void scenario_fds(const char *bus)
 	TRY(close(p[0]));
 	TRY(close(memfd));
 
+	step("receiver: note the two lowest free descriptor numbers");
+	int lowest[2];
+	for (int i = 0; i < 2; i++)
+		TRY(lowest[i] = open("/dev/null", O_RDONLY | O_CLOEXEC));
+	for (int i = 0; i < 2; i++)
+		TRY(close(lowest[i]));
+
 	step("receiver: RECV the message with the files");
 	struct rmsg m;
 	recv_ok(&r, &m);
@@ -1006,6 +1013,12 @@ static void scenario_fds(const char *bus)
 	CHECK(m.fds && m.fds->size == KD_ITEM_HEADER + sizeof(int32_t), "no FDS item with one fd");
 	int got = *(const int32_t *)m.fds->data;
 	CHECK(got >= 0, "received fd number %d", got);
+	CHECK(m.memfd, "no PAYLOAD_MEMFD item");
+	int got_memfd = ((const struct kd_memfd *)m.memfd->data)->fd;
+	step("receiver: the files took the lowest free numbers, %d and %d (kdbus installed them there)", lowest[0],
+	     lowest[1]);
+	CHECK((got == lowest[0] && got_memfd == lowest[1]) || (got == lowest[1] && got_memfd == lowest[0]),
+	      "received fds %d and %d, expected %d and %d", got, got_memfd, lowest[0], lowest[1]);
 	step("receiver: the received fd %d is close-on-exec and reads the pipe's data", got);
 	int fdflags = fcntl(got, F_GETFD);
 	TRY(fdflags);
