@@ -1178,10 +1178,11 @@ static void scenario_timeout(const char *bus)
 
 	struct msg_builder call;
 	uint64_t t0 = now_ns();
-	build_call(&call, b.id, NULL, 100ULL * 1000 * 1000);
+	/* Long enough that the RECV below runs before the deadline even in an emulated VM. */
+	build_call(&call, b.id, NULL, 1000ULL * 1000 * 1000);
 	uint64_t deadline = mb_msg(&call)->timeout_or_reply;
 	uint64_t cookie = mb_msg(&call)->cookie;
-	step("caller: SEND a call with a 100 ms timeout to a peer that never answers");
+	step("caller: SEND a call with a 1 s timeout to a peer that never answers");
 	send_ok(&a, &call);
 	step("caller: nothing before the deadline");
 	expect_empty(&a);

@@ -137,12 +137,15 @@ describe('systemd unit: systemd-analyze', function () {
   });
 });
 
-/** Runs inside systemd's check service in the VM; prints one section per step. */
-const CHECK = (share: string, p: string): string => `exec > ${share}/check.out 2>&1
+/**
+ * Runs inside systemd's check service in the VM; prints one section per step. The programs
+ * come from the installed copy (JOB): a checkout under /tmp is not visible under systemd there.
+ */
+const CHECK = (share: string): string => `exec > ${share}/check.out 2>&1
 show() { systemctl show kdbus-cuse -p ActiveState -p SubState -p Result -p NRestarts -p StatusText; }
 section() { echo "=== $1"; }
-SHIM="LD_PRELOAD=${p}/shim/build/glibc/libkdbus-cuse-shim.so KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock"
-CLIENT=${p}/test/c/build/glibc/kdbus-client
+SHIM="LD_PRELOAD=/usr/lib/kdbus-cuse/shim/build/glibc/libkdbus-cuse-shim.so KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock"
+CLIENT=/usr/lib/kdbus-cuse/test/c/build/glibc/kdbus-client
 nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
 
 section started; show
@@ -212,8 +215,7 @@ systemctl poweroff
 /** The VM job: install the project as packaged, the unit, the test units; then boot systemd. */
 const JOB = (share: string, p: string): string => `set -e
 mkdir -p /usr/lib/kdbus-cuse /etc/default
-# A copy, as a package would install it (a bind mount of a checkout under /tmp was not
-# found by the unit's ExecStart).
+# A copy, as a package would install it (a checkout under /tmp is not visible under systemd).
 cp -a ${p}/bin ${p}/dist ${p}/node_modules ${p}/package.json /usr/lib/kdbus-cuse/
 mkdir -p /usr/lib/kdbus-cuse/shim /usr/lib/kdbus-cuse/test/c && cp -a ${p}/shim/build /usr/lib/kdbus-cuse/shim/ && cp -a ${p}/test/c/build /usr/lib/kdbus-cuse/test/c/
 ln -sf /usr/lib/kdbus-cuse/bin/kdbus-cuse /usr/bin/kdbus-cuse
@@ -271,7 +273,7 @@ describe('systemd unit: started by systemd as PID 1 (in the test VM)', function 
     assert.equal(built.status, 0, `building the C test client: ${built.stderr}`);
     const vm = await Vm.boot();
     try {
-      fs.writeFileSync(path.join(vm.shareDir, 'check.sh'), CHECK(vm.shareDir, PROJECT));
+      fs.writeFileSync(path.join(vm.shareDir, 'check.sh'), CHECK(vm.shareDir));
       fs.writeFileSync(path.join(vm.shareDir, 'job.sh'), JOB(vm.shareDir, PROJECT));
       const r = await vm.run(`sh ${vm.shareDir}/job.sh`, { timeoutMs: 540_000 });
       const out = path.join(vm.shareDir, 'check.out');
