@@ -6,6 +6,7 @@
  * real bus, where the test takes the name on a LocalConnection once the child has run.
  */
 import assert from 'node:assert/strict';
+import { requireOrSkip } from '../helpers/require';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -516,7 +517,7 @@ describe('dbus1 activation', () => {
     const result = (name: string, what: string): string => fs.readFileSync(path.join(out, `${name}.${what}`), 'utf8').trim();
 
     it('runs the service as its User (uid, gid, groups) with only the starter variables', async function () {
-      if (process.geteuid!() !== 0) this.skip();
+      requireOrSkip(this, process.geteuid!() === 0, 'root (to run services as their User)');
       const d = dir('system');
       shService(d, 'org.example.Nobody', idScript('org.example.Nobody'), 'User=nobody\n');
       const m = manager({ dirs: [d], busType: 'system' });
@@ -531,12 +532,13 @@ describe('dbus1 activation', () => {
     });
 
     it('sets the supplementary groups of the User, as initgroups() does', async function () {
-      if (process.geteuid!() !== 0) this.skip();
+      requireOrSkip(this, process.geteuid!() === 0, 'root (to run services as their User)');
       // A user that is a member of some group other than its primary one, if the machine has one.
       const member = fs.readFileSync('/etc/group', 'utf8').split('\n')
         .map((l) => l.split(':')[3]?.split(',')[0])
         .find((u): u is string => !!u && ids(u, '-G').includes(' '));
-      if (!member) this.skip();
+      requireOrSkip(this, member !== undefined, 'a user that belongs to a supplementary group (/etc/group)');
+      if (!member) return;
       const name = 'org.example.Member';
       const d = dir('system');
       shService(d, name, idScript(name), `User=${member}\n`);
