@@ -7,8 +7,7 @@
  *
  * Reading and writing use recvmsg/sendmsg on headers, iovecs and control buffers made once
  * per stream, into one reusable read buffer: a message costs one system call in and one
- * out, and no copy in the common case. struct msghdr, iovec and cmsghdr are laid out by
- * hand for 64-bit Linux, as in src/os/unix-socket.ts.
+ * out, and no copy in the common case (the layouts are src/os/msghdr.ts's).
  *
  * Whatever dbus-daemon answers by disconnecting (a header it cannot size, a message over
  * the limit, descriptors on a connection that did not negotiate them, more descriptors
@@ -16,39 +15,24 @@
  */
 import * as koffi from 'koffi';
 import { FdWatch, UV_READABLE, UV_WRITABLE } from '../os/fd-watch';
+import {
+  addressOf, CMSG_HEADER, IOVEC_SIZE, MSG_CMSG_CLOEXEC, MSG_CONTROL, MSG_CONTROLLEN, MSG_CTRUNC, MSG_DONTWAIT, MSG_FLAGS,
+  MSG_IOV, MSG_IOVLEN, MSG_NOSIGNAL, MSGHDR_SIZE, recvmsg, SCM_RIGHTS, sendmsg, setRights, SOL_SOCKET, writeAddress,
+} from '../os/msghdr';
 import { closeFd } from '../os/unix-socket';
 import { DBUS1_PREFIX_SIZE, messageLength } from './message';
 
-const libc = koffi.load(null);
-const recvmsgFn = libc.func('intptr_t recvmsg(int fd, void *msg, int flags)') as (fd: number, msg: Buffer, flags: number) => number;
-const sendmsgFn = libc.func('intptr_t sendmsg(int fd, void *msg, int flags)') as (fd: number, msg: Buffer, flags: number) => number;
 
-const SOL_SOCKET = 1;
-const SCM_RIGHTS = 1;
-const MSG_CTRUNC = 0x8;
-const MSG_DONTWAIT = 0x40;
-const MSG_NOSIGNAL = 0x4000;
-const MSG_CMSG_CLOEXEC = 0x40000000;
 const EINTR = 4;
 const EAGAIN = 11;
 const EPIPE = 32;
 const ECONNRESET = 104;
-const CMSG_HEADER = 16;
 /**
  * SCM_MAX_FD: the most descriptors one sendmsg may carry. A stream read ends after the
  * bytes of one such send, so a control buffer for this many never truncates.
  */
 export const MAX_FDS_PER_SEND = 253;
 const CONTROL_SIZE = CMSG_HEADER + ((MAX_FDS_PER_SEND * 4 + 7) & ~7);
-/** Offsets in struct msghdr (56 bytes) and struct iovec (16 bytes). */
-const MSGHDR_SIZE = 56;
-const IOVEC_SIZE = 16;
-const MSG_IOV = 16;
-const MSG_IOVLEN = 24;
-const MSG_CONTROL = 32;
-const MSG_CONTROLLEN = 40;
-const MSG_FLAGS = 48;
-const TWO_32 = 2 ** 32;
 
 /**
  * The read buffer: dozens of typical messages per read. Every stream reads into the same
@@ -96,14 +80,6 @@ interface Outgoing {
   fds: readonly number[];
 }
 
-function writeAddress(b: Buffer, at: number, address: number): void {
-  b.writeUInt32LE(address % TWO_32, at);
-  b.writeUInt32LE(Math.floor(address / TWO_32), at + 4);
-}
-
-function addressOf(b: Buffer): number {
-  return Number(koffi.address(b) as bigint);
-}
 
 function closeAll(fds: readonly number[], from = 0, to = fds.length): void {
   for (let i = from; i < to; i++) closeFd(fds[i]!);
@@ -329,7 +305,7 @@ export class MessageStream {
     this.rmsg.writeUInt32LE(CONTROL_SIZE, MSG_CONTROLLEN);
     let n: number;
     for (;;) {
-      n = recvmsgFn(this.fd, this.rmsg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      n = recvmsg(this.fd, this.rmsg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
       if (n >= 0) break;
       const e = koffi.errno();
       if (e === EAGAIN) return false;
@@ -519,19 +495,9 @@ export class MessageStream {
   private sendOnce(data: Buffer, offset: number, fds: readonly number[]): number {
     writeAddress(this.siov, 0, addressOf(data) + offset);
     this.siov.writeUInt32LE(data.length - offset, 8);
-    if (fds.length > 0) {
-      const c = this.scontrol;
-      const len = CMSG_HEADER + 4 * fds.length;
-      c.writeUInt32LE(len, 0);
-      for (let i = 0; i < fds.length; i++) c.writeInt32LE(fds[i]!, CMSG_HEADER + 4 * i);
-      writeAddress(this.smsg, MSG_CONTROL, addressOf(c));
-      this.smsg.writeUInt32LE((len + 7) & ~7, MSG_CONTROLLEN);
-    } else {
-      writeAddress(this.smsg, MSG_CONTROL, 0);
-      this.smsg.writeUInt32LE(0, MSG_CONTROLLEN);
-    }
+    setRights(this.smsg, this.scontrol, fds);
     for (;;) {
-      const n = sendmsgFn(this.fd, this.smsg, MSG_DONTWAIT | MSG_NOSIGNAL);
+      const n = sendmsg(this.fd, this.smsg, MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n >= 0) return n;
       const e = koffi.errno();
       if (e === EAGAIN) return -1;

@@ -6,53 +6,24 @@
  * it. The message headers, iovec and control buffer are made once per socket: a request
  * costs one system call to read it and one to answer it, and no allocation here.
  *
- * struct msghdr, iovec and cmsghdr are laid out by hand for 64-bit Linux, as in
- * src/os/unix-socket.ts.
+ * The layouts of struct msghdr, iovec and cmsghdr are src/os/msghdr.ts's.
  */
 import * as koffi from 'koffi';
+import {
+  addressOf, CMSG_HEADER, MSG_CMSG_CLOEXEC, MSG_CONTROL, MSG_CONTROLLEN, MSG_CTRUNC, MSG_DONTWAIT, MSG_FLAGS, MSG_IOV,
+  MSG_IOVLEN, MSG_NOSIGNAL, recvmsg, rightsControl, SCM_CREDENTIALS, SCM_RIGHTS, sendmsg, setRights, SOL_SOCKET, writeAddress,
+} from '../os/msghdr';
 import { SyscallError } from '../os/unix-socket';
 
-const libc = koffi.load(null);
-const recvmsgFn = libc.func('intptr_t recvmsg(int fd, void *msg, int flags)') as (fd: number, msg: Buffer, flags: number) => number;
-const sendmsgFn = libc.func('intptr_t sendmsg(int fd, void *msg, int flags)') as (fd: number, msg: Buffer, flags: number) => number;
 
-const SOL_SOCKET = 1;
-const SCM_RIGHTS = 1;
-const SCM_CREDENTIALS = 2;
-const MSG_CTRUNC = 0x8;
-const MSG_DONTWAIT = 0x40;
-const MSG_NOSIGNAL = 0x4000;
-const MSG_CMSG_CLOEXEC = 0x40000000;
 const EAGAIN = 11;
 const EINTR = 4;
-const CMSG_HEADER = 16;
 /** Descriptors one read can bring: the kernel ends a read after the bytes that carried some. */
 export const MAX_FDS_PER_READ = 64;
 const CONTROL_SIZE = CMSG_HEADER + 16 + CMSG_HEADER + MAX_FDS_PER_READ * 4;
-const TWO_32 = 2 ** 32;
 
 /** Offsets in struct msghdr. */
-const MSG_IOV = 16;
-const MSG_IOVLEN = 24;
-const MSG_CONTROL = 32;
-const MSG_CONTROLLEN = 40;
-const MSG_FLAGS = 48;
 
-function writeAddress(b: Buffer, at: number, address: number): void {
-  b.writeUInt32LE(address % TWO_32, at);
-  b.writeUInt32LE(Math.floor(address / TWO_32), at + 4);
-}
-
-/** Buffers live outside the V8 heap and never move: their addresses are taken once. */
-const addresses = new WeakMap<Buffer, number>();
-function addressOf(b: Buffer): number {
-  let a = addresses.get(b);
-  if (a === undefined) {
-    a = Number(koffi.address(b) as bigint);
-    addresses.set(b, a);
-  }
-  return a;
-}
 
 export class ClientSocket {
   /** Sender of the bytes of the last read (pid 0 when the kernel attached none). */
@@ -69,7 +40,7 @@ export class ClientSocket {
   private readonly control = Buffer.alloc(CONTROL_SIZE);
   private readonly smsg = Buffer.alloc(56);
   private readonly siov = Buffer.alloc(16);
-  private scontrol = Buffer.alloc(CMSG_HEADER + MAX_FDS_PER_READ * 4);
+  private scontrol = rightsControl(MAX_FDS_PER_READ);
 
   constructor(readonly fd: number) {
     writeAddress(this.rmsg, MSG_IOV, addressOf(this.riov));
@@ -89,7 +60,7 @@ export class ClientSocket {
     this.rmsg.writeUInt32LE(CONTROL_SIZE, MSG_CONTROLLEN);
     let n: number;
     for (;;) {
-      n = recvmsgFn(this.fd, this.rmsg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      n = recvmsg(this.fd, this.rmsg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
       if (n >= 0) break;
       const e = koffi.errno();
       if (e === EAGAIN) return -1;
@@ -129,22 +100,10 @@ export class ClientSocket {
   send(data: Buffer, offset: number, length: number, fds: readonly number[]): number {
     writeAddress(this.siov, 0, addressOf(data) + offset);
     this.siov.writeUInt32LE(length, 8);
-    if (fds.length > 0) {
-      const len = CMSG_HEADER + 4 * fds.length;
-      if (len > this.scontrol.length) this.scontrol = Buffer.alloc((len + 7) & ~7);
-      const c = this.scontrol;
-      c.writeUInt32LE(len, 0);
-      c.writeInt32LE(SOL_SOCKET, 8);
-      c.writeInt32LE(SCM_RIGHTS, 12);
-      for (let i = 0; i < fds.length; i++) c.writeInt32LE(fds[i]!, CMSG_HEADER + 4 * i);
-      writeAddress(this.smsg, MSG_CONTROL, addressOf(c));
-      this.smsg.writeUInt32LE((len + 7) & ~7, MSG_CONTROLLEN);
-    } else {
-      writeAddress(this.smsg, MSG_CONTROL, 0);
-      this.smsg.writeUInt32LE(0, MSG_CONTROLLEN);
-    }
+    if (CMSG_HEADER + 4 * fds.length > this.scontrol.length) this.scontrol = rightsControl(fds.length);
+    setRights(this.smsg, this.scontrol, fds);
     for (;;) {
-      const n = sendmsgFn(this.fd, this.smsg, MSG_DONTWAIT | MSG_NOSIGNAL);
+      const n = sendmsg(this.fd, this.smsg, MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n >= 0) return n;
       const e = koffi.errno();
       if (e === EAGAIN) return -1;
