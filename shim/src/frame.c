@@ -168,9 +168,10 @@ size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const 
 	return length;
 }
 
-size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_t n)
+size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_t n, uint32_t flags)
 {
 	size_t length = KC_FRAME_HEADER + numbers_encode(out + KC_FRAME_HEADER, numbers, n);
+	put32(out + KC_FRAME_HEADER + 4, flags);
 	kc_header_encode(out, (uint32_t)length, KC_FRAME_RESERVE, seq);
 	return length;
 }

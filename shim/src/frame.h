@@ -119,8 +119,10 @@ static inline size_t kc_numbers_size(uint32_t n)
 /* ATTACH: the device's token, then the reserved numbers. Returns the frame's length. */
 #define KC_TOKEN_SIZE 16u
 size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const int *numbers, uint32_t n);
-/* RESERVE: more reserved numbers. Returns the frame's length. */
-size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_t n);
+/* RESERVE: more reserved numbers (flags: KC_RESERVE_*). Returns the frame's length. */
+size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_t n, uint32_t flags);
+/* RESERVE flag: the numbers are for the next command of the handle alone, used first. */
+#define KC_RESERVE_TRANSIENT 1u
 /* Largest encoded ATTACH or RESERVE for n numbers. */
 #define KC_NUMBERS_FRAME_MAX(n) (KC_FRAME_HEADER + KC_TOKEN_SIZE + 8 + 4 * (n) + 4)
 

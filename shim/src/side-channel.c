@@ -207,7 +207,7 @@ static int top_up(struct kc_conn *c, int sock)
 	add_locked(&c->side, numbers, (unsigned)n, false);
 	kc_unlock();
 	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_RESERVE)];
-	int rc = send_frame(sock, frame, kc_reserve_encode(frame, 0, numbers, (uint32_t)n));
+	int rc = send_frame(sock, frame, kc_reserve_encode(frame, 0, numbers, (uint32_t)n, 0));
 	if (rc) {
 		kc_lock();
 		for (int i = 0; i < n; i++) {
@@ -434,21 +434,18 @@ int kc_side_attach(struct kc_conn *c, int fd)
 	return rc;
 }
 
-/* Gives the daemon transient numbers (recorded first) and waits for its RESULT. Under the page lock. */
-static int offer_request(struct kc_conn *c, int sock, const int *numbers, unsigned n)
+/*
+ * Gives the daemon transient numbers (recorded first). No answer is needed: the frame is in
+ * the daemon's socket before the ioctl starts, and the daemon reads its side channel before
+ * it installs files and before it forgets the numbers. Under the page lock.
+ */
+static int offer_numbers(struct kc_conn *c, int sock, const int *numbers, unsigned n)
 {
 	kc_lock();
 	add_locked(&c->side, numbers, n, true);
 	kc_unlock();
 	uint8_t frame[KC_NUMBERS_FRAME_MAX(KC_SIDE_TRANSIENT)];
-	struct frame result;
-	struct kc_result r;
-	int rc = request(c, sock, frame, kc_reserve_encode(frame, REQUEST_SEQ, numbers, n), &result);
-	if (rc == 0) {
-		rc = result_of(&result, &r);
-		close_fds(&result);
-	}
-	return rc;
+	return send_frame(sock, frame, kc_reserve_encode(frame, 0, numbers, n, KC_RESERVE_TRANSIENT));
 }
 
 int kc_side_prepare(struct kc_conn *c, struct kc_side_offer *offer)
@@ -470,7 +467,7 @@ int kc_side_prepare(struct kc_conn *c, struct kc_side_offer *offer)
 		int n = kc_reserve_take_lowest(offer->numbers, KC_SIDE_TRANSIENT);
 		offer->n = (unsigned)n;
 		if (n > 0)
-			rc = offer_request(c, sock, offer->numbers, (unsigned)n);
+			rc = offer_numbers(c, sock, offer->numbers, (unsigned)n);
 	}
 	page_unlock(page);
 	pthread_setcancelstate(cancel_state, NULL);

@@ -76,8 +76,8 @@ int kc_side_attach(struct kc_conn *c, int fd);
 
 /*
  * Before an ioctl that may install files: makes sure the daemon holds numbers for them
- * (the reserve), offers the lowest free numbers for this ioctl alone (recorded in offer),
- * and waits until the daemon has them. 0 or -errno.
+ * (the reserve) and offers the lowest free numbers for this ioctl alone (recorded in
+ * offer). 0 or -errno.
  */
 int kc_side_prepare(struct kc_conn *c, struct kc_side_offer *offer);
 

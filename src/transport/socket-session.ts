@@ -123,6 +123,8 @@ function numbersOf(b: Buffer, offset: number): number[] {
 
 /** errno, n_writes, n_fds, flags. */
 const RESULT_HEAD = 16;
+/** RESERVE's list flag: the numbers are for the next command of the handle alone. */
+const RESERVE_TRANSIENT = 1;
 const NO_FDS: readonly number[] = [];
 const WAKE_FRAME = encodeFrame(FrameType.WAKE, 0n);
 const HUP_FRAME = encodeFrame(FrameType.HUP, 0n);
@@ -176,7 +178,10 @@ export class SocketSession {
   private readonly side: SideChannel = {
     install: (files) => this.installForCuse(files),
     // The lowest free numbers were offered for that one command; the shim frees what is left.
+    // The offer was sent before the command: read it if it is still in the socket, so it
+    // cannot outlive the command.
     commandDone: () => {
+      this.readPending();
       this.transient = [];
     },
   };
@@ -285,14 +290,14 @@ export class SocketSession {
         return this.attach(f);
       case FrameType.RESERVE:
         if (!this.sideOf) throw new ProtocolError('RESERVE on a socket that is not a side channel');
-        if (f.seq === 0n) {
-          this.reserve.push(...numbersOf(f.payload, 0));
+        if (f.payload.length >= 8 && f.payload.readUInt32LE(4) & RESERVE_TRANSIENT) {
+          // Sent right before an ioctl that may install files: the lowest free numbers
+          // (kdbus installed there), for that ioctl alone.
+          this.transient = numbersOf(f.payload, 0).sort((a, b) => a - b);
           return;
         }
-        // Given right before an ioctl that may install files: the lowest free numbers
-        // (kdbus installed there), for that ioctl alone. The shim waits for the answer.
-        this.transient = numbersOf(f.payload, 0).sort((a, b) => a - b);
-        this.sendResult(f.seq, 0, [], NO_FDS, 0);
+        this.reserve.push(...numbersOf(f.payload, 0));
+        if (f.seq !== 0n) this.sendResult(f.seq, 0, [], NO_FDS, 0);
         return;
       default:
         throw new ProtocolError(`unknown frame type ${f.type}`);
@@ -367,8 +372,14 @@ export class SocketSession {
     this.sendResult(f.seq, 0, [], NO_FDS, 0);
   }
 
+  /** Frames the client sent that are not read yet: a transient offer made before a command. */
+  private readPending(): void {
+    if (!this.closed) this.onReadable(0);
+  }
+
   /** Files a CUSE RECV installs: numbers from the reserve, the files sent right away. */
   private installForCuse(files: readonly ImportedFile[]): number[] {
+    this.readPending();
     const numbers: number[] = [];
     const fds: number[] = [];
     for (const file of files) {

@@ -36,8 +36,8 @@
  *
  *   ATTACH    a token "mock-token-NNNN" is accepted once (else EPERM); the socket becomes a
  *             side channel holding the numbers offered, with a pool that starts "POOLDATA"
- *   RESERVE   more numbers; with a seq, numbers for the next MOCK_RECV alone, used first
- *             and answered with RESULT 0 (the daemon's transient numbers)
+ *   RESERVE   more numbers (with a seq answered with RESULT 0); with the TRANSIENT flag,
+ *             numbers for the next MOCK_RECV alone, used first
  *   POOL      that pool
  *   MOCK_RECV (type 100, the test's stand-in for a RECV on the device: token, u32 n_fds,
  *             u32 n_memfds, u32 delay_ms, u32 0) takes numbers from that side channel's
@@ -609,13 +609,14 @@ static void do_reserve(struct client *c, struct frame *f)
 		fprintf(stderr, "mock: RESERVE on a socket that is no side channel\n");
 		return;
 	}
-	if (f->seq == 0) {
-		c->n_reserve += numbers_of(f->payload, f->len, c->reserve + c->n_reserve, MAX_RESERVE - c->n_reserve);
+	if (f->len >= 8 && (get32(f->payload + 4) & 1)) {
+		/* TRANSIENT: numbers for the next ioctl alone, used first (sent lowest first). */
+		c->n_transient = numbers_of(f->payload, f->len, c->transient, MAX_RESERVE);
 		return;
 	}
-	/* Numbers for the next ioctl alone, used first (the shim sends them lowest first). */
-	c->n_transient = numbers_of(f->payload, f->len, c->transient, MAX_RESERVE);
-	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
+	c->n_reserve += numbers_of(f->payload, f->len, c->reserve + c->n_reserve, MAX_RESERVE - c->n_reserve);
+	if (f->seq != 0)
+		send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
 }
 
 static void send_install(struct client *c, const uint8_t *payload, size_t len, const int *fds, int n_fds)

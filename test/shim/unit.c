@@ -435,12 +435,15 @@ static void test_side_frames(void)
 	};
 	CHECK(len == 56 && memcmp(b, want, 56) == 0, "ATTACH layout: token, then the number list padded",
 	      "length %zu or bytes differ", len);
-	len = kc_reserve_encode(b, 0, numbers, 2);
+	len = kc_reserve_encode(b, 0, numbers, 2, 0);
 	const uint8_t want_reserve[32] = {
 		32, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 31, 0, 0, 0,
 	};
 	CHECK(len == 32 && memcmp(b, want_reserve, 32) == 0, "RESERVE layout: a number list", "length %zu or bytes differ",
 	      len);
+	len = kc_reserve_encode(b, 0, numbers, 2, KC_RESERVE_TRANSIENT);
+	CHECK(len == 32 && b[20] == 1 && memcmp(b, want_reserve, 20) == 0 && memcmp(b + 21, want_reserve + 21, 11) == 0,
+	      "a transient RESERVE says so in the word after the count", "length %zu or bytes differ", len);
 	CHECK(kc_numbers_size(0) == 8 && kc_numbers_size(1) == 16 && kc_numbers_size(2) == 16,
 	      "number lists pad to 8 bytes", "sizes differ");
 
