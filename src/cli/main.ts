@@ -45,8 +45,14 @@ Options:
   --listen ADDRESS       D-Bus address where legacy (dbus1) clients reach the first
                          bus (repeatable; default unix:path=<socket's dir>/bus_socket;
                          "none": no legacy endpoint)
-  --upstream ADDRESS     bridge the first bus to an existing bus
+  --upstream ADDRESS     bridge the first bus to an existing bus (not implemented yet:
+                         refused with an error)
   --log-level LEVEL      error, warn, info (default), verbose or debug
+  --control PATH         the control socket of status and monitor (default
+                         control.sock beside the transport socket)
+  --control-group GROUP  a group that may use the control socket besides root
+  --service-dir DIR      a directory of D-Bus service files for activation
+                         (repeatable; default dbus-daemon's directories)
   --check-config         validate the configuration and exit (0: valid, 2: the error)
 
 Signals: SIGHUP reloads the configuration (log level, new buses; other changes
@@ -68,6 +74,9 @@ const SERVE_FLAGS = {
   listen: { value: true, repeat: true },
   upstream: { value: true },
   'log-level': { value: true },
+  control: { value: true },
+  'control-group': { value: true },
+  'service-dir': { value: true, repeat: true },
   'check-config': { value: false },
   help: { value: false },
 };
@@ -86,6 +95,9 @@ export function serveConfig(argv: readonly string[]): Config | undefined {
   if (flags.has('listen')) c.listen = flags.get('listen')!.filter((a) => a !== 'none');
   if (one('upstream')) c.upstream = one('upstream');
   if (one('log-level')) c.logLevel = one('log-level')!;
+  if (one('control')) c.control = path.resolve(one('control')!);
+  if (one('control-group')) c.controlGroup = one('control-group');
+  if (flags.has('service-dir')) c.serviceDirs = flags.get('service-dir')!.map((d) => path.resolve(d));
   return validate(c, file ? `${file} and command line` : 'command line');
 }
 

@@ -98,7 +98,11 @@ export function validate(c: Config, source: string): Config {
     if (!BUS_NAME.test(b)) throw new ConfigError(source, `buses[${i}]`, `"${b}" is not a bus name like 0-system or 1000-user (uid, dash, 1-63 chars of [A-Za-z0-9_.-])`);
   });
   c.listen?.forEach((a, i) => checkAddress(source, `listen[${i}]`, a));
-  if (c.upstream !== undefined) checkAddress(source, 'upstream', c.upstream);
+  if (c.upstream !== undefined) {
+    checkAddress(source, 'upstream', c.upstream);
+    // Accepting it silently would leave kdbus clients without the services they expect.
+    throw new ConfigError(source, 'upstream', 'the upstream bridge is not implemented yet; run without it');
+  }
   if (!LOG_LEVELS.includes(c.logLevel)) throw new ConfigError(source, 'logLevel', `must be one of ${LOG_LEVELS.join(', ')}`);
   return c;
 }

@@ -24,6 +24,7 @@ describe('configuration', () => {
     const cases: Array<[unknown, RegExp]> = [
       [{ listen: ['tcp:host=x'] }, /c\.json: listen\[0\]: .*transport "tcp" is not supported/],
       [{ upstream: 'unix:path=' }, /c\.json: upstream: .*path= is empty/],
+      [{ upstream: 'unix:path=/run/dbus/system_bus_socket' }, /c\.json: upstream: the upstream bridge is not implemented yet/],
       [{ buses: ['system'] }, /c\.json: buses\[0\]: "system" is not a bus name/],
       [{ bogus: 1 }, /c\.json: bogus: unknown key/],
       [{ transport: 'tcp' }, /c\.json: transport: must be auto, cuse or socket/],
@@ -34,6 +35,13 @@ describe('configuration', () => {
     }
     fs.writeFileSync(file, '{ "listen": [');
     assert.throws(() => loadFile(file), /c\.json: \(syntax\): is not valid JSON/);
+  });
+
+  it('takes every setting from a flag too', () => {
+    const c = serveConfig(['--control', '/run/x/ctl.sock', '--control-group', 'adm', '--service-dir', '/a', '--service-dir', '/b'])!;
+    assert.equal(c.control, '/run/x/ctl.sock');
+    assert.equal(c.controlGroup, 'adm');
+    assert.deepEqual(c.serviceDirs, ['/a', '/b']);
   });
 
   it('takes an empty listen list in the file as no legacy endpoint', () => {
