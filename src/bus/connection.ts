@@ -127,8 +127,10 @@ export class Connection implements NameOwner {
   }
 
   /** Log prefix naming the connection, so every line about it can be traced. */
+  /** How log lines name the connection: id, bus, pid and command, description. */
   get label(): string {
-    return `conn ${this.id} (${this.bus.name}, pid ${this.pid}${this.description ? `, ${this.description}` : ''})`;
+    const comm = this.meta?.pidComm?.toString();
+    return `conn ${this.id} (${this.bus.name}, pid ${this.pid}${comm ? ` ${comm}` : ''}${this.description ? `, ${this.description}` : ''})`;
   }
 
   /** Names held as primary owner or activator holding the name: what OWNED_NAME and TALK use. */
