@@ -120,7 +120,8 @@ const INTROSPECTION = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object I
 `;
 
 const PROPERTIES: Record<string, () => Variant> = {
-  Features: () => new Variant('as', []),
+  // Forwarded messages are re-encoded: fields the bus does not know are gone, SENDER is its own.
+  Features: () => new Variant('as', ['HeaderFiltering']),
   Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring']),
 };
 
@@ -347,7 +348,6 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
   },
   'org.freedesktop.DBus.Monitoring': {
     BecomeMonitor: (c, _bus, m) => {
-      canonicalPathOnly(m);
       const [rules, flags] = args(m, 'asu') as [string[], number];
       if (flags !== 0) throw new DriverError(DBusError.InvalidArgs, 'BecomeMonitor: flags must be 0');
       c.becomeMonitor(rules.map((r) => MatchRule.parse(r)));
@@ -376,6 +376,10 @@ export async function callDriver(c: DriverClient, bus: DriverBus, m: Message): P
   try {
     const byIface = m.interface === undefined ? findMethod(m.member!) : HANDLERS[m.interface];
     if (!byIface) throw new DriverError(DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
+    if ((byIface === HANDLERS['org.freedesktop.DBus.Properties'] || byIface === HANDLERS['org.freedesktop.DBus.Monitoring']) && m.path !== DRIVER_PATH) {
+      // As with dbus-daemon, these interfaces exist only at the driver's own path.
+      throw new DriverError(DBusError.UnknownInterface, `Interface "${m.interface ?? ''}" is only available at the canonical object path '${DRIVER_PATH}'`);
+    }
     const handler = byIface[m.member!];
     if (!handler) throw new DriverError(DBusError.UnknownMethod, `org.freedesktop.DBus does not understand message ${m.member}`);
     const [signature, body] = await handler(c, bus, m);

@@ -324,7 +324,7 @@ export class LegacyClient implements DriverClient {
         const call = { serial: r.cookie, sender: this.uniqueName } as Message;
         const text = r.kind === 'reply-timeout'
           ? 'Did not receive a reply. Possible causes include: the remote application did not send a reply, the message bus security policy blocked the reply, the reply timeout expired, or the network connection was broken.'
-          : 'The peer disconnected before it sent a reply';
+          : 'Message recipient disconnected from message bus without replying';
         this.sendToClient(errorReply(call, DRIVER_NAME, DBusError.NoReply, text));
         return;
       }
