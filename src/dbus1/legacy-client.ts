@@ -29,7 +29,7 @@ import type { KdbusMessage, Received } from './pool-records';
 import { SaslServer } from './sasl';
 import {
   DRIVER_NAME, driverReply, driverSignal, errorReply, fromKdbus, matchView, nameOwnerChanged, toKdbus, uniqueName,
-  uniqueNameChanged, Untranslatable,
+  uniqueNameChanged,
 } from './translate';
 
 /** What the endpoint gives each of its clients. */
@@ -341,8 +341,9 @@ export class LegacyClient implements DriverClient {
     try {
       m = fromKdbus(k, this.uniqueName);
     } catch (e) {
-      if (e instanceof Untranslatable || e instanceof Error) return drop(e.message);
-      throw e;
+      // Untranslatable (a 64-bit cookie, a foreign payload) or a malformed GVariant message
+      // from a kdbus client: the legacy client never sees it.
+      return drop((e as Error).message);
     }
     if (k.dstId === KDBUS_DST_ID_BROADCAST && !this.wants(m)) return drop('no match rule of the client takes it');
     if (fds.includes(-1)) return drop('a descriptor of it could not be received');
