@@ -10,7 +10,7 @@ import { LocalConnection } from '../dbus1/local-connection';
 import type { MatchRule, NameOwners } from '../dbus1/match-rule';
 import { MessageType, type Message } from '../dbus1/message';
 import { payloadBytes, type Received } from '../dbus1/pool-records';
-import { matchView, nameOwnerChanged, uniqueName, uniqueNameChanged } from '../dbus1/translate';
+import { matchView, nameOwnerChanged, nameOwnersOf, uniqueName, uniqueNameChanged } from '../dbus1/translate';
 import { Variant, type Value } from '../dbus1/value';
 
 export interface MonitorRecord {
@@ -54,6 +54,7 @@ export function renderValue(v: Value): string {
 
 export class MonitorFeed {
   private readonly conn: LocalConnection;
+  private readonly owners: NameOwners;
 
   constructor(
     bus: Bus,
@@ -68,21 +69,11 @@ export class MonitorFeed {
       acceptFds: true,
       description: 'kdbus-cuse-monitor',
     });
+    this.owners = nameOwnersOf(bus);
     this.conn.onMessage((r) => this.seen(r));
     this.conn.onDropped((n) => this.emit({ time: Date.now() * 1000, kind: 'kdbus', sender: '', cookie: '0', flags: '0', size: 0, fds: 0, note: `${n} messages lost: the monitor fell behind` }));
     this.conn.onDisconnect(() => this.onEnd(`bus ${bus.name} went away`));
   }
-
-  private readonly owners: NameOwners = {
-    primaryOwner: (name) => {
-      if (name.startsWith(':') || name === 'org.freedesktop.DBus') return name;
-      try {
-        return uniqueName(this.conn.connInfo(name, 0n).id);
-      } catch {
-        return undefined;
-      }
-    },
-  };
 
   private wanted(m: Message): boolean {
     if (this.rules.length === 0) return true;

@@ -40,6 +40,8 @@ export interface LegacyEndpointContext {
   /** uid of the bus's owner: with root, the only one who may monitor or change activation. */
   readonly ownerUid: number;
   readonly limits: LegacyLimits;
+  /** Current owners of the bus's names, for match rules. */
+  readonly owners: NameOwners;
   /**
    * Clients that became monitors. The driver's traffic never crosses kdbus, so clients show
    * it to them: calls to the driver and the driver's answers and name signals.
@@ -228,7 +230,7 @@ export class LegacyClient implements DriverClient {
     const dest = m.destination;
     const name = dest !== undefined && !dest.startsWith(':') ? dest : undefined;
     // An owned name is the common case: only an unowned one may need activating.
-    if (name !== undefined && !(m.flags & MessageFlag.NoAutoStart) && this.ctx.bus.queuedOwners(name).length === 0 && this.ctx.bus.isActivatable(name)) {
+    if (name !== undefined && !(m.flags & MessageFlag.NoAutoStart) && this.ctx.owners.primaryOwner(name) === undefined && this.ctx.bus.isActivatable(name)) {
       this.ctx.bus.startService(name, this).then(
         () => this.toBus(m, files),
         (e: unknown) => {
@@ -280,17 +282,9 @@ export class LegacyClient implements DriverClient {
     return this.stream.send(raw, fds);
   }
 
-  private readonly owners: NameOwners = {
-    primaryOwner: (name) => {
-      if (name.startsWith(':') || name === DRIVER_NAME) return name;
-      const owner = this.ctx.bus.queuedOwners(name)[0];
-      return owner === undefined ? undefined : uniqueName(owner);
-    },
-  };
-
   private wants(m: Message): boolean {
     const view = matchView(m);
-    return this.rules.some((r) => r.rule.matches(view, this.owners));
+    return this.rules.some((r) => r.rule.matches(view, this.ctx.owners));
   }
 
   private fromBus(r: Received): void {
@@ -438,7 +432,7 @@ export class LegacyClient implements DriverClient {
 
   private capture(m: Message): void {
     const view = matchView(m);
-    if (this.monitorRules.length > 0 && !this.monitorRules.some((rule) => rule.matches(view, this.owners))) return;
+    if (this.monitorRules.length > 0 && !this.monitorRules.some((rule) => rule.matches(view, this.ctx.owners))) return;
     this.sendToClient(m.unixFds === undefined ? m : { ...m, unixFds: undefined }, [], true);
   }
 

@@ -14,6 +14,7 @@ import { Activation, defaultServiceDirs, waitForName } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
 import { LocalConnection } from './local-connection';
+import { nameOwnersOf } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
 
 export interface LegacyEndpointOptions {
@@ -47,6 +48,7 @@ export class LegacyEndpoint {
       bus: this.driverBus(),
       ownerUid: bus.uid,
       limits: { ...DEFAULT_LEGACY_LIMITS, ...opts.limits },
+      owners: nameOwnersOf(bus),
       monitors: new Set(),
       legacyIds: new Set(),
       forget: (c) => this.clients.delete(c),

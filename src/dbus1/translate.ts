@@ -5,10 +5,11 @@
  * form, and sender and destination come from the kdbus header on the way back.
  */
 import { KDBUS_DST_ID_BROADCAST, KDBUS_PAYLOAD_DBUS, MsgFlags } from '../abi/constants';
+import type { Bus } from '../bus/bus';
 import type { ImportedFile } from '../bus/caller';
 import type { Bloom } from './bloom';
 import { encodeGVariantMessage, decodeGVariantMessage } from './gvariant-message';
-import { kdbusIdOfUniqueName, type MatchMessage, type MessageType as RuleType } from './match-rule';
+import { kdbusIdOfUniqueName, type MatchMessage, type MessageType as RuleType, type NameOwners } from './match-rule';
 import { MessageFlag, MessageType, type Message } from './message';
 import type { KdbusMessage, NameChangeNotification } from './pool-records';
 import { payloadBytes } from './pool-records';
@@ -36,6 +37,20 @@ const RULE_TYPES: Record<number, RuleType> = {
 
 export function uniqueName(id: bigint): string {
   return `:1.${id}`;
+}
+
+/**
+ * Who owns names on `bus` now, for match rules naming a well-known sender: the primary
+ * owner (an activator or a queued connection owns nothing). A unique name owns itself.
+ */
+export function nameOwnersOf(bus: Bus): NameOwners {
+  return {
+    primaryOwner: (name) => {
+      if (name.startsWith(':') || name === DRIVER_NAME) return name;
+      const owner = bus.names.primaryOwner(name);
+      return owner === undefined ? undefined : uniqueName(owner.id);
+    },
+  };
 }
 
 /** A message as match rules and bloom filters look at it. */

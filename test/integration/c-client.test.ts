@@ -5,10 +5,11 @@
  * step and errno.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { DaemonProcess as Daemon } from '../helpers/daemon-process';
 import { requireOrSkip } from '../helpers/require';
 
 const PROJECT = path.resolve(__dirname, '../../..');
@@ -57,43 +58,6 @@ async function waitFor(what: string, ready: () => boolean, daemon: Daemon, ms: n
   }
 }
 
-class Daemon {
-  log = '';
-  exited: string | undefined;
-  readonly child: ChildProcess;
-  private readonly done: Promise<void>;
-
-  constructor(args: string[]) {
-    this.child = spawn(process.execPath, [path.join(PROJECT, 'bin/kdbus-cuse'), 'serve', ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.child.stdout!.on('data', (d: Buffer) => (this.log += d.toString()));
-    this.child.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
-    this.done = new Promise((resolve) =>
-      this.child.on('exit', (code, signal) => {
-        this.exited = signal ? `signal ${signal}` : `code ${code}`;
-        resolve();
-      }),
-    );
-  }
-
-  /** The last lines of the daemon's log, for a failure message. */
-  tail(lines = 30): string {
-    return this.log.trimEnd().split('\n').slice(-lines).join('\n');
-  }
-
-  async stop(ms: number): Promise<string> {
-    if (!this.exited) this.child.kill('SIGTERM');
-    const timeout = new Promise<void>((resolve) => setTimeout(resolve, ms));
-    await Promise.race([this.done, timeout]);
-    if (!this.exited) {
-      this.child.kill('SIGKILL');
-      await this.done;
-      return 'killed after SIGTERM was ignored';
-    }
-    return this.exited;
-  }
-}
 
 describe('C kdbus client through the shim (test/c)', function () {
   this.timeout(60_000);

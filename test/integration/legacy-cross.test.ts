@@ -14,6 +14,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { DaemonProcess as Daemon } from '../helpers/daemon-process';
 import { requireOrSkip } from '../helpers/require';
 
 const PROJECT = path.resolve(__dirname, '../../..');
@@ -108,39 +109,6 @@ class Proc {
   }
 }
 
-class Daemon {
-  log = '';
-  exited: string | undefined;
-  private readonly child: ChildProcess;
-  private readonly done: Promise<void>;
-
-  constructor(args: string[]) {
-    this.child = spawn(process.execPath, [path.join(PROJECT, 'bin/kdbus-cuse'), 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout!.on('data', (d: Buffer) => (this.log += d.toString()));
-    this.child.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
-    this.done = new Promise((resolve) =>
-      this.child.on('exit', (code, signal) => {
-        this.exited = signal ? `signal ${signal}` : `code ${code}`;
-        resolve();
-      }),
-    );
-  }
-
-  tail(lines = 30): string {
-    return this.log.trimEnd().split('\n').slice(-lines).join('\n');
-  }
-
-  async stop(ms: number): Promise<string> {
-    if (!this.exited) this.child.kill('SIGTERM');
-    await Promise.race([this.done, new Promise((r) => setTimeout(r, ms))]);
-    if (!this.exited) {
-      this.child.kill('SIGKILL');
-      await this.done;
-      return 'killed after SIGTERM was ignored';
-    }
-    return this.exited;
-  }
-}
 
 describe('legacy endpoint: dbus1 clients and a kdbus client on one bus', function () {
   this.timeout(60_000);
