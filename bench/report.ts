@@ -35,6 +35,14 @@ export function cpuModel(): string {
   return os.cpus()[0]?.model ?? 'unknown';
 }
 
+/** The machine, the date and its load (when called: at the end of a run), for a run's header. */
+export function machineLines(): string[] {
+  return [
+    `node ${process.version}  ${os.type()} ${os.release()} ${os.arch()}  cpu ${cpuModel()} (${os.cpus().length} logical)`,
+    `date ${new Date().toISOString()}  load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} (1/5/15 min at the end)`,
+  ];
+}
+
 export function header(): string {
   return [
     'kdbus-cuse core benchmark (in-process, no transport)',
@@ -64,7 +72,7 @@ export function memoryTable(rows: readonly MemoryRow[]): string {
   return table(['memory', 'value', 'notes'], rows.map((r) => [r.label, r.value, r.note]), [false, true, false]);
 }
 
-function table(head: string[], rows: string[][], right: boolean[]): string {
+export function table(head: string[], rows: string[][], right: boolean[]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]): string =>
     cells.map((c, i) => (right[i] ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();

@@ -4,6 +4,7 @@
  *
  *   kdbus-pingpong rtt    <bus-node> <iterations>
  *   kdbus-pingpong call   <bus-node> <payload-bytes> <iterations> [vec|memfd]
+ *   kdbus-pingpong dcall  <bus-node> <payload-bytes> <iterations>
  *   kdbus-pingpong fanout <bus-node> <receivers> <iterations>
  *   kdbus-pingpong memfd  <payload-bytes> <iterations>
  *
@@ -13,6 +14,11 @@
  *   512 KiB and more travel in a sealed memfd made for each call (sd-bus's MEMFD_MIN_SIZE),
  *   smaller ones as a PAYLOAD_VEC; the last argument overrides that. The callee touches
  *   every page of the payload, then replies with a header only.
+ * dcall: the same call as a real D-Bus message (sd-bus's version-2 GVariant form,
+ *   test/c/gvariant-message.h): org.kdbuscuse.Bench.Call(ay) at /org/kdbuscuse/Bench of
+ *   BENCH_NAME, which a service elsewhere owns (sdbus-pingpong serve on an upstream bus,
+ *   reached through kdbus-cuse's bridge); the message is built for every call, as sd-bus
+ *   marshalled it, and the reply must be a method return.
  * fanout: forked receivers each match the signal's bloom filter; the time per round runs
  *   from just before SEND until the last receiver has RECVed the signal.
  * memfd: no bus at all: what the memfd path costs the two ends by itself (make, fill and
@@ -32,6 +38,7 @@
 #include <unistd.h>
 
 #include "kdbus-abi.h"
+#include "gvariant-message.h"
 #include "peers.h"
 #include "stats.h"
 
@@ -39,6 +46,8 @@
 #define MEMFD_MIN_SIZE (512 * 1024)
 #define BLOOM_BYTES 64
 #define BENCH_NAME "org.kdbuscuse.Bench"
+#define BENCH_PATH "/org/kdbuscuse/Bench"
+#define BENCH_IFACE "org.kdbuscuse.Bench"
 #define CALL_TIMEOUT_NS (5ULL * 1000 * 1000 * 1000)
 /* Stand-ins for the marshalled D-Bus header sd-bus put in the first vector. */
 #define CALL_HDR_LEN 96
@@ -174,15 +183,24 @@ static const struct kd_item *item_next(const struct kd_item *it)
 	return (const struct kd_item *)((const uint8_t *)it + KD_ALIGN8(it->size));
 }
 
+static int item_ok(const struct kd_item *it)
+{
+	if (it->size < KD_ITEM_HEADER)
+		die("malformed item");
+	return 1;
+}
+
+/* Each item of the received message m. */
+#define FOR_MSG_ITEMS(it, m)                                                              \
+	for (const struct kd_item *it = (const void *)((m) + 1);                           \
+	     (const uint8_t *)it < (const uint8_t *)(m) + (m)->size && item_ok(it); it = item_next(it))
+
 /* Touches the payload of a received message: PAYLOAD_OFF parts in the pool, memfds mapped
  * (as sd-bus mapped them) and closed. */
 static uint64_t consume_payload(const struct kd_msg *m)
 {
 	uint64_t sum = 0;
-	const uint8_t *end = (const uint8_t *)m + m->size;
-	for (const struct kd_item *it = (const void *)(m + 1); (const uint8_t *)it < end; it = item_next(it)) {
-		if (it->size < KD_ITEM_HEADER)
-			die("malformed item");
+	FOR_MSG_ITEMS(it, m) {
 		if (it->type == KD_ITEM_PAYLOAD_OFF) {
 			const struct kd_vec *v = (const void *)it->data;
 			if (v->address_or_offset != KD_OFFSET_ZEROES)
@@ -292,6 +310,29 @@ static int payload_memfd(const uint8_t *data, size_t len)
 	return fd;
 }
 
+/* A method call to BENCH_NAME, by name as sd-bus addressed it, expecting its reply by
+ * t0 + CALL_TIMEOUT_NS. */
+static struct kd_msg *call_start(struct msg *b, uint64_t t0)
+{
+	struct kd_msg *m = msg_start(b, KD_DST_ID_NAME, KD_MSG_EXPECT_REPLY, t0 + CALL_TIMEOUT_NS);
+	memcpy(msg_item(b, KD_ITEM_DST_NAME, sizeof BENCH_NAME), BENCH_NAME, sizeof BENCH_NAME);
+	return m;
+}
+
+/* SENDs the call with SYNC_REPLY, as sd_bus_call() did; returns the reply, checked to
+ * answer the call, in the pool at cmd->reply.offset (the caller FREEs it). */
+static const struct kd_msg *call_sync(const struct conn *c, struct msg *b, struct kd_cmd_send *cmd)
+{
+	uint64_t cookie = ((const struct kd_msg *)b->buf)->cookie;
+	if (msg_send(c, b, KD_SEND_SYNC_REPLY, cmd) < 0)
+		die("caller SEND (SYNC_REPLY) to %s", BENCH_NAME);
+	const struct kd_msg *reply = (const void *)pool_at(c, cmd->reply.offset, cmd->reply.msg_size);
+	if (reply->timeout_or_reply != cookie)
+		die("reply to cookie %llu, expected %llu", (unsigned long long)reply->timeout_or_reply,
+		    (unsigned long long)cookie);
+	return reply;
+}
+
 static void run_call(size_t size, long iterations, int use_memfd)
 {
 	shared_init(1);
@@ -300,11 +341,7 @@ static void run_call(size_t size, long iterations, int use_memfd)
 
 	struct conn c;
 	conn_open(&c);
-	uint8_t *payload = malloc(size ? size : 1);
-	if (!payload)
-		die("malloc");
-	for (size_t i = 0; i < size; i++)
-		payload[i] = (uint8_t)(i * 7 + 1);
+	uint8_t *payload = call_payload(size);
 
 	struct samples s;
 	samples_init(&s, (size_t)iterations);
@@ -312,10 +349,7 @@ static void run_call(size_t size, long iterations, int use_memfd)
 	for (long i = 0; i < warm + iterations; i++) {
 		uint64_t t0 = now_ns();
 		struct msg b;
-		struct kd_msg *m = msg_start(&b, KD_DST_ID_NAME, KD_MSG_EXPECT_REPLY, t0 + CALL_TIMEOUT_NS);
-		uint64_t cookie = m->cookie;
-		char *dst = msg_item(&b, KD_ITEM_DST_NAME, sizeof BENCH_NAME);
-		memcpy(dst, BENCH_NAME, sizeof BENCH_NAME);
+		call_start(&b, t0);
 		msg_vec(&b, g_header, sizeof g_header);
 		int memfd = -1;
 		if (size > 0 && use_memfd) {
@@ -327,14 +361,9 @@ static void run_call(size_t size, long iterations, int use_memfd)
 			msg_vec(&b, payload, size);
 		}
 		struct kd_cmd_send cmd;
-		if (msg_send(&c, &b, KD_SEND_SYNC_REPLY, &cmd) < 0)
-			die("caller SEND (SYNC_REPLY)");
+		call_sync(&c, &b, &cmd);
 		if (memfd >= 0)
 			close(memfd);
-		const struct kd_msg *reply = (const void *)pool_at(&c, cmd.reply.offset, cmd.reply.msg_size);
-		if (reply->timeout_or_reply != cookie)
-			die("reply to cookie %llu, expected %llu", (unsigned long long)reply->timeout_or_reply,
-			    (unsigned long long)cookie);
 		pool_free(&c, cmd.reply.offset);
 		uint64_t t1 = now_ns();
 		if (i >= warm)
@@ -344,6 +373,59 @@ static void run_call(size_t size, long iterations, int use_memfd)
 	char extra[64];
 	snprintf(extra, sizeof extra, "\"path\":\"%s\",\"pool\":\"%s\"", size == 0 ? "none" : use_memfd ? "memfd" : "vec", g_access);
 	samples_print(&s, extra);
+}
+
+/* The start of a received message's D-Bus payload (its first PAYLOAD_OFF part); NULL if none. */
+static const uint8_t *payload_start(const struct kd_msg *m)
+{
+	FOR_MSG_ITEMS(it, m) {
+		if (it->type == KD_ITEM_PAYLOAD_OFF) {
+			const struct kd_vec *v = (const void *)it->data;
+			if (v->address_or_offset != KD_OFFSET_ZEROES && v->size >= 2)
+				return (const uint8_t *)m + v->address_or_offset;
+		}
+	}
+	return NULL;
+}
+
+static void run_dbus_call(size_t size, long iterations)
+{
+	struct conn c;
+	conn_open(&c);
+	uint8_t *payload = call_payload(size);
+	size_t cap = size + 512;
+	uint8_t *wire = malloc(cap);
+	if (!wire)
+		die("malloc");
+
+	struct samples s;
+	samples_init(&s, (size_t)iterations);
+	long warm = iterations / 10 + 5;
+	for (long i = 0; i < warm + iterations; i++) {
+		uint64_t t0 = now_ns();
+		struct msg b;
+		struct kd_msg *m = call_start(&b, t0);
+		struct gv_msg g = {
+			.type = GV_METHOD_CALL, .cookie = m->cookie, .path = BENCH_PATH, .interface = BENCH_IFACE,
+			.member = "Call", .destination = BENCH_NAME, .signature = "ay", .arg_bytes = payload, .arg_len = size,
+		};
+		size_t body;
+		size_t len = gv_encode(&g, wire, cap, &body);
+		if (len == 0)
+			die("the call does not fit %zu bytes", cap);
+		/* sd-bus's two vectors: the header part, then the body. */
+		msg_vec(&b, wire, body);
+		msg_vec(&b, wire + body, len - body);
+		struct kd_cmd_send cmd;
+		const uint8_t *p = payload_start(call_sync(&c, &b, &cmd));
+		if (!p || p[0] != 'l' || p[1] != GV_METHOD_RETURN)
+			die("the reply is not a method return (type %d)", p ? p[1] : -1);
+		pool_free(&c, cmd.reply.offset);
+		uint64_t t1 = now_ns();
+		if (i >= warm)
+			samples_add(&s, t1 - t0);
+	}
+	samples_print(&s, "\"path\":\"dbus\"");
 }
 
 static void run_memfd_floor(size_t size, long iterations)
@@ -470,6 +552,9 @@ int main(int argc, char **argv)
 		if (argc >= 6)
 			use_memfd = strcmp(argv[5], "memfd") == 0;
 		run_call(size, atol(argv[4]), use_memfd);
+	} else if (argc >= 5 && strcmp(argv[1], "dcall") == 0) {
+		g_bus = argv[2];
+		run_dbus_call((size_t)atol(argv[3]), atol(argv[4]));
 	} else if (argc >= 4 && strcmp(argv[1], "memfd") == 0) {
 		run_memfd_floor((size_t)atol(argv[2]), atol(argv[3]));
 	} else if (argc >= 5 && strcmp(argv[1], "fanout") == 0) {
@@ -479,8 +564,9 @@ int main(int argc, char **argv)
 		fprintf(stderr,
 			"usage: %s rtt <bus> <iterations>\n"
 			"       %s call <bus> <payload-bytes> <iterations> [vec|memfd]\n"
+			"       %s dcall <bus> <payload-bytes> <iterations>\n"
 			"       %s fanout <bus> <receivers> <iterations>\n"
-			"       %s memfd <payload-bytes> <iterations>\n", argv[0], argv[0], argv[0], argv[0]);
+			"       %s memfd <payload-bytes> <iterations>\n", argv[0], argv[0], argv[0], argv[0], argv[0]);
 		return 2;
 	}
 	return 0;

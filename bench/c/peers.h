@@ -1,7 +1,7 @@
 /*
  * Process plumbing shared by the kdbus and the sd-bus programs: forking the peers of a run
- * (the callee, the fan-out receivers), waiting until they are connected, and the shared
- * page where receivers stamp the moment a signal reached them.
+ * (the callee, the fan-out receivers), waiting until they are connected, the shared page
+ * where receivers stamp the moment a signal reached them; and the payload every caller sends.
  */
 #ifndef BENCH_PEERS_H
 #define BENCH_PEERS_H
@@ -37,6 +37,17 @@ static void die(const char *fmt, ...)
 		fprintf(stderr, ": %s", strerror(e));
 	fputc('\n', stderr);
 	_exit(1);
+}
+
+/* The payload of a call: the same bytes in every program, so their costs compare. */
+static inline uint8_t *call_payload(size_t size)
+{
+	uint8_t *payload = malloc(size ? size : 1);
+	if (!payload)
+		die("malloc");
+	for (size_t i = 0; i < size; i++)
+		payload[i] = (uint8_t)(i * 7 + 1);
+	return payload;
 }
 
 /* Lives in a MAP_SHARED page, so the forked peers and the parent see one copy. */

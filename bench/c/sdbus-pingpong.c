@@ -4,12 +4,16 @@
  *
  *   sdbus-pingpong rtt    <address> <iterations>
  *   sdbus-pingpong call   <address> <payload-bytes> <iterations>
+ *   sdbus-pingpong serve  <address>
+ *   sdbus-pingpong caller <address> <payload-bytes> <iterations>
  *   sdbus-pingpong fanout <address> <receivers> <iterations>
  *
  * rtt: org.freedesktop.DBus.Peer.Ping to the bus itself, the smallest round trip.
  * call: a forked callee owns a well-known name and exports a method taking "ay"; the caller
  *   calls it with sd_bus_call(); the callee touches every page of the array and returns
  *   nothing.
+ * serve: only the callee of call, until killed; prints "ready" once it owns the name.
+ * caller: only the caller of call, to a callee that is already there (serve elsewhere).
  * fanout: forked receivers add a match for the signal; the time per round runs from just
  *   before sending until the last receiver's handler ran.
  *
@@ -112,28 +116,35 @@ static const sd_bus_vtable g_vtable[] = {
 	SD_BUS_VTABLE_END,
 };
 
-static void callee(int index)
+/* A connection that exports Call and owns BENCH_NAME. */
+static sd_bus *callee_open(void)
 {
-	(void)index;
 	sd_bus *bus = bus_open();
 	TRY_SD(sd_bus_add_object_vtable(bus, NULL, BENCH_PATH, BENCH_IFACE, g_vtable, NULL));
 	TRY_SD(sd_bus_request_name(bus, BENCH_NAME, 0));
+	return bus;
+}
+
+static void callee(int index)
+{
+	(void)index;
+	sd_bus *bus = callee_open();
 	peer_ready();
 	serve_forever(bus);
 }
 
-static void run_call(size_t size, long iterations)
+static void run_serve(void)
 {
-	shared_init(1);
-	spawn_peer(callee, 0);
-	wait_peers_ready();
+	sd_bus *bus = callee_open();
+	printf("ready\n");
+	serve_forever(bus);
+}
 
+/* Calls the callee, which is already there; prints the statistics. */
+static void call_loop(size_t size, long iterations)
+{
 	sd_bus *bus = bus_open();
-	uint8_t *payload = malloc(size ? size : 1);
-	if (!payload)
-		die("malloc");
-	for (size_t i = 0; i < size; i++)
-		payload[i] = (uint8_t)(i * 7 + 1);
+	uint8_t *payload = call_payload(size);
 
 	struct samples s;
 	samples_init(&s, (size_t)iterations);
@@ -155,8 +166,16 @@ static void run_call(size_t size, long iterations)
 		if (i >= warm)
 			samples_add(&s, t1 - t0);
 	}
-	stop_peers();
 	samples_print(&s, "\"path\":\"socket\"");
+}
+
+static void run_call(size_t size, long iterations)
+{
+	shared_init(1);
+	spawn_peer(callee, 0);
+	wait_peers_ready();
+	call_loop(size, iterations);
+	stop_peers();
 }
 
 /* ---- fanout ----------------------------------------------------------------------------- */
@@ -216,6 +235,12 @@ int main(int argc, char **argv)
 	} else if (argc >= 5 && strcmp(argv[1], "call") == 0) {
 		g_address = argv[2];
 		run_call((size_t)atol(argv[3]), atol(argv[4]));
+	} else if (argc >= 3 && strcmp(argv[1], "serve") == 0) {
+		g_address = argv[2];
+		run_serve();
+	} else if (argc >= 5 && strcmp(argv[1], "caller") == 0) {
+		g_address = argv[2];
+		call_loop((size_t)atol(argv[3]), atol(argv[4]));
 	} else if (argc >= 5 && strcmp(argv[1], "fanout") == 0) {
 		g_address = argv[2];
 		run_fanout(atoi(argv[3]), atol(argv[4]));
@@ -223,7 +248,9 @@ int main(int argc, char **argv)
 		fprintf(stderr,
 			"usage: %s rtt <address> <iterations>\n"
 			"       %s call <address> <payload-bytes> <iterations>\n"
-			"       %s fanout <address> <receivers> <iterations>\n", argv[0], argv[0], argv[0]);
+			"       %s serve <address>\n"
+			"       %s caller <address> <payload-bytes> <iterations>\n"
+			"       %s fanout <address> <receivers> <iterations>\n", argv[0], argv[0], argv[0], argv[0], argv[0]);
 		return 2;
 	}
 	(void)g_sink;

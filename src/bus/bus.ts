@@ -4,6 +4,7 @@
  * handle is released; destruction takes every endpoint and connection with it.
  */
 import { randomBytes } from 'node:crypto';
+import type { BusBridge } from './bridge';
 import type { Connection } from './connection';
 import type { Domain } from './domain';
 import { Endpoint } from './endpoint';
@@ -35,6 +36,8 @@ export class Bus {
   readonly pendingNotifications: Staging[] = [];
   private lastSeqnum = 0n;
   active = true;
+  /** Set while the bus is joined to an upstream D-Bus bus. */
+  bridge: BusBridge | undefined;
 
   constructor(
     readonly domain: Domain,

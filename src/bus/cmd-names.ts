@@ -12,27 +12,46 @@ import type { Connection } from './connection';
 import { NameExistsError } from './names';
 import { applyNameChanges, flushNotifications } from './notify';
 
-export function cmdNameAcquire(conn: Connection, ctx: CallContext, arg: bigint): void {
+export function cmdNameAcquire(conn: Connection, ctx: CallContext, arg: bigint): void | Promise<void> {
   if (!conn.isOrdinary) throw fail('EOPNOTSUPP', 'only ordinary connections can own names');
   const cmd = readCommand(ctx.mem, arg, Specs.NAME_ACQUIRE);
   if (cmd.negotiate) return;
   let returnFlags = 0n;
+  let pending: Promise<void> | undefined;
+  const finish = (): void => {
+    flushNotifications(conn.bus);
+    writeReturnFlags(ctx.mem, cmd, returnFlags);
+  };
+  const keepFlags = (e: unknown): never => {
+    if (e instanceof NameExistsError) returnFlags = e.returnFlags;
+    throw e;
+  };
   try {
     const name = itemString(cmd.get(ItemType.NAME)!);
     if (!isValidWellKnownName(name, false)) throw fail('EINVAL', `invalid name "${name}"`);
     if (!conn.canOwnName(ctx.creds, name)) throw fail('EPERM', `policy does not let uid ${ctx.creds.euid} own ${name}`);
+    const bridge = conn.bus.bridge;
+    if (bridge && !bridge.isOwn(conn)) {
+      pending = bridge.acquireName(conn, name, cmd.flags).then((flags) => {
+        returnFlags = flags;
+      }, keepFlags).finally(finish);
+      return pending;
+    }
     try {
-      const r = conn.bus.names.acquire(conn, name, cmd.flags);
-      returnFlags = r.returnFlags;
-      applyNameChanges(conn.bus, r.changes);
+      returnFlags = acquireName(conn, name, cmd.flags);
     } catch (e) {
-      if (e instanceof NameExistsError) returnFlags = e.returnFlags;
-      throw e;
+      keepFlags(e);
     }
   } finally {
-    flushNotifications(conn.bus);
-    writeReturnFlags(ctx.mem, cmd, returnFlags);
+    if (!pending) finish();
   }
+}
+
+/** The name registry's part of NAME_ACQUIRE, with its notifications queued; returns the return flags. */
+export function acquireName(conn: Connection, name: string, flags: bigint): bigint {
+  const r = conn.bus.names.acquire(conn, name, flags);
+  applyNameChanges(conn.bus, r.changes);
+  return r.returnFlags;
 }
 
 export function cmdNameRelease(conn: Connection, ctx: CallContext, arg: bigint): void {
@@ -42,6 +61,8 @@ export function cmdNameRelease(conn: Connection, ctx: CallContext, arg: bigint):
   try {
     const name = itemString(cmd.get(ItemType.NAME)!);
     applyNameChanges(conn.bus, conn.bus.names.release(conn, name));
+    const bridge = conn.bus.bridge;
+    if (bridge && !bridge.isOwn(conn)) bridge.nameReleased(conn, name);
   } finally {
     flushNotifications(conn.bus);
     writeReturnFlags(ctx.mem, cmd, 0n);

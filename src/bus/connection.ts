@@ -179,6 +179,8 @@ export class Connection implements NameOwner {
   canTalkTo(creds: Credentials, to: Connection): boolean {
     if (this.ep.policy && !this.queryAll(creds, this.ep.policy, to, PolicyAccess.TALK)) return false;
     if (this.owner) return true;
+    // A stand-in for an upstream peer: the upstream bus judges the message, sent as the caller.
+    if (this.bus.bridge?.isOwn(to)) return true;
     if (creds.euid === to.cred.uid) return true;
     return this.queryAll(creds, this.bus.policy, to, PolicyAccess.TALK);
   }
@@ -362,6 +364,7 @@ export class Connection implements NameOwner {
     this.user.connections--;
     this.wake();
     flushNotifications(bus);
+    if (bus.bridge && this.isOrdinary && !bus.bridge.isOwn(this)) bus.bridge.connectionGone(this);
     logger.verbose(`${this.label}: disconnected`);
     return true;
   }

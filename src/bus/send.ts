@@ -96,7 +96,11 @@ function pinDestination(conn: Connection, staging: Staging): Destination {
     return { dst, nameId: 0n };
   }
   const owner = bus.names.ownerOf(staging.dstName);
-  if (!owner) throw fail('ESRCH', `name ${staging.dstName} has no owner`);
+  if (!owner) {
+    const upstream = staging.flags & MsgFlags.NO_AUTO_START ? undefined : bus.bridge?.unownedName(staging.dstName);
+    if (upstream) return { dst: upstream, nameId: 0n };
+    throw fail('ESRCH', `name ${staging.dstName} has no owner`);
+  }
   if (staging.dstId !== KDBUS_DST_ID_NAME && staging.dstId !== owner.id) {
     throw fail('EREMCHG', `name ${staging.dstName} is owned by ${owner.id}, not ${staging.dstId}`);
   }

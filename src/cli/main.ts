@@ -45,8 +45,8 @@ Options:
   --listen ADDRESS       D-Bus address where legacy (dbus1) clients reach the first
                          bus (repeatable; default unix:path=<socket's dir>/bus_socket;
                          "none": no legacy endpoint)
-  --upstream ADDRESS     bridge the first bus to an existing bus (not implemented yet:
-                         refused with an error)
+  --upstream ADDRESS     join the first bus to an existing D-Bus bus (dbus-daemon,
+                         dbus-broker): a unix: address, "system" or "session"
   --log-level LEVEL      error, warn, info (default), verbose or debug
   --control PATH         the control socket of status and monitor (default
                          control.sock beside the transport socket)

@@ -99,12 +99,26 @@ export function validate(c: Config, source: string): Config {
   });
   c.listen?.forEach((a, i) => checkAddress(source, `listen[${i}]`, a));
   if (c.upstream !== undefined) {
+    c.upstream = upstreamAddress(source, c.upstream);
     checkAddress(source, 'upstream', c.upstream);
-    // Accepting it silently would leave kdbus clients without the services they expect.
-    throw new ConfigError(source, 'upstream', 'the upstream bridge is not implemented yet; run without it');
+    // Legacy clients of a bridged bus have the upstream bus; a second name space beside it would split the bus.
+    if (c.listen !== undefined && c.listen.length > 0) {
+      throw new ConfigError(source, 'listen', 'a bus bridged to an upstream bus has no legacy endpoint of its own: legacy clients use the upstream bus (drop --listen, or use --listen none)');
+    }
   }
   if (!LOG_LEVELS.includes(c.logLevel)) throw new ConfigError(source, 'logLevel', `must be one of ${LOG_LEVELS.join(', ')}`);
   return c;
+}
+
+/** "system" and "session" name the machine's buses as D-Bus clients find them; anything else is an address. */
+function upstreamAddress(source: string, value: string): string {
+  if (value === 'system') return process.env.DBUS_SYSTEM_BUS_ADDRESS || 'unix:path=/run/dbus/system_bus_socket';
+  if (value === 'session') {
+    const address = process.env.DBUS_SESSION_BUS_ADDRESS;
+    if (!address) throw new ConfigError(source, 'upstream', '"session" needs DBUS_SESSION_BUS_ADDRESS in the environment');
+    return address;
+  }
+  return value;
 }
 
 function checkAddress(source: string, key: string, address: string): void {
@@ -117,6 +131,7 @@ function checkAddress(source: string, key: string, address: string): void {
 
 /** Where legacy D-Bus clients connect: the configured addresses, or the default one. */
 export function listenAddresses(c: Config): string[] {
+  if (c.upstream !== undefined) return [];
   return c.listen ?? [`unix:path=${escapeValue(path.join(path.dirname(c.socket), 'bus_socket'))}`];
 }
 

@@ -12,6 +12,7 @@ import { Domain } from '../bus/domain';
 import { openHandle, type Handle } from '../bus/handle';
 import { controlPath, listenAddresses, type Config } from '../config/config';
 import { LegacyEndpoint } from '../dbus1/legacy-endpoint';
+import { UpstreamBridge } from '../dbus1/upstream-bridge';
 import { logger } from '../log/logger';
 import { CreatedDirs, runtimeDirs } from './runtime-dirs';
 import { ControlSocket } from './control-socket';
@@ -26,6 +27,7 @@ export class Daemon {
   private readonly busOwners: Handle[] = [];
   private readonly transports: Transport[] = [];
   private readonly legacy: LegacyEndpoint[] = [];
+  private readonly bridges: UpstreamBridge[] = [];
   private createdDirs: CreatedDirs | undefined;
   private control: ControlSocket | undefined;
 
@@ -71,6 +73,7 @@ export class Daemon {
     for (const name of this.config.buses) await this.createBus(name);
     const listen = listenAddresses(this.config);
     if (listen.length > 0) this.startLegacyEndpoint(this.config.buses[0]!, listen);
+    if (this.config.upstream !== undefined) this.startBridge(this.config.buses[0]!, this.config.upstream);
     this.control = new ControlSocket(controlPath(this.config), this.domain, {
       version: this.version,
       transports: () => this.transports.map((t) => `${t.name}: ${t.describe()}`),
@@ -88,6 +91,16 @@ export class Daemon {
     this.legacy.push(endpoint);
   }
 
+  /** Joins the bus to an upstream bus; the bridge connects (and reconnects) on its own. */
+  private startBridge(busName: string, address: string): void {
+    const bus = this.domain.buses.get(busName);
+    if (!bus) throw new Error(`bus ${busName} does not exist`);
+    const bridge = new UpstreamBridge(bus, address);
+    bridge.start();
+    this.bridges.push(bridge);
+    logger.info(`bus ${busName}: joining upstream bus ${address}`);
+  }
+
   /** Addresses where legacy D-Bus clients connect. */
   legacyAddresses(): string[] {
     return this.legacy.flatMap((e) => e.clientAddresses);
@@ -98,6 +111,7 @@ export class Daemon {
     await this.control?.stop();
     this.control = undefined;
     for (const e of this.legacy.splice(0)) e.stop();
+    for (const b of this.bridges.splice(0)) b.stop();
     for (const h of this.busOwners.splice(0)) h.release();
     this.domain.shutdown();
     for (const t of this.transports.splice(0).reverse()) {

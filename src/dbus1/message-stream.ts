@@ -130,6 +130,8 @@ export class MessageStream {
     readonly fd: number,
     private readonly handlers: MessageStreamHandlers,
     private readonly limits: MessageStreamLimits,
+    /** Who is at the other end, as close reasons name it ("the bus" for a connection the daemon made). */
+    private readonly peer = 'the client',
   ) {
     const arena = Buffer.alloc(2 * MSGHDR_SIZE + 2 * IOVEC_SIZE + 2 * CONTROL_SIZE);
     let at = 0;
@@ -184,7 +186,7 @@ export class MessageStream {
     this.messages = true;
     this.unixFds = unixFds;
     if (!unixFds && this.queuedFds > 0) {
-      this.close('the client sent descriptors without negotiating descriptor passing (NEGOTIATE_UNIX_FD)');
+      this.close(`${this.peer} sent descriptors without negotiating descriptor passing (NEGOTIATE_UNIX_FD)`);
       return;
     }
     this.start = 0;
@@ -220,7 +222,7 @@ export class MessageStream {
   writeRaw(bytes: Buffer): void {
     if (this.closedFlag || bytes.length === 0) return;
     if (this.outBytes > 0 && this.outBytes + bytes.length > this.limits.maxOutgoingBytes) {
-      this.close(`the client does not read its authentication replies (${this.outBytes} bytes unsent)`);
+      this.close(`${this.peer} does not read its authentication replies (${this.outBytes} bytes unsent)`);
       return;
     }
     this.enqueueOrSend(bytes, NO_FDS);
@@ -310,7 +312,7 @@ export class MessageStream {
       const e = koffi.errno();
       if (e === EAGAIN) return false;
       if (e === ECONNRESET) {
-        if (!this.peerGone) this.close('the client reset the connection');
+        if (!this.peerGone) this.close(`${this.peer} reset the connection`);
         return false;
       }
       if (e !== EINTR) {
@@ -321,7 +323,7 @@ export class MessageStream {
     const controlLen = this.rmsg.readUInt32LE(MSG_CONTROLLEN);
     if (controlLen > 0 && !this.acceptFds(controlLen)) return false;
     if (n === 0) {
-      if (!this.peerGone) this.close('the client closed the connection');
+      if (!this.peerGone) this.close(`${this.peer} closed the connection`);
       return false;
     }
     if (!this.messages) {
@@ -348,16 +350,16 @@ export class MessageStream {
     }
     // Queued first, so that close() closes them with the rest.
     if ((this.rmsg.readInt32LE(MSG_FLAGS) & MSG_CTRUNC) !== 0) {
-      this.close('descriptors the client sent were lost (control data truncated); messages and descriptors no longer match');
+      this.close(`descriptors ${this.peer} sent were lost (control data truncated); messages and descriptors no longer match`);
       return false;
     }
     if (this.fdQueue.length === before) return true;
     if (this.messages && !this.unixFds) {
-      this.close('the client sent descriptors without negotiating descriptor passing (NEGOTIATE_UNIX_FD)');
+      this.close(`${this.peer} sent descriptors without negotiating descriptor passing (NEGOTIATE_UNIX_FD)`);
       return false;
     }
     if (this.queuedFds > this.limits.maxQueuedFds) {
-      this.close(`the client sent more descriptors than the ${this.limits.maxQueuedFds} its messages may hold`);
+      this.close(`${this.peer} sent more descriptors than the ${this.limits.maxQueuedFds} its messages may hold`);
       return false;
     }
     return true;
@@ -508,7 +510,7 @@ export class MessageStream {
         if (!this.peerGone) {
           this.peerGone = true;
           this.dropOutput();
-          setImmediate(() => this.finish(`the client went away (sendmsg: ${e === EPIPE ? 'EPIPE' : 'ECONNRESET'})`));
+          setImmediate(() => this.finish(`${this.peer} went away (sendmsg: ${e === EPIPE ? 'EPIPE' : 'ECONNRESET'})`));
         }
         return -2;
       }

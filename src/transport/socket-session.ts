@@ -94,6 +94,29 @@ class ReservedInstaller implements FileInstaller {
   }
 }
 
+/**
+ * The interruption of one waiting command (the client's socket closed). Its AbortController
+ * costs microseconds, so it is made only when the command asks for the signal, which only a
+ * synchronous SEND does.
+ */
+class Interruption {
+  private controller: AbortController | undefined;
+  private aborted = false;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort();
+    }
+    return this.controller.signal;
+  }
+
+  abort(): void {
+    this.aborted = true;
+    this.controller?.abort();
+  }
+}
+
 /** What one IOCTL runs against. */
 class IoctlContext implements CallContext {
   constructor(
@@ -103,10 +126,9 @@ class IoctlContext implements CallContext {
     readonly pid: number,
     readonly tid: number,
     readonly creds: Credentials,
-    private readonly abort: AbortController | undefined,
+    private readonly abort: Interruption | undefined,
   ) {}
 
-  /** Made when a command asks for it (one that waits): an AbortSignal costs microseconds. */
   get signal(): AbortSignal | undefined {
     return this.abort?.signal;
   }
@@ -159,7 +181,7 @@ export class SocketSession {
   private readonly inFds: number[] = [];
   private handle: Handle | undefined;
   private readonly fetches = new Map<bigint, (r: { errno: number; data: Buffer }) => void>();
-  private readonly aborts = new Set<AbortController>();
+  private readonly aborts = new Set<Interruption>();
   private readonly identities = new Map<string, Credentials>();
   private lastIdentity: { pid: number; uid: number; gid: number; creds: Credentials } | undefined;
   private readonly out: Pending[] = [];
@@ -493,7 +515,7 @@ export class SocketSession {
     const mem = new SegmentMemory(segments);
     const installer = new ReservedInstaller(reserved);
     // Only a synchronous SEND waits, so only it can be interrupted by the socket closing.
-    const abort = cmd === Cmd.SEND ? new AbortController() : undefined;
+    const abort = cmd === Cmd.SEND ? new Interruption() : undefined;
     let errno = 0;
     try {
       const ctx = new IoctlContext(
@@ -524,7 +546,7 @@ export class SocketSession {
   /** A command that waits or needs memory fetched; its large frame's buffer is given back after. */
   private async finishLater(
     seq: bigint, handle: Handle, cmd: number, arg: bigint, ctx: CallContext, mem: SegmentMemory,
-    installer: ReservedInstaller, files: ReceivedFiles, abort: AbortController | undefined, next: NeedMemory | Promise<void>,
+    installer: ReservedInstaller, files: ReceivedFiles, abort: Interruption | undefined, next: NeedMemory | Promise<void>,
     own: Buffer | undefined,
   ): Promise<void> {
     try {
@@ -537,7 +559,7 @@ export class SocketSession {
   /** Waits for the command, or FETCHes what it needs and runs it again; then answers. */
   private async continueIoctl(
     seq: bigint, handle: Handle, cmd: number, arg: bigint, ctx: CallContext, mem: SegmentMemory,
-    installer: ReservedInstaller, files: ReceivedFiles, abort: AbortController | undefined, next: NeedMemory | Promise<void>,
+    installer: ReservedInstaller, files: ReceivedFiles, abort: Interruption | undefined, next: NeedMemory | Promise<void>,
   ): Promise<void> {
     if (abort) this.aborts.add(abort);
     let errno = 0;

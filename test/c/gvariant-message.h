@@ -6,7 +6,8 @@
  * the tuple's type "(sig)". One framing offset ends the message: where a{tv} ends.
  *
  * Only the bodies a test peer needs are handled: no arguments, one string-like argument
- * (s, o, g) or one 32-bit one (h, u). Little-endian only, as kdbus messages are native.
+ * (s, o, g), one 32-bit one (h, u) or one byte array (ay, the benchmark's payload).
+ * Little-endian only, as kdbus messages are native.
  * Header-only, for test programs built from one source file.
  */
 #ifndef GVARIANT_MESSAGE_H
@@ -36,9 +37,12 @@ struct gv_msg {
 	int has_unix_fds;
 	uint32_t unix_fds;
 	char signature[GV_MAX_SIGNATURE];   /* the body's type without the parentheses */
-	/* The body for signatures "s", "o", "g" (arg_str) and "h", "u" (arg_u32). */
+	/* The body for signatures "s", "o", "g" (arg_str), "h", "u" (arg_u32) and "ay"
+	 * (arg_bytes, arg_len). */
 	const char *arg_str;
 	uint32_t arg_u32;
+	const uint8_t *arg_bytes;
+	size_t arg_len;
 };
 
 /* ---- writing ---------------------------------------------------------------------------- */
@@ -168,6 +172,9 @@ static inline size_t gv_encode(const struct gv_msg *m, uint8_t *buf, size_t cap,
 		gv_put(&o, m->arg_str, strlen(m->arg_str) + 1);
 	} else if (strcmp(sig, "h") == 0 || strcmp(sig, "u") == 0) {
 		gv_word(&o, m->arg_u32, 4);
+	} else if (strcmp(sig, "ay") == 0) {
+		/* A tuple's last member needs no framing offset; an array of bytes has none. */
+		gv_put(&o, m->arg_bytes, m->arg_len);
 	} else {
 		return 0;
 	}
@@ -317,6 +324,9 @@ static inline int gv_decode(const uint8_t *d, size_t size, struct gv_msg *m, cha
 		if (blen != 4)
 			GV_BAD("body (%s) of %zu bytes, expected 4", sig, blen);
 		m->arg_u32 = (uint32_t)gv_read_word(b, 4);
+	} else if (strcmp(sig, "ay") == 0) {
+		m->arg_bytes = b;
+		m->arg_len = blen;
 	}
 
 	switch (m->type) {

@@ -25,6 +25,13 @@
  *   kdbus-dbus-peer [-v] BUS-NODE names
  *       LIST unique ids and names: one line per connection (":1.<id>") and per owned name
  *       ("<name> :1.<id>").
+ *   kdbus-dbus-peer [-v] BUS-NODE info NAME
+ *       CONN_INFO of NAME's owner with CREDS and PIDS: "info id=:1.<id> uid=<uid> pid=<pid>"
+ *       (-1 for an item the bus did not attach).
+ *   kdbus-dbus-peer [-v] BUS-NODE hold NAME [queue|replace|allow-replacement]...
+ *       NAME_ACQUIRE with those flags; prints "owner <unique name>", "queued <unique name>"
+ *       or "refused EEXIST" (other errors: "refused <strerror>"), then keeps the connection
+ *       until killed.
  *   kdbus-dbus-peer selftest
  *       the codecs against the reference's worked example and SipHash's test vectors.
  *
@@ -517,7 +524,12 @@ static void read_all(int fd, char *out, size_t cap)
 	out[n] = '\0';
 }
 
-static void name_acquire(const struct conn *c, const char *name)
+/* kdbus name flags kdbus-abi.h does not carry (include/uapi/linux/kdbus.h). */
+#define KD_NAME_REPLACE_EXISTING (1ULL << 0)
+#define KD_NAME_ALLOW_REPLACEMENT (1ULL << 1)
+
+/* NAME_ACQUIRE with flags; returns the ioctl's result, the return flags in *ret. */
+static int name_request(const struct conn *c, const char *name, uint64_t flags, uint64_t *ret)
 {
 	_Alignas(8) uint8_t buf[sizeof(struct kd_cmd) + KD_ITEM_HEADER + 256];
 	struct kd_cmd *k = (struct kd_cmd *)buf;
@@ -529,9 +541,43 @@ static void name_acquire(const struct conn *c, const char *name)
 	it->size = KD_ITEM_HEADER + strlen(name) + 1;
 	memcpy(it->data, name, strlen(name) + 1);
 	k->size = sizeof *k + KD_ALIGN8(it->size);
-	if (kd_ioctl(c->fd, KD_CMD_NAME_ACQUIRE, k) < 0)
+	k->flags = flags;
+	int r = kd_ioctl(c->fd, KD_CMD_NAME_ACQUIRE, k);
+	*ret = k->return_flags;
+	return r;
+}
+
+/* Asks for NAME with the flags given, says what it got, then holds the connection until
+ * killed (or the watchdog of serve fires). */
+static int mode_hold(const char *bus, const char *name, int nflags, char **flag_args)
+{
+	struct conn c;
+	uint64_t flags = 0, ret = 0;
+	for (int i = 0; i < nflags; i++) {
+		if (strcmp(flag_args[i], "queue") == 0)
+			flags |= KD_NAME_QUEUE;
+		else if (strcmp(flag_args[i], "replace") == 0)
+			flags |= KD_NAME_REPLACE_EXISTING;
+		else if (strcmp(flag_args[i], "allow-replacement") == 0)
+			flags |= KD_NAME_ALLOW_REPLACEMENT;
+		else
+			die("unknown name flag %s", flag_args[i]);
+	}
+	conn_open(&c, bus);
+	if (name_request(&c, name, flags, &ret) < 0)
+		printf("refused %s\n", errno == EEXIST ? "EEXIST" : strerror(errno));
+	else
+		printf("%s %s\n", ret & KD_NAME_IN_QUEUE ? "queued" : "owner", c.name);
+	for (;;)
+		pause();
+}
+
+static void name_acquire(const struct conn *c, const char *name)
+{
+	uint64_t ret = 0;
+	if (name_request(c, name, 0, &ret) < 0)
 		die_errno(errno, "NAME_ACQUIRE %s", name);
-	if (k->return_flags & KD_NAME_IN_QUEUE)
+	if (ret & KD_NAME_IN_QUEUE)
 		die("NAME_ACQUIRE %s: queued instead of owning it", name);
 }
 
@@ -776,6 +822,42 @@ static int mode_names(const char *bus)
 	return 0;
 }
 
+/* CONN_INFO of a well-known name with CREDS and PIDS: who the bus says owns it. */
+static int mode_info(const char *bus, const char *name)
+{
+	struct conn c;
+	char id[32];
+	conn_open(&c, bus);
+	size_t len = strlen(name) + 1;
+	_Alignas(8) uint8_t buf[sizeof(struct kd_cmd_info) + KD_ITEM_HEADER + 256] = { 0 };
+	if (len > 256)
+		die("name too long");
+	struct kd_cmd_info *cmd = (struct kd_cmd_info *)buf;
+	struct kd_item *it = (struct kd_item *)(buf + sizeof *cmd);
+	it->size = KD_ITEM_HEADER + len;
+	it->type = KD_ITEM_NAME;
+	memcpy(it->data, name, len);
+	cmd->size = sizeof *cmd + KD_ALIGN8(it->size);
+	cmd->attach_flags = KD_ATTACH_CREDS | KD_ATTACH_PIDS;
+	TRY(kd_ioctl(c.fd, KD_CMD_CONN_INFO, cmd));
+	if (cmd->offset + cmd->info_size > POOL_SIZE)
+		die("CONN_INFO slice outside the pool");
+	const uint8_t *rec = c.pool + cmd->offset;
+	const struct kd_info *info = (const void *)rec;
+	unique_name(info->id, id, sizeof id);
+	long long uid = -1, pid = -1;
+	FOR_ITEMS(i, rec + sizeof *info, rec + info->size) {
+		const uint64_t *v = (const uint64_t *)i->data;
+		if (i->type == KD_ITEM_CREDS)
+			uid = (long long)v[0];
+		else if (i->type == KD_ITEM_PIDS)
+			pid = (long long)v[0];
+	}
+	printf("info id=%s uid=%lld pid=%lld\n", id, uid, pid);
+	kd_free(&c, cmd->offset);
+	return 0;
+}
+
 /* The worked example of §3.1 (sd-bus v229: signal /a b.c D "x", cookie 2, 71 bytes) and the
  * SipHash-2-4 vectors of its paper (key 00..0f; messages "" and 00..0e). */
 static int mode_selftest(void)
@@ -826,6 +908,8 @@ static void usage(void)
 		"       kdbus-dbus-peer [-v] BUS-NODE emit PATH IFACE MEMBER STRING\n"
 		"       kdbus-dbus-peer [-v] BUS-NODE listen N [--sender NAME] [--bloom KEY:VALUE]...\n"
 		"       kdbus-dbus-peer [-v] BUS-NODE names\n"
+		"       kdbus-dbus-peer [-v] BUS-NODE info NAME\n"
+		"       kdbus-dbus-peer [-v] BUS-NODE hold NAME [queue|replace|allow-replacement]...\n"
 		"       kdbus-dbus-peer selftest\n");
 	exit(1);
 }
@@ -850,7 +934,7 @@ int main(int argc, char **argv)
 	g_mode = argv[a + 1];
 	char **rest = argv + a + 2;
 	int n = argc - a - 2;
-	alarm(strcmp(g_mode, "serve") == 0 ? SERVE_WATCHDOG_S : WATCHDOG_S);
+	alarm(strcmp(g_mode, "serve") == 0 || strcmp(g_mode, "hold") == 0 ? SERVE_WATCHDOG_S : WATCHDOG_S);
 	if (strcmp(g_mode, "serve") == 0 && n == 1)
 		return mode_serve(bus, rest[0]);
 	if (strcmp(g_mode, "call") == 0 && (n == 4 || n == 5)) {
@@ -865,5 +949,9 @@ int main(int argc, char **argv)
 		return mode_listen(bus, n, rest);
 	if (strcmp(g_mode, "names") == 0 && n == 0)
 		return mode_names(bus);
+	if (strcmp(g_mode, "info") == 0 && n == 1)
+		return mode_info(bus, rest[0]);
+	if (strcmp(g_mode, "hold") == 0 && n >= 1)
+		return mode_hold(bus, rest[0], n - 1, rest + 1);
 	usage();
 }

@@ -229,6 +229,8 @@ export interface StartOptions {
   nodeOptions?: string;
   /** kdbus-cuse: --log-level. */
   logLevel?: string;
+  /** dbus-daemon, dbus-broker: the configuration file, instead of the session bus's. */
+  configFile?: string;
 }
 
 /** Starts a bus of the given kind with its sockets under dir (a fresh directory). */
@@ -236,9 +238,9 @@ export async function startBus(kind: BusKind, dir: string, opts: StartOptions = 
   fs.mkdirSync(dir, { recursive: true });
   switch (kind) {
     case 'dbus-daemon':
-      return startDbusDaemon(dir);
+      return startDbusDaemon(dir, opts.configFile);
     case 'dbus-broker':
-      return startDbusBroker(dir);
+      return startDbusBroker(dir, opts.configFile ?? SESSION_CONF);
     case 'kdbus-cuse':
       return startKdbusCuse(dir, opts);
   }
@@ -265,12 +267,12 @@ function processExists(pid: number): boolean {
   }
 }
 
-async function startDbusDaemon(dir: string): Promise<LegacyBus> {
+async function startDbusDaemon(dir: string, configFile: string | undefined): Promise<LegacyBus> {
   const socketPath = path.join(dir, 'dbus-daemon.sock');
   // --systemd-activation as dbus's own test fixtures start it: its installed tests check
   // the Features property for it.
   const proc = new Proc('dbus-daemon', 'dbus-daemon', [
-    '--session', `--address=unix:path=${socketPath}`, '--nofork', '--nopidfile', '--print-address', '--systemd-activation',
+    configFile ? `--config-file=${configFile}` : '--session', `--address=unix:path=${socketPath}`, '--nofork', '--nopidfile', '--print-address', '--systemd-activation',
   ]);
   await proc.waitForLine(/^unix:/, 20_000);
   return busOf('dbus-daemon', socketPath, proc, () => proc.child.pid);
@@ -281,8 +283,10 @@ async function startDbusDaemon(dir: string): Promise<LegacyBus> {
  * into (docs/DESIGN.md "Running peers here without systemd"). A private mount namespace
  * with its own /run gives it a journal socket (a sink) without touching the machine's /run.
  */
-async function startDbusBroker(dir: string): Promise<LegacyBus> {
+async function startDbusBroker(dir: string, configFile: string): Promise<LegacyBus> {
   const socketPath = path.join(dir, 'dbus-broker.sock');
+  // A bus restarted in the same directory: the socket of the killed one is still there.
+  fs.rmSync(socketPath, { force: true });
   const runtime = path.join(dir, 'xdg');
   fs.mkdirSync(runtime, { recursive: true, mode: 0o700 });
   const journal = '/run/systemd/journal/socket';
@@ -294,7 +298,7 @@ async function startDbusBroker(dir: string): Promise<LegacyBus> {
     `${PYTHON} -c "${sink}" &`,
     `while [ ! -S ${journal} ]; do sleep 0.01; done`,
     `exec systemd-socket-activate -l ${socketPath} -E DBUS_SESSION_BUS_ADDRESS=unix:path=${socketPath} ` +
-      `-E XDG_RUNTIME_DIR=${runtime} dbus-broker-launch --scope user --config-file ${SESSION_CONF}`,
+      `-E XDG_RUNTIME_DIR=${runtime} dbus-broker-launch --scope user --config-file ${configFile}`,
   ].join('\n');
   const proc = new Proc('dbus-broker', 'unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script]);
   await proc.waitFor('its socket', () => fs.existsSync(socketPath), 20_000);

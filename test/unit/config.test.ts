@@ -24,7 +24,7 @@ describe('configuration', () => {
     const cases: Array<[unknown, RegExp]> = [
       [{ listen: ['tcp:host=x'] }, /c\.json: listen\[0\]: .*transport "tcp" is not supported/],
       [{ upstream: 'unix:path=' }, /c\.json: upstream: .*path= is empty/],
-      [{ upstream: 'unix:path=/run/dbus/system_bus_socket' }, /c\.json: upstream: the upstream bridge is not implemented yet/],
+      [{ upstream: 'unix:path=/run/u', listen: ['unix:path=/run/l'] }, /c\.json: listen: a bus bridged to an upstream bus has no legacy endpoint/],
       [{ buses: ['system'] }, /c\.json: buses\[0\]: "system" is not a bus name/],
       [{ bogus: 1 }, /c\.json: bogus: unknown key/],
       [{ transport: 'tcp' }, /c\.json: transport: must be auto, cuse or socket/],
@@ -42,6 +42,29 @@ describe('configuration', () => {
     assert.equal(c.control, '/run/x/ctl.sock');
     assert.equal(c.controlGroup, 'adm');
     assert.deepEqual(c.serviceDirs, ['/a', '/b']);
+  });
+
+  it('bridges to the system bus, the session bus or an address, with no legacy endpoint of its own', () => {
+    const saved = { system: process.env.DBUS_SYSTEM_BUS_ADDRESS, session: process.env.DBUS_SESSION_BUS_ADDRESS };
+    try {
+      delete process.env.DBUS_SYSTEM_BUS_ADDRESS;
+      assert.equal(serveConfig(['--upstream', 'system'])!.upstream, 'unix:path=/run/dbus/system_bus_socket');
+      process.env.DBUS_SYSTEM_BUS_ADDRESS = 'unix:path=/run/other';
+      assert.equal(serveConfig(['--upstream', 'system'])!.upstream, 'unix:path=/run/other');
+      process.env.DBUS_SESSION_BUS_ADDRESS = 'unix:abstract=s';
+      assert.equal(serveConfig(['--upstream', 'session'])!.upstream, 'unix:abstract=s');
+      delete process.env.DBUS_SESSION_BUS_ADDRESS;
+      assert.throws(() => serveConfig(['--upstream', 'session']), /upstream: "session" needs DBUS_SESSION_BUS_ADDRESS/);
+      const c = serveConfig(['--upstream', 'unix:path=/run/u'])!;
+      assert.equal(c.upstream, 'unix:path=/run/u');
+      assert.deepEqual(listenAddresses(c), []);
+      assert.deepEqual(listenAddresses(serveConfig(['--upstream', 'unix:path=/run/u', '--listen', 'none'])!), []);
+    } finally {
+      for (const [k, v] of [['DBUS_SYSTEM_BUS_ADDRESS', saved.system], ['DBUS_SESSION_BUS_ADDRESS', saved.session]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
   });
 
   it('takes an empty listen list in the file as no legacy endpoint', () => {

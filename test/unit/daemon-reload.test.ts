@@ -17,14 +17,10 @@ describe('reload plan', () => {
   });
 
   it('leaves where clients connect for a restart, naming each key', () => {
-    // --upstream is refused while the bridge does not exist; the plan still names the key.
-    const next = {
-      ...serveConfig([
-        '--socket', '/run/other/kdbus.sock', '--kdbus-root', '/dev/kdbus2', '--transport', 'socket',
-        '--bus', '0-extra', '--bus', '0-system',
-      ])!,
-      upstream: 'unix:path=/run/dbus/system_bus_socket',
-    };
+    const next = serveConfig([
+      '--socket', '/run/other/kdbus.sock', '--kdbus-root', '/dev/kdbus2', '--transport', 'socket',
+      '--bus', '0-extra', '--bus', '0-system', '--upstream', 'unix:path=/run/dbus/system_bus_socket',
+    ])!;
     // The legacy endpoint's default address follows the socket, so listen changes with it.
     assert.deepEqual(planReload(config(), next).restartNeeded, ['transport', 'kdbusRoot', 'socket', 'listen', 'upstream', 'buses[0]']);
     assert.deepEqual(planReload(config(), config('--listen', 'none')).restartNeeded, ['listen']);

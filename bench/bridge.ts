@@ -1,0 +1,169 @@
+/**
+ * Bridge benchmark (issue 6): call/reply latency of a kdbus client calling a service on an
+ * upstream dbus-daemon or dbus-broker through kdbus-cuse's bridge (`serve --upstream`),
+ * against a dbus1 client making the same call to the same service directly, in one run, with
+ * the bridged/direct ratio next to the issue's target (at most 1.5x). Reported, never asserted.
+ *
+ *   node dist/bench/bridge.js            full run
+ *   node dist/bench/bridge.js --quick    a tenth of the iterations (a smoke run)
+ *
+ * The service is bench/c's `sdbus-pingpong serve` (sd-bus, Call(ay) of org.kdbuscuse.Bench,
+ * touching every page of the array) on the upstream bus. Direct: `sdbus-pingpong caller`
+ * (sd_bus_call) on the upstream bus. Bridged: `kdbus-pingpong dcall` through the preload
+ * shim: the same call as sd-bus made it over kdbus (a version-2 GVariant message, SEND with
+ * SYNC_REPLY), which the bridge carries upstream and whose reply it carries back.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { machineLines, table, us } from './report';
+import { PROJECT, Proc, busUnavailable, run, type LegacyBus } from '../test/helpers/legacy-bus';
+import { UPSTREAM_KINDS, shimPath, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
+
+const C_DIR = path.join(PROJECT, 'bench', 'c');
+const SDBUS_PINGPONG = path.join(C_DIR, 'build', 'sdbus-pingpong');
+const KDBUS_PINGPONG = path.join(C_DIR, 'build', 'kdbus-pingpong');
+const KIB = 1024;
+const CLIENT_TIMEOUT_MS = 120_000;
+const TARGET_RATIO = 1.5;
+
+interface Stats {
+  n: number;
+  mean_us: number;
+  p99_us: number;
+}
+type Outcome = Stats | { error: string };
+const failed = (o: Outcome): o is { error: string } => 'error' in o;
+
+interface Size {
+  bytes: number;
+  label: string;
+  iterations: number;
+}
+
+function sizes(quick: boolean): Size[] {
+  const q = (n: number): number => (quick ? Math.max(5, Math.round(n / 10)) : n);
+  return [
+    { bytes: 0, label: '0 B', iterations: q(3000) },
+    { bytes: KIB, label: '1 KiB', iterations: q(3000) },
+    { bytes: 64 * KIB, label: '64 KiB', iterations: q(1000) },
+  ];
+}
+
+/** Runs a bench/c client to its end; its last stdout line is the JSON of stats.h. */
+async function client(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Outcome> {
+  const r = await run(file, args, { env, timeoutMs: CLIENT_TIMEOUT_MS });
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  if (r.code === 0 && line.startsWith('{')) return JSON.parse(line) as Stats;
+  const how = r.timedOut ? `timed out after ${CLIENT_TIMEOUT_MS / 1000} s` : r.signal ? `killed by ${r.signal}` : `exit code ${r.code}`;
+  return { error: `${path.basename(file)} ${args[0]}: ${how}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` };
+}
+
+interface Row {
+  kind: UpstreamKind;
+  size: Size;
+  direct: Outcome;
+  bridged: Outcome;
+}
+
+interface Column {
+  kind: UpstreamKind;
+  rows: Row[];
+  /** Why there are no rows. */
+  unavailable?: string;
+}
+
+async function measure(kind: UpstreamKind, dir: string, all: Size[]): Promise<Column> {
+  const missing = busUnavailable(kind);
+  if (missing) return { kind, rows: [], unavailable: missing };
+  let upstream: LegacyBus | undefined;
+  let service: Proc | undefined;
+  let bridge: Bridge | undefined;
+  try {
+    upstream = await startUpstream(kind, path.join(dir, kind, 'upstream'));
+    service = new Proc('sdbus-pingpong serve', SDBUS_PINGPONG, ['serve', upstream.address]);
+    await service.waitForLine(/^ready$/, 20_000);
+    bridge = await startBridge(path.join(dir, kind, 'bridge'), upstream.address);
+    const rows: Row[] = [];
+    for (const size of all) {
+      const n = [String(size.bytes), String(size.iterations)];
+      progress(`${kind}: ${size.label} direct`);
+      const direct = await client(SDBUS_PINGPONG, ['caller', upstream.address, ...n]);
+      progress(`${kind}: ${size.label} bridged`);
+      const bridged = await client(KDBUS_PINGPONG, ['dcall', bridge.busNode, ...n], bridge.clientEnv());
+      rows.push({ kind, size, direct, bridged });
+    }
+    return { kind, rows };
+  } catch (e) {
+    return { kind, rows: [], unavailable: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
+  } finally {
+    await bridge?.daemon.stop();
+    await service?.stop();
+    await upstream?.stop();
+  }
+}
+
+function report(columns: Column[], seconds: number): string {
+  const ratioOf = (r: Row): number | undefined =>
+    failed(r.direct) || failed(r.bridged) ? undefined : r.bridged.mean_us / r.direct.mean_us;
+  const cells = (o: Outcome): string[] => (failed(o) ? ['failed', ''] : [us(o.mean_us * 1000), us(o.p99_us * 1000)]);
+  const rows = columns.flatMap((c) =>
+    c.unavailable
+      ? [[c.kind, '', `n/a (${c.unavailable})`, '', '', '', '', '']]
+      : c.rows.map((r) => {
+        const ratio = ratioOf(r);
+        return [c.kind, r.size.label, ...cells(r.direct), ...cells(r.bridged),
+          ratio === undefined ? '-' : `${ratio.toFixed(2)}x`,
+          ratio === undefined ? 'not measured' : ratio <= TARGET_RATIO ? 'met' : 'NOT met'];
+      }));
+  const head = ['upstream', 'payload', 'direct mean µs', 'p99', 'bridged mean µs', 'p99', 'bridged/direct', `<= ${TARGET_RATIO}x`];
+  const errors: string[] = [];
+  for (const c of columns) {
+    for (const r of c.rows) {
+      for (const [what, o] of [['direct', r.direct], ['bridged', r.bridged]] as Array<[string, Outcome]>) {
+        if (failed(o)) errors.push(`  ${c.kind} ${r.size.label} ${what}: ${o.error}`);
+      }
+    }
+  }
+  return [
+    'kdbus-cuse bridge benchmark — one sd-bus service on the upstream bus; a dbus1 caller on that bus (direct)',
+    'against a kdbus caller on kdbus-cuse joined to it with --upstream (bridged)',
+    ...machineLines(),
+    '',
+    'Call/reply (payload an "ay" argument; the service touches every page, replies without a body), µs per call',
+    table(head, rows, [false, true, true, true, true, true, true, false]),
+    '',
+    `Target (reported, not asserted): a bridged call costs at most ${TARGET_RATIO}x the direct one.`,
+    ...(errors.length > 0 ? ['', 'Failures:', ...errors] : []),
+    '',
+    `run: ${seconds.toFixed(1)} s`,
+  ].join('\n');
+}
+
+function progress(msg: string): void {
+  process.stderr.write(`${msg}\n`);
+}
+
+async function main(): Promise<void> {
+  const quick = process.argv.includes('--quick');
+  const started = Date.now();
+  for (const program of ['sdbus-pingpong', 'kdbus-pingpong']) {
+    const make = spawnSync('make', ['-s', '-C', C_DIR, path.join('build', program)], { encoding: 'utf8' });
+    if (make.status !== 0) throw new Error(`make -C bench/c build/${program} failed:\n${make.stdout}${make.stderr}`);
+  }
+  if (!fs.existsSync(shimPath())) throw new Error(`the shim ${shimPath()} is not built; run "npm run setup"`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-bridge-bench-'));
+  const columns: Column[] = [];
+  try {
+    for (const kind of UPSTREAM_KINDS) columns.push(await measure(kind, dir, sizes(quick)));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  process.stdout.write(`${report(columns, (Date.now() - started) / 1000)}\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exit(1);
+});
