@@ -20,6 +20,7 @@ export interface ControlInfo {
   version: string;
   transports(): string[];
   legacy(): DaemonStatus['legacy'];
+  upstream(): DaemonStatus['upstream'];
 }
 
 const MAX_REQUEST = 64 * 1024;
@@ -93,6 +94,7 @@ export class ControlSocket {
         uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
         transports: this.info.transports(),
         legacy: this.info.legacy(),
+        upstream: this.info.upstream(),
         buses: busesStatus(this.domain),
       };
       s.end(`${JSON.stringify(status)}\n`);

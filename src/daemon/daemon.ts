@@ -78,6 +78,7 @@ export class Daemon {
       version: this.version,
       transports: () => this.transports.map((t) => `${t.name}: ${t.describe()}`),
       legacy: () => this.legacy.map((e) => ({ bus: e.bus.name, addresses: e.clientAddresses, clients: e.clientCount })),
+      upstream: () => this.bridges.map((b) => b.status()),
     }, groupId(this.config.controlGroup));
     await this.control.start();
   }

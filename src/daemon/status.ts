@@ -6,6 +6,7 @@
 import { NameFlags } from '../abi/constants';
 import type { Domain } from '../bus/domain';
 import { ConnKind, type Connection } from '../bus/connection';
+import type { UpstreamStatus } from '../dbus1/upstream-bridge';
 
 export interface ConnectionStatus {
   id: string;
@@ -39,6 +40,7 @@ export interface DaemonStatus {
   uptimeSeconds: number;
   transports: string[];
   legacy: Array<{ bus: string; addresses: string[]; clients: number }>;
+  upstream: UpstreamStatus[];
   buses: BusStatus[];
 }
 
@@ -94,6 +96,8 @@ export function renderStatus(s: DaemonStatus): string {
     `kdbus-cuse ${s.version}, pid ${s.pid}, up ${s.uptimeSeconds} s`,
     ...s.transports.map((t) => `transport ${t}`),
     ...s.legacy.map((l) => `legacy endpoint of ${l.bus}: ${l.addresses.join(' ')} (${l.clients} client${l.clients === 1 ? '' : 's'})`),
+    ...s.upstream.map((u) => `upstream of ${u.bus}: ${u.address}, ${u.state}${u.uniqueName ? ` as ${u.uniqueName}` : ''} ` +
+      `(${u.peers} upstream peer${u.peers === 1 ? '' : 's'}, ${u.clients} kdbus client${u.clients === 1 ? '' : 's'} upstream)`),
   ];
   for (const bus of s.buses) {
     out.push('', `bus ${bus.name} (id ${bus.id}, owner uid ${bus.uid}): ${bus.connections.length} connection${bus.connections.length === 1 ? '' : 's'}`);

@@ -56,6 +56,19 @@ const TAP_COOKIE = 1n;
 /** Cookies of what the bridge itself says on the bus (error replies): above any dbus1 serial. */
 const FIRST_OWN_COOKIE = 1n << 32n;
 
+/** A bus's bridge to an upstream bus: whether it is connected, and what stands for what. */
+export interface UpstreamStatus {
+  bus: string;
+  address: string;
+  state: 'down' | 'connecting' | 'up';
+  /** The bridge's own unique name upstream, while up. */
+  uniqueName?: string;
+  /** Upstream peers with a stand-in on the bus. */
+  peers: number;
+  /** kdbus clients with a connection upstream. */
+  clients: number;
+}
+
 export class UpstreamBridge implements BusBridge {
   private state: 'down' | 'connecting' | 'up' | 'stopped' = 'down';
   private busConn: UpstreamConnection | undefined;
@@ -109,9 +122,14 @@ export class UpstreamBridge implements BusBridge {
     return this.state === 'stopped';
   }
 
-  /** Whether upstream is reachable now. */
-  get connected(): boolean {
-    return this.state === 'up';
+  /** For `kdbus-cuse status`. */
+  status(): UpstreamStatus {
+    const s: UpstreamStatus = {
+      bus: this.bus.name, address: this.address, state: this.state === 'stopped' ? 'down' : this.state,
+      peers: this.peers.size, clients: this.links.size,
+    };
+    if (this.state === 'up' && this.busConn) s.uniqueName = this.busConn.uniqueName;
+    return s;
   }
 
   /** Leaves upstream and the bus: links, stand-ins and the tap go. */

@@ -145,6 +145,12 @@ for (const kind of UPSTREAM_KINDS) {
       return [p, m[1]!];
     }
 
+    /** `kdbus-cuse status` of the bridge's daemon (its control socket sits beside the transport socket). */
+    function status(): Promise<RunResult> {
+      const control = path.join(path.dirname(live().socket), 'control.sock');
+      return run(process.execPath, [path.join(PROJECT, 'bin', 'kdbus-cuse'), 'status', '--control', control], { timeoutMs: RUN_MS });
+    }
+
     function python(...args: string[]): Promise<RunResult> {
       return run(PYTHON, [PY_PEER, upstream!.address, ...args], { timeoutMs: RUN_MS });
     }
@@ -368,9 +374,11 @@ for (const kind of UPSTREAM_KINDS) {
       }, 5_000, () => b.daemon.tail(40));
       assert.ok(names.some((x) => /^org\.example\.KPeer :1\.\d+$/.test(x)), `LIST lost the kdbus service's name:\n${names.join('\n')}`);
       assert.ok(b.alive(), `the daemon died with its upstream:\n${b.daemon.tail(40)}`);
+      assert.match(ok('status', await status()).stdout, /^upstream of \S+: unix:path=\S+, (down|connecting) \(0 upstream peers, 0 kdbus clients upstream\)$/m);
 
       upstream = await startUpstream(kind, upstreamDir, { denials: DENIALS });
       await ownedUpstream(KDBUS_NAME, true, 10_000);
+      assert.match(ok('status', await status()).stdout, /^upstream of \S+: unix:path=\S+, up as :\d+\.\d+ \(\d+ upstream peers?, [1-9]\d* kdbus clients? upstream\)$/m);
       assert.equal(ok('busctl after restart', await busctlEcho(KDBUS_NAME, 'again')).stdout, 's "again!"\n');
       assert.equal(ok('gdbus after restart', await gdbusEcho(KDBUS_NAME, 'again')).stdout, "('again!',)\n");
 
