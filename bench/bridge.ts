@@ -17,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { machineLines, table, us } from './report';
+import { machineLines, progress, table, us } from './report';
 import { PROJECT, Proc, busUnavailable, run, type LegacyBus } from '../test/helpers/legacy-bus';
 import { UPSTREAM_KINDS, shimPath, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
 
@@ -139,10 +139,6 @@ function report(columns: Column[], seconds: number): string {
     '',
     `run: ${seconds.toFixed(1)} s`,
   ].join('\n');
-}
-
-function progress(msg: string): void {
-  process.stderr.write(`${msg}\n`);
 }
 
 async function main(): Promise<void> {

@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as dbus from 'dbus-next';
-import { cpuModel } from './report';
+import { cpuModel, progress } from './report';
 import {
   BUS_KINDS, PROJECT, busUnavailable, driverCall, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
 } from '../test/helpers/legacy-bus';
@@ -221,10 +221,6 @@ function report(columns: Column[], all: Case[], seconds: number): string {
     '',
     `run: ${seconds.toFixed(1)} s`,
   ].join('\n');
-}
-
-function progress(msg: string): void {
-  process.stderr.write(`${msg}\n`);
 }
 
 async function main(): Promise<void> {

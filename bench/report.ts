@@ -78,3 +78,8 @@ export function table(head: string[], rows: string[][], right: boolean[]): strin
     cells.map((c, i) => (right[i] ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
+
+/** A line on stderr saying what a long run is doing now. */
+export function progress(msg: string): void {
+  process.stderr.write(`${msg}\n`);
+}

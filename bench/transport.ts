@@ -18,7 +18,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cpuModel } from './report';
+import { cpuModel, progress } from './report';
 import { Vm } from '../test/vm/vm';
 
 const PROJECT = path.resolve(__dirname, '..', '..');
@@ -651,10 +651,6 @@ function summarizeProfile(dir: string, operations: number): string {
 }
 
 // ---- main --------------------------------------------------------------------------------
-
-function progress(msg: string): void {
-  process.stderr.write(`${msg}\n`);
-}
 
 function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;

@@ -13,6 +13,7 @@ import { constants as osConstants } from 'node:os';
 import * as koffi from 'koffi';
 import { logger } from '../log/logger';
 import { CredentialSwitchError, withThreadCredentials, type ThreadCredentials } from '../os/thread-credentials';
+import { sockaddr } from '../os/unix-listener';
 import { AF_UNIX, closeFd, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SyscallError } from '../os/unix-socket';
 import { parseAddress, type UnixAddress } from './address';
 import { decodeMessage, encodeMessage, MAX_MESSAGE_SIZE, MessageFlag, MessageType, type Message } from './message';
@@ -27,8 +28,6 @@ const geteuidFn = libc.func('uint32_t geteuid(void)') as () => number;
 
 const EINTR = 4;
 const EAGAIN = 11;
-/** sun_path's size in struct sockaddr_un. */
-const SUN_PATH = 108;
 /** First wait, and longest, between connect() attempts while the bus's backlog is full. */
 const BACKLOG_RETRY_MS = 2;
 const BACKLOG_RETRY_MAX_MS = 50;
@@ -145,16 +144,6 @@ function errnoName(e: number): string {
 
 function describeSocket(a: UnixAddress): string {
   return a.kind === 'path' ? a.path : a.kind === 'abstract' ? `@${a.name}` : a.dir;
-}
-
-function sockaddr(a: { kind: 'path'; path: string } | { kind: 'abstract'; name: string }): { addr: Buffer; len: number } {
-  const name = a.kind === 'path' ? Buffer.from(a.path, 'utf8') : Buffer.concat([Buffer.from([0]), Buffer.from(a.name, 'utf8')]);
-  if (name.length >= SUN_PATH) throw new Error(`socket address too long (${name.length} bytes; at most ${SUN_PATH - 1})`);
-  const addr = Buffer.alloc(2 + SUN_PATH);
-  addr.writeUInt16LE(AF_UNIX, 0);
-  name.copy(addr, 2);
-  // Abstract names are exactly as long as given; paths end at their NUL.
-  return { addr, len: 2 + name.length + (a.kind === 'path' ? 1 : 0) };
 }
 
 function sleep(ms: number): Promise<void> {

@@ -27,7 +27,8 @@ const BACKLOG = 128;
 
 export type ListenAddress = { kind: 'path'; path: string; mode?: number } | { kind: 'abstract'; name: string };
 
-function sockaddr(a: ListenAddress): { addr: Buffer; len: number } {
+/** struct sockaddr_un for a socket path or an abstract name, and the length connect/bind take. */
+export function sockaddr(a: { kind: 'path'; path: string } | { kind: 'abstract'; name: string }): { addr: Buffer; len: number } {
   const name = a.kind === 'path' ? Buffer.from(a.path, 'utf8') : Buffer.concat([Buffer.from([0]), Buffer.from(a.name, 'utf8')]);
   if (name.length >= SUN_PATH) throw new Error(`socket address too long (${name.length} bytes; at most ${SUN_PATH - 1})`);
   const addr = Buffer.alloc(2 + SUN_PATH);
