@@ -308,8 +308,10 @@ function itemStr(it: Item): string {
 function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallContext, bloomItem: Item | undefined, dstNameItem: Item | undefined): Staging {
   const last = msg.items[msg.items.length - 1];
   const headerSize = last ? last.offset + last.size : Off.msg.items;
-  const header = Buffer.alloc(ALIGN8(headerSize));
+  // Not zero-filled: the struct is copied in, and only the padding after it needs zeros.
+  const header = Buffer.allocUnsafe(ALIGN8(headerSize));
   msg.buf.copy(header, 0, 0, headerSize);
+  header.fill(0, headerSize);
   header.writeBigUInt64LE(src.id, Off.msg.src_id);
 
   const seqnum = bus.nextSeqnum();

@@ -76,14 +76,17 @@ export class SparseStorage implements PoolStorage {
 
   read(offset: number, length: number): Buffer {
     checkStorageRange(this, offset, length);
-    const out = Buffer.alloc(length);
+    // Every byte is written below (a page's or zeros): no zero-filled allocation first.
+    const out = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const at = offset + done;
       const index = Math.floor(at / PAGE);
       const within = at - index * PAGE;
       const n = Math.min(PAGE - within, length - done);
-      this.pages.get(index)?.copy(out, done, within, within + n);
+      const page = this.pages.get(index);
+      if (page) page.copy(out, done, within, within + n);
+      else out.fill(0, done, done + n);
       done += n;
     }
     return out;

@@ -21,6 +21,7 @@ import {
 import { isValidObjectPath } from './names';
 import { decodeWireString } from './utf8';
 import {
+  byteArrayValue,
   expectArray,
   expectBigInt,
   expectBoolean,
@@ -355,7 +356,7 @@ export class DBus1Reader {
     if (arrayEnd > end) this.fail(`array of ${length} bytes runs past the end of its container`, start);
     if (element.code === 'y') {
       this.pos = arrayEnd;
-      return Buffer.copyBytesFrom(this.buf, start, length);
+      return byteArrayValue(this.buf, start, length);
     }
     const size = FIXED_SIZE[element.code];
     if (size !== undefined && length % size !== 0) {

@@ -19,14 +19,15 @@ import {
   decodeMessage,
   encodeMessage,
   HeaderField,
-  headerFields,
   headerProblem,
   Message,
   MessageType,
 } from './message';
-import { GVariantError, GVariantReader, gvariantOffsetSize, gvariantWordSize, writeGVariantBody, writeGVariantValue } from './gvariant';
+import { GVariantError, GVariantReader, gvariantOffsetSize, gvariantWordSize, writeGVariantBody } from './gvariant';
 import { OutputBuffer } from './output-buffer';
+import { isValidObjectPath } from './names';
 import { alignUp, CompleteType, parseCompleteType, parseSignature, SignatureError } from './signature';
+import { decodeWireString } from './utf8';
 import { ValueError, Variant } from './value';
 
 export const GVARIANT_MESSAGE_VERSION = 2;
@@ -34,6 +35,76 @@ export const GVARIANT_MESSAGE_VERSION = 2;
 export const GVARIANT_FIXED_HEADER_SIZE = 16;
 
 const FIELDS_TYPE = parseCompleteType('a{tv}');
+const NUL = 0;
+
+/**
+ * One a{tv} entry, 8-aligned: the code as a u64, then the variant (value, NUL, type). The
+ * values are what headerProblem accepted: names and paths are ASCII without NUL.
+ */
+function writeTextField(out: OutputBuffer, code: number, type: string, value: string): void {
+  out.align(8);
+  out.u32(code);
+  out.u32(0);
+  out.ascii(value);
+  out.u8(NUL);
+  out.u8(NUL);
+  out.ascii(type);
+}
+
+/**
+ * The header fields, ascending by code, as writeGVariantValue would write them as a{tv}
+ * (the entries, then the table of their end offsets), without the generic writer.
+ */
+function writeHeaderFields(out: OutputBuffer, m: Message): void {
+  const start = out.pos;
+  const ends: number[] = [];
+  if (m.path !== undefined) {
+    writeTextField(out, HeaderField.Path, 'o', m.path);
+    ends.push(out.pos - start);
+  }
+  if (m.interface !== undefined) {
+    writeTextField(out, HeaderField.Interface, 's', m.interface);
+    ends.push(out.pos - start);
+  }
+  if (m.member !== undefined) {
+    writeTextField(out, HeaderField.Member, 's', m.member);
+    ends.push(out.pos - start);
+  }
+  if (m.errorName !== undefined) {
+    writeTextField(out, HeaderField.ErrorName, 's', m.errorName);
+    ends.push(out.pos - start);
+  }
+  if (m.replySerial !== undefined) {
+    out.align(8);
+    out.u32(HeaderField.ReplySerial);
+    out.u32(0);
+    out.u64(m.replySerial);
+    out.u8(NUL);
+    out.ascii('t');
+    ends.push(out.pos - start);
+  }
+  if (m.destination !== undefined) {
+    writeTextField(out, HeaderField.Destination, 's', m.destination);
+    ends.push(out.pos - start);
+  }
+  if (m.sender !== undefined) {
+    writeTextField(out, HeaderField.Sender, 's', m.sender);
+    ends.push(out.pos - start);
+  }
+  if (m.unixFds !== undefined) {
+    out.align(8);
+    out.u32(HeaderField.UnixFds);
+    out.u32(0);
+    out.u32(m.unixFds);
+    out.u8(NUL);
+    out.ascii('u');
+    ends.push(out.pos - start);
+  }
+  const n = ends.length;
+  if (n === 0) return;
+  const w = gvariantWordSize(out.pos - start, n);
+  for (let i = 0; i < n; i++) out.word(ends[i]!, w);
+}
 
 /** A message in the version-2 GVariant form, little-endian. Throws ValueError if m is invalid. */
 export function encodeGVariantMessage(m: Message): Buffer {
@@ -51,16 +122,101 @@ export function encodeGVariantMessage(m: Message): Buffer {
   out.u8(GVARIANT_MESSAGE_VERSION);
   out.u32(0);
   out.u64(m.serial);
-  const fields = headerFields(m, 't', false).map(([code, sig, value]) => [BigInt(code), new Variant(sig, value)]);
-  writeGVariantValue(out, FIELDS_TYPE, fields, 0);
+  writeHeaderFields(out, m);
   const fieldsEnd = out.pos;
   out.align(8);
   writeGVariantBody(out, types, m.body);
   out.u8(0);
-  const footer = `(${m.signature})`;
-  out.utf8(footer, footer.length);
+  out.u8(0x28); // '('
+  out.ascii(m.signature);
+  out.u8(0x29); // ')'
   out.word(fieldsEnd, gvariantWordSize(out.pos, 1));
   return out.finish();
+}
+
+/** The type character each known header field has in a version-2 message, by code (no SIGNATURE). */
+const FIELD_TYPE_CHARS = [0, 0x6f, 0x73, 0x73, 0x73, 0x74, 0x73, 0x73, 0, 0x75];
+
+/**
+ * The a{tv} header fields of the common message, read without the generic reader: only
+ * known fields, each once, with the type it must have, every value valid, in normal form.
+ * Anything else gives false with m possibly half filled, and the generic path reads the
+ * fields again, so that what it accepts and the errors it gives stay exactly its own.
+ */
+function readCommonHeaderFields(r: GVariantReader, m: Message, end: number): boolean {
+  const b = r.buf;
+  const le = r.littleEndian;
+  const start = GVARIANT_FIXED_HEADER_SIZE;
+  const size = end - start;
+  if (size === 0) return true;
+  const w = gvariantOffsetSize(size);
+  if (size < w) return false;
+  const tableStart = start + r.word(end - w, w);
+  if (tableStart > end - w || (end - tableStart) % w !== 0) return false;
+  let seen = 0;
+  let previous = start;
+  for (let at = tableStart; at < end; at += w) {
+    const entry = alignUp(previous, 8);
+    const entryEnd = start + r.word(at, w);
+    for (let i = previous; i < entry; i++) if (b[i] !== 0) return false;
+    // The key, a NUL, the type character, at least.
+    if (entryEnd > tableStart || entryEnd < entry + 10) return false;
+    const codeHigh = le ? b.readUInt32LE(entry + 4) : b.readUInt32BE(entry);
+    const code = le ? b.readUInt32LE(entry) : b.readUInt32BE(entry + 4);
+    const typeChar = codeHigh === 0 && code < FIELD_TYPE_CHARS.length ? FIELD_TYPE_CHARS[code]! : 0;
+    if (typeChar === 0 || b[entryEnd - 1] !== typeChar || b[entryEnd - 2] !== 0) return false;
+    const bit = 1 << code;
+    if (seen & bit) return false;
+    seen |= bit;
+    const value = entry + 8;
+    const valueEnd = entryEnd - 2;
+    if (typeChar === 0x74) {
+      if (valueEnd - value !== 8) return false;
+      m.replySerial = le ? b.readBigUInt64LE(value) : b.readBigUInt64BE(value);
+    } else if (typeChar === 0x75) {
+      if (valueEnd - value !== 4) return false;
+      m.unixFds = le ? b.readUInt32LE(value) : b.readUInt32BE(value);
+    } else {
+      if (valueEnd === value || b[valueEnd - 1] !== 0) return false;
+      const text = decodeWireString(b, value, valueEnd - 1);
+      if (text === undefined) return false;
+      switch (code) {
+        case HeaderField.Path:
+          if (!isValidObjectPath(text)) return false;
+          m.path = text;
+          break;
+        case HeaderField.Interface:
+          m.interface = text;
+          break;
+        case HeaderField.Member:
+          m.member = text;
+          break;
+        case HeaderField.ErrorName:
+          m.errorName = text;
+          break;
+        case HeaderField.Destination:
+          m.destination = text;
+          break;
+        default:
+          m.sender = text;
+      }
+    }
+    previous = entryEnd;
+  }
+  return previous === tableStart;
+}
+
+/** The header fields by the generic reader: every field the format allows, every error. */
+function readHeaderFields(r: GVariantReader, m: Message, fieldsEnd: number): void {
+  const seen = new Set<number>();
+  const fields = r.read(FIELDS_TYPE, GVARIANT_FIXED_HEADER_SIZE, fieldsEnd, 0) as [bigint, Variant][];
+  for (const [code, v] of fields) {
+    if (code > BigInt(HeaderField.UnixFds)) continue;
+    const c = Number(code);
+    if (c === HeaderField.Signature) throw new GVariantError('SIGNATURE header field in a version-2 message', GVARIANT_FIXED_HEADER_SIZE);
+    const problem = applyHeaderField(m, seen, c, v, 't');
+    if (problem !== undefined) throw new GVariantError(problem, GVARIANT_FIXED_HEADER_SIZE);
+  }
 }
 
 /**
@@ -85,15 +241,10 @@ export function decodeGVariantMessage(data: Uint8Array): Message {
   if (fieldsEnd < GVARIANT_FIXED_HEADER_SIZE || fieldsEnd > size - w) {
     throw new GVariantError(`header fields end offset ${fieldsEnd} is outside the message`, size - w);
   }
-  const m: Message = { type: type as MessageType, flags: buf[2]!, serial, signature: '', body: [] };
-  const seen = new Set<number>();
-  const fields = r.read(FIELDS_TYPE, GVARIANT_FIXED_HEADER_SIZE, fieldsEnd, 0) as [bigint, Variant][];
-  for (const [code, v] of fields) {
-    if (code > BigInt(HeaderField.UnixFds)) continue;
-    const c = Number(code);
-    if (c === HeaderField.Signature) throw new GVariantError('SIGNATURE header field in a version-2 message', GVARIANT_FIXED_HEADER_SIZE);
-    const problem = applyHeaderField(m, seen, c, v, 't');
-    if (problem !== undefined) throw new GVariantError(problem, GVARIANT_FIXED_HEADER_SIZE);
+  let m: Message = { type: type as MessageType, flags: buf[2]!, serial, signature: '', body: [] };
+  if (!readCommonHeaderFields(r, m, fieldsEnd)) {
+    m = { type: type as MessageType, flags: buf[2]!, serial, signature: '', body: [] };
+    readHeaderFields(r, m, fieldsEnd);
   }
 
   const bodyStart = alignUp(fieldsEnd, 8);

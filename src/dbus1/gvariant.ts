@@ -26,6 +26,7 @@ import {
 import { isValidObjectPath } from './names';
 import { decodeWireString } from './utf8';
 import {
+  byteArrayValue,
   expectArray,
   expectBigInt,
   expectBoolean,
@@ -365,7 +366,7 @@ export class GVariantReader {
     const fixed = element.gvariantFixedSize;
     if (fixed !== 0) {
       if (size % fixed !== 0) this.fail(`array of ${size} bytes is not a multiple of its ${fixed}-byte elements`, start);
-      if (element.code === 'y') return Buffer.copyBytesFrom(this.buf, start, size);
+      if (element.code === 'y') return byteArrayValue(this.buf, start, size);
       const items = new Array<Value>(size / fixed);
       for (let i = 0; i < items.length; i++) items[i] = this.read(element, start + i * fixed, start + (i + 1) * fixed, depth + 1);
       return items;

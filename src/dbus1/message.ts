@@ -13,7 +13,7 @@
  * on, since the specification has receivers ignore such messages and the model has no
  * place for them.
  */
-import { DBus1Error, DBus1Reader, MAX_ARRAY_LENGTH, writeValue, writeValues } from './dbus1-wire';
+import { DBus1Error, DBus1Reader, MAX_ARRAY_LENGTH, writeValues } from './dbus1-wire';
 import {
   isValidBusName,
   isValidErrorName,
@@ -22,7 +22,8 @@ import {
   isValidObjectPath,
 } from './names';
 import { OutputBuffer } from './output-buffer';
-import { alignUp, CompleteType, parseCompleteType, parseSignature, SignatureError } from './signature';
+import { alignUp, CompleteType, isValidSignature, parseCompleteType, parseSignature, SignatureError } from './signature';
+import { decodeWireString } from './utf8';
 import { Value, ValueError, Variant } from './value';
 
 export const MessageType = { MethodCall: 1, MethodReturn: 2, Error: 3, Signal: 4 } as const;
@@ -113,23 +114,6 @@ export function headerProblem(m: Message): string | undefined {
   return undefined;
 }
 
-/** The header fields of m with their D-Bus types, ascending by code, as both encoders write them. */
-export function headerFields(m: Message, replySerialType: 'u' | 't', withSignature: boolean): [number, string, Value][] {
-  const fields: [number, string, Value][] = [];
-  if (m.path !== undefined) fields.push([HeaderField.Path, 'o', m.path]);
-  if (m.interface !== undefined) fields.push([HeaderField.Interface, 's', m.interface]);
-  if (m.member !== undefined) fields.push([HeaderField.Member, 's', m.member]);
-  if (m.errorName !== undefined) fields.push([HeaderField.ErrorName, 's', m.errorName]);
-  if (m.replySerial !== undefined) {
-    fields.push([HeaderField.ReplySerial, replySerialType, replySerialType === 'u' ? Number(m.replySerial) : m.replySerial]);
-  }
-  if (m.destination !== undefined) fields.push([HeaderField.Destination, 's', m.destination]);
-  if (m.sender !== undefined) fields.push([HeaderField.Sender, 's', m.sender]);
-  if (withSignature && m.signature !== '') fields.push([HeaderField.Signature, 'g', m.signature]);
-  if (m.unixFds !== undefined) fields.push([HeaderField.UnixFds, 'u', m.unixFds]);
-  return fields;
-}
-
 /** The D-Bus type each known header field must have in dbus1 (REPLY_SERIAL is 't' in GVariant). */
 const HEADER_FIELD_TYPES: Readonly<Record<number, string>> = {
   [HeaderField.Path]: 'o',
@@ -196,12 +180,35 @@ export function bodyTypes(signature: string): readonly CompleteType[] {
   }
 }
 
-const LEAF_TYPES: Readonly<Record<string, CompleteType>> = {
-  o: parseCompleteType('o'),
-  s: parseCompleteType('s'),
-  g: parseCompleteType('g'),
-  u: parseCompleteType('u'),
-};
+const CHAR_O = 0x6f;
+const CHAR_S = 0x73;
+const CHAR_G = 0x67;
+const CHAR_U = 0x75;
+
+/**
+ * One header field entry (yv) of a string-like type. The values are what headerProblem and
+ * bodyTypes accepted: names and paths are ASCII without NUL, so they are written as such.
+ */
+function writeTextField(out: OutputBuffer, code: number, typeChar: number, value: string): void {
+  out.align(8);
+  out.u8(code);
+  out.u8(1);
+  out.u8(typeChar);
+  out.u8(0);
+  if (typeChar === CHAR_G) out.u8(value.length);
+  else out.u32(value.length);
+  out.ascii(value);
+  out.u8(0);
+}
+
+function writeU32Field(out: OutputBuffer, code: number, value: number): void {
+  out.align(8);
+  out.u8(code);
+  out.u8(1);
+  out.u8(CHAR_U);
+  out.u8(0);
+  out.u32(value);
+}
 
 /** A message in the dbus1 format, little-endian. Throws ValueError if m cannot be expressed. */
 export function encodeMessage(m: Message): Buffer {
@@ -221,14 +228,16 @@ export function encodeMessage(m: Message): Buffer {
   out.u32(Number(m.serial));
   out.u32(0); // header fields length, patched below
   const fieldsStart = out.pos;
-  for (const [code, sig, value] of headerFields(m, 'u', true)) {
-    out.align(8);
-    out.u8(code);
-    out.u8(1);
-    out.u8(sig.charCodeAt(0));
-    out.u8(0);
-    writeValue(out, LEAF_TYPES[sig]!, value, 1);
-  }
+  // Ascending by code, written without the generic value writer.
+  if (m.path !== undefined) writeTextField(out, HeaderField.Path, CHAR_O, m.path);
+  if (m.interface !== undefined) writeTextField(out, HeaderField.Interface, CHAR_S, m.interface);
+  if (m.member !== undefined) writeTextField(out, HeaderField.Member, CHAR_S, m.member);
+  if (m.errorName !== undefined) writeTextField(out, HeaderField.ErrorName, CHAR_S, m.errorName);
+  if (m.replySerial !== undefined) writeU32Field(out, HeaderField.ReplySerial, Number(m.replySerial));
+  if (m.destination !== undefined) writeTextField(out, HeaderField.Destination, CHAR_S, m.destination);
+  if (m.sender !== undefined) writeTextField(out, HeaderField.Sender, CHAR_S, m.sender);
+  if (m.signature !== '') writeTextField(out, HeaderField.Signature, CHAR_G, m.signature);
+  if (m.unixFds !== undefined) writeU32Field(out, HeaderField.UnixFds, m.unixFds);
   out.patchU32(12, out.pos - fieldsStart);
   out.align(8);
   const bodyStart = out.pos;
@@ -264,6 +273,79 @@ export function messageLength(prefix: Uint8Array): number {
 
 const HEADER_FIELD_ENTRY = parseCompleteType('(yv)');
 
+/** The type character each known header field must have in dbus1, by code (index 0 unused). */
+const FIELD_TYPE_CHARS = [0, CHAR_O, CHAR_S, CHAR_S, CHAR_S, CHAR_U, CHAR_S, CHAR_S, CHAR_G, CHAR_U];
+
+/**
+ * The header fields of the common message, read without the generic reader: only known
+ * fields, each once, with the type it must have, every value valid. Anything else gives
+ * false with m possibly half filled, and the generic path reads the message again, so
+ * that what it accepts and the errors it gives stay exactly its own.
+ */
+function readCommonHeaderFields(buf: Buffer, le: boolean, m: Message, fieldsEnd: number): boolean {
+  let seen = 0;
+  let pos = DBUS1_PREFIX_SIZE;
+  while (pos < fieldsEnd) {
+    const at = alignUp(pos, 8);
+    // The entry's code and type, then at least a u32 or a signature's length byte and NUL.
+    if (at + 6 > fieldsEnd) return false;
+    for (let i = pos; i < at; i++) if (buf[i] !== 0) return false;
+    const code = buf[at]!;
+    const typeChar = code < FIELD_TYPE_CHARS.length ? FIELD_TYPE_CHARS[code]! : 0;
+    if (typeChar === 0 || buf[at + 1] !== 1 || buf[at + 2] !== typeChar || buf[at + 3] !== 0) return false;
+    const bit = 1 << code;
+    if (seen & bit) return false;
+    seen |= bit;
+    if (typeChar !== CHAR_G && at + 8 > fieldsEnd) return false;
+    if (typeChar === CHAR_U) {
+      const v = le ? buf.readUInt32LE(at + 4) : buf.readUInt32BE(at + 4);
+      if (code === HeaderField.ReplySerial) m.replySerial = BigInt(v);
+      else m.unixFds = v;
+      pos = at + 8;
+      continue;
+    }
+    let textStart: number;
+    let length: number;
+    if (typeChar === CHAR_G) {
+      length = buf[at + 4]!;
+      textStart = at + 5;
+    } else {
+      length = le ? buf.readUInt32LE(at + 4) : buf.readUInt32BE(at + 4);
+      textStart = at + 8;
+    }
+    const textEnd = textStart + length;
+    if (textEnd + 1 > fieldsEnd || buf[textEnd] !== 0) return false;
+    const text = decodeWireString(buf, textStart, textEnd);
+    if (text === undefined) return false;
+    switch (code) {
+      case HeaderField.Path:
+        if (!isValidObjectPath(text)) return false;
+        m.path = text;
+        break;
+      case HeaderField.Interface:
+        m.interface = text;
+        break;
+      case HeaderField.Member:
+        m.member = text;
+        break;
+      case HeaderField.ErrorName:
+        m.errorName = text;
+        break;
+      case HeaderField.Destination:
+        m.destination = text;
+        break;
+      case HeaderField.Sender:
+        m.sender = text;
+        break;
+      default:
+        if (!isValidSignature(text)) return false;
+        m.signature = text;
+    }
+    pos = textEnd + 1;
+  }
+  return true;
+}
+
 /** Decodes exactly one dbus1 message that fills data. Throws DBus1Error saying what and where. */
 export function decodeMessage(data: Uint8Array): Message {
   const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
@@ -275,11 +357,27 @@ export function decodeMessage(data: Uint8Array): Message {
   if (type < 1 || type > 4) throw new DBus1Error(`unknown message type ${type}`, 1);
   const serial = le ? buf.readUInt32LE(8) : buf.readUInt32BE(8);
   if (serial === 0) throw new DBus1Error('serial is 0', 8);
-  const m: Message = { type: type as MessageType, flags: buf[2]!, serial: BigInt(serial), signature: '', body: [] };
-
-  const r = new DBus1Reader(buf, le, 0, 12);
-  const fieldsLength = r.u32(DBUS1_PREFIX_SIZE);
+  const fieldsLength = le ? buf.readUInt32LE(12) : buf.readUInt32BE(12);
   const fieldsEnd = DBUS1_PREFIX_SIZE + fieldsLength;
+  let m: Message = { type: type as MessageType, flags: buf[2]!, serial: BigInt(serial), signature: '', body: [] };
+  if (!readCommonHeaderFields(buf, le, m, fieldsEnd)) {
+    m = { type: type as MessageType, flags: buf[2]!, serial: BigInt(serial), signature: '', body: [] };
+    readHeaderFields(buf, le, m, fieldsEnd);
+  }
+  const r = new DBus1Reader(buf, le, 0, fieldsEnd);
+  const problem = headerProblem(m);
+  if (problem !== undefined) throw new DBus1Error(problem, DBUS1_PREFIX_SIZE);
+  r.align(8, total);
+  const types = parseSignature(m.signature);
+  for (const t of types) m.body.push(r.readValue(t, total, 0));
+  if (r.pos !== total) r.fail(`${total - r.pos} bytes left over after the body's values`);
+  return m;
+}
+
+/** The header fields by the generic reader: every field the specification allows, every error. */
+function readHeaderFields(buf: Buffer, le: boolean, m: Message, fieldsEnd: number): void {
+  const r = new DBus1Reader(buf, le, 0, 12);
+  r.u32(DBUS1_PREFIX_SIZE);
   const seen = new Set<number>();
   while (r.pos < fieldsEnd) {
     r.align(8, fieldsEnd);
@@ -288,11 +386,4 @@ export function decodeMessage(data: Uint8Array): Message {
     const problem = applyHeaderField(m, seen, code, v, 'u');
     if (problem !== undefined) throw new DBus1Error(problem, at);
   }
-  const problem = headerProblem(m);
-  if (problem !== undefined) throw new DBus1Error(problem, DBUS1_PREFIX_SIZE);
-  r.align(8, total);
-  const types = parseSignature(m.signature);
-  for (const t of types) m.body.push(r.readValue(t, total, 0));
-  if (r.pos !== total) r.fail(`${total - r.pos} bytes left over after the body's values`);
-  return m;
 }

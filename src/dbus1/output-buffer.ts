@@ -20,7 +20,9 @@ export class OutputBuffer {
   private reserve(n: number): void {
     const need = this.pos + n;
     if (need <= this.buf.length) return;
-    const grown = Buffer.allocUnsafe(Math.max(need, this.buf.length * 2));
+    // Some room beyond a large write: what follows a body (a footer, padding) then fits
+    // without a second copy of all of it.
+    const grown = Buffer.allocUnsafe(Math.max(need + (need >>> 4) + 64, this.buf.length * 2));
     this.buf.copy(grown, 0, 0, this.pos);
     this.buf = grown;
   }
@@ -100,6 +102,18 @@ export class OutputBuffer {
     this.reserve(byteLength);
     this.buf.write(s, this.pos, byteLength, 'utf8');
     this.pos += byteLength;
+  }
+
+  /** Writes a string known to be ASCII (a name the header checks accepted); no terminator. */
+  ascii(s: string): void {
+    const n = s.length;
+    this.reserve(n);
+    const buf = this.buf;
+    let pos = this.pos;
+    // Names are short: a loop beats a call into the native string writer.
+    if (n <= 64) for (let i = 0; i < n; i++) buf[pos++] = s.charCodeAt(i);
+    else pos += buf.write(s, pos, n, 'latin1');
+    this.pos = pos;
   }
 
   /** Overwrites a u32 written earlier (a length known only after what it measures). */

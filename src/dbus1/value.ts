@@ -141,6 +141,21 @@ export function expectFields(signature: string, count: number, v: unknown): read
   return v;
 }
 
+/** Buffer.allocUnsafe takes sizes below this from its shared pool. */
+const POOLED_BELOW = Buffer.poolSize >>> 1;
+
+/**
+ * An ay value read out of a message: a copy, so that it outlives the message's bytes. Large
+ * ones are copied into unpooled memory directly (copyBytesFrom costs twice as much there);
+ * small ones stay out of the shared allocation pool, which a kept value would pin.
+ */
+export function byteArrayValue(buf: Buffer, start: number, length: number): Buffer {
+  if (length < POOLED_BELOW) return Buffer.copyBytesFrom(buf, start, length);
+  const out = Buffer.allocUnsafe(length);
+  buf.copy(out, 0, start, start + length);
+  return out;
+}
+
 export function expectVariant(v: unknown): Variant {
   if (!(v instanceof Variant)) throw new ValueError(`'v' needs a Variant, got ${describe(v)}`);
   return v;
