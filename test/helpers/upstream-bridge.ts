@@ -24,7 +24,7 @@ export interface Denial {
  * bridged client authenticates upstream as its own uid and session.conf admits only the
  * bus's owner; then a user-context deny rule per denial, which outranks the default context.
  */
-export function upstreamConfig(denials: readonly Denial[] = []): string {
+export function upstreamConfig(denials: readonly Denial[] = [], serviceDir?: string): string {
   const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
   return [
     '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"',
@@ -34,6 +34,7 @@ export function upstreamConfig(denials: readonly Denial[] = []): string {
     // dbus-daemon wants a listen element; --address (and dbus-broker's socket) take its place.
     '  <listen>unix:tmpdir=/tmp</listen>',
     '  <auth>EXTERNAL</auth>',
+    ...(serviceDir === undefined ? [] : [`  <servicedir>${esc(serviceDir)}</servicedir>`]),
     '  <policy context="default">',
     '    <allow user="*"/>',
     '    <allow send_destination="*" eavesdrop="true"/>',
@@ -48,6 +49,8 @@ export function upstreamConfig(denials: readonly Denial[] = []): string {
 
 export interface UpstreamOptions {
   denials?: readonly Denial[];
+  /** A directory of D-Bus service files to activate from (dbus-daemon; dbus-broker activates through systemd only). */
+  serviceDir?: string;
 }
 
 /**
@@ -60,7 +63,7 @@ export async function startUpstream(kind: UpstreamKind, dir: string, opts: Upstr
   fs.mkdirSync(dir, { recursive: true });
   fs.chmodSync(dir, 0o755);
   const configFile = path.join(dir, 'bus.conf');
-  fs.writeFileSync(configFile, upstreamConfig(opts.denials));
+  fs.writeFileSync(configFile, upstreamConfig(opts.denials, opts.serviceDir));
   const bus = await startBus(kind, dir, { configFile });
   fs.chmodSync(bus.socketPath, 0o777);
   return bus;

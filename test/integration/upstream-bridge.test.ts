@@ -88,7 +88,7 @@ for (const kind of UPSTREAM_KINDS) {
       tmp = fs.mkdtempSync(path.join(os.tmpdir(), `kdbus-bridge-${kind}-`));
       fs.chmodSync(tmp, 0o755);
       upstreamDir = path.join(tmp, 'upstream');
-      upstream = await startUpstream(kind, upstreamDir, { denials: DENIALS });
+      upstream = await startUpstream(kind, upstreamDir, { denials: DENIALS, serviceDir: path.join(upstreamDir, 'services') });
       try {
         bridge = await startBridge(path.join(tmp, 'bridge'), upstream.address, { logLevel: 'debug' });
       } catch (e) {
@@ -345,6 +345,21 @@ for (const kind of UPSTREAM_KINDS) {
       }, 5_000, () => live().daemon.tail(40));
     });
 
+    // dbus-broker activates through systemd alone, and no systemd runs here.
+    if (kind === 'dbus-daemon') it('a call to a name only activatable upstream starts its service there, and the reply comes back', async function () {
+      const name = 'org.example.Activated';
+      const dir = path.join(upstreamDir, 'services');
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, `${name}.service`), `[D-BUS Service]\nName=${name}\nExec=${PYTHON} ${PY_PEER} ${upstream!.address} serve ${name}\n`);
+      ok('ReloadConfig', await driverCall(upstream!, 'ReloadConfig'));
+      assert.equal(await hasOwner(name), false, `${name} runs already`);
+      const echo = lines(ok('Echo', await kdbus(['call', name, OBJ, IFACE, 'Echo', 'wake'])));
+      assert.match(echo[0] ?? '', /^reply sender=:1\.\d+ arg=wake\?$/);
+      assert.equal(await hasOwner(name), true);
+      ok('Quit', await kdbus(['call', name, OBJ, IFACE, 'Quit']));
+      await ownedUpstream(name, false, 5_000);
+    });
+
     it('a call to a name nobody owns upstream fails as ServiceUnknown, at once', async function () {
       const r = await kdbus(['call', 'org.example.Nobody', OBJ, IFACE, 'Echo', 'x']);
       assert.ok(!r.timedOut && r.ms < 10_000, describeRun(`the call (${r.ms} ms)`, r));
@@ -376,7 +391,7 @@ for (const kind of UPSTREAM_KINDS) {
       assert.ok(b.alive(), `the daemon died with its upstream:\n${b.daemon.tail(40)}`);
       assert.match(ok('status', await status()).stdout, /^upstream of \S+: unix:path=\S+, (down|connecting) \(0 upstream peers, 0 kdbus clients upstream\)$/m);
 
-      upstream = await startUpstream(kind, upstreamDir, { denials: DENIALS });
+      upstream = await startUpstream(kind, upstreamDir, { denials: DENIALS, serviceDir: path.join(upstreamDir, 'services') });
       await ownedUpstream(KDBUS_NAME, true, 10_000);
       assert.match(ok('status', await status()).stdout, /^upstream of \S+: unix:path=\S+, up as :\d+\.\d+ \(\d+ upstream peers?, [1-9]\d* kdbus clients? upstream\)$/m);
       assert.equal(ok('busctl after restart', await busctlEcho(KDBUS_NAME, 'again')).stdout, 's "again!"\n');
