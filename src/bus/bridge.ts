@@ -17,6 +17,11 @@ export interface BusBridge {
   acquireName(conn: Connection, name: string, flags: bigint): Promise<bigint>;
   /** A client released `name` here: upstream should forget its claim too. */
   nameReleased(conn: Connection, name: string): void;
+  /**
+   * A client's matches changed (MATCH_ADD, MATCH_REMOVE): the bridge takes upstream signals
+   * only while some client can receive them. MATCH_ADD returns once the promise settles.
+   */
+  matchesChanged(conn: Connection): Promise<void> | undefined;
   /** A client is gone, its names already released here. */
   connectionGone(conn: Connection): void;
   /**

@@ -63,7 +63,7 @@ export function cmdFree(conn: Connection, ctx: CallContext, arg: bigint): void {
   }
 }
 
-export function cmdMatchAdd(conn: Connection, ctx: CallContext, arg: bigint): void {
+export function cmdMatchAdd(conn: Connection, ctx: CallContext, arg: bigint): void | Promise<void> {
   if (!conn.isOrdinary) throw fail('EOPNOTSUPP', 'only ordinary connections add matches');
   const cmd = readCommand(ctx.mem, arg, Specs.MATCH_ADD);
   if (cmd.negotiate) return;
@@ -73,6 +73,9 @@ export function cmdMatchAdd(conn: Connection, ctx: CallContext, arg: bigint): vo
   } finally {
     writeReturnFlags(ctx.mem, cmd, 0n);
   }
+  const bridge = conn.bus.bridge;
+  // Once MATCH_ADD returns, matching broadcasts reach the client: upstream's too.
+  if (bridge && !bridge.isOwn(conn)) return bridge.matchesChanged(conn);
 }
 
 export function cmdMatchRemove(conn: Connection, ctx: CallContext, arg: bigint): void {
@@ -84,4 +87,6 @@ export function cmdMatchRemove(conn: Connection, ctx: CallContext, arg: bigint):
   } finally {
     writeReturnFlags(ctx.mem, cmd, 0n);
   }
+  const bridge = conn.bus.bridge;
+  if (bridge && !bridge.isOwn(conn)) void bridge.matchesChanged(conn);
 }

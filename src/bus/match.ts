@@ -296,6 +296,10 @@ export class MatchEntry {
   }
 }
 
+function takesMessages(e: MatchEntry): boolean {
+  return e.scope === MatchScope.User || e.scope === MatchScope.Everything;
+}
+
 /** Told about every entry that enters or leaves a database (how MatchIndex follows them). */
 export interface MatchDbObserver {
   entryAdded(entry: MatchEntry): void;
@@ -306,11 +310,17 @@ export interface MatchDbObserver {
 export class MatchDb {
   private readonly byCookie = new Map<bigint, MatchEntry[]>();
   private entryCount = 0;
+  private messageEntryCount = 0;
 
   constructor(private readonly observer?: MatchDbObserver) {}
 
   get count(): number {
     return this.entryCount;
+  }
+
+  /** Entries that can take messages (not only notifications): what a bridge subscribes upstream for. */
+  get messageEntries(): number {
+    return this.messageEntryCount;
   }
 
   /**
@@ -329,6 +339,7 @@ export class MatchDb {
     if (list === undefined) this.byCookie.set(cookie, [entry]);
     else list.push(entry);
     this.entryCount++;
+    if (takesMessages(entry)) this.messageEntryCount++;
     this.observer?.entryAdded(entry);
   }
 
@@ -361,6 +372,7 @@ export class MatchDb {
   private drop(cookie: bigint, list: MatchEntry[]): void {
     this.byCookie.delete(cookie);
     this.entryCount -= list.length;
+    for (const e of list) if (takesMessages(e)) this.messageEntryCount--;
     if (this.observer !== undefined) for (const e of list) this.observer.entryRemoved(e);
   }
 }

@@ -48,8 +48,9 @@ const RETRY_MAX_MS = 5000;
 const LINK_RETRY_MS = 1000;
 const NAME_OWNER_CHANGED_RULE = `type='signal',sender='${DRIVER_NAME}',interface='${DRIVER_NAME}',member='NameOwnerChanged'`;
 /**
- * Every upstream broadcast signal: kdbus clients select theirs with bloom masks, which
- * cannot be turned back into match rules, so the bus here does the selecting.
+ * Every upstream broadcast signal, while some client has a match for messages: kdbus clients
+ * select theirs with bloom masks, which cannot be turned back into match rules, so the bus
+ * here does the selecting.
  */
 const SIGNAL_RULE = "type='signal'";
 const TAP_COOKIE = 1n;
@@ -89,6 +90,10 @@ export class UpstreamBridge implements BusBridge {
   private readonly deferredPeers = new Set<string>();
   /** Names whose owner changed while the snapshot of names was being taken. */
   private changedSinceSnapshot: Set<string> | undefined;
+  /** Clients with a match that can take broadcasts: while there are some, upstream signals come in. */
+  private readonly listeners = new Set<bigint>();
+  /** The signal subscription upstream, while there is one (settles once upstream has it). */
+  private subscription: Promise<void> | undefined;
   /** Watches the bus for what kdbus clients broadcast, to publish it upstream. */
   private tap: LocalConnection | undefined;
   private readonly bloom: Bloom;
@@ -167,7 +172,6 @@ export class UpstreamBridge implements BusBridge {
     this.busConn = conn;
     try {
       await conn.callDriver('AddMatch', 's', [NAME_OWNER_CHANGED_RULE]);
-      await conn.callDriver('AddMatch', 's', [SIGNAL_RULE]);
       this.changedSinceSnapshot = new Set();
       const names = (await conn.callDriver('ListNames', '', [])).body[0] as string[];
       const wellKnown = names.filter((n) => !n.startsWith(':') && n !== DRIVER_NAME);
@@ -190,7 +194,29 @@ export class UpstreamBridge implements BusBridge {
     this.state = 'up';
     this.retryMs = RETRY_FIRST_MS;
     logger.info(`bus ${this.bus.name}: upstream ${this.address} connected as ${conn.uniqueName}; ${this.peers.size} upstream peers`);
+    void this.subscribe();
     this.restoreNames();
+  }
+
+  /**
+   * Takes upstream broadcast signals while some client has a match that can receive them,
+   * and stops when none has. Resolves once upstream has the rule.
+   */
+  private subscribe(): Promise<void> | undefined {
+    const conn = this.busConn;
+    if (!conn || this.state !== 'up') return undefined;
+    const wanted = this.listeners.size > 0;
+    if (wanted && !this.subscription) {
+      this.subscription = conn.callDriver('AddMatch', 's', [SIGNAL_RULE]).then(() => undefined, (e: unknown) => {
+        logger.warn(`bus ${this.bus.name}: upstream refused the signal subscription: ${(e as Error).message}`);
+      });
+    } else if (!wanted && this.subscription) {
+      const added = this.subscription;
+      this.subscription = undefined;
+      // After the AddMatch it undoes: upstream counts identical rules, so a quick re-add stays.
+      void added.then(() => conn.callDriver('RemoveMatch', 's', [SIGNAL_RULE])).catch(() => undefined);
+    }
+    return this.subscription;
   }
 
   private retry(reason: string): void {
@@ -209,6 +235,7 @@ export class UpstreamBridge implements BusBridge {
   private lost(conn: UpstreamConnection, reason: string): void {
     if (this.busConn !== conn) return;
     this.busConn = undefined;
+    this.subscription = undefined;
     this.dropUpstream('upstream is gone');
     this.retry(`lost (${reason}); its peers left the bus`);
   }
@@ -529,6 +556,13 @@ export class UpstreamBridge implements BusBridge {
 
   connectionGone(conn: Connection): void {
     this.links.get(conn.id)?.close('the kdbus client disconnected');
+    if (this.listeners.delete(conn.id)) void this.subscribe();
+  }
+
+  matchesChanged(conn: Connection): Promise<void> | undefined {
+    if ((this.bus.matches.db(conn)?.messageEntries ?? 0) > 0) this.listeners.add(conn.id);
+    else this.listeners.delete(conn.id);
+    return this.subscribe();
   }
 
   unownedName(): Connection | undefined {

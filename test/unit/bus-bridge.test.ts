@@ -45,6 +45,11 @@ class RecordingBridge implements BusBridge {
     this.calls.push(`gone ${conn.id}`);
   }
 
+  matchesChanged(conn: Connection): Promise<void> | undefined {
+    this.calls.push(`matches ${conn.id} ${conn.bus.matches.db(conn)?.messageEntries ?? 0}`);
+    return undefined;
+  }
+
   unownedName(name: string): Connection | undefined {
     this.calls.push(`unowned ${name}`);
     return this.unowned;
@@ -112,6 +117,18 @@ describe('bus: the upstream bridge contract', () => {
     client.close();
     standIn.close();
     assert.deepEqual(bridge.calls, [`acquire ${client.id} org.example.E 0`, `release ${client.id} org.example.E`, `gone ${client.id}`]);
+  });
+
+  it('MATCH_ADD and MATCH_REMOVE of clients tell the bridge how many entries can take messages', async () => {
+    const client = await tb.conn();
+    await client.matchAllNotifications();
+    const notificationsOnly = bridge.calls.filter((c) => c.startsWith(`matches ${client.id} `));
+    assert.ok(notificationsOnly.length > 0 && notificationsOnly.every((c) => c === `matches ${client.id} 0`), notificationsOnly.join('\n'));
+    bridge.calls.length = 0;
+    await expectErrno(client.matchAllBroadcasts(0x77n), 0);
+    await expectErrno(client.removeMatch(0x77n), 0);
+    await expectErrno(standIn.matchAllBroadcasts(0x77n), 0);
+    assert.deepEqual(bridge.calls, [`matches ${client.id} 1`, `matches ${client.id} 0`]);
   });
 
   it('a message to a name nobody owns goes to the connection the bridge names, unless NO_AUTO_START', async () => {
