@@ -245,9 +245,9 @@ export class UpstreamBridge implements BusBridge {
     for (const t of this.linkTimers) clearTimeout(t);
     this.linkTimers.clear();
     for (const link of [...this.links.values()]) link.close(reason);
-    for (const p of this.peers.values()) this.closePeer(p);
+    for (const p of this.peers.values()) p.close();
     this.peers.clear();
-    if (this.driver) this.closePeer(this.driver);
+    this.driver?.close();
     this.driver = undefined;
     this.deferredPeers.clear();
     this.changedSinceSnapshot = undefined;
@@ -306,7 +306,7 @@ export class UpstreamBridge implements BusBridge {
         const p = this.peers.get(name);
         if (p) {
           this.peers.delete(name);
-          this.closePeer(p, true);
+          p.leave();
         }
       }
       return;
@@ -353,12 +353,6 @@ export class UpstreamBridge implements BusBridge {
     return p;
   }
 
-  /** `leaving`: the peer left upstream, and what it sent before still reaches the bus. */
-  private closePeer(p: UpstreamPeer, leaving = false): void {
-    if (leaving) p.leave();
-    else p.close();
-  }
-
   private closeOwn(c: LocalConnection | undefined): void {
     if (!c) return;
     c.close();
@@ -380,6 +374,7 @@ export class UpstreamBridge implements BusBridge {
     };
     const link = this.linkFor(r.srcId);
     if (!link) return refuse('upstream is out of reach');
+    if (r.fds.includes(null)) return refuse('a descriptor of it could not be received');
     let m: Message;
     try {
       m = fromKdbus(r, '');
@@ -624,7 +619,7 @@ export class UpstreamBridge implements BusBridge {
 }
 
 function fdsOf(r: KdbusMessage): number[] {
-  return r.fds.map((f) => f?.fd ?? -1).filter((fd) => fd >= 0);
+  return r.fds.map((f) => f!.fd);
 }
 
 function closeFiles(r: KdbusMessage): void {
