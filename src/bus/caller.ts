@@ -77,5 +77,15 @@ export interface CallContext {
   /** The calling task's credentials now (kdbus's current_cred() at SEND). */
   creds: Credentials;
   /** Aborted when the client's syscall is interrupted (FUSE_INTERRUPT, socket closed). */
-  signal?: AbortSignal;
+  signal?: Interruptible;
+}
+
+/**
+ * What a waiting command uses of an interruption. An AbortSignal is one; a transport may
+ * pass something cheaper (an AbortController costs microseconds, once per synchronous call).
+ */
+export interface Interruptible {
+  readonly aborted: boolean;
+  addEventListener(type: 'abort', listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
 }

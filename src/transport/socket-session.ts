@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import type net from 'node:net';
 import { Attach, Cmd } from '../abi/constants';
 import { Errno, errnoName, KdbusError, fail } from '../abi/errno';
-import type { CallContext, CallerFiles, Credentials, FileInstaller, ImportedFile, Opener } from '../bus/caller';
+import type { CallContext, CallerFiles, Credentials, FileInstaller, ImportedFile, Interruptible, Opener } from '../bus/caller';
 import type { Domain } from '../bus/domain';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
 import { readTask } from '../os/proc';
@@ -95,25 +95,29 @@ class ReservedInstaller implements FileInstaller {
 }
 
 /**
- * The interruption of one waiting command (the client's socket closed). Its AbortController
- * costs microseconds, so it is made only when the command asks for the signal, which only a
- * synchronous SEND does.
+ * The interruption of one waiting command (the client's socket closed). Only a synchronous
+ * SEND waits, and it registers one listener; an AbortController for that would cost
+ * microseconds per call.
  */
-class Interruption {
-  private controller: AbortController | undefined;
-  private aborted = false;
+class Interruption implements Interruptible {
+  aborted = false;
+  private listeners: Array<() => void> = [];
 
-  get signal(): AbortSignal {
-    if (!this.controller) {
-      this.controller = new AbortController();
-      if (this.aborted) this.controller.abort();
-    }
-    return this.controller.signal;
+  addEventListener(_type: 'abort', listener: () => void): void {
+    this.listeners.push(listener);
+  }
+
+  removeEventListener(_type: 'abort', listener: () => void): void {
+    const i = this.listeners.indexOf(listener);
+    if (i >= 0) this.listeners.splice(i, 1);
   }
 
   abort(): void {
+    if (this.aborted) return;
     this.aborted = true;
-    this.controller?.abort();
+    const listeners = this.listeners;
+    this.listeners = [];
+    for (const l of listeners) l();
   }
 }
 
@@ -129,8 +133,8 @@ class IoctlContext implements CallContext {
     private readonly abort: Interruption | undefined,
   ) {}
 
-  get signal(): AbortSignal | undefined {
-    return this.abort?.signal;
+  get signal(): Interruptible | undefined {
+    return this.abort;
   }
 }
 
@@ -170,6 +174,17 @@ const RETRY_MAX_MS = 50;
 
 const pad8 = (n: number): number => (n + 7) & ~7;
 
+/** Commands of all sessions that are waiting (a synchronous SEND) or fetching memory. */
+let waitingCommands = 0;
+/** Sessions with answers held back, flushed by one immediate. */
+const deferredSessions: SocketSession[] = [];
+let flushQueued = false;
+
+function flushDeferred(): void {
+  flushQueued = false;
+  for (const s of deferredSessions.splice(0)) s.flushDeferred();
+}
+
 export class SocketSession {
   readonly peer: PeerCred;
   /** The daemon's own descriptor of the socket, read and written directly. */
@@ -207,6 +222,8 @@ export class SocketSession {
       this.transient = [];
     },
   };
+  /** Answers held back until this loop turn's promise continuations have run (defer()). */
+  private deferred: Array<() => void> | undefined;
   /** Numbers the shim reserved for files of its CUSE handle (ATTACH, RESERVE). */
   private readonly reserve: number[] = [];
   /** The lowest free numbers of the client, offered for the next command alone: used first. */
@@ -539,8 +556,38 @@ export class SocketSession {
       errno = this.errnoOf(e, cmd);
     }
     files.close();
-    this.answer(seq, handle, cmd, errno, mem, installer);
+    if (this.deferred || (waitingCommands > 0 && cmd === Cmd.SEND)) {
+      this.defer(() => this.answer(seq, handle, cmd, errno, mem, installer));
+    } else {
+      this.answer(seq, handle, cmd, errno, mem, installer);
+    }
     if (sender.own) FrameReader.recycle(sender.own);
+  }
+
+  /**
+   * Holds an answer back until the promise continuations of this loop turn have run. A SEND
+   * that completes another client's synchronous call resumes that call in a continuation;
+   * the caller's RESULT then goes out before the replier's, which nobody is waiting on as
+   * urgently. Later answers of this session queue behind, so its RESULTs keep their order.
+   */
+  private defer(answer: () => void): void {
+    if (!this.deferred) {
+      this.deferred = [];
+      deferredSessions.push(this);
+      if (!flushQueued) {
+        flushQueued = true;
+        // Immediates run after the microtasks queued before them (fd-watch.ts's checkpoint).
+        setImmediate(flushDeferred);
+      }
+    }
+    this.deferred.push(answer);
+  }
+
+  /** @internal sends the answers defer() held back. */
+  flushDeferred(): void {
+    const answers = this.deferred;
+    this.deferred = undefined;
+    if (answers) for (const a of answers) a();
   }
 
   /** A command that waits or needs memory fetched; its large frame's buffer is given back after. */
@@ -549,9 +596,11 @@ export class SocketSession {
     installer: ReservedInstaller, files: ReceivedFiles, abort: Interruption | undefined, next: NeedMemory | Promise<void>,
     own: Buffer | undefined,
   ): Promise<void> {
+    waitingCommands++;
     try {
       await this.continueIoctl(seq, handle, cmd, arg, ctx, mem, installer, files, abort, next);
     } finally {
+      waitingCommands--;
       if (own) FrameReader.recycle(own);
     }
   }
@@ -599,7 +648,8 @@ export class SocketSession {
       installer.closeSent();
       return;
     }
-    this.answer(seq, handle, cmd, errno, mem, installer);
+    if (this.deferred) this.defer(() => this.answer(seq, handle, cmd, errno, mem, installer));
+    else this.answer(seq, handle, cmd, errno, mem, installer);
   }
 
   private errnoOf(e: unknown, cmd: number): number {
