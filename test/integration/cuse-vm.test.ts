@@ -77,6 +77,39 @@ describe('CUSE transport in a VM', function () {
     assert.match(log.stderr, /caller memory through the FUSE ioctl retry protocol/);
   });
 
+  it('joins an upstream dbus-daemon: kdbus clients on CUSE call its services, its clients call theirs', async function () {
+    this.timeout(240_000);
+    const shim = path.join(ROOT, 'shim', 'build', 'glibc', 'libkdbus-cuse-shim.so');
+    const peer = path.join(ROOT, 'test', 'c', 'build', 'glibc', 'kdbus-dbus-peer');
+    const upstream = 'unix:path=/run/upstream.sock';
+    const jobs: VmJob[] = [];
+    try {
+      const bus = vm!.start(`exec dbus-daemon --session --address=${upstream} --nofork --nopidfile --print-address`, { timeoutMs: 230_000 });
+      jobs.push(bus);
+      const up = await vm!.run('for i in $(seq 1 600); do [ -S /run/upstream.sock ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
+      assert.equal(up.code, 0, 'dbus-daemon made its socket');
+      jobs.push(vm!.start(`exec /usr/bin/python3 ${ROOT}/test/legacy/cross-peer.py ${upstream} serve org.example.PyPeer`, { timeoutMs: 230_000 }));
+      const bridged = vm!.start(`cd ${ROOT} && exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock --upstream ${upstream}`, { timeoutMs: 230_000 });
+      jobs.push(bridged);
+      const ready = await vm!.run('for i in $(seq 1 900); do [ -e /dev/kdbus/0-system/bus ] && dbus-send --bus=' + upstream +
+        ' --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.NameHasOwner string:org.example.PyPeer | grep -q "boolean true" && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 120_000 });
+      assert.equal(ready.code, 0, 'the bridged daemon and the python service are up');
+      const env = `LD_PRELOAD=${shim} KDBUS_CUSE_ROOT=/dev/kdbus KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock`;
+      const call = await vm!.run(`env ${env} ${peer} /dev/kdbus/0-system/bus call org.example.PyPeer /org/example/Peer org.example.Peer Echo cuse`, { timeoutMs: 60_000 });
+      assert.equal(call.code, 0, `${call.stdout}\n${call.stderr}`);
+      assert.match(call.stdout, /^reply sender=:1\.\d+ arg=cuse\?$/m);
+      const service = vm!.start(`env ${env} ${peer} /dev/kdbus/0-system/bus serve org.example.KPeer`, { timeoutMs: 230_000 });
+      jobs.push(service);
+      // NAME_ACQUIRE over CUSE waits for upstream's answer; then busctl upstream reaches the service.
+      const busctl = await vm!.run('for i in $(seq 1 300); do busctl --address=' + upstream +
+        ' call org.example.KPeer /org/example/Peer org.example.Peer Echo s up 2>/dev/null && exit 0; sleep 0.2; done; exit 1', { timeoutMs: 90_000 });
+      assert.equal(busctl.code, 0, `${busctl.stdout}\n${busctl.stderr}`);
+      assert.equal(busctl.stdout.trim(), 's "up!"');
+    } finally {
+      for (const j of jobs.reverse()) await j.stop('TERM');
+    }
+  });
+
   it('removes its nodes on SIGTERM', async () => {
     daemon = vm!.start(`cd ${ROOT} && exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`);
     const wait = await vm!.run('for i in $(seq 1 600); do [ -e /dev/kdbus/0-system/bus ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
