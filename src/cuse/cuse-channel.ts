@@ -16,6 +16,7 @@ import {
 
 /** What a device does with the requests of its channel. */
 export interface ChannelHandler {
+  /** `payload` is a view of the channel's read buffer: copy what must outlive the call. */
   request(ch: CuseChannel, hdr: InHeader, payload: Buffer): void;
 }
 
@@ -68,7 +69,7 @@ export class CuseChannel {
         continue;
       }
       const hdr = parseInHeader(this.buf);
-      const payload = Buffer.from(this.buf.subarray(IN_HEADER, Math.min(n, hdr.len)));
+      const payload = this.buf.subarray(IN_HEADER, Math.min(n, hdr.len));
       try {
         this.dispatch(hdr, payload);
       } catch (e) {

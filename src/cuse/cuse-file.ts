@@ -21,8 +21,9 @@ export class SideChannelInstaller implements FileInstaller {
 
 export class CuseFile implements AttachTarget {
   /** kh of the last FUSE_POLL that asked to be notified. */
-  pollKh: bigint | undefined;
-  readonly inFlight = new Map<bigint, AbortController>();
+  pollKh: number | undefined;
+  /** Waiting SENDs by FUSE request id. */
+  readonly inFlight = new Map<number, AbortController>();
   side: SideChannel | undefined;
   stopWake: (() => void) | undefined;
   readonly installer = new SideChannelInstaller(this);
@@ -33,6 +34,11 @@ export class CuseFile implements AttachTarget {
    * pid wrap-around within its lifetime).
    */
   private readonly callers = new Map<string, CallerIdentity>();
+  /** The last caller, asked first: most files have one calling thread. */
+  private lastTid = -1;
+  private lastUid = -1;
+  private lastGid = -1;
+  private lastIdentity: CallerIdentity | undefined;
 
   constructor(readonly handle: Handle) {}
 
@@ -41,6 +47,7 @@ export class CuseFile implements AttachTarget {
   }
 
   caller(tid: number, fsuid: number, fsgid: number): CallerIdentity {
+    if (tid === this.lastTid && fsuid === this.lastUid && fsgid === this.lastGid && this.lastIdentity) return this.lastIdentity;
     const key = `${tid}:${fsuid}:${fsgid}`;
     let id = this.callers.get(key);
     if (!id) {
@@ -48,6 +55,10 @@ export class CuseFile implements AttachTarget {
       if (this.callers.size >= 256) this.callers.clear();
       this.callers.set(key, id);
     }
+    this.lastTid = tid;
+    this.lastUid = fsuid;
+    this.lastGid = fsgid;
+    this.lastIdentity = id;
     return id;
   }
 

@@ -19,7 +19,7 @@ import { callerIdentity } from '../os/caller-identity';
 import { CuseFile } from './cuse-file';
 import {
   IOCTL_MAX_BYTES, IOCTL_MAX_IOV, ioctlResultReply, ioctlRetryReply, Opcode, openReply, parseIoctlIn,
-  pollNotify, pollReply, POLL_SCHEDULE_NOTIFY, reply, type InHeader, type Iovec,
+  pollNotify, pollReply, POLL_SCHEDULE_NOTIFY, readCounter, reply, type InHeader, type IoctlIn, type Iovec,
 } from './fuse-abi';
 
 /** How the transport reaches caller memory; switches to 'retry' once process_vm is refused. */
@@ -31,9 +31,12 @@ interface RetryState {
   ins: Iovec[];
 }
 
+/** Synchronous SENDs of all CUSE nodes that are waiting for their reply. */
+let waitingSends = 0;
+
 export class CuseNode implements ChannelHandler {
-  private readonly files = new Map<bigint, CuseFile>();
-  private nextFh = 1n;
+  private readonly files = new Map<number, CuseFile>();
+  private nextFh = 1;
   private readonly retries = new Map<string, RetryState>();
 
   constructor(
@@ -49,7 +52,7 @@ export class CuseNode implements ChannelHandler {
       case Opcode.OPEN:
         return this.open(ch, hdr);
       case Opcode.RELEASE:
-        return this.release(ch, hdr, p.readBigUInt64LE(0));
+        return this.release(ch, hdr, readCounter(p, 0));
       case Opcode.IOCTL:
         return this.ioctl(ch, hdr, p);
       case Opcode.POLL:
@@ -84,7 +87,7 @@ export class CuseNode implements ChannelHandler {
   }
 
   /** Synchronous, as kdbus's release was: notifications are queued before close() returns. */
-  private release(ch: CuseChannel, hdr: InHeader, fh: bigint): void {
+  private release(ch: CuseChannel, hdr: InHeader, fh: number): void {
     const f = this.files.get(fh);
     if (f) {
       this.files.delete(fh);
@@ -107,9 +110,9 @@ export class CuseNode implements ChannelHandler {
   }
 
   private poll(ch: CuseChannel, hdr: InHeader, p: Buffer): void {
-    const f = this.files.get(p.readBigUInt64LE(0));
+    const f = this.files.get(readCounter(p, 0));
     if (!f) return ch.send(reply(hdr.unique, Errno.EBADF));
-    const kh = p.readBigUInt64LE(8);
+    const kh = readCounter(p, 8);
     if (p.readUInt32LE(16) & POLL_SCHEDULE_NOTIFY) {
       f.pollKh = kh;
       if (!f.stopWake) this.watch(ch, f);
@@ -126,27 +129,32 @@ export class CuseNode implements ChannelHandler {
 
   /** READ: pool bytes at the offset, for clients that cannot map the pool. */
   private read(ch: CuseChannel, hdr: InHeader, p: Buffer): void {
-    const f = this.files.get(p.readBigUInt64LE(0));
+    const f = this.files.get(readCounter(p, 0));
     const pool = f?.handle.connection?.pool;
     if (!pool) return ch.send(reply(hdr.unique, Errno.EINVAL));
-    const offset = Number(p.readBigUInt64LE(8));
+    const offset = readCounter(p, 8);
     const size = Math.max(0, Math.min(p.readUInt32LE(16), pool.size - offset));
     ch.send(reply(hdr.unique, 0, size > 0 ? pool.storage.read(offset, size) : Buffer.alloc(0)));
   }
 
   private ioctl(ch: CuseChannel, hdr: InHeader, p: Buffer): void {
     const io = parseIoctlIn(p);
+    const unique = hdr.unique;
     const f = this.files.get(io.fh);
-    if (!f) return ch.send(ioctlResultReply(hdr.unique, -Errno.EBADF));
-    if (io.cmd === KDBUS_CUSE_CMD_ATTACH) return this.attachToken(ch, hdr, f, io);
+    if (!f) return ch.send(ioctlResultReply(unique, -Errno.EBADF));
+    const cmd = io.cmd;
+    if (cmd === KDBUS_CUSE_CMD_ATTACH) return this.attachToken(ch, hdr, f, io);
     // Only a SEND can wait (for its reply); a release must end that wait.
-    const abort = io.cmd === Cmd.SEND ? new AbortController() : undefined;
-    if (abort) f.inFlight.set(hdr.unique, abort);
+    const abort = cmd === Cmd.SEND ? new AbortController() : undefined;
+    if (abort) f.inFlight.set(unique, abort);
+    // The shim offers numbers for files before the commands that install some, RECV and
+    // SEND; after any other, there is no offer to read or drop.
+    const installs = cmd === Cmd.RECV || cmd === Cmd.SEND;
     const done = (result: number, out?: Buffer): void => {
-      if (abort) f.inFlight.delete(hdr.unique);
-      f.side?.commandDone();
-      ch.send(ioctlResultReply(hdr.unique, result, out));
-      if (io.cmd === Cmd.HELLO && result === 0 && f.pollKh !== undefined && !f.stopWake) this.watch(ch, f);
+      if (abort) f.inFlight.delete(unique);
+      if (installs) f.side?.commandDone();
+      ch.send(ioctlResultReply(unique, result, out));
+      if (cmd === Cmd.HELLO && result === 0 && f.pollKh !== undefined && !f.stopWake) this.watch(ch, f);
     };
     let identity;
     try {
@@ -154,57 +162,78 @@ export class CuseNode implements ChannelHandler {
     } catch (e) {
       return done(-(e as KdbusError).errno);
     }
-    const base = {
-      files: new PidfdFiles(identity.tgid, this.isKdbus),
-      installer: f.installer,
-      pid: identity.tgid,
-      tid: hdr.pid,
-      creds: identity.creds,
-      signal: abort?.signal,
-    };
+    const files = new PidfdFiles(identity.tgid, this.isKdbus);
     if (this.memory.mode === 'process_vm') {
-      const ctx: CallContext = { ...base, mem: new ProcessMemory(hdr.pid) };
+      const ctx: CallContext = {
+        mem: new ProcessMemory(hdr.pid), files, installer: f.installer, pid: identity.tgid, tid: hdr.pid, creds: identity.creds, signal: abort?.signal,
+      };
+      let r;
       try {
-        settle(f.handle.ioctl(io.cmd, io.arg, ctx), () => done(0), (errno) => done(-errno), () => base.files.close());
-        return;
+        r = f.handle.ioctl(cmd, io.arg, ctx);
       } catch (e) {
-        if (!(e instanceof ProcessMemoryDenied)) {
-          base.files.close();
-          return done(-errnoOf(e));
+        files.close();
+        if (e instanceof ProcessMemoryDenied) {
+          this.memory.mode = 'retry';
+          logger.warn(`process_vm access to callers is refused (errno ${e.errno}); using the FUSE ioctl retry protocol, limited to ${IOCTL_MAX_BYTES} bytes per ioctl`);
+          return this.retryIoctl(ch, hdr, f, io, new PidfdFiles(identity.tgid, this.isKdbus), identity.tgid, identity.creds, abort?.signal);
         }
-        this.memory.mode = 'retry';
-        logger.warn(`process_vm access to callers is refused (errno ${e.errno}); using the FUSE ioctl retry protocol, limited to ${IOCTL_MAX_BYTES} bytes per ioctl`);
+        return done(-errnoOf(e));
       }
+      if (!r) {
+        files.close();
+        // A SEND that completed another client's synchronous call resumed that call in a
+        // promise continuation: its answer, which a caller waits on, goes out first.
+        if (waitingSends > 0 && cmd === Cmd.SEND) setImmediate(done, 0);
+        else done(0);
+        return;
+      }
+      if (abort) waitingSends++;
+      r.then(
+        () => {
+          if (abort) waitingSends--;
+          files.close();
+          done(0);
+        },
+        (e: unknown) => {
+          if (abort) waitingSends--;
+          files.close();
+          done(-errnoOf(e));
+        },
+      );
+      return;
     }
-    this.retryIoctl(ch, hdr, f, io, base);
+    this.retryIoctl(ch, hdr, f, io, files, identity.tgid, identity.creds, abort?.signal);
   }
 
   private retryIoctl(
-    ch: CuseChannel, hdr: InHeader, f: CuseFile, io: ReturnType<typeof parseIoctlIn>,
-    base: Omit<CallContext, 'mem'> & { files: PidfdFiles },
+    ch: CuseChannel, hdr: InHeader, f: CuseFile, io: IoctlIn, files: PidfdFiles, pid: number, creds: CallContext['creds'], signal: AbortSignal | undefined,
   ): void {
     const key = `${io.fh}:${hdr.pid}:${io.cmd}:${io.arg}`;
     const state = io.inSize > 0 ? this.retries.get(key) : undefined;
+    // The request's bytes are a view of the channel's buffer; a waiting command outlives it.
+    const data = state ? Buffer.from(io.data) : io.data;
     const segments = [];
     let at = 0;
     for (const v of state?.ins ?? []) {
-      segments.push({ address: v.base, data: io.data.subarray(at, at + v.len) });
+      segments.push({ address: v.base, data: data.subarray(at, at + v.len) });
       at += v.len;
     }
     const mem = new SegmentMemory(segments);
     const outs = structRanges(io.cmd, io.arg, mem);
+    const installs = io.cmd === Cmd.RECV || io.cmd === Cmd.SEND;
     const finish = (result: number): void => {
       this.retries.delete(key);
       f.inFlight.delete(hdr.unique);
-      f.side?.commandDone();
-      base.files.close();
+      if (installs) f.side?.commandDone();
+      files.close();
       ch.send(ioctlResultReply(hdr.unique, result, outData(outs, mem)));
     };
+    const ctx: CallContext = { mem, files, installer: f.installer, pid, tid: hdr.pid, creds, signal };
     try {
-      settle(f.handle.ioctl(io.cmd, io.arg, { ...base, mem }), () => finish(0), (errno) => finish(-errno), () => undefined);
+      settle(f.handle.ioctl(io.cmd, io.arg, ctx), () => finish(0), (errno) => finish(-errno));
     } catch (e) {
       if (!(e instanceof NeedMemory)) return finish(-errnoOf(e));
-      base.files.close();
+      files.close();
       f.inFlight.delete(hdr.unique);
       const ins = [...(state?.ins ?? []), { base: e.address, len: e.length }];
       const inBytes = ins.reduce((n, v) => n + v.len, 0);
@@ -212,7 +241,7 @@ export class CuseNode implements ChannelHandler {
       const outBytes = wantOuts.reduce((n, v) => n + v.len, 0);
       if (ins.length + wantOuts.length > IOCTL_MAX_IOV || inBytes > IOCTL_MAX_BYTES || outBytes > IOCTL_MAX_BYTES) {
         this.retries.delete(key);
-        f.side?.commandDone();
+        if (installs) f.side?.commandDone();
         logger.warn(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid} needs ${inBytes} bytes of caller memory: more than the FUSE retry protocol carries; give the daemon ptrace-level access (CAP_SYS_PTRACE) to lift the limit`);
         return ch.send(ioctlResultReply(hdr.unique, -Errno.EMSGSIZE));
       }
@@ -226,7 +255,7 @@ export class CuseNode implements ChannelHandler {
    * The shim's private ioctl: a token proving it holds this open file, to present on the
    * socket transport. In retry mode the first round only declares where the answer goes.
    */
-  private attachToken(ch: CuseChannel, hdr: InHeader, f: CuseFile, io: ReturnType<typeof parseIoctlIn>): void {
+  private attachToken(ch: CuseChannel, hdr: InHeader, f: CuseFile, io: IoctlIn): void {
     const answer = (): Buffer => {
       const out = Buffer.alloc(ATTACH_STRUCT_SIZE);
       out.writeBigUInt64LE(BigInt(ATTACH_STRUCT_SIZE), 0);
@@ -256,23 +285,13 @@ function errnoOf(e: unknown): number {
   return Errno.EIO;
 }
 
-/** Runs a command's result (sync or a promise) to an errno, and cleans up once. */
-function settle(r: void | Promise<void>, ok: () => void, err: (errno: number) => void, always: () => void): void {
+/** Runs a command's result (sync or a promise) to an errno. */
+function settle(r: void | Promise<void>, ok: () => void, err: (errno: number) => void): void {
   if (!r) {
-    always();
     ok();
     return;
   }
-  r.then(
-    () => {
-      always();
-      ok();
-    },
-    (e: unknown) => {
-      always();
-      err(errnoOf(e));
-    },
-  );
+  r.then(ok, (e: unknown) => err(errnoOf(e)));
 }
 
 /**

@@ -27,16 +27,25 @@ export class ProcessMemoryDenied extends Error {
  */
 const READ_AHEAD = 1024;
 
-/** One iovec each side, reused: the daemon's main thread is the only caller. */
+/**
+ * One iovec each side, reused: the daemon's main thread is the only caller. Filled through
+ * 64-bit views: Buffer.writeBigUInt64LE splits its value with BigInt arithmetic, which
+ * under emulation (TCG) cost more than the system call itself.
+ */
 const localIov = Buffer.alloc(16);
 const remoteIov = Buffer.alloc(16);
+const localWords = new BigUint64Array(localIov.buffer, localIov.byteOffset, 2);
+const remoteWords = new BigUint64Array(remoteIov.buffer, remoteIov.byteOffset, 2);
 
 function setIovs(local: Buffer, remote: bigint, length: number): void {
-  localIov.writeBigUInt64LE(koffi.address(local) as bigint, 0);
-  localIov.writeBigUInt64LE(BigInt(length), 8);
-  remoteIov.writeBigUInt64LE(remote, 0);
-  remoteIov.writeBigUInt64LE(BigInt(length), 8);
+  const len = BigInt(length);
+  localWords[0] = koffi.address(local) as bigint;
+  localWords[1] = len;
+  remoteWords[0] = remote;
+  remoteWords[1] = len;
 }
+
+const NO_WINDOW = Buffer.alloc(0);
 
 /**
  * One ioctl's view of the caller's memory. Reads come from a window read ahead once (a
@@ -44,7 +53,7 @@ function setIovs(local: Buffer, remote: bigint, length: number): void {
  * the caller and into the window.
  */
 export class ProcessMemory implements CallerMemory {
-  private window = Buffer.alloc(0);
+  private window = NO_WINDOW;
   private windowAt = 0n;
 
   /** `tid`: the calling thread, as CUSE reports it; its process's memory is what is read. */
