@@ -17,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { machineLines, progress, table, us } from './report';
+import { failed, machineLines, progress, table, us, type Outcome, type Stats } from './report';
 import { PROJECT, Proc, busUnavailable, run, type LegacyBus } from '../test/helpers/legacy-bus';
 import { UPSTREAM_KINDS, shimPath, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
 
@@ -28,13 +28,6 @@ const KIB = 1024;
 const CLIENT_TIMEOUT_MS = 120_000;
 const TARGET_RATIO = 1.5;
 
-interface Stats {
-  n: number;
-  mean_us: number;
-  p99_us: number;
-}
-type Outcome = Stats | { error: string };
-const failed = (o: Outcome): o is { error: string } => 'error' in o;
 
 interface Size {
   bytes: number;

@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as dbus from 'dbus-next';
-import { cpuModel, progress } from './report';
+import { cpuModel, failed, progress, type Outcome, type Stats } from './report';
 import {
   BUS_KINDS, PROJECT, busUnavailable, driverCall, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
 } from '../test/helpers/legacy-bus';
@@ -27,13 +27,6 @@ const KIB = 1024;
 const IDLE_CLIENTS = 200;
 const CLIENT_TIMEOUT_MS = 120_000;
 
-interface Stats {
-  n: number;
-  mean_us: number;
-  p99_us: number;
-}
-type Outcome = Stats | { error: string };
-const failed = (o: Outcome | undefined): o is { error: string } => o !== undefined && 'error' in o;
 
 interface Case {
   key: string;

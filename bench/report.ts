@@ -83,3 +83,20 @@ export function table(head: string[], rows: string[][], right: boolean[]): strin
 export function progress(msg: string): void {
   process.stderr.write(`${msg}\n`);
 }
+
+/** One JSON line of bench/c/stats.h: what a C benchmark client prints at its end. */
+export interface Stats {
+  n: number;
+  mean_us: number;
+  p50_us: number;
+  p99_us: number;
+  max_us: number;
+  /** kdbus: how the payload travelled (none, vec, memfd); how the pool was read (mmap, read). */
+  path?: string;
+  pool?: string;
+}
+
+/** A client's statistics, or why there are none. */
+export type Outcome = Stats | { error: string };
+
+export const failed = (o: Outcome | undefined): o is { error: string } => o !== undefined && 'error' in o;

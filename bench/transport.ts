@@ -18,7 +18,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cpuModel, progress } from './report';
+import { cpuModel, failed, progress, type Outcome, type Stats } from './report';
 import { Vm } from '../test/vm/vm';
 
 const PROJECT = path.resolve(__dirname, '..', '..');
@@ -80,21 +80,6 @@ function plan(where: Where, quick: boolean): Plan {
   };
 }
 
-/** One JSON line of bench/c/stats.h. */
-interface Stats {
-  n: number;
-  mean_us: number;
-  p50_us: number;
-  p99_us: number;
-  max_us: number;
-  /** kdbus: how the payload travelled (none, vec, memfd); how the pool was read (mmap, read). */
-  path?: string;
-  pool?: string;
-}
-
-type Outcome = Stats | { error: string };
-
-const failed = (o: Outcome | undefined): o is { error: string } => o !== undefined && 'error' in o;
 
 // ---- processes ---------------------------------------------------------------------------
 

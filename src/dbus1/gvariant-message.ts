@@ -22,10 +22,10 @@ import {
   headerProblem,
   Message,
   MessageType,
+  setTextField,
 } from './message';
 import { GVariantError, GVariantReader, gvariantOffsetSize, gvariantWordSize, writeGVariantBody } from './gvariant';
 import { OutputBuffer } from './output-buffer';
-import { isValidObjectPath } from './names';
 import { alignUp, CompleteType, parseCompleteType, parseSignature, SignatureError } from './signature';
 import { decodeWireString } from './utf8';
 import { ValueError, Variant } from './value';
@@ -55,25 +55,18 @@ function writeTextField(out: OutputBuffer, code: number, type: string, value: st
  * The header fields, ascending by code, as writeGVariantValue would write them as a{tv}
  * (the entries, then the table of their end offsets), without the generic writer.
  */
-function writeHeaderFields(out: OutputBuffer, m: Message): void {
+function writeHeaderFields(out: OutputBuffer, m: Message, withSender: boolean): void {
   const start = out.pos;
   const ends: number[] = [];
-  if (m.path !== undefined) {
-    writeTextField(out, HeaderField.Path, 'o', m.path);
+  const text = (code: number, type: string, value: string | undefined): void => {
+    if (value === undefined) return;
+    writeTextField(out, code, type, value);
     ends.push(out.pos - start);
-  }
-  if (m.interface !== undefined) {
-    writeTextField(out, HeaderField.Interface, 's', m.interface);
-    ends.push(out.pos - start);
-  }
-  if (m.member !== undefined) {
-    writeTextField(out, HeaderField.Member, 's', m.member);
-    ends.push(out.pos - start);
-  }
-  if (m.errorName !== undefined) {
-    writeTextField(out, HeaderField.ErrorName, 's', m.errorName);
-    ends.push(out.pos - start);
-  }
+  };
+  text(HeaderField.Path, 'o', m.path);
+  text(HeaderField.Interface, 's', m.interface);
+  text(HeaderField.Member, 's', m.member);
+  text(HeaderField.ErrorName, 's', m.errorName);
   if (m.replySerial !== undefined) {
     out.align(8);
     out.u32(HeaderField.ReplySerial);
@@ -83,14 +76,8 @@ function writeHeaderFields(out: OutputBuffer, m: Message): void {
     out.ascii('t');
     ends.push(out.pos - start);
   }
-  if (m.destination !== undefined) {
-    writeTextField(out, HeaderField.Destination, 's', m.destination);
-    ends.push(out.pos - start);
-  }
-  if (m.sender !== undefined) {
-    writeTextField(out, HeaderField.Sender, 's', m.sender);
-    ends.push(out.pos - start);
-  }
+  text(HeaderField.Destination, 's', m.destination);
+  if (withSender) text(HeaderField.Sender, 's', m.sender);
   if (m.unixFds !== undefined) {
     out.align(8);
     out.u32(HeaderField.UnixFds);
@@ -108,6 +95,19 @@ function writeHeaderFields(out: OutputBuffer, m: Message): void {
 
 /** A message in the version-2 GVariant form, little-endian. Throws ValueError if m is invalid. */
 export function encodeGVariantMessage(m: Message): Buffer {
+  return encode(m, m.flags, true);
+}
+
+/**
+ * m as a kdbus payload of its sender: without a SENDER field (the bus's source id says who
+ * sent it) and with `flags` for m.flags, without a copy of m.
+ */
+export function encodeGVariantPayload(m: Message, flags: number): Buffer {
+  if (!Number.isInteger(flags) || flags < 0 || flags > 0xff) throw new ValueError(`flags ${flags} are not a byte`);
+  return encode(m, flags, false);
+}
+
+function encode(m: Message, flags: number, withSender: boolean): Buffer {
   const problem = headerProblem(m);
   if (problem !== undefined) throw new ValueError(problem);
   if (m.serial > 0xffff_ffff_ffff_ffffn) throw new ValueError(`cookie ${m.serial} does not fit 64 bits`);
@@ -118,11 +118,11 @@ export function encodeGVariantMessage(m: Message): Buffer {
   const out = new OutputBuffer(256);
   out.u8(0x6c); // 'l'
   out.u8(m.type);
-  out.u8(m.flags);
+  out.u8(flags);
   out.u8(GVARIANT_MESSAGE_VERSION);
   out.u32(0);
   out.u64(m.serial);
-  writeHeaderFields(out, m);
+  writeHeaderFields(out, m, withSender);
   const fieldsEnd = out.pos;
   out.align(8);
   writeGVariantBody(out, types, m.body);
@@ -179,27 +179,7 @@ function readCommonHeaderFields(r: GVariantReader, m: Message, end: number): boo
     } else {
       if (valueEnd === value || b[valueEnd - 1] !== 0) return false;
       const text = decodeWireString(b, value, valueEnd - 1);
-      if (text === undefined) return false;
-      switch (code) {
-        case HeaderField.Path:
-          if (!isValidObjectPath(text)) return false;
-          m.path = text;
-          break;
-        case HeaderField.Interface:
-          m.interface = text;
-          break;
-        case HeaderField.Member:
-          m.member = text;
-          break;
-        case HeaderField.ErrorName:
-          m.errorName = text;
-          break;
-        case HeaderField.Destination:
-          m.destination = text;
-          break;
-        default:
-          m.sender = text;
-      }
+      if (text === undefined || !setTextField(m, code, text)) return false;
     }
     previous = entryEnd;
   }

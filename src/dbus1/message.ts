@@ -277,6 +277,41 @@ const HEADER_FIELD_ENTRY = parseCompleteType('(yv)');
 const FIELD_TYPE_CHARS = [0, CHAR_O, CHAR_S, CHAR_S, CHAR_S, CHAR_U, CHAR_S, CHAR_S, CHAR_G, CHAR_U];
 
 /**
+ * Sets a string-like header field (PATH, INTERFACE, MEMBER, ERROR_NAME, DESTINATION, SENDER,
+ * SIGNATURE) as the fast header readers found it; false for a path or signature that is not
+ * valid, which the generic reader then reports.
+ */
+export function setTextField(m: Message, code: number, text: string): boolean {
+  switch (code) {
+    case HeaderField.Path:
+      if (!isValidObjectPath(text)) return false;
+      m.path = text;
+      return true;
+    case HeaderField.Interface:
+      m.interface = text;
+      return true;
+    case HeaderField.Member:
+      m.member = text;
+      return true;
+    case HeaderField.ErrorName:
+      m.errorName = text;
+      return true;
+    case HeaderField.Destination:
+      m.destination = text;
+      return true;
+    case HeaderField.Sender:
+      m.sender = text;
+      return true;
+    case HeaderField.Signature:
+      if (!isValidSignature(text)) return false;
+      m.signature = text;
+      return true;
+    default:
+      return false;
+  }
+}
+
+/**
  * The header fields of the common message, read without the generic reader: only known
  * fields, each once, with the type it must have, every value valid. Anything else gives
  * false with m possibly half filled, and the generic path reads the message again, so
@@ -316,31 +351,7 @@ function readCommonHeaderFields(buf: Buffer, le: boolean, m: Message, fieldsEnd:
     const textEnd = textStart + length;
     if (textEnd + 1 > fieldsEnd || buf[textEnd] !== 0) return false;
     const text = decodeWireString(buf, textStart, textEnd);
-    if (text === undefined) return false;
-    switch (code) {
-      case HeaderField.Path:
-        if (!isValidObjectPath(text)) return false;
-        m.path = text;
-        break;
-      case HeaderField.Interface:
-        m.interface = text;
-        break;
-      case HeaderField.Member:
-        m.member = text;
-        break;
-      case HeaderField.ErrorName:
-        m.errorName = text;
-        break;
-      case HeaderField.Destination:
-        m.destination = text;
-        break;
-      case HeaderField.Sender:
-        m.sender = text;
-        break;
-      default:
-        if (!isValidSignature(text)) return false;
-        m.signature = text;
-    }
+    if (text === undefined || !setTextField(m, code, text)) return false;
     pos = textEnd + 1;
   }
   return true;
