@@ -368,11 +368,15 @@ function machineId(): string {
   return cachedMachineId;
 }
 
-/** Answers a method call addressed to org.freedesktop.DBus (replies only if one is expected). */
-export async function callDriver(c: DriverClient, bus: DriverBus, m: Message): Promise<void> {
+/**
+ * Answers a method call addressed to org.freedesktop.DBus (replies only if one is expected).
+ * A handler's answer goes out on the next microtask, after what its work set in motion
+ * (NameAcquired before RequestName's reply, as dbus-daemon orders them); a refusal at once.
+ */
+export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
   if (m.type !== MessageType.MethodCall) return;
   const wantsReply = !(m.flags & 1);
-  let reply: Message;
+  let answer: Promise<[string, Value[]]> | [string, Value[]];
   try {
     const byIface = m.interface === undefined ? findMethod(m.member!) : HANDLERS[m.interface];
     if (!byIface) throw new DriverError(DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
@@ -382,12 +386,23 @@ export async function callDriver(c: DriverClient, bus: DriverBus, m: Message): P
     }
     const handler = byIface[m.member!];
     if (!handler) throw new DriverError(DBusError.UnknownMethod, `org.freedesktop.DBus does not understand message ${m.member}`);
-    const [signature, body] = await handler(c, bus, m);
-    reply = driverReply(m, signature, body);
+    answer = handler(c, bus, m);
   } catch (e) {
-    reply = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
+    const refusal = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
+    if (wantsReply) c.send(refusal);
+    return;
   }
-  if (wantsReply) c.send(reply);
+  // Without an async function: the common, synchronous answer needs no promise of its own.
+  void Promise.resolve(answer).then(
+    ([signature, body]) => {
+      const reply = driverReply(m, signature, body);
+      if (wantsReply) c.send(reply);
+    },
+    (e: unknown) => {
+      const refusal = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
+      if (wantsReply) c.send(refusal);
+    },
+  );
 }
 
 /** A call without an interface goes to the first interface with that method, as dbus-daemon does. */

@@ -51,6 +51,13 @@ function writeTextField(out: OutputBuffer, code: number, type: string, value: st
   out.ascii(type);
 }
 
+/** A present string-like field, with its end offset (from the fields' start) noted for the table. */
+function textField(out: OutputBuffer, ends: number[], start: number, code: number, type: string, value: string | undefined): void {
+  if (value === undefined) return;
+  writeTextField(out, code, type, value);
+  ends.push(out.pos - start);
+}
+
 /**
  * The header fields, ascending by code, as writeGVariantValue would write them as a{tv}
  * (the entries, then the table of their end offsets), without the generic writer.
@@ -58,15 +65,10 @@ function writeTextField(out: OutputBuffer, code: number, type: string, value: st
 function writeHeaderFields(out: OutputBuffer, m: Message, withSender: boolean): void {
   const start = out.pos;
   const ends: number[] = [];
-  const text = (code: number, type: string, value: string | undefined): void => {
-    if (value === undefined) return;
-    writeTextField(out, code, type, value);
-    ends.push(out.pos - start);
-  };
-  text(HeaderField.Path, 'o', m.path);
-  text(HeaderField.Interface, 's', m.interface);
-  text(HeaderField.Member, 's', m.member);
-  text(HeaderField.ErrorName, 's', m.errorName);
+  textField(out, ends, start, HeaderField.Path, 'o', m.path);
+  textField(out, ends, start, HeaderField.Interface, 's', m.interface);
+  textField(out, ends, start, HeaderField.Member, 's', m.member);
+  textField(out, ends, start, HeaderField.ErrorName, 's', m.errorName);
   if (m.replySerial !== undefined) {
     out.align(8);
     out.u32(HeaderField.ReplySerial);
@@ -76,8 +78,8 @@ function writeHeaderFields(out: OutputBuffer, m: Message, withSender: boolean): 
     out.ascii('t');
     ends.push(out.pos - start);
   }
-  text(HeaderField.Destination, 's', m.destination);
-  if (withSender) text(HeaderField.Sender, 's', m.sender);
+  textField(out, ends, start, HeaderField.Destination, 's', m.destination);
+  if (withSender) textField(out, ends, start, HeaderField.Sender, 's', m.sender);
   if (m.unixFds !== undefined) {
     out.align(8);
     out.u32(HeaderField.UnixFds);

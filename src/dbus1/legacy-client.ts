@@ -42,6 +42,8 @@ export interface LegacyEndpointContext {
   readonly limits: LegacyLimits;
   /** Current owners of the bus's names, for match rules. */
   readonly owners: NameOwners;
+  /** Whether a well-known name has a primary owner now (owners' answer without its unique name). */
+  isOwned(name: string): boolean;
   /**
    * Clients that became monitors. The driver's traffic never crosses kdbus, so clients show
    * it to them: calls to the driver and the driver's answers and name signals.
@@ -75,6 +77,8 @@ const OWN_NAMES_COOKIE = 1n;
 const UNICAST_SIGNALS_COOKIE = 2n;
 const FIRST_RULE_COOKIE = 16n;
 const U32_MAX = 0xffff_ffffn;
+const NO_FILES: readonly ImportedFile[] = [];
+const NO_FDS: readonly number[] = [];
 
 interface InstalledRule {
   rule: MatchRule;
@@ -152,18 +156,20 @@ export class LegacyClient implements DriverClient {
       this.close(`sent a message with ${n} descriptors (at most ${this.ctx.limits.maxFdsPerMessage})`);
       return;
     }
-    const fds = this.stream.takeFds(n);
-    if (!fds) {
-      this.close(`a message announced ${n} descriptors that did not arrive`);
-      return;
-    }
-    let files: ImportedFile[];
-    try {
-      files = fds.map((fd) => new ImportedFd(fd));
-    } catch (e) {
-      fds.forEach(closeFd);
-      this.close(`sent a descriptor that cannot be passed on: ${(e as Error).message}`);
-      return;
+    let files: readonly ImportedFile[] = NO_FILES;
+    if (n > 0) {
+      const fds = this.stream.takeFds(n);
+      if (!fds) {
+        this.close(`a message announced ${n} descriptors that did not arrive`);
+        return;
+      }
+      try {
+        files = fds.map((fd) => new ImportedFd(fd));
+      } catch (e) {
+        fds.forEach(closeFd);
+        this.close(`sent a descriptor that cannot be passed on: ${(e as Error).message}`);
+        return;
+      }
     }
     if (!this.connection) {
       files.forEach((f) => f.close());
@@ -183,7 +189,7 @@ export class LegacyClient implements DriverClient {
     if (m.destination === DRIVER_NAME) {
       files.forEach((f) => f.close());
       this.showMonitors(m);
-      void callDriver(this, this.ctx.bus, m);
+      callDriver(this, this.ctx.bus, m);
       return;
     }
     this.toBus(m, files);
@@ -225,12 +231,12 @@ export class LegacyClient implements DriverClient {
     logger.debug(`${this.label} is ${this.uniqueName}`);
   }
 
-  private toBus(m: Message, files: ImportedFile[]): void {
+  private toBus(m: Message, files: readonly ImportedFile[]): void {
     const expectsReply = m.type === MessageType.MethodCall && !(m.flags & MessageFlag.NoReplyExpected);
     const dest = m.destination;
     const name = dest !== undefined && !dest.startsWith(':') ? dest : undefined;
     // An owned name is the common case: only an unowned one may need activating.
-    if (name !== undefined && !(m.flags & MessageFlag.NoAutoStart) && this.ctx.owners.primaryOwner(name) === undefined && this.ctx.bus.isActivatable(name)) {
+    if (name !== undefined && !(m.flags & MessageFlag.NoAutoStart) && !this.ctx.isOwned(name) && this.ctx.bus.isActivatable(name)) {
       this.ctx.bus.startService(name, this).then(
         () => this.toBus(m, files),
         (e: unknown) => {
@@ -326,25 +332,26 @@ export class LegacyClient implements DriverClient {
   }
 
   private deliver(k: KdbusMessage): void {
-    const fds = k.fds.map((f) => f?.fd ?? -1);
-    const drop = (why: string): void => {
-      for (const f of k.fds) f?.close();
-      logger.debug(`${this.uniqueName}: a message from :1.${k.srcId} was dropped: ${why}`);
-    };
+    const fds = k.fds.length === 0 ? NO_FDS : k.fds.map((f) => f?.fd ?? -1);
     let m: Message;
     try {
       m = fromKdbus(k, this.uniqueName);
     } catch (e) {
       // Untranslatable (a 64-bit cookie, a foreign payload) or a malformed GVariant message
       // from a kdbus client: the legacy client never sees it.
-      return drop((e as Error).message);
+      return this.drop(k, (e as Error).message);
     }
-    if (k.dstId === KDBUS_DST_ID_BROADCAST && !this.wants(m)) return drop('no match rule of the client takes it');
-    if (fds.includes(-1)) return drop('a descriptor of it could not be received');
+    if (k.dstId === KDBUS_DST_ID_BROADCAST && !this.wants(m)) return this.drop(k, 'no match rule of the client takes it');
+    if (fds.includes(-1)) return this.drop(k, 'a descriptor of it could not be received');
     if (!this.sendToClient(m, fds)) {
       for (const f of k.fds) f?.close();
       this.refuseForFullQueue(m);
     }
+  }
+
+  private drop(k: KdbusMessage, why: string): void {
+    for (const f of k.fds) f?.close();
+    logger.debug(`${this.uniqueName}: a message from :1.${k.srcId} was dropped: ${why}`);
   }
 
   /** dbus-daemon answers a call to a client that does not read with LimitsExceeded. */

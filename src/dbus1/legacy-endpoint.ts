@@ -14,7 +14,7 @@ import { Activation, defaultServiceDirs, waitForName } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
 import { LocalConnection } from './local-connection';
-import { nameOwnersOf } from './translate';
+import { DRIVER_NAME, nameOwnersOf } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
 
 export interface LegacyEndpointOptions {
@@ -49,6 +49,7 @@ export class LegacyEndpoint {
       ownerUid: bus.uid,
       limits: { ...DEFAULT_LEGACY_LIMITS, ...opts.limits },
       owners: nameOwnersOf(bus),
+      isOwned: (name) => name === DRIVER_NAME || bus.names.primaryOwner(name) !== undefined,
       monitors: new Set(),
       legacyIds: new Set(),
       forget: (c) => this.clients.delete(c),

@@ -1,9 +1,10 @@
 /**
  * A kdbus connection the daemon holds on behalf of someone else: a legacy dbus1 client of a
- * legacy endpoint, an upstream peer of the bridge. It drives the bus exactly as a transport
- * drives it for a client process — Handle.ioctl on real kdbus command structs, messages read
- * out of its own pool and FREEd — so policy, quotas, metadata and notifications are the
- * bus's own, with the identity (credentials, pid) of the one it stands for.
+ * legacy endpoint, an upstream peer of the bridge. It drives the bus as a transport drives
+ * it for a client process — Handle.ioctl on real kdbus command structs, messages read out
+ * of its own pool and freed — so policy, quotas, metadata and notifications are the bus's
+ * own, with the identity (credentials, pid) of the one it stands for. Two commands skip the
+ * ioctl while the connection is up, with the same outcome: FREE and CONN_INFO.
  *
  * It deals in kdbus bytes only: payloads go out and come in as buffers, and translating them
  * (GVariant, dbus1) is someone else's business.
@@ -14,12 +15,13 @@
  * decoded message to the handler.
  */
 import {
-  Attach, Cmd, HelloFlags, ItemType, KDBUS_DST_ID_NAME, KDBUS_MATCH_ID_ANY, KDBUS_PAYLOAD_DBUS, MatchFlags, MsgFlags, Off,
+  Attach, Cmd, HelloFlags, ItemType, KDBUS_DST_ID_NAME, KDBUS_MATCH_ID_ANY, KDBUS_PAYLOAD_DBUS, Limits, MatchFlags, MsgFlags, Off,
   RecvReturn, SendFlags, StructSize,
 } from '../abi/constants';
 import { Errno, fail, KdbusError } from '../abi/errno';
 import { ItemWriter } from '../abi/items';
 import type { CallContext, Credentials, ImportedFile } from '../bus/caller';
+import { writeConnInfo } from '../bus/cmd-info';
 import type { Connection } from '../bus/connection';
 import { nowNs } from '../bus/deadline';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
@@ -115,7 +117,13 @@ const NAME_ITEM: Record<'name-add' | 'name-remove' | 'name-change', ItemType> = 
  */
 const MICROTASK_DRAINS = 1024;
 let microtaskDrains = MICROTASK_DRAINS;
+const SETTLED = Promise.resolve();
 let refillScheduled = false;
+
+function refillDrains(): void {
+  refillScheduled = false;
+  microtaskDrains = MICROTASK_DRAINS;
+}
 
 function scheduleDrain(drain: () => void): void {
   if (microtaskDrains === 0) {
@@ -125,17 +133,21 @@ function scheduleDrain(drain: () => void): void {
   microtaskDrains--;
   if (!refillScheduled) {
     refillScheduled = true;
-    setImmediate(() => {
-      refillScheduled = false;
-      microtaskDrains = MICROTASK_DRAINS;
-    });
+    setImmediate(refillDrains);
   }
-  queueMicrotask(drain);
+  // A reaction on a settled promise rather than queueMicrotask, which makes an AsyncResource
+  // for every drain; the order is the same (one microtask queue).
+  void SETTLED.then(drain);
 }
 
 const NO_PARTS: ReadonlyArray<Buffer | OutgoingMemfd> = [];
 const NO_FILES: readonly ImportedFile[] = [];
 const INCOMPLETE_FDS = Number(RecvReturn.INCOMPLETE_FDS);
+const NOT_LATIN1_TEXT = /[^\x01-\xff]/;
+/** A name a NAME item carries as it is (latin1, no NUL) in a command far below the size limit. */
+const isPlainName = (name: string): boolean => name.length <= Limits.NAME_MAX_LEN && !NOT_LATIN1_TEXT.test(name);
+/** connInfo's record under construction, copied out before anything else can run. */
+const infoScratch = new ItemWriter(256);
 
 const u64n = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 0x1_0000_0000;
 
@@ -412,7 +424,17 @@ export class LocalConnection {
     }
   }
 
+  /**
+   * FREE of a slice the bus just handed out. Straight to the pool while the connection is
+   * up: the ioctl would add only the parsing of its argument, and that on every message.
+   * Otherwise the ioctl, for the error it gives.
+   */
   private free(offset: number): void {
+    const conn = this.handle.connection;
+    if (!this.closed && conn?.active) {
+      conn.pool.freeByOffset(offset);
+      return;
+    }
     // Pool offsets are below 2^32 (pools are at most 4 GiB): no BigInt on this path.
     this.freeBuf.writeUInt32LE(offset, Off.free.offset);
     this.run(Cmd.FREE, this.freeAddr);
@@ -446,6 +468,17 @@ export class LocalConnection {
 
   /** CONN_INFO by id (ENXIO) or well-known name (ESRCH); shows `attachFlags` & what the subject allows. */
   connInfo(subject: bigint | string, attachFlags: bigint): InfoRecord {
+    // The record CONN_INFO would put in the pool, built straight from the bus: the driver
+    // asks for every call of an sd-bus service (its privilege check), and the ioctl, the
+    // pool slice and FREE would cost more than the answer. What the command's own checks
+    // would refuse (a connection shut down, a name that is no latin1 string) takes the ioctl.
+    const conn = this.handle.connection;
+    if (!this.closed && conn?.active && (typeof subject === 'bigint' || isPlainName(subject))) {
+      const w = infoScratch.reset();
+      writeConnInfo(w, conn, this.ctx.creds, typeof subject === 'bigint' ? subject : 0n, typeof subject === 'string' ? subject : undefined, attachFlags);
+      // A copy: decoded records may keep views of their bytes (CMDLINE).
+      return decodeInfo(Buffer.from(w.finish()));
+    }
     const w = this.w.reset().u64(0).u64(0).u64(0);
     w.u64(typeof subject === 'bigint' ? subject : 0n).u64(attachFlags).u64(0).u64(0);
     if (typeof subject === 'string') w.string(ItemType.NAME, subject);

@@ -495,7 +495,9 @@ export class MessageStream {
    * the socket is full (nothing went out), -2 when the stream closed over an error.
    */
   private sendOnce(data: Buffer, offset: number, fds: readonly number[]): number {
-    writeAddress(this.siov, 0, addressOf(data) + offset);
+    // Most messages go out in one sendmsg: their address is not worth remembering (addressOf
+    // would keep a weak entry per message for the collector to clear).
+    writeAddress(this.siov, 0, Number(koffi.address(data) as bigint) + offset);
     this.siov.writeUInt32LE(data.length - offset, 8);
     setRights(this.smsg, this.scontrol, fds);
     for (;;) {

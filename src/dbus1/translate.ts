@@ -8,7 +8,7 @@ import { KDBUS_DST_ID_BROADCAST, KDBUS_PAYLOAD_DBUS, MsgFlags } from '../abi/con
 import type { Bus } from '../bus/bus';
 import type { ImportedFile } from '../bus/caller';
 import type { Bloom } from './bloom';
-import { encodeGVariantMessage, decodeGVariantMessage } from './gvariant-message';
+import { decodeGVariantMessage, encodeGVariantPayload } from './gvariant-message';
 import { kdbusIdOfUniqueName, type MatchMessage, type MessageType as RuleType, type NameOwners } from './match-rule';
 import { MessageFlag, MessageType, type Message } from './message';
 import type { KdbusMessage, NameChangeNotification } from './pool-records';
@@ -85,7 +85,7 @@ export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom
   // dbus1 does not require the flag on replies, errors and signals, so it is set here.
   const headerFlags = expectReply ? m.flags : m.flags | MessageFlag.NoReplyExpected;
   // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
-  const payload = encodeGVariantMessage(m.sender === undefined && headerFlags === m.flags ? m : { ...m, sender: undefined, flags: headerFlags });
+  const payload = encodeGVariantPayload(m, headerFlags);
   let flags = 0n;
   if (expectReply) flags |= MsgFlags.EXPECT_REPLY;
   if (m.flags & MessageFlag.NoAutoStart) flags |= MsgFlags.NO_AUTO_START;

@@ -150,7 +150,8 @@ function processSubscriber(label: string, proc: Proc, readyRe: RegExp, parse: (p
     label,
     ready: async () => void (await proc.waitForLine(readyRe)),
     received: async () => {
-      await proc.waitFor('the End signal', () => parse(proc).some((l) => l.startsWith('End ')), 20_000);
+      // The whole line: dbus-monitor prints a signal's header before its arguments.
+      await proc.waitFor('the End signal', () => parse(proc).includes(`End ${OBJ} end end`), 20_000);
       return parse(proc);
     },
     stop: () => proc.stop(),

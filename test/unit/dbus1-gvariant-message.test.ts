@@ -4,6 +4,7 @@ import {
   dbus1ToGVariant,
   decodeGVariantMessage,
   encodeGVariantMessage,
+  encodeGVariantPayload,
   gvariantToDbus1,
 } from '../../src/dbus1/gvariant-message';
 import { encodeMessage, Message } from '../../src/dbus1/message';
@@ -191,6 +192,21 @@ describe('dbus1/gvariant-message: the kdbus payload form', function () {
     const at = b.indexOf(Buffer.from('0600000000000000', 'hex'), 16);
     b[at] = 100;
     assert.deepStrictEqual(decodeGVariantMessage(b), { type: 2, flags: 1, serial: 3n, replySerial: 2n, signature: '', body: [] });
+  });
+
+  it('encodes a kdbus payload of a message without its SENDER field and with other flags, leaving the message as it was', function () {
+    const withSender = MESSAGES.filter((m) => m.sender !== undefined);
+    assert.ok(withSender.length > 0);
+    for (const m of [...withSender, SIGNAL]) {
+      const before = { ...m };
+      const { sender: _sender, ...rest } = m;
+      const expected: Message = { ...rest, flags: m.flags | 1 };
+      assert.equal(hex(encodeGVariantPayload(m, m.flags | 1)), hex(encodeGVariantMessage(expected)));
+      assert.deepStrictEqual(decodeGVariantMessage(encodeGVariantPayload(m, m.flags | 1)), expected);
+      assert.deepStrictEqual(m, before);
+    }
+    assert.throws(() => encodeGVariantPayload(SIGNAL, 0x100), /flags 256 are not a byte/);
+    assert.throws(() => encodeGVariantPayload({ ...SIGNAL, serial: 0n }, 1), /serial is 0/);
   });
 
   it('refuses to convert what dbus1 cannot carry', function () {

@@ -15,7 +15,7 @@ import { nowNs } from '../../src/bus/deadline';
 import type { KdbusNode } from '../../src/bus/handle';
 import { LocalConnection, type LocalConnectionOptions, type LocalIdentity } from '../../src/dbus1/local-connection';
 import {
-  payloadBytes, type KdbusMessage, type KdbusNotification, type MemfdPart, type Received,
+  decodeInfo, payloadBytes, type InfoRecord, type KdbusMessage, type KdbusNotification, type MemfdPart, type Received,
 } from '../../src/dbus1/pool-records';
 import { fcntl, memfd_create } from '../../src/os/libc';
 import { ImportedFd } from '../../src/os/pidfd-files';
@@ -353,6 +353,39 @@ describe('dbus1 LocalConnection', () => {
       assert.equal(b.messages()[0]?.meta.pidComm, 'sleep');
       assert.equal(b.busySlices, 0);
     });
+  });
+
+  it('answers CONN_INFO without its pool exactly as the ioctl answers a client: records, errors, and the ioctl\'s own refusals', async () => {
+    const a = connect({ description: 'subject', acceptFds: true });
+    a.acquireName('org.example.Subject');
+    const b = connect();
+    const client = await tb.client().connect();
+    const masks = [0n, Attach.CREDS, Attach.PIDS | Attach.AUXGROUPS, Attach.NAMES | Attach.CONN_DESCRIPTION | Attach.PID_COMM, Attach.ALL, Attach.ANY];
+    const viaIoctl = async (subject: bigint | string, mask: bigint): Promise<InfoRecord | number> => {
+      const r = typeof subject === 'string' ? await client.connInfo(0n, subject, mask) : await client.connInfo(subject, undefined, mask);
+      if (r.errno) return r.errno;
+      const record = decodeInfo(client.pool(Number(r.offset), Number(r.size)));
+      await client.free(r.offset);
+      return record;
+    };
+    const direct = (subject: bigint | string, mask: bigint): InfoRecord | number => {
+      try {
+        return b.connInfo(subject, mask);
+      } catch (e) {
+        if (e instanceof KdbusError) return e.errno;
+        throw e;
+      }
+    };
+    for (const subject of [a.id, 'org.example.Subject', b.id, a.id + 1000n, 0n, 'org.example.Nobody', '']) {
+      for (const mask of masks) assert.deepEqual(direct(subject, mask), await viaIoctl(subject, mask), `${subject} with mask 0x${mask.toString(16)}`);
+    }
+    assert.equal(direct(a.id, 1n << 60n), Errno.EINVAL, 'an attach mask beyond KDBUS_ATTACH_ALL');
+    assert.equal(direct('org.example\0Subject', 0n), Errno.EINVAL, 'a NAME item cannot hold a NUL');
+    assert.equal(direct('x'.repeat(40_000), 0n), Errno.EMSGSIZE, 'the command struct would exceed 32 KiB');
+    assert.equal(b.handle.connection!.pool.busySlices, 0);
+    tb.control.close();
+    assert.equal(direct(a.id, 0n), Errno.ESHUTDOWN, 'the bus shut the connection down');
+    client.close();
   });
 
   it('shows faked credentials of a privileged opener, and refuses them to others (EPERM)', () => {
