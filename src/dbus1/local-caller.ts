@@ -14,13 +14,12 @@ import * as fs from 'node:fs';
 import { fail } from '../abi/errno';
 import type { CallerMemory } from '../abi/memory';
 import type { CallerFiles, FileInstaller, ImportedFile } from '../bus/caller';
-import { fcntl } from '../os/libc';
+import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { ImportedFd } from '../os/pidfd-files';
 
 const SLOT_SPAN = 0x1_0000_0000;
 /** Slots stay below x86-64's user address limit (0x7fff_ffff_f000), which SEND checks vectors against. */
 const MAX_SLOTS = 0x7ffe;
-const F_DUPFD_CLOEXEC = 1030;
 
 export class LocalCaller implements CallerMemory, CallerFiles {
   private readonly slots: Array<Buffer | undefined> = [];

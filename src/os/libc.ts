@@ -44,6 +44,9 @@ export const write = libc.func('intptr_t write(int fd, const void *buf, size_t c
 
 const fcntlVariadic = libc.func('int fcntl(int fd, int cmd, ...)');
 
+/** fcntl's command to duplicate a descriptor onto the lowest free number ≥ arg, close-on-exec. */
+export const F_DUPFD_CLOEXEC = 1030;
+
 /** fcntl with an int argument: F_ADD_SEALS / F_GET_SEALS on memfds; Node has no fcntl. */
 export function fcntl(fd: number, cmd: number, arg: number): number {
   return fcntlVariadic(fd, cmd, 'int', arg) as number;

@@ -8,13 +8,12 @@ import fs from 'node:fs';
 import type net from 'node:net';
 import { Attach, Cmd } from '../abi/constants';
 import { Errno, errnoName, KdbusError, fail } from '../abi/errno';
-import type { CallContext, CallerFiles, Credentials, FileInstaller, ImportedFile, Interruptible, Opener } from '../bus/caller';
+import type { CallContext, Credentials, ImportedFile, Opener } from '../bus/caller';
 import type { Domain } from '../bus/domain';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
 import { readTask } from '../os/proc';
 import { idMapped, inDaemonUserNamespace, readIdMap } from '../os/namespaces';
-import { ImportedFd } from '../os/pidfd-files';
-import { fcntl } from '../os/libc';
+import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../os/unix-socket';
 import { FdWatch } from '../os/fd-watch';
@@ -23,13 +22,13 @@ import type { Connection } from '../bus/connection';
 import type { AttachmentRegistry, AttachTarget, SideChannel } from './attachments';
 import { decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, ProtocolError, type Frame, type Segment } from './frames';
 import { ClientSocket, MAX_FDS_PER_READ } from './client-socket';
+import { IoctlContext, Interruption, ReceivedFiles, ReservedInstaller } from './ioctl-context';
 import { NeedMemory, SegmentMemory } from './segment-memory';
 import { accessFor, MAY_EXEC, permitted } from './node-access';
 import { busDirMode } from './placeholder-tree';
 
 const CAP_DAC_OVERRIDE = 1n;
 const CAP_IPC_OWNER = 15n;
-const F_DUPFD_CLOEXEC = 1030;
 /** RESULT flags: the first descriptor is the pool; WAKE and HUP follow the connection exactly (Poll). */
 const RESULT_POOL = 1;
 const RESULT_EXACT_WAKES = 2;
@@ -41,101 +40,6 @@ interface OpenerIdentity {
   privileged: boolean;
   /** CAP_DAC_OVERRIDE for a node with this owner and group (capable_wrt_inode_uidgid). */
   overrides(uid: number, gid: number): boolean;
-}
-
-/** The client's descriptors named in one IOCTL, which came with its frame. */
-class ReceivedFiles implements CallerFiles {
-  constructor(private readonly numbers: readonly number[], private readonly fds: readonly number[]) {}
-
-  get(fd: number): ImportedFile {
-    const i = this.numbers.indexOf(fd);
-    const local = i < 0 ? -1 : this.fds[i]!;
-    if (local < 0) throw fail('EBADF', `fd ${fd} is not open in the caller`);
-    const dup = fcntl(local, F_DUPFD_CLOEXEC, 0);
-    if (dup < 0) throw fail('ENOMEM', 'the daemon is out of file descriptors');
-    return new ImportedFd(dup);
-  }
-
-  close(): void {
-    for (const fd of this.fds) if (fd >= 0) closeFd(fd);
-  }
-}
-
-/**
- * Gives installed files the numbers the client reserved. The files travel with RESULT,
- * after RECV may already have dropped the message that held them, so the installer keeps
- * duplicates until they are sent.
- */
-class ReservedInstaller implements FileInstaller {
-  sent: number[] = [];
-  private next = 0;
-
-  constructor(private readonly reserved: readonly number[]) {}
-
-  /** A new attempt of the command: what the last one installed is void. */
-  reset(): void {
-    this.closeSent();
-    this.next = 0;
-  }
-
-  closeSent(): void {
-    for (const fd of this.sent) closeFd(fd);
-    this.sent = [];
-  }
-
-  install(files: readonly ImportedFile[]): number[] {
-    return files.map((f) => {
-      if (this.next >= this.reserved.length || f.fd < 0) return -1;
-      const dup = fcntl(f.fd, F_DUPFD_CLOEXEC, 0);
-      if (dup < 0) return -1;
-      this.sent.push(dup);
-      return this.reserved[this.next++]!;
-    });
-  }
-}
-
-/**
- * The interruption of one waiting command (the client's socket closed). Only a synchronous
- * SEND waits, and it registers one listener; an AbortController for that would cost
- * microseconds per call.
- */
-class Interruption implements Interruptible {
-  aborted = false;
-  private listeners: Array<() => void> = [];
-
-  addEventListener(_type: 'abort', listener: () => void): void {
-    this.listeners.push(listener);
-  }
-
-  removeEventListener(_type: 'abort', listener: () => void): void {
-    const i = this.listeners.indexOf(listener);
-    if (i >= 0) this.listeners.splice(i, 1);
-  }
-
-  abort(): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    const listeners = this.listeners;
-    this.listeners = [];
-    for (const l of listeners) l();
-  }
-}
-
-/** What one IOCTL runs against. */
-class IoctlContext implements CallContext {
-  constructor(
-    readonly mem: SegmentMemory,
-    readonly files: ReceivedFiles,
-    readonly installer: ReservedInstaller,
-    readonly pid: number,
-    readonly tid: number,
-    readonly creds: Credentials,
-    private readonly abort: Interruption | undefined,
-  ) {}
-
-  get signal(): Interruptible | undefined {
-    return this.abort;
-  }
 }
 
 /** A list of i32 numbers: u32 count, u32 0, then the numbers. */
