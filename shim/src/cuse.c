@@ -3,6 +3,9 @@
 #include "caller-memory.h"
 #include "kdbus-abi.h"
 #include "message-fds.h"
+#include "prefetch.h"
+#include "self.h"
+#include "shortcuts.h"
 #include "side-channel.h"
 
 #include <errno.h>
@@ -16,6 +19,12 @@
 #define MAX_NAMED 64
 /* Items beyond this are metadata nobody puts descriptors after. */
 #define MAX_SCANNED (1u << 20)
+
+static bool refuse(uint64_t arg)
+{
+	(void)arg;
+	return false;
+}
 
 static uint64_t get64(const uint8_t *p)
 {
@@ -41,6 +50,47 @@ struct kc_conn *kc_cuse_probe(int fd)
 	}
 	errno = saved;
 	return c;
+}
+
+/* FREE on the side channel: the IOCTL frame, seq 0, with the struct prefetched as its segment. */
+static bool free_on_side(struct kc_conn *c, uint64_t arg, const struct kc_prefetch *pf)
+{
+	uint64_t offset;
+	if (!kc_free_offset(pf, &offset))
+		return false;
+	uint8_t head[KC_FRAME_HEADER + KC_IOCTL_FIXED];
+	struct kc_ioctl_desc d = {
+		.cmd = KDBUS_CMD_FREE,
+		.tid = (uint32_t)kc_self_tid(),
+		.arg = arg,
+		.n_segments = pf->n_segments,
+		.segments_bytes = pf->segments.len,
+	};
+	kc_ioctl_head_encode(head, 0, &d);
+	struct iovec iov[2] = { { head, kc_ioctl_head_size(0, 0) }, { pf->segments.data, pf->segments.len } };
+	uint64_t pool_size;
+	/* Without the pool the shim cannot have noted the slice, and every FREE forgets its offset. */
+	bool may = kc_free_cannot_fail(pf) && kc_conn_pool(c, &pool_size) >= 0;
+	return kc_side_free(c, offset, may ? kc_free_answer : refuse, arg, iov, 2);
+}
+
+bool kc_cuse_answered(struct kc_conn *c, uint32_t cmd, uint64_t arg, int *err)
+{
+	if ((cmd != KDBUS_CMD_RECV && cmd != KDBUS_CMD_FREE) || kc_side_state(c) != KC_SIDE_READY)
+		return false;
+	struct kc_prefetch pf;
+	bool answered = false;
+	uint64_t pool_size;
+	if (kc_prefetch_build(&pf, cmd, arg) == 0) {
+		if (cmd == KDBUS_CMD_FREE)
+			answered = free_on_side(c, arg, &pf);
+		else
+			answered = kc_recv_may_answer_empty(&pf) && kc_conn_pool(c, &pool_size) >= 0 &&
+				   kc_side_queue_empty(c) && kc_recv_answer_empty(arg, pool_size);
+	}
+	kc_prefetch_free(&pf);
+	*err = cmd == KDBUS_CMD_RECV ? EAGAIN : 0;
+	return answered;
 }
 
 static bool sync_send(uint64_t arg)
@@ -90,15 +140,18 @@ static unsigned scan(int pool, uint64_t offset, uint64_t size, int *out, unsigne
 	return n;
 }
 
-/* The numbers the message the command received names; none if it installed nothing. */
-static unsigned named_numbers(struct kc_conn *c, uint32_t cmd, uint64_t arg, int *out, unsigned max)
+/*
+ * The slice the command published (a RECV's message, PEEK too; a synchronous SEND's reply),
+ * noted for its FREE; and the numbers its message names, if it installed files (not PEEK).
+ */
+static unsigned received(struct kc_conn *c, uint32_t cmd, uint64_t arg, int *out, unsigned max)
 {
 	bool recv = cmd == KDBUS_CMD_RECV;
 	uint8_t s[KDBUS_RECV_SIZE];
 	if (kc_caller_read(s, arg, recv ? KDBUS_RECV_SIZE : KDBUS_SEND_SIZE) < 0)
 		return 0;
 	uint64_t flags = get64(s + KDBUS_CMD_FLAGS_OFF);
-	if (recv ? (flags & (KDBUS_RECV_PEEK | KDBUS_RECV_DROP)) != 0 : !(flags & KDBUS_SEND_SYNC_REPLY))
+	if (recv ? (flags & KDBUS_RECV_DROP) != 0 : !(flags & KDBUS_SEND_SYNC_REPLY))
 		return 0;
 	uint64_t offset = get64(s + (recv ? KDBUS_RECV_MSG_OFFSET_OFF : KDBUS_SEND_REPLY_OFFSET_OFF));
 	uint64_t size = get64(s + (recv ? KDBUS_RECV_MSG_SIZE_OFF : KDBUS_SEND_REPLY_SIZE_OFF));
@@ -107,6 +160,9 @@ static unsigned named_numbers(struct kc_conn *c, uint32_t cmd, uint64_t arg, int
 	if (pool < 0 && kc_side_fetch_pool(c) == 0)
 		pool = kc_conn_pool(c, &pool_size);
 	if (pool < 0 || offset >= pool_size)
+		return 0;
+	kc_side_note_published(c, offset);
+	if (recv && (flags & KDBUS_RECV_PEEK))
 		return 0;
 	if (size > pool_size - offset)
 		size = pool_size - offset;
@@ -117,7 +173,7 @@ void kc_cuse_after_ioctl(struct kc_conn *c, uint32_t cmd, uint64_t arg, bool suc
 {
 	if (kc_side_state(c) == KC_SIDE_READY) {
 		int numbers[MAX_NAMED];
-		unsigned n = succeeded ? named_numbers(c, cmd, arg, numbers, MAX_NAMED) : 0;
+		unsigned n = succeeded ? received(c, cmd, arg, numbers, MAX_NAMED) : 0;
 		if (n)
 			kc_side_await(c, numbers, n, INSTALL_TIMEOUT_MS);
 		else

@@ -3,7 +3,8 @@
  * kernel serves for the daemon. libc does everything with them, except what CUSE cannot
  * carry: mmap maps the pool the side channel brings (side-channel.h), and after RECV or a
  * synchronous SEND the files the received message names are put on their numbers before
- * the program looks.
+ * the program looks. RECV on an empty queue and FREE of a received slice need no round trip
+ * through the kernel (shortcuts.h).
  */
 #ifndef KC_CUSE_H
 #define KC_CUSE_H
@@ -30,6 +31,13 @@ int kc_cuse_opened(int fd);
  * the daemon's, so it is asked once). errno is kept.
  */
 struct kc_conn *kc_cuse_probe(int fd);
+
+/*
+ * RECV on a queue the side channel says is empty (EAGAIN) and FREE of a slice the daemon
+ * published (0, the FREE itself sent on the side channel): answered here as kdbus would, with
+ * its write-backs. True if answered, with the ioctl's errno in *err (0 for success).
+ */
+bool kc_cuse_answered(struct kc_conn *c, uint32_t cmd, uint64_t arg, int *err);
 
 /*
  * Before RECV or SEND on the device fd: when the command can install files, attaches and

@@ -50,7 +50,16 @@ int kc_side_header_decode(const uint8_t *in, struct kc_header *h)
 {
 	if (!header_fields(in, h))
 		return -EPROTO;
-	return h->type == KC_FRAME_RESULT || h->type == KC_FRAME_INSTALL ? 0 : -EPROTO;
+	switch (h->type) {
+	case KC_FRAME_RESULT:
+	case KC_FRAME_INSTALL:
+	case KC_FRAME_WAKE:
+	case KC_FRAME_EMPTY:
+	case KC_FRAME_HUP:
+		return 0;
+	default:
+		return -EPROTO;
+	}
 }
 
 int kc_header_decode(const uint8_t *in, struct kc_header *h)

@@ -32,6 +32,7 @@ enum kc_frame_type {
 	KC_FRAME_ATTACH = 10,
 	KC_FRAME_RESERVE = 11,
 	KC_FRAME_INSTALL = 12,
+	KC_FRAME_EMPTY = 13,
 };
 
 /* RESULT flags bit 0: the first descriptor that came with the frame is the pool. */
@@ -39,7 +40,8 @@ enum kc_frame_type {
 /*
  * RESULT flags bit 1, with HELLO's: the daemon keeps WAKE and HUP exactly to the
  * connection's state (docs/socket-protocol.md, Poll), so the shim may answer RECV on an
- * empty queue and FREE of a published slice itself.
+ * empty queue and FREE of a published slice itself. With a side channel's ATTACH: the
+ * channel carries WAKE, EMPTY and HUP for the CUSE handle's queue (CUSE clients).
  */
 #define KC_RESULT_EXACT_WAKES 2u
 
@@ -58,7 +60,7 @@ void kc_header_encode(uint8_t *out, uint32_t length, uint32_t type, uint64_t seq
 
 /* Decodes a header from the daemon; -EPROTO if the length or type cannot be right. */
 int kc_header_decode(const uint8_t *in, struct kc_header *h);
-/* The same for a CUSE side channel, which carries only RESULT and INSTALL. */
+/* The same for a CUSE side channel, which carries RESULT, INSTALL, WAKE, EMPTY and HUP. */
 int kc_side_header_decode(const uint8_t *in, struct kc_header *h);
 
 /* An OPEN frame is this head, then the path (no NUL), then zeros up to 8 bytes. */

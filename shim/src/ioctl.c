@@ -14,6 +14,7 @@
 #include "request.h"
 #include "reserve.h"
 #include "self.h"
+#include "shortcuts.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -194,16 +195,11 @@ static int exchange(struct kc_conn *c, int sock, uint32_t cmd, uint64_t arg, con
  */
 static bool free_needs_no_answer(struct kc_conn *c, int sock, uint64_t arg, const struct kc_prefetch *pf)
 {
-	const uint8_t *cmd = kc_prefetch_cmd(pf);
-	uint64_t size, offset, pool_size;
-	if (!cmd || pf->cmd_len < KDBUS_FREE_SIZE)
+	uint64_t offset, pool_size;
+	if (!kc_free_offset(pf, &offset))
 		return false;
-	memcpy(&size, cmd + KDBUS_CMD_SIZE_OFF, sizeof size);
-	memcpy(&offset, cmd + KDBUS_FREE_OFFSET_OFF, sizeof offset);
 	bool sure = kc_mux_take_published(c->mux, sock, offset) && kc_conn_shortcuts(c, &pool_size);
-	static const uint64_t no_flags;
-	return sure && size == KDBUS_FREE_SIZE && pf->flags == 0 &&
-	       kc_caller_write(arg + KDBUS_CMD_RETURN_FLAGS_OFF, &no_flags, sizeof no_flags) == 0;
+	return sure && kc_free_cannot_fail(pf) && kc_free_answer(arg);
 }
 
 /*
@@ -215,26 +211,9 @@ static bool free_needs_no_answer(struct kc_conn *c, int sock, uint64_t arg, cons
  */
 static bool recv_answered_here(struct kc_conn *c, int sock, uint64_t arg, const struct kc_prefetch *pf)
 {
-	const uint8_t *cmd = kc_prefetch_cmd(pf);
-	uint64_t size, flags = pf->flags, pool_size;
-	if (!cmd || pf->cmd_len < KDBUS_RECV_SIZE)
-		return false;
-	memcpy(&size, cmd + KDBUS_CMD_SIZE_OFF, sizeof size);
-	/* Anything the daemon could refuse goes to it: items, unknown flags, DROP with USE_PRIORITY. */
-	if (size != KDBUS_RECV_SIZE || (flags & ~(KDBUS_RECV_PEEK | KDBUS_RECV_DROP | KDBUS_RECV_USE_PRIORITY)) ||
-	    ((flags & KDBUS_RECV_DROP) && (flags & KDBUS_RECV_USE_PRIORITY)))
-		return false;
-	if (!kc_conn_shortcuts(c, &pool_size) || !kc_mux_nothing_queued(c->mux, sock))
-		return false;
-	/* dropped_msgs, then msg: the empty slice at the pool's end, no return flags. */
-	const uint64_t info[4] = { 0, pool_size, 0, 0 };
-	static const uint64_t no_flags;
-	struct iovec local[2] = { { (void *)info, sizeof info }, { (void *)&no_flags, sizeof no_flags } };
-	struct iovec remote[2] = {
-		{ (void *)(uintptr_t)(arg + KDBUS_RECV_DROPPED_MSGS_OFF), sizeof info },
-		{ (void *)(uintptr_t)(arg + KDBUS_CMD_RETURN_FLAGS_OFF), sizeof no_flags },
-	};
-	return kc_caller_write_all(local, remote, 2) == 0;
+	uint64_t pool_size;
+	return kc_recv_may_answer_empty(pf) && kc_conn_shortcuts(c, &pool_size) &&
+	       kc_mux_nothing_queued(c->mux, sock) && kc_recv_answer_empty(arg, pool_size);
 }
 
 static int kdbus_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
@@ -261,7 +240,8 @@ static int kdbus_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
 
 /*
  * An ioctl on a CUSE device (or on an unknown descriptor that may be one): the kernel carries
- * it; RECV and SEND get the files they install put in place around it.
+ * it; RECV and SEND get the files they install put in place around it, and RECV on an empty
+ * queue and FREE of a published slice may be answered here (cuse.h).
  */
 static int cuse_ioctl(int fd, kc_ioctl_request request, unsigned long arg,
 		      int (*next)(int, kc_ioctl_request, ...))
@@ -269,11 +249,23 @@ static int cuse_ioctl(int fd, kc_ioctl_request request, unsigned long arg,
 	uint32_t cmd = (uint32_t)request;
 	if (!next)
 		return kc_next_missing();
-	if (!kc_cuse_installs(cmd))
+	if (!kc_cuse_installs(cmd) && cmd != KDBUS_CMD_FREE)
 		return next(fd, request, arg);
 	struct kc_conn *c = kc_cuse_acquire(fd);
-	if (!c && kc_fd_get(fd).kind == KC_FD_NONE)
+	if (!c && kc_fd_get(fd).kind == KC_FD_NONE && kc_cuse_installs(cmd))
 		c = kc_cuse_probe(fd);
+	int err;
+	if (c && kc_cuse_answered(c, cmd, arg, &err)) {
+		kc_conn_release(c);
+		if (!err)
+			return 0;
+		errno = err;
+		return -1;
+	}
+	if (c && !kc_cuse_installs(cmd)) {
+		kc_conn_release(c);
+		return next(fd, request, arg);
+	}
 	struct kc_side_offer offer = { .n = 0 };
 	if (c && !kc_cuse_before_ioctl(c, fd, cmd, arg, &offer)) {
 		kc_conn_release(c);

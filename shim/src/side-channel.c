@@ -5,6 +5,7 @@
 #include "cuse-token.h"
 #include "fd-table.h"
 #include "frame.h"
+#include "published.h"
 #include "reserve.h"
 #include "sock-io.h"
 #include "sys.h"
@@ -28,7 +29,12 @@
 #define SLICE_MS 20
 
 struct kc_side_page {
-	pthread_mutex_t lock;
+	pthread_mutex_t lock; /* held while reading or writing the channel */
+	/* Guards what follows; held briefly, never for I/O, taken after lock when both are. */
+	pthread_mutex_t state_lock;
+	/* What the channel said of the queue: exact (ATTACH's RESULT), the last WAKE or EMPTY, HUP. */
+	uint32_t exact, readable, hup;
+	struct kc_published published;
 };
 
 struct frame {
@@ -48,6 +54,7 @@ static struct kc_side_page *page_create(void)
 	pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
 	pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
 	pthread_mutex_init(&p->lock, &ma);
+	pthread_mutex_init(&p->state_lock, &ma);
 	pthread_mutexattr_destroy(&ma);
 	return p;
 }
@@ -85,6 +92,34 @@ static bool page_lock_for(struct kc_side_page *p, int ms)
 static void page_unlock(struct kc_side_page *p)
 {
 	pthread_mutex_unlock(&p->lock);
+}
+
+static void state_lock(struct kc_side_page *p)
+{
+	/* Its holder only ever sets whole words: what a dead one left is consistent. */
+	if (pthread_mutex_lock(&p->state_lock) == EOWNERDEAD)
+		pthread_mutex_consistent(&p->state_lock);
+}
+
+static void state_unlock(struct kc_side_page *p)
+{
+	pthread_mutex_unlock(&p->state_lock);
+}
+
+/* A WAKE, EMPTY or HUP that arrived. */
+static void note_event(struct kc_side_page *p, uint32_t type)
+{
+	state_lock(p);
+	if (type == KC_FRAME_HUP)
+		p->hup = 1;
+	else
+		p->readable = type == KC_FRAME_WAKE;
+	state_unlock(p);
+}
+
+static bool is_event(uint32_t type)
+{
+	return type == KC_FRAME_WAKE || type == KC_FRAME_EMPTY || type == KC_FRAME_HUP;
 }
 
 /* Reports a problem of this file on stderr, the first time only; errno is kept. */
@@ -263,6 +298,10 @@ static int read_available(struct kc_conn *c, int sock)
 			return -ESHUTDOWN;
 		struct frame f;
 		int rc = read_frame(sock, &f);
+		if (rc == 0 && is_event(f.header.type)) {
+			note_event(c->side.page, f.header.type);
+			continue;
+		}
 		if (rc == 0 && f.header.type != KC_FRAME_INSTALL) {
 			/* A RESULT nobody asked for. */
 			close_fds(&f);
@@ -287,7 +326,9 @@ static int request(struct kc_conn *c, int sock, const uint8_t *frame, size_t len
 			close_fds(result);
 			rc = -EPROTO;
 		}
-		if (rc == 0)
+		if (rc == 0 && is_event(result->header.type))
+			note_event(c->side.page, result->header.type);
+		else if (rc == 0)
 			rc = install(c, sock, result);
 	}
 	return rc;
@@ -380,9 +421,16 @@ static int attach(struct kc_conn *c, int fd)
 		rc = result_of(&result, &r);
 		close_fds(&result);
 	}
-	if (rc)
+	if (rc) {
 		detach(c);
-	return rc;
+		return rc;
+	}
+	/* The queue counts as empty from this RESULT on, until a WAKE (which follows it if due) says otherwise. */
+	state_lock(page);
+	page->exact = (r.flags & KC_RESULT_EXACT_WAKES) != 0;
+	page->readable = 0;
+	state_unlock(page);
+	return 0;
 }
 
 enum kc_side_state kc_side_state(struct kc_conn *c)
@@ -646,4 +694,67 @@ void kc_side_finish(struct kc_side *s)
 	if (s->page)
 		munmap(s->page, sizeof *s->page);
 	s->page = NULL;
+}
+
+bool kc_side_queue_empty(struct kc_conn *c)
+{
+	int sock, err;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &err) || !page_trylock(page))
+		return false;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	/* What has arrived, WAKEs and EMPTYs included; holding the lock, nobody else is reading. */
+	int rc = read_available(c, sock);
+	state_lock(page);
+	bool empty = rc == 0 && page->exact && !page->readable && !page->hup;
+	state_unlock(page);
+	page_unlock(page);
+	pthread_setcancelstate(cancel_state, NULL);
+	if (rc)
+		broke(c, -rc);
+	return empty;
+}
+
+void kc_side_note_published(struct kc_conn *c, uint64_t offset)
+{
+	int sock, err;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &err))
+		return;
+	state_lock(page);
+	if (page->exact)
+		kc_published_add(&page->published, offset);
+	state_unlock(page);
+}
+
+bool kc_side_free(struct kc_conn *c, uint64_t offset, bool (*answer)(uint64_t arg), uint64_t arg,
+		  struct iovec *iov, int iovcnt)
+{
+	int sock, err;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &err))
+		return false;
+	state_lock(page);
+	bool published = kc_published_take(&page->published, offset);
+	state_unlock(page);
+	if (!published || !page_trylock(page))
+		return false;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	/* A HUP that has arrived means the FREE would fail (the connection is gone). */
+	int rc = read_available(c, sock);
+	state_lock(page);
+	bool sure = rc == 0 && page->exact && !page->hup;
+	state_unlock(page);
+	bool sent = false;
+	if (sure && answer(arg)) {
+		rc = kc_send_all(sock, iov, iovcnt, NULL, 0);
+		sent = rc == 0;
+	}
+	page_unlock(page);
+	pthread_setcancelstate(cancel_state, NULL);
+	if (rc)
+		broke(c, rc == -EPIPE || rc == -ECONNRESET ? ESHUTDOWN : -rc);
+	return sent;
 }

@@ -7,6 +7,10 @@
  * daemon has already written into the message); RESERVE gives the numbers, before the first
  * ioctl that may install files (a file that never receives holds none) and after each install.
  *
+ * Over the same channel the daemon tells the queue's state (WAKE, EMPTY, HUP), so the shim can
+ * answer RECV on an empty queue itself, and takes FREEs of slices it published without
+ * answering them (kc_side_queue_empty, kc_side_free).
+ *
  * Forked children share the channel. All I/O on it happens under a robust lock in a page the
  * processes share, so frames are always read whole; any thread of a process may apply any
  * INSTALL, since the numbers are the process's, and a thread waiting for its files only
@@ -18,6 +22,8 @@
 #include "kdbus-abi.h"
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
 
 struct kc_conn;
 struct kc_side_page;
@@ -89,6 +95,28 @@ int kc_side_fetch_pool(struct kc_conn *c);
 
 /* Applies the INSTALL frames that have arrived; does not wait, nor read when another thread does. */
 void kc_side_drain(struct kc_conn *c);
+
+/*
+ * Whether c's queue is known to be empty and the connection alive: the ATTACH's RESULT said
+ * the channel follows the queue (KC_RESULT_EXACT_WAKES), and of the WAKE and EMPTY frames
+ * that have arrived (read first) the last was EMPTY, with no HUP. The daemon sends WAKE when
+ * the queue becomes readable and EMPTY when a RECV left it empty, each before it answers the
+ * ioctl that caused it (docs/socket-protocol.md, CUSE clients). False when another thread
+ * is reading the channel.
+ */
+bool kc_side_queue_empty(struct kc_conn *c);
+
+/* Records a slice the daemon published to the program (a RECV's message, a synchronous SEND's reply). */
+void kc_side_note_published(struct kc_conn *c, uint64_t offset);
+
+/*
+ * A FREE of offset: forgets the slice. If it was published and the channel follows the
+ * queue with no HUP arrived, and answer says the program's write-back was made, sends the
+ * FREE (iov: an IOCTL frame with seq 0) on the channel, where the daemon runs it before any
+ * later ioctl of the file and answers nothing; true then. Otherwise the FREE is the kernel's.
+ */
+bool kc_side_free(struct kc_conn *c, uint64_t offset, bool (*answer)(uint64_t arg), uint64_t arg,
+		  struct iovec *iov, int iovcnt);
 
 /*
  * Waits until none of numbers[n] is still a placeholder the daemon may put a file on,

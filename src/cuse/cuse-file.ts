@@ -4,7 +4,6 @@
  * channel once it attached.
  */
 import type { FileInstaller, ImportedFile } from '../bus/caller';
-import type { Connection } from '../bus/connection';
 import type { Handle } from '../bus/handle';
 import { callerIdentity, type CallerIdentity } from '../os/caller-identity';
 import type { AttachTarget, SideChannel } from '../transport/attachments';
@@ -41,10 +40,6 @@ export class CuseFile implements AttachTarget {
   private lastIdentity: CallerIdentity | undefined;
 
   constructor(readonly handle: Handle) {}
-
-  connection(): Connection | undefined {
-    return this.handle.connection;
-  }
 
   caller(tid: number, fsuid: number, fsgid: number): CallerIdentity {
     if (tid === this.lastTid && fsuid === this.lastUid && fsgid === this.lastGid && this.lastIdentity) return this.lastIdentity;

@@ -90,6 +90,8 @@ export class CuseNode implements ChannelHandler {
   private release(ch: CuseChannel, hdr: InHeader, fh: number): void {
     const f = this.files.get(fh);
     if (f) {
+      // FREEs the shim sent on the side channel before the last close belong to the handle.
+      f.side?.catchUp();
       this.files.delete(fh);
       for (const a of f.inFlight.values()) a.abort();
       f.stopWake?.();
@@ -144,11 +146,13 @@ export class CuseNode implements ChannelHandler {
     if (!f) return ch.send(ioctlResultReply(unique, -Errno.EBADF));
     const cmd = io.cmd;
     if (cmd === KDBUS_CUSE_CMD_ATTACH) return this.attachToken(ch, hdr, f, io);
+    // The shim may have sent FREEs on the side channel instead of ioctls: they come first.
+    f.side?.catchUp();
     // Only a SEND can wait (for its reply); a release must end that wait.
     const abort = cmd === Cmd.SEND ? new AbortController() : undefined;
     if (abort) f.inFlight.set(unique, abort);
     // The shim offers numbers for files before the commands that install some, RECV and
-    // SEND; after any other, there is no offer to read or drop.
+    // SEND; after any other, there is no offer to drop (nor, for the shim, a queue emptied).
     const installs = cmd === Cmd.RECV || cmd === Cmd.SEND;
     const done = (result: number, out?: Buffer): void => {
       if (abort) f.inFlight.delete(unique);

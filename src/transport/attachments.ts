@@ -6,20 +6,27 @@
  * RECV installs. Tokens are random and single-use.
  */
 import { randomBytes } from 'node:crypto';
-import type { Connection } from '../bus/connection';
 import type { ImportedFile } from '../bus/caller';
+import type { Handle } from '../bus/handle';
 
 /** What an attached side channel offers the CUSE handle. */
 export interface SideChannel {
   /** Gives files reserved numbers in the client and sends them; -1 where none is left. */
   install(files: readonly ImportedFile[]): number[];
-  /** A command of the handle ended: numbers offered for it alone are void now. */
+  /**
+   * A command of the handle starts: frames the shim sent before it (FREEs, offers of numbers)
+   * take effect first, as they would have in the kernel.
+   */
+  catchUp(): void;
+  /**
+   * A RECV or SEND of the handle ended, just before its answer: numbers offered for it alone
+   * are void now, and the shim hears (EMPTY) if it left the queue empty.
+   */
   commandDone(): void;
 }
 
 export interface AttachTarget {
-  /** The connection of the handle (undefined before HELLO). */
-  connection(): Connection | undefined;
+  readonly handle: Handle;
   attach(side: SideChannel): void;
   detach(side: SideChannel): void;
 }

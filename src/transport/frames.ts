@@ -15,6 +15,7 @@ export const enum FrameType {
   ATTACH = 10,
   RESERVE = 11,
   INSTALL = 12,
+  EMPTY = 13,
 }
 
 export const FRAME_HEADER = 16;

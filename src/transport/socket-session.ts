@@ -58,6 +58,7 @@ const RESERVE_TRANSIENT = 1;
 const NO_FDS: readonly number[] = [];
 const WAKE_FRAME = encodeFrame(FrameType.WAKE, 0n);
 const HUP_FRAME = encodeFrame(FrameType.HUP, 0n);
+const EMPTY_FRAME = encodeFrame(FrameType.EMPTY, 0n);
 
 /**
  * Answers are encoded here and sent right away; only what the socket does not take at once
@@ -118,12 +119,12 @@ export class SocketSession {
   private sideOf: AttachTarget | undefined;
   private readonly side: SideChannel = {
     install: (files) => this.installForCuse(files),
-    // The lowest free numbers were offered for that one command; the shim frees what is left.
-    // The offer was sent before the command: read it if it is still in the socket, so it
-    // cannot outlive the command.
+    catchUp: () => this.readPending(),
+    // The lowest free numbers were offered for that one command (catchUp read the offer);
+    // the shim frees what is left.
     commandDone: () => {
-      this.readPending();
       this.transient = [];
+      this.maybeEmpty();
     },
   };
   /** Answers held back until this loop turn's promise continuations have run (defer()). */
@@ -166,7 +167,7 @@ export class SocketSession {
   }
 
   /** Reads what the client sent and runs each frame as soon as it is complete. */
-  private onReadable(status: number): void {
+  private onReadable(status: number, untilEmpty = false): void {
     if (status < 0) {
       logger.verbose(`${this.label}: polling the socket failed (${status})`);
       this.close();
@@ -196,7 +197,7 @@ export class SocketSession {
         if (this.inFds.length > 0 && !reader.partial) throw new ProtocolError(`${this.inFds.length} descriptors came with no frame that announced them`);
         // A read that did not fill the buffer most likely took all there was; if not, the
         // watch calls again, which costs less than a read that finds nothing each time.
-        if (n < reader.targetLength) break;
+        if (n < reader.targetLength && !untilEmpty) break;
       }
     } catch (e) {
       if (e instanceof ProtocolError) this.protocolError(e.message);
@@ -312,17 +313,27 @@ export class SocketSession {
     this.sideOf = target;
     this.reserve.push(...numbersOf(f.payload, 16));
     target.attach(this.side);
-    this.sendResult(f.seq, 0, [], NO_FDS, 0);
+    // The shim may answer RECV on an empty queue and FREE itself when the side channel tells
+    // it the queue's state exactly (CUSE clients); a policy holder has no queue.
+    const conn = target.handle.connection;
+    const exact = conn !== undefined && !conn.isPolicyHolder;
+    if (exact) this.stopWake = target.handle.onWake(() => this.maybeWake());
+    this.sendResult(f.seq, 0, [], NO_FDS, exact ? RESULT_EXACT_WAKES : 0);
+    // The shim takes the queue for empty from that RESULT on, until a WAKE says otherwise.
+    if (exact) this.maybeWake();
   }
 
-  /** Frames the client sent that are not read yet: a transient offer made before a command. */
+  /**
+   * Everything the client sent that is not read yet (before a command of the CUSE handle: its
+   * FREEs and offers of numbers). Reads until the socket is empty: one read stops where the
+   * writer changes (forked processes share a side channel).
+   */
   private readPending(): void {
-    if (!this.closed) this.onReadable(0);
+    if (!this.closed) this.onReadable(0, true);
   }
 
   /** Files a CUSE RECV installs: numbers from the reserve, the files sent right away. */
   private installForCuse(files: readonly ImportedFile[]): number[] {
-    this.readPending();
     const numbers: number[] = [];
     const fds: number[] = [];
     for (const file of files) {
@@ -393,7 +404,7 @@ export class SocketSession {
   // --- IOCTL -----------------------------------------------------------------------------
 
   private ioctl(f: Frame): void {
-    const handle = this.handle;
+    const handle = this.served;
     if (!handle) throw new ProtocolError('IOCTL before OPEN');
     const p = f.payload;
     if (p.length < 32) throw new ProtocolError('IOCTL frame too short');
@@ -404,6 +415,9 @@ export class SocketSession {
     const nFds = p.readUInt32LE(20);
     const nRes = p.readUInt32LE(24);
     if (nFds > 64 || nRes > 64) throw new ProtocolError(`IOCTL announces ${nFds} fds and ${nRes} reserved numbers (64 at most)`);
+    if (this.sideOf && (cmd !== Cmd.FREE || f.seq !== 0n || nFds + nRes > 0)) {
+      throw new ProtocolError('a side channel carries no IOCTL but an unanswered FREE');
+    }
     const listEnd = 32 + ((4 * (nFds + nRes) + 7) & ~7);
     if (listEnd > p.length) throw new ProtocolError('IOCTL fd lists run past the frame');
     const numbers: number[] = [];
@@ -626,7 +640,7 @@ export class SocketSession {
   }
 
   private sendPool(seq: bigint): void {
-    const conn = this.handle?.connection ?? this.sideOf?.connection();
+    const conn = this.served?.connection;
     const poolFd = conn ? this.openPoolReadOnly(conn) : -1;
     if (poolFd < 0) {
       this.sendResult(seq, Errno.EBADFD, [], NO_FDS, 0);
@@ -643,9 +657,14 @@ export class SocketSession {
   private sendResult(seq: bigint, errno: number, writes: readonly Segment[], fds: readonly number[], flags: number, after?: () => void): void {
     let len = FRAME_HEADER + RESULT_HEAD;
     for (const w of writes) len += 16 + pad8(w.data.length);
-    this.wakeOutstanding = false;
-    this.hupOutstanding = false;
-    const event = this.dueEvent();
+    // A side channel's RESULTs answer no command of the connection: its WAKE, EMPTY and HUP
+    // follow the queue alone.
+    let event: Buffer | undefined;
+    if (!this.sideOf) {
+      this.wakeOutstanding = false;
+      this.hupOutstanding = false;
+      event = this.dueEvent();
+    }
     if (len + FRAME_HEADER > scratch.length) scratch = Buffer.allocUnsafe(Math.max(len + FRAME_HEADER, 2 * scratch.length));
     const b = scratch;
     b.writeUInt32LE(len, 0);
@@ -691,7 +710,7 @@ export class SocketSession {
    * RESULT, marked as sent; undefined when none is due.
    */
   private dueEvent(): Buffer | undefined {
-    const handle = this.handle;
+    const handle = this.served;
     if (this.closed || !handle?.connection) return undefined;
     const mask = handle.poll();
     if (mask & Poll.HUP) {
@@ -702,6 +721,22 @@ export class SocketSession {
     if (!(mask & Poll.IN) || this.wakeOutstanding) return undefined;
     this.wakeOutstanding = true;
     return WAKE_FRAME;
+  }
+
+  /**
+   * On a side channel, after a RECV of the CUSE handle (before its answer): EMPTY if the
+   * queue it had a WAKE for is empty now, so the shim answers the next RECV itself.
+   */
+  private maybeEmpty(): void {
+    const handle = this.served;
+    if (!this.wakeOutstanding || this.closed || !handle || handle.poll() & (Poll.IN | Poll.HUP)) return;
+    this.wakeOutstanding = false;
+    this.send(EMPTY_FRAME, EMPTY_FRAME.length, NO_FDS, undefined);
+  }
+
+  /** The handle whose queue this socket reports: its own, or the CUSE handle it is the side channel of. */
+  private get served(): Handle | undefined {
+    return this.handle ?? this.sideOf?.handle;
   }
 
   // --- output ----------------------------------------------------------------------------

@@ -298,6 +298,96 @@ static void test_pool(struct kc_conn *c)
 	CHECK((fcntl(pool, F_GETFL) & O_ACCMODE) == O_RDONLY, "the pool is read-only", "flags %x", fcntl(pool, F_GETFL));
 }
 
+/* Asks the mock to send WAKE (what 1), EMPTY (0) or HUP (2) on the side channel of token. */
+static bool mock_queue(const uint8_t *token, uint32_t what)
+{
+	uint8_t f[40] = { 0 }, head[16];
+	put32(f, sizeof f);
+	put32(f + 4, 102);
+	memcpy(f + 16, token, 16);
+	put32(f + 32, what);
+	return write(ask, f, sizeof f) == (ssize_t)sizeof f && read_all(ask, head, 16) && get32(head + 4) == 101 &&
+	       get32(head) == 16;
+}
+
+/* The FREEs the mock got on the side channel of token, and the offset of the last. */
+static bool mock_frees(const uint8_t *token, uint64_t *count, uint64_t *last)
+{
+	uint8_t f[32] = { 0 }, head[16], answer[16];
+	put32(f, sizeof f);
+	put32(f + 4, 103);
+	memcpy(f + 16, token, 16);
+	if (write(ask, f, sizeof f) != (ssize_t)sizeof f || !read_all(ask, head, 16) || get32(head) != 32 ||
+	    !read_all(ask, answer, 16))
+		return false;
+	*count = get64(answer);
+	*last = get64(answer + 8);
+	return true;
+}
+
+/* kc_cuse_answered for RECV with struct r (flags as given); true if the shim answered EAGAIN. */
+static bool recv_here(struct kc_conn *c, uint64_t r[8], uint64_t flags)
+{
+	memset(r, 0x5a, 64);
+	r[0] = 64;
+	r[1] = flags;
+	int err = -1;
+	return kc_cuse_answered(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, &err) && err == EAGAIN;
+}
+
+/* kc_cuse_answered for FREE of offset; true if the shim answered 0 (return_flags set in *rf). */
+static bool free_here(struct kc_conn *c, uint64_t offset, uint64_t flags, uint64_t *rf)
+{
+	uint64_t f[4] = { 32, flags, 0x77, offset };
+	int err = -1;
+	bool answered = kc_cuse_answered(c, KDBUS_CMD_FREE, (uint64_t)(uintptr_t)f, &err) && err == 0;
+	*rf = f[2];
+	return answered;
+}
+
+/*
+ * RECV on an empty queue and FREE of a received slice, answered by the shim from what the
+ * side channel said (docs/socket-protocol.md, CUSE clients).
+ */
+static void test_answers_here(struct kc_conn *c, int dev)
+{
+	const uint8_t *token = fake_last_token(dev);
+	uint64_t r[8], rf, count = 0, last = 0;
+	CHECK(recv_here(c, r, 0) && r[4] == 0 && r[5] == POOL_SIZE && r[6] == 0 && r[7] == 0 && r[2] == 0,
+	      "RECV on a queue the channel reports empty is EAGAIN from the shim, with kdbus's write-backs",
+	      "offset %llx", (unsigned long long)r[5]);
+	CHECK(mock_queue(token, 1) && !recv_here(c, r, 0), "after a WAKE, RECV goes to the daemon", "answered");
+	CHECK(!recv_here(c, r, 0), "and again, until the daemon says the queue is empty", "answered");
+	CHECK(mock_queue(token, 0) && recv_here(c, r, KDBUS_RECV_PEEK), "after EMPTY the shim answers again (PEEK too)",
+	      "not answered");
+	CHECK(!recv_here(c, r, KDBUS_RECV_DROP | KDBUS_RECV_USE_PRIORITY) && !recv_here(c, r, 8),
+	      "a RECV the daemon would refuse goes to it", "answered");
+
+	struct message m;
+	if (!mock_recv(ask, token, 0, 0, 0, &m))
+		return;
+	after_recv(c, 0, &m);
+	CHECK(free_here(c, m.offset, 0, &rf) && rf == 0, "FREE of a received slice is answered by the shim",
+	      "return_flags %llx", (unsigned long long)rf);
+	CHECK(mock_frees(token, &count, &last) && count == 1 && last == m.offset,
+	      "and reaches the daemon on the side channel, unanswered", "%llu FREEs, last %llx",
+	      (unsigned long long)count, (unsigned long long)last);
+	CHECK(!free_here(c, m.offset, 0, &rf), "a second FREE of it goes to the daemon (ENXIO there)", "answered");
+	CHECK(!free_here(c, 0x4000, 0, &rf), "FREE of a slice never received goes to the daemon", "answered");
+	if (mock_recv(ask, token, 0, 0, 0, &m)) {
+		after_recv(c, 0, &m);
+		CHECK(!free_here(c, m.offset, 1, &rf) && !free_here(c, m.offset, 0, &rf),
+		      "a FREE with flags goes to the daemon, and forgets the slice", "answered");
+	}
+	if (mock_recv(ask, token, 0, 0, 0, &m)) {
+		after_recv(c, 0, &m);
+		CHECK(mock_queue(token, 2) && !recv_here(c, r, 0) && !free_here(c, m.offset, 0, &rf),
+		      "after a HUP neither RECV nor FREE is answered by the shim", "answered");
+	}
+	CHECK(mock_frees(token, &count, &last) && count == 1, "only the one FREE came on the side channel", "%llu",
+	      (unsigned long long)count);
+}
+
 static void test_recv(struct kc_conn *c, int dev)
 {
 	struct message m;
@@ -546,6 +636,7 @@ int main(int argc, char **argv)
 		if (c) {
 			test_attach(c, dev);
 			test_pool(c);
+			test_answers_here(c, dev);
 			test_recv(c, dev);
 			test_lowest(c, dev);
 			test_late(c, dev);

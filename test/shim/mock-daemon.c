@@ -39,6 +39,13 @@
  *   RESERVE   more numbers (with a seq answered with RESULT 0); with the TRANSIENT flag,
  *             numbers for the next MOCK_RECV alone, used first
  *   POOL      that pool
+ *   IOCTL     only a FREE with seq 0 (else EILSEQ on stderr): counted, its offset kept
+ *   (ATTACH's RESULT has flags bit 1: the channel carries the queue's state, which the test
+ *   sets with MOCK_QUEUE)
+ *   MOCK_QUEUE (type 102: token, u32 what, u32 0) sends WAKE (what 1), EMPTY (0) or HUP (2)
+ *             on that side channel, then answers MOCK_MESSAGE with no payload
+ *   MOCK_FREES (type 103: token) answers MOCK_MESSAGE: u64 FREEs that came on that side
+ *             channel, u64 the offset the last one named (what the shim sent before is read first)
  *   MOCK_RECV (type 100, the test's stand-in for a RECV on the device: token, u32 n_fds,
  *             u32 n_memfds, u32 delay_ms, u32 0) takes numbers from that side channel's
  *             reserve in order, writes a kdbus_msg naming them (FDS item, then one
@@ -71,8 +78,8 @@
 #define MAX_PENDING 16
 #define NEVER 0xffffffffu
 
-enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE, ATTACH, RESERVE, INSTALL };
-enum { MOCK_RECV = 100, MOCK_MESSAGE = 101 };
+enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE, ATTACH, RESERVE, INSTALL, EMPTY };
+enum { MOCK_RECV = 100, MOCK_MESSAGE = 101, MOCK_QUEUE = 102, MOCK_FREES = 103 };
 
 struct frame {
 	uint32_t type;
@@ -104,6 +111,8 @@ struct client {
 	unsigned queued, slices, n_published;
 	uint64_t published[8];
 	uint64_t recvs, unanswered_frees, bad_unanswered_frees;
+	/* A side channel: the FREEs that came on it, and the offset the last one named. */
+	uint64_t side_frees, last_side_free;
 };
 
 /* An INSTALL that waits for its time. */
@@ -600,7 +609,22 @@ static void do_attach(struct client *c, struct frame *f)
 	c->pool = memfd_create("mock-side-pool", MFD_CLOEXEC);
 	if (ftruncate(c->pool, POOL_SIZE) < 0 || pwrite(c->pool, "POOLDATA", 8, 0) != 8)
 		fprintf(stderr, "mock: pool setup failed\n");
-	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
+	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 2);
+}
+
+/* A FREE the shim answered itself, sent on a side channel: header, then the struct as a segment. */
+static void do_side_free(struct client *c, struct frame *f)
+{
+	const uint8_t *p = f->payload;
+	bool good = f->seq == 0 && f->len >= 32 + 16 + 32 && get32(p) == 0x40209583u && get32(p + 16) == 1 &&
+		    get32(p + 20) == 0 && get32(p + 24) == 0 && get64(p + 32) == get64(p + 8) && get32(p + 40) == 32 &&
+		    get64(p + 48) == 32;
+	if (!good) {
+		fprintf(stderr, "mock: an IOCTL on a side channel that is no unanswered FREE\n");
+		return;
+	}
+	c->side_frees++;
+	c->last_side_free = get64(p + 48 + 24);
 }
 
 static void do_reserve(struct client *c, struct frame *f)
@@ -667,6 +691,27 @@ static void drain_client(struct client *c)
 		}
 		handle(c, f);
 	}
+}
+
+static void do_mock_queue(struct client *asker, struct frame *f)
+{
+	struct client *c = f->len >= 24 ? side_with_token(f->payload) : NULL;
+	uint32_t what = f->len >= 24 ? get32(f->payload + 16) : 0;
+	if (c)
+		send_frame(c, what == 1 ? WAKE : what == 2 ? HUP : EMPTY, 0, NULL, 0, NULL, 0);
+	send_frame(asker, MOCK_MESSAGE, f->seq, NULL, 0, NULL, 0);
+}
+
+static void do_mock_frees(struct client *asker, struct frame *f)
+{
+	struct client *c = f->len >= 16 ? side_with_token(f->payload) : NULL;
+	uint8_t answer[16] = { 0 };
+	if (c) {
+		drain_client(c);
+		put64(answer, c->side_frees);
+		put64(answer + 8, c->last_side_free);
+	}
+	send_frame(asker, MOCK_MESSAGE, f->seq, answer, sizeof answer, NULL, 0);
 }
 
 static void do_mock_recv(struct client *asker, struct frame *f)
@@ -935,7 +980,10 @@ static void handle(struct client *c, struct frame *f)
 		do_open(c, f);
 		break;
 	case IOCTL:
-		do_ioctl(c, f);
+		if (c->side)
+			do_side_free(c, f);
+		else
+			do_ioctl(c, f);
 		break;
 	case POOL:
 		do_pool(c, f);
@@ -952,6 +1000,12 @@ static void handle(struct client *c, struct frame *f)
 		break;
 	case MOCK_RECV:
 		do_mock_recv(c, f);
+		break;
+	case MOCK_QUEUE:
+		do_mock_queue(c, f);
+		break;
+	case MOCK_FREES:
+		do_mock_frees(c, f);
 		break;
 	default:
 		fprintf(stderr, "mock: unexpected frame type %u\n", f->type);

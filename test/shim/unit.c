@@ -470,12 +470,19 @@ static void test_side_frames(void)
 	CHECK(kc_header_decode(b, &h) == -EPROTO, "a connection's socket refuses INSTALL", "accepted");
 	kc_header_encode(b, 32, KC_FRAME_RESULT, 1);
 	CHECK(kc_side_header_decode(b, &h) == 0, "a side channel takes RESULT", "refused");
-	for (uint32_t t = KC_FRAME_FETCH; t <= KC_FRAME_HUP; t++) {
-		if (t == KC_FRAME_RESULT)
-			continue;
+	for (uint32_t t = 6; t <= 13; t += 1) {
 		kc_header_encode(b, 16, t, 0);
-		CHECK(kc_side_header_decode(b, &h) == -EPROTO, "a side channel refuses FETCH, MEM, WAKE, HUP",
-		      "type %u accepted", t);
+		bool taken = t == 6 || t == 7 || t == 12 || t == 13;
+		CHECK((kc_side_header_decode(b, &h) == 0) == taken,
+		      "a side channel takes WAKE (6), HUP (7), INSTALL (12) and EMPTY (13), not POOL to RESERVE",
+		      "type %u", t);
+	}
+	kc_header_encode(b, 16, KC_FRAME_EMPTY, 0);
+	CHECK(kc_header_decode(b, &h) == -EPROTO, "a connection's socket refuses EMPTY", "accepted");
+	for (uint32_t t = 3; t <= 4; t++) {
+		kc_header_encode(b, 16, t, 0);
+		CHECK(kc_side_header_decode(b, &h) == -EPROTO, "a side channel refuses FETCH and MEM", "type %u accepted",
+		      t);
 	}
 	kc_header_encode(b, 20, KC_FRAME_INSTALL, 0);
 	CHECK(kc_side_header_decode(b, &h) == -EPROTO, "a side-channel length that is no multiple of 8 is refused",
