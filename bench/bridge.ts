@@ -13,17 +13,14 @@
  * shim: the same call as sd-bus made it over kdbus (a version-2 GVariant message, SEND with
  * SYNC_REPLY), which the bridge carries upstream and whose reply it carries back.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { failed, machineLines, progress, table, us, type Outcome, type Stats } from './report';
-import { PROJECT, Proc, busUnavailable, run, type LegacyBus } from '../test/helpers/legacy-bus';
+import { Proc, busUnavailable, run, type LegacyBus } from '../test/helpers/legacy-bus';
+import { buildPrograms, KDBUS_PINGPONG, SDBUS_PINGPONG } from './c-programs';
 import { UPSTREAM_KINDS, shimPath, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
 
-const C_DIR = path.join(PROJECT, 'bench', 'c');
-const SDBUS_PINGPONG = path.join(C_DIR, 'build', 'sdbus-pingpong');
-const KDBUS_PINGPONG = path.join(C_DIR, 'build', 'kdbus-pingpong');
 const KIB = 1024;
 const CLIENT_TIMEOUT_MS = 120_000;
 const TARGET_RATIO = 1.5;
@@ -142,10 +139,7 @@ function report(columns: Column[], seconds: number): string {
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const started = Date.now();
-  for (const program of ['sdbus-pingpong', 'kdbus-pingpong']) {
-    const make = spawnSync('make', ['-s', '-C', C_DIR, path.join('build', program)], { encoding: 'utf8' });
-    if (make.status !== 0) throw new Error(`make -C bench/c build/${program} failed:\n${make.stdout}${make.stderr}`);
-  }
+  buildPrograms('sdbus-pingpong', 'kdbus-pingpong');
   if (!fs.existsSync(shimPath())) throw new Error(`the shim ${shimPath()} is not built; run "npm run setup"`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-bridge-bench-'));
   const columns: Column[] = [];

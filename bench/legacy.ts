@@ -11,18 +11,16 @@
  * kdbus-cuse rows read "n/a (endpoint not available)" while `serve --listen` does not
  * answer a driver call.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as dbus from 'dbus-next';
 import { cpuModel, failed, progress, type Outcome, type Stats } from './report';
 import {
-  BUS_KINDS, PROJECT, busUnavailable, driverCall, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
+  BUS_KINDS, busUnavailable, driverCall, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
 } from '../test/helpers/legacy-bus';
+import { buildPrograms, SDBUS_PINGPONG } from './c-programs';
 
-const C_DIR = path.join(PROJECT, 'bench', 'c');
-const SDBUS_PINGPONG = path.join(C_DIR, 'build', 'sdbus-pingpong');
 const KIB = 1024;
 const IDLE_CLIENTS = 200;
 const CLIENT_TIMEOUT_MS = 120_000;
@@ -223,8 +221,7 @@ function report(columns: Column[], all: Case[], seconds: number): string {
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const started = Date.now();
-  const make = spawnSync('make', ['-s', '-C', C_DIR, path.join('build', 'sdbus-pingpong')], { encoding: 'utf8' });
-  if (make.status !== 0) throw new Error(`make -C bench/c build/sdbus-pingpong failed:\n${make.stdout}${make.stderr}`);
+  buildPrograms('sdbus-pingpong');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-legacy-bench-'));
   const all = cases(quick);
   const columns: Column[] = [];

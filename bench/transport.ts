@@ -20,12 +20,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { cpuModel, failed, progress, type Outcome, type Stats } from './report';
 import { Vm } from '../test/vm/vm';
+import { buildPrograms, C_BUILD, KDBUS_PINGPONG, PROJECT, SDBUS_PINGPONG } from './c-programs';
 
-const PROJECT = path.resolve(__dirname, '..', '..');
-const C_DIR = path.join(PROJECT, 'bench', 'c');
-const C_BUILD = path.join(C_DIR, 'build');
-const KDBUS_PINGPONG = path.join(C_BUILD, 'kdbus-pingpong');
-const SDBUS_PINGPONG = path.join(C_BUILD, 'sdbus-pingpong');
 const DGRAM_SINK = path.join(C_BUILD, 'dgram-sink');
 const SOCKET_RTT = path.join(C_BUILD, 'socket-rtt');
 const CUSE_RTT = path.join(C_BUILD, 'cuse-rtt');
@@ -650,11 +646,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function buildC(): void {
-  const r = spawnSync('make', ['-s', '-C', C_DIR], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`make -C bench/c failed:\n${r.stdout}${r.stderr}`);
-}
-
 async function native(quick: boolean, daemon: DaemonOptions): Promise<string> {
   const started = Date.now();
   const p = plan('native', quick);
@@ -709,7 +700,7 @@ async function main(): Promise<void> {
   }
   const only = opt('only');
   if (only && only !== 'native' && only !== 'vm') throw new Error(`--only must be native or vm, not ${only}`);
-  buildC();
+  buildPrograms();
   if (only !== 'vm') process.stdout.write(`${await native(quick, daemon)}\n\n`);
   if (only !== 'native') process.stdout.write(`${await vm(quick, daemon)}\n`);
 }
