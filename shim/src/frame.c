@@ -72,18 +72,21 @@ int kc_header_decode(const uint8_t *in, struct kc_header *h)
 	case KC_FRAME_WAKE:
 	case KC_FRAME_HUP:
 		return 0;
+	case KC_FRAME_HEAD:
+		return h->length == KC_HEAD_FRAME ? 0 : -EPROTO;
 	default:
 		return -EPROTO;
 	}
 }
 
-void kc_open_head_encode(uint8_t *out, uint64_t seq, uint32_t open_flags, uint32_t tid, uint32_t path_len)
+void kc_open_head_encode(uint8_t *out, uint64_t seq, uint32_t open_flags, uint32_t tid, uint32_t path_len,
+			 uint32_t features)
 {
 	kc_header_encode(out, (uint32_t)(KC_OPEN_HEAD + kc_pad8(path_len)), KC_FRAME_OPEN, seq);
 	put32(out + 16, open_flags);
 	put32(out + 20, tid);
 	put32(out + 24, path_len);
-	put32(out + 28, 0);
+	put32(out + 28, features);
 }
 
 size_t kc_ioctl_head_size(uint32_t n_fds, uint32_t n_reserved)
@@ -195,6 +198,15 @@ int kc_install_decode(const uint8_t *payload, size_t len, int *numbers, uint32_t
 	for (uint32_t i = 0; i < n; i++)
 		numbers[i] = (int32_t)get32(payload + 8 + 4 * i);
 	*count = n;
+	return 0;
+}
+
+int kc_head_decode(const uint8_t *payload, size_t len, uint64_t *offset, uint64_t *size)
+{
+	if (len < 16)
+		return -EPROTO;
+	*offset = get64(payload);
+	*size = get64(payload + 8);
 	return 0;
 }
 

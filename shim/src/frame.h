@@ -33,7 +33,17 @@ enum kc_frame_type {
 	KC_FRAME_RESERVE = 11,
 	KC_FRAME_INSTALL = 12,
 	KC_FRAME_EMPTY = 13,
+	KC_FRAME_HEAD = 14,
 };
+
+/*
+ * OPEN's features word, bit 0: this shim takes HEAD frames, which name the message a
+ * plain RECV would take (docs/socket-protocol.md, HEAD), in place of bare WAKEs.
+ */
+#define KC_OPEN_FEATURE_HEADS 1u
+
+/* A HEAD frame: its seq counts the RECVs the daemon had taken; the payload is u64 offset, u64 msg_size. */
+#define KC_HEAD_FRAME (KC_FRAME_HEADER + 16u)
 
 /* RESULT flags bit 0: the first descriptor that came with the frame is the pool. */
 #define KC_RESULT_POOL 1u
@@ -65,7 +75,8 @@ int kc_side_header_decode(const uint8_t *in, struct kc_header *h);
 
 /* An OPEN frame is this head, then the path (no NUL), then zeros up to 8 bytes. */
 #define KC_OPEN_HEAD 32u
-void kc_open_head_encode(uint8_t *out, uint64_t seq, uint32_t open_flags, uint32_t tid, uint32_t path_len);
+void kc_open_head_encode(uint8_t *out, uint64_t seq, uint32_t open_flags, uint32_t tid, uint32_t path_len,
+			 uint32_t features);
 
 /* What an IOCTL frame says besides its segments. */
 struct kc_ioctl_desc {
@@ -133,6 +144,9 @@ size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_
  * for max) and *count; -EPROTO if the list runs past the payload or does not fit.
  */
 int kc_install_decode(const uint8_t *payload, size_t len, int *numbers, uint32_t max, uint32_t *count);
+
+/* HEAD payload: the slice of the message at the queue's head; -EPROTO if it is short. */
+int kc_head_decode(const uint8_t *payload, size_t len, uint64_t *offset, uint64_t *size);
 
 /* FETCH payload: the memory the daemon needs. */
 int kc_fetch_decode(const uint8_t *payload, size_t len, uint64_t *address, uint32_t *length);

@@ -33,7 +33,8 @@ static int exchange_open(int sock, const char *rel, int flags)
 	uint8_t head[KC_OPEN_HEAD];
 	static const uint8_t zeros[8];
 	size_t rel_len = strlen(rel);
-	kc_open_head_encode(head, OPEN_SEQ, (uint32_t)flags, (uint32_t)kc_self_tid(), (uint32_t)rel_len);
+	kc_open_head_encode(head, OPEN_SEQ, (uint32_t)flags, (uint32_t)kc_self_tid(), (uint32_t)rel_len,
+			    KC_OPEN_FEATURE_HEADS);
 	struct iovec iov[3] = {
 		{ head, sizeof head },
 		{ (void *)rel, rel_len },

@@ -170,6 +170,7 @@ static int exchange(struct kc_conn *c, int sock, uint32_t cmd, uint64_t arg, con
 		.n_pass = n_pass,
 		.listed = head + KC_IOCTL_FDS_OFF,
 		.n_listed = pf->n_fds,
+		.recv = cmd == KDBUS_CMD_RECV,
 	};
 	if (unanswered)
 		return kc_request_unanswered(c, sock, &out);
@@ -216,6 +217,41 @@ static bool recv_answered_here(struct kc_conn *c, int sock, uint64_t arg, const 
 	       kc_mux_nothing_queued(c->mux, sock) && kc_recv_answer_empty(arg, pool_size);
 }
 
+/*
+ * A plain RECV when the daemon's last HEAD named the queue's head and no RECV went out
+ * since (docs/socket-protocol.md, HEAD): the shim answers as kdbus did, and the RECV goes
+ * to the daemon unanswered, in the same place in the stream, to take that message off the
+ * queue. True if answered; *rc is then the outcome.
+ */
+static bool recv_answered_from_head(struct kc_conn *c, int sock, uint64_t arg, const struct kc_prefetch *pf, int *rc)
+{
+	uint64_t pool_size, offset, size;
+	if (!kc_recv_is_plain(pf) || !kc_conn_shortcuts(c, &pool_size))
+		return false;
+	uint8_t head[KC_FRAME_HEADER + KC_IOCTL_FIXED];
+	struct kc_ioctl_desc d = { .cmd = KDBUS_CMD_RECV, .tid = (uint32_t)kc_self_tid(), .arg = arg };
+	kc_ioctl_head_encode(head, 0, &d);
+	struct iovec iov = { head, sizeof head };
+	kc_mux_lock_writes(c->mux);
+	bool taken = kc_mux_take_head(c->mux, sock, &offset, &size);
+	int sent = taken ? kc_send_all(sock, &iov, 1, NULL, 0) : 0;
+	kc_mux_unlock_writes(c->mux);
+	if (!taken)
+		return false;
+	if (sent) {
+		/* The daemon is gone; how the connection ended is for the next request to tell. */
+		*rc = sent == -EPIPE || sent == -ECONNRESET ? -ESHUTDOWN : sent;
+		return true;
+	}
+	if (!kc_recv_answer(arg, offset, size)) {
+		*rc = -EFAULT;
+		return true;
+	}
+	kc_mux_note_published(c->mux, offset);
+	*rc = 0;
+	return true;
+}
+
 static int kdbus_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
 {
 	struct kc_prefetch pf;
@@ -227,6 +263,8 @@ static int kdbus_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg)
 		rc = -EBADF;
 	} else if (rc == 0 && cmd == KDBUS_CMD_RECV && recv_answered_here(c, sock, arg, &pf)) {
 		rc = -EAGAIN;
+	} else if (rc == 0 && cmd == KDBUS_CMD_RECV && recv_answered_from_head(c, sock, arg, &pf, &rc)) {
+		/* rc says how. */
 	} else if (rc == 0) {
 		if (may_install_files(cmd, &pf))
 			n_reserved = (unsigned)kc_reserve_take(reserved, KDBUS_MAX_INSTALLED_FDS);

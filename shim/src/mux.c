@@ -11,6 +11,8 @@
 #include <time.h>
 
 #define SLOTS 64
+/* The reader role taken by kc_mux_take_head, which waits for no frame of its own. */
+#define HEAD_TAKER SLOTS
 /* How often a waiter checks that the process holding the reader role is still alive. */
 #define LIVENESS_CHECK_SECONDS 1
 
@@ -32,6 +34,12 @@ struct kc_mux {
 	uint32_t hup;
 	/* A WAKE was read since the last RESULT: the daemon's queue may hold messages. */
 	uint32_t wake_read;
+	/* RECV frames written to the stream, answered or not: a HEAD's seq is compared with it. */
+	uint64_t recvs_sent;
+	/* The last HEAD, read after the daemon had taken every RECV sent: a plain RECV's message. */
+	uint32_t head_valid;
+	uint64_t head_offset;
+	uint64_t head_size;
 	struct slot slots[SLOTS];
 	struct kc_published published;
 };
@@ -173,6 +181,7 @@ static void release_reader(struct kc_mux *m, struct kc_wait *w)
 {
 	lock_robust(&m->lock);
 	m->wake_read = 0;
+	m->head_valid = 0;
 	if (m->reader == w->slot) {
 		m->reader = -1;
 		pthread_cond_broadcast(&m->changed);
@@ -271,6 +280,83 @@ bool kc_mux_nothing_queued(struct kc_mux *m, int sock)
 	return quiet;
 }
 
+static bool is_event(uint32_t type)
+{
+	return type == KC_FRAME_WAKE || type == KC_FRAME_HUP || type == KC_FRAME_HEAD;
+}
+
+/* What an event frame read off the stream says of the connection. Under m->lock. */
+static void note_event(struct kc_mux *m, const struct kc_inbound *ev)
+{
+	uint64_t offset, size;
+	if (ev->header.type == KC_FRAME_HUP) {
+		m->hup = 1;
+		return;
+	}
+	m->wake_read = 1;
+	/*
+	 * A bare WAKE withdraws the last HEAD (RECV has more to do now, like reporting lost
+	 * messages); a HEAD written before the daemon took every RECV sent may name a message
+	 * gone since.
+	 */
+	m->head_valid = ev->header.type == KC_FRAME_HEAD && ev->header.seq == m->recvs_sent &&
+			kc_head_decode(ev->payload, ev->payload_len, &offset, &size) == 0;
+	if (m->head_valid) {
+		m->head_offset = offset;
+		m->head_size = size;
+	}
+}
+
+void kc_mux_count_recv(struct kc_mux *m)
+{
+	lock_robust(&m->lock);
+	m->recvs_sent++;
+	m->head_valid = 0;
+	pthread_mutex_unlock(&m->lock);
+}
+
+bool kc_mux_take_head(struct kc_mux *m, int sock, uint64_t *offset, uint64_t *size)
+{
+	lock_robust(&m->lock);
+	bool idle = m->reader < 0 && !m->dead && !m->hup;
+	if (idle) {
+		m->reader = HEAD_TAKER;
+		m->reader_pid = kc_self_pid();
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (!idle)
+		return false;
+	/* The events that woke the program (poll) are still on the stream: read them first. */
+	bool ok = true;
+	uint8_t raw[KC_FRAME_HEADER];
+	struct kc_header h;
+	while (kc_peek_header_now(sock, raw) && kc_header_decode(raw, &h) == 0 && is_event(h.type)) {
+		struct kc_inbound ev;
+		if (read_frame(m, sock, &h, &ev)) {
+			ok = false;
+			break;
+		}
+		lock_robust(&m->lock);
+		note_event(m, &ev);
+		pthread_mutex_unlock(&m->lock);
+		kc_inbound_release(&ev);
+	}
+	lock_robust(&m->lock);
+	if (m->reader == HEAD_TAKER) {
+		m->reader = -1;
+		pthread_cond_broadcast(&m->changed);
+	}
+	bool taken = ok && !m->dead && !m->hup && m->head_valid;
+	if (taken) {
+		*offset = m->head_offset;
+		*size = m->head_size;
+		m->head_valid = 0;
+		m->recvs_sent++;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return taken;
+}
+
 /* The busy slot waiting for seq, or -1. Under m->lock. */
 static int waiter_of(struct kc_mux *m, uint64_t seq)
 {
@@ -296,6 +382,7 @@ static int drop_orphan(struct kc_mux *m, int sock, const struct kc_header *h, in
 	if (h->type == KC_FRAME_RESULT) {
 		lock_robust(&m->lock);
 		m->wake_read = 0;
+		m->head_valid = 0;
 		if (slot >= 0) {
 			m->slots[slot].busy = 0;
 			pthread_cond_broadcast(&m->changed);
@@ -318,19 +405,16 @@ int kc_mux_next(struct kc_mux *m, struct kc_wait *w, int sock, struct kc_inbound
 			return kill_stream(m, rc == -ECONNRESET ? 0 : -rc);
 		if (kc_header_decode(raw, &h) < 0)
 			return kill_stream(m, EPROTO);
-		if (h.type == KC_FRAME_WAKE || h.type == KC_FRAME_HUP) {
+		if (is_event(h.type)) {
 			/* Readiness for poll(); a waiter has no use for it. */
 			struct kc_inbound event;
 			rc = read_frame(m, sock, &h, &event);
 			if (rc)
 				return rc;
-			kc_inbound_release(&event);
 			lock_robust(&m->lock);
-			if (h.type == KC_FRAME_HUP)
-				m->hup = 1;
-			else
-				m->wake_read = 1;
+			note_event(m, &event);
 			pthread_mutex_unlock(&m->lock);
+			kc_inbound_release(&event);
 			continue;
 		}
 		if (h.seq == w->seq) {

@@ -77,6 +77,17 @@ int kc_mux_send_mem(struct kc_mux *m, int sock, uint64_t seq, int32_t err, const
  */
 bool kc_mux_nothing_queued(struct kc_mux *m, int sock);
 
+/* A RECV frame is being written (under the write lock): a HEAD read before it is stale. */
+void kc_mux_count_recv(struct kc_mux *m);
+
+/*
+ * For a plain RECV, with the write lock held: reads the events waiting on sock and, if the
+ * last HEAD names the queue's head (the daemon had taken every RECV sent, no RESULT or HUP
+ * came since, no reader is busy), takes it: *offset and *size are the message's slice,
+ * and the RECV frame that must now be written to tell the daemon is counted. False if not.
+ */
+bool kc_mux_take_head(struct kc_mux *m, int sock, uint64_t *offset, uint64_t *size);
+
 /* Records a slice the daemon published to the program (published.h). */
 void kc_mux_note_published(struct kc_mux *m, uint64_t offset);
 

@@ -12,6 +12,8 @@
 static int send_request(struct kc_conn *c, int sock, struct kc_outgoing *out)
 {
 	kc_mux_lock_writes(c->mux);
+	if (out->recv)
+		kc_mux_count_recv(c->mux);
 	int rc = kc_send_all(sock, out->iov, out->iovcnt, out->pass, out->n_pass);
 	if (rc == -EBADF && out->n_pass > 0) {
 		/* One of the program's descriptors went away since it was listed: kdbus said EBADF too. */

@@ -21,6 +21,8 @@ struct kc_outgoing {
 	/* The frame's fd number list, set to -1 if the descriptors cannot be passed after all. */
 	uint8_t *listed;
 	unsigned n_listed;
+	/* A RECV: counted as it is written (kc_mux_count_recv). */
+	bool recv;
 };
 
 /*

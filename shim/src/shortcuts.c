@@ -28,8 +28,19 @@ bool kc_recv_may_answer_empty(const struct kc_prefetch *pf)
 
 bool kc_recv_answer_empty(uint64_t arg, uint64_t pool_size)
 {
+	return kc_recv_answer(arg, pool_size, 0);
+}
+
+bool kc_recv_is_plain(const struct kc_prefetch *pf)
+{
+	uint64_t size;
+	return struct_size(pf, KDBUS_RECV_SIZE, &size) && size == KDBUS_RECV_SIZE && pf->have_flags && pf->flags == 0;
+}
+
+bool kc_recv_answer(uint64_t arg, uint64_t offset, uint64_t size)
+{
 	/* dropped_msgs, then msg: offset, msg_size, return_flags. */
-	const uint64_t info[4] = { 0, pool_size, 0, 0 };
+	const uint64_t info[4] = { 0, offset, size, 0 };
 	struct iovec local[2] = { { (void *)info, sizeof info }, { (void *)&no_flags, sizeof no_flags } };
 	struct iovec remote[2] = {
 		{ (void *)(uintptr_t)(arg + KDBUS_RECV_DROPPED_MSGS_OFF), sizeof info },

@@ -25,6 +25,15 @@ bool kc_recv_may_answer_empty(const struct kc_prefetch *pf);
  */
 bool kc_recv_answer_empty(uint64_t arg, uint64_t pool_size);
 
+/* A RECV that takes the oldest message and nothing else: exactly 64 bytes, flags 0. */
+bool kc_recv_is_plain(const struct kc_prefetch *pf);
+
+/*
+ * kdbus's write-backs for a RECV that took the message in the slice [offset, +size): no
+ * lost messages, no files to report. True if they could be made.
+ */
+bool kc_recv_answer(uint64_t arg, uint64_t offset, uint64_t size);
+
 /* The slice a FREE names; false if its struct could not be read. */
 bool kc_free_offset(const struct kc_prefetch *pf, uint64_t *offset);
 

@@ -121,7 +121,7 @@ int kc_peek_header(int sock, uint8_t *header)
 
 bool kc_only_wake_queued(int sock)
 {
-	uint8_t head[KC_FRAME_HEADER + 1];
+	uint8_t head[KC_HEAD_FRAME + 1];
 	ssize_t n;
 	do
 		n = recv(sock, head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
@@ -130,7 +130,16 @@ bool kc_only_wake_queued(int sock)
 		return errno == EAGAIN || errno == EWOULDBLOCK;
 	uint32_t type;
 	memcpy(&type, head + 4, sizeof type);
-	return n == KC_FRAME_HEADER && type == KC_FRAME_WAKE;
+	return (n == KC_FRAME_HEADER && type == KC_FRAME_WAKE) || (n == KC_HEAD_FRAME && type == KC_FRAME_HEAD);
+}
+
+bool kc_peek_header_now(int sock, uint8_t *header)
+{
+	ssize_t n;
+	do
+		n = recv(sock, header, KC_FRAME_HEADER, MSG_PEEK | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	return n == KC_FRAME_HEADER;
 }
 
 bool kc_nothing_waiting(int sock)

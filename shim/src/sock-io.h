@@ -32,10 +32,13 @@ int kc_send_all(int sock, struct iovec *iov, int iovcnt, const int *fds, unsigne
 int kc_peek_header(int sock, uint8_t *header);
 
 /*
- * Whether the daemon has sent nothing that waits on sock but, perhaps, a WAKE. Never
- * blocks. A HUP, an answer to another request or the end of the stream all say no.
+ * Whether the daemon has sent nothing that waits on sock but, perhaps, a WAKE or a HEAD.
+ * Never blocks. A HUP, an answer to another request or the end of the stream all say no.
  */
 bool kc_only_wake_queued(int sock);
+
+/* kc_peek_header without waiting: true if a whole header was there to copy. */
+bool kc_peek_header_now(int sock, uint8_t *header);
 
 /* Whether the daemon has sent nothing that waits on sock (nor ended the stream). Never blocks. */
 bool kc_nothing_waiting(int sock);

@@ -54,7 +54,8 @@ export function applyNameChanges(bus: Bus, changes: readonly NameChange<Connecti
 
 /**
  * Moves the messages queued for one name (and the callers' trackers expecting the answer)
- * between an activator and the connection that takes the name over, or back.
+ * between an activator and the connection that takes the name over, or back. An entry
+ * announced to the shim stays: the program may hold it already (QueueEntry.announced).
  */
 export function moveMessages(from: Connection, to: Connection, nameId: bigint): void {
   for (const t of [...from.pendingCalls]) {
@@ -64,7 +65,7 @@ export function moveMessages(from: Connection, to: Connection, nameId: bigint): 
     to.pendingCalls.add(t);
   }
   for (const e of from.queue.entries()) {
-    if (nameId > 0n && e.dstNameId !== nameId) continue;
+    if ((nameId > 0n && e.dstNameId !== nameId) || e.announced) continue;
     from.queue.remove(e);
     if (!to.active || (!(to.helloFlags & HelloFlags.ACCEPT_FD) && e.nFds > 0)) {
       e.dispose();

@@ -40,6 +40,12 @@ export class QueueEntry {
   prev: QueueEntry | undefined;
   next: QueueEntry | undefined;
   queued = false;
+  /**
+   * The receiver's shim was told this entry is what its next plain RECV takes, and may
+   * already have handed it to the program (docs/socket-protocol.md, HEAD): it stays
+   * where it is until that RECV or another reaches the daemon.
+   */
+  announced = false;
 
   constructor(
     public slice: Slice,

@@ -16,7 +16,11 @@ export const enum FrameType {
   RESERVE = 11,
   INSTALL = 12,
   EMPTY = 13,
+  HEAD = 14,
 }
+
+/** OPEN's features word, bit 0: the shim takes HEAD frames instead of bare WAKEs (Poll). */
+export const OPEN_FEATURE_HEADS = 1;
 
 export const FRAME_HEADER = 16;
 /** Large enough for a 32 KiB command, its message and 2 MiB of vectors, with room to spare. */

@@ -19,8 +19,11 @@ import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../
 import { FdWatch } from '../os/fd-watch';
 import { logger } from '../log/logger';
 import type { Connection } from '../bus/connection';
+import type { QueueEntry } from '../bus/queue';
 import type { AttachmentRegistry, AttachTarget, SideChannel } from './attachments';
-import { decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, ProtocolError, type Frame, type Segment } from './frames';
+import {
+  decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, OPEN_FEATURE_HEADS, ProtocolError, type Frame, type Segment,
+} from './frames';
 import { ClientSocket, MAX_FDS_PER_READ } from './client-socket';
 import { IoctlContext, Interruption, ReceivedFiles, ReservedInstaller } from './ioctl-context';
 import { NeedMemory, SegmentMemory } from './segment-memory';
@@ -59,6 +62,8 @@ const NO_FDS: readonly number[] = [];
 const WAKE_FRAME = encodeFrame(FrameType.WAKE, 0n);
 const HUP_FRAME = encodeFrame(FrameType.HUP, 0n);
 const EMPTY_FRAME = encodeFrame(FrameType.EMPTY, 0n);
+/** A HEAD frame: the header (seq: RECVs taken so far), the entry's offset and size. */
+const HEAD_FRAME_SIZE = FRAME_HEADER + 16;
 
 /**
  * Answers are encoded here and sent right away; only what the socket does not take at once
@@ -112,6 +117,16 @@ export class SocketSession {
   private hupOutstanding = false;
   private stopWake: (() => void) | undefined;
   private closed = false;
+  /** OPEN said the shim takes HEAD frames: the readiness it is sent names the queue's head. */
+  private heads = false;
+  /** RECV IOCTLs read from this socket; a HEAD counts them so the shim can tell a stale one. */
+  private recvCount = 0;
+  /** The entry the last HEAD named while no RECV has come since, and that HEAD's count. */
+  private announced: QueueEntry | undefined;
+  private announcedCount = 0;
+  /** A bare WAKE went out after that HEAD: the shim no longer uses it. */
+  private headWithdrawn = false;
+  private readonly headFrame = Buffer.alloc(HEAD_FRAME_SIZE);
   private lastPid = 0;
   private lastTid = 0;
 
@@ -384,6 +399,7 @@ export class SocketSession {
     if (p.length < 16) throw new ProtocolError('OPEN frame too short');
     const flags = p.readUInt32LE(0);
     const pathLen = p.readUInt32LE(8);
+    this.heads = (p.readUInt32LE(12) & OPEN_FEATURE_HEADS) !== 0;
     if (16 + pathLen > p.length) throw new ProtocolError('OPEN path runs past the frame');
     const rel = p.toString('latin1', 16, 16 + pathLen);
     let errno = 0;
@@ -417,6 +433,19 @@ export class SocketSession {
     if (nFds > 64 || nRes > 64) throw new ProtocolError(`IOCTL announces ${nFds} fds and ${nRes} reserved numbers (64 at most)`);
     if (this.sideOf && (cmd !== Cmd.FREE || f.seq !== 0n || nFds + nRes > 0)) {
       throw new ProtocolError('a side channel carries no IOCTL but an unanswered FREE');
+    }
+    if (cmd === Cmd.RECV) {
+      // Any RECV ends what the last HEAD promised: the shim forgot it when it sent this one.
+      const announced = this.announced;
+      const announcedNow = announced !== undefined && this.announcedCount === this.recvCount;
+      this.unpin();
+      this.recvCount++;
+      if (f.seq === 0n) {
+        if (!announcedNow) throw new ProtocolError('a RECV the shim answered itself, with no HEAD that allowed it');
+        this.takeAnnounced(handle, announced);
+        if (f.own) FrameReader.recycle(f.own);
+        return;
+      }
     }
     const listEnd = 32 + ((4 * (nFds + nRes) + 7) & ~7);
     if (listEnd > p.length) throw new ProtocolError('IOCTL fd lists run past the frame');
@@ -665,7 +694,7 @@ export class SocketSession {
       this.hupOutstanding = false;
       event = this.dueEvent();
     }
-    if (len + FRAME_HEADER > scratch.length) scratch = Buffer.allocUnsafe(Math.max(len + FRAME_HEADER, 2 * scratch.length));
+    if (len + HEAD_FRAME_SIZE > scratch.length) scratch = Buffer.allocUnsafe(Math.max(len + HEAD_FRAME_SIZE, 2 * scratch.length));
     const b = scratch;
     b.writeUInt32LE(len, 0);
     b.writeUInt32LE(FrameType.RESULT, 4);
@@ -686,7 +715,7 @@ export class SocketSession {
       p += 16 + padded;
     }
     if (event) event.copy(b, len);
-    this.send(b, event ? len + FRAME_HEADER : len, fds, after);
+    this.send(b, event ? len + event.length : len, fds, after);
   }
 
   /** CLOSE: the client's last reference is going; release before it returns from close(). */
@@ -698,6 +727,53 @@ export class SocketSession {
   }
 
   // --- poll ------------------------------------------------------------------------------
+
+  /**
+   * A RECV the shim answered from a HEAD (docs/socket-protocol.md, HEAD): the entry leaves
+   * the queue as with RECV, published for the FREE that follows. The shim waits for no
+   * answer but takes the next WAKE or HEAD as news, as after a RESULT.
+   */
+  private takeAnnounced(handle: Handle, entry: QueueEntry): void {
+    const conn = handle.connection;
+    // Gone with the connection (a HUP is on its way): nothing left to take.
+    if (conn && entry.queued) {
+      entry.slice.publish();
+      conn.queue.remove(entry);
+      entry.dispose();
+    }
+    this.wakeOutstanding = false;
+    this.maybeWake();
+  }
+
+  private unpin(): void {
+    if (this.announced) this.announced.announced = false;
+    this.announced = undefined;
+  }
+
+  /**
+   * The HEAD frame for the connection's next plain RECV, or undefined where that RECV would
+   * do more than publish a slice: files to install, lost messages to report, an activator
+   * whose queue may move to another connection.
+   */
+  private headOf(conn: Connection): Buffer | undefined {
+    if (conn.isActivator || conn.lostCount > 0) return undefined;
+    const entry = conn.queue.peek(false, 0n);
+    if (!entry || entry.gaps) return undefined;
+    if (this.announced !== entry) {
+      this.unpin();
+      entry.announced = true;
+      this.announced = entry;
+    }
+    this.announcedCount = this.recvCount;
+    this.headWithdrawn = false;
+    const b = this.headFrame;
+    b.writeUInt32LE(HEAD_FRAME_SIZE, 0);
+    b.writeUInt32LE(FrameType.HEAD, 4);
+    b.writeBigUInt64LE(BigInt(this.recvCount), 8);
+    b.writeBigUInt64LE(BigInt(entry.slice.offset), FRAME_HEADER);
+    b.writeBigUInt64LE(BigInt(entry.slice.size), FRAME_HEADER + 8);
+    return b;
+  }
 
   /** When the connection became readable or went away: the WAKE or HUP due, sent now. */
   private maybeWake(): void {
@@ -718,9 +794,19 @@ export class SocketSession {
       this.hupOutstanding = true;
       return HUP_FRAME;
     }
-    if (!(mask & Poll.IN) || this.wakeOutstanding) return undefined;
+    if (!(mask & Poll.IN)) return undefined;
+    if (this.wakeOutstanding) {
+      // Messages lost since the HEAD went out are the next RECV's to report: a bare WAKE
+      // withdraws that HEAD before the ioctl that lost them returns. The entry stays pinned:
+      // the shim may have taken it already, and its RECV be on the way.
+      if (this.announced && !this.headWithdrawn && handle.connection.lostCount > 0) {
+        this.headWithdrawn = true;
+        return WAKE_FRAME;
+      }
+      return undefined;
+    }
     this.wakeOutstanding = true;
-    return WAKE_FRAME;
+    return (this.heads && this.headOf(handle.connection)) || WAKE_FRAME;
   }
 
   /**
@@ -813,6 +899,7 @@ export class SocketSession {
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;
     this.stopWake?.();
+    this.unpin();
     this.sideOf?.detach(this.side);
     this.sideOf = undefined;
     this.handle?.release();

@@ -19,13 +19,22 @@ export interface Result {
   pool: number | undefined;
 }
 
+/** What a HEAD frame said: RECVs the daemon had taken, and the slice a plain RECV takes next. */
+export interface Head {
+  seq: bigint;
+  offset: bigint;
+  size: bigint;
+}
+
 export class ProtocolClient {
   private buf = Buffer.alloc(0);
   private seq = 1n;
   /** The flags word of the last RESULT. */
   lastFlags = 0;
-  /** Unsolicited frames seen while waiting (WAKE, HUP). */
+  /** Unsolicited frames seen while waiting (WAKE, HEAD, HUP). */
   readonly events: number[] = [];
+  /** The HEAD frames among them, in order. */
+  readonly heads: Head[] = [];
   /** Answers the daemon's FETCH requests; by default everything is unreadable. */
   memory: (address: bigint, length: number) => Buffer | undefined = () => undefined;
 
@@ -78,10 +87,7 @@ export class ProtocolClient {
   async result(seq: bigint): Promise<Result> {
     for (;;) {
       const f = await this.readFrame();
-      if (f.type === FrameType.WAKE || f.type === FrameType.HUP) {
-        this.events.push(f.type);
-        continue;
-      }
+      if (this.isEvent(f)) continue;
       if (f.type === FrameType.FETCH) {
         const address = f.payload.readBigUInt64LE(0);
         const length = f.payload.readUInt32LE(8);
@@ -111,12 +117,24 @@ export class ProtocolClient {
     }
   }
 
-  async open(rel: string, flags = 2): Promise<Result> {
+  /** Notes an unsolicited frame; false for any other. */
+  private isEvent(f: { type: number; seq: bigint; payload: Buffer }): boolean {
+    if (f.type !== FrameType.WAKE && f.type !== FrameType.HUP && f.type !== FrameType.HEAD) return false;
+    this.events.push(f.type);
+    if (f.type === FrameType.HEAD) {
+      this.heads.push({ seq: f.seq, offset: f.payload.readBigUInt64LE(0), size: f.payload.readBigUInt64LE(8) });
+    }
+    return true;
+  }
+
+  /** OPEN; `features` is the word the shim sets (bit 0: it takes HEAD frames). */
+  async open(rel: string, flags = 2, features = 0): Promise<Result> {
     const path = Buffer.from(rel, 'latin1');
     const p = Buffer.alloc(16);
     p.writeUInt32LE(flags, 0);
     p.writeUInt32LE(process.pid, 4);
     p.writeUInt32LE(path.length, 8);
+    p.writeUInt32LE(features, 12);
     const seq = this.seq++;
     this.send(FrameType.OPEN, seq, Buffer.concat([p, path]));
     return this.result(seq);
@@ -148,10 +166,10 @@ export class ProtocolClient {
     this.send(FrameType.IOCTL, seq, Buffer.concat([head, lists, encodeSegments(segments)]), fds.map((f) => f.fd));
   }
 
-  /** Waits for the next unsolicited frame (WAKE or HUP) and returns its type. */
+  /** Waits for the next unsolicited frame (WAKE, HEAD or HUP) and returns its type. */
   async event(): Promise<number> {
     const f = await this.readFrame();
-    if (f.type !== FrameType.WAKE && f.type !== FrameType.HUP) throw new Error(`expected WAKE or HUP, got frame ${f.type}`);
+    if (!this.isEvent(f)) throw new Error(`expected WAKE, HEAD or HUP, got frame ${f.type}`);
     return f.type;
   }
 

@@ -633,14 +633,22 @@ static void test_release(void)
 }
 
 /* What the mock saw on its exact bus, as CONN_INFO tells it there. */
-static void exact_counts(int fd, uint64_t *unanswered_frees, uint64_t *recvs, uint64_t *bad_frees)
+static void mock_counts(int fd, uint64_t *unanswered_frees, uint64_t *recvs, uint64_t *unanswered_recvs,
+			uint64_t *bad_frees)
 {
 	uint64_t s[7] = { 56 };
 	if (kioctl(fd, CMD_CONN_INFO, s) < 0)
-		s[3] = s[4] = s[6] = UINT64_MAX;
+		s[3] = s[4] = s[5] = s[6] = UINT64_MAX;
 	*unanswered_frees = s[3];
 	*recvs = s[4];
+	*unanswered_recvs = s[5];
 	*bad_frees = s[6];
+}
+
+static void exact_counts(int fd, uint64_t *unanswered_frees, uint64_t *recvs, uint64_t *bad_frees)
+{
+	uint64_t unanswered_recvs;
+	mock_counts(fd, unanswered_frees, recvs, &unanswered_recvs, bad_frees);
 }
 
 /*
@@ -695,6 +703,72 @@ static void test_shortcuts(void)
 	close(fd);
 }
 
+/*
+ * Against a daemon that names the message a plain RECV takes next (HEAD): such a RECV is
+ * answered by the shim and sent on without waiting; once the shim cannot know, RECV asks.
+ */
+static void test_heads(void)
+{
+	char path[160];
+	snprintf(path, sizeof path, "%s/0-heads/bus", root);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	uint64_t h[12], frees, recvs, taken, bad, r[8];
+	CHECK(fd >= 0 && hello(fd, h) == 0, "HELLO on a bus that sends HEADs", "errno %d", errno);
+	uint64_t m[4] = { 32 };
+	int rc = kioctl(fd, CMD_MATCH_ADD, m);
+	rc = rc ? rc : kioctl(fd, CMD_MATCH_ADD, m); /* two messages queued; a HEAD names the first */
+	memset(r, 0xaa, sizeof r);
+	r[0] = 64;
+	r[1] = 0;
+	rc = rc ? rc : kioctl(fd, CMD_RECV, r);
+	mock_counts(fd, &frees, &recvs, &taken, &bad);
+	CHECK(rc == 0 && recvs == 0 && taken == 1, "a plain RECV is answered from the HEAD, and sent on unanswered",
+	      "rc %d errno %d, %llu RECVs answered, %llu unanswered", rc, errno, (unsigned long long)recvs,
+	      (unsigned long long)taken);
+	CHECK(r[2] == 0 && r[4] == 0 && r[5] == 0x2000 && r[6] == 0x80 && r[7] == 0,
+	      "with kdbus's write-backs: the slice the HEAD named, none lost, no flags",
+	      "return_flags %llx dropped %llx offset %llx size %llx flags %llx", (unsigned long long)r[2],
+	      (unsigned long long)r[4], (unsigned long long)r[5], (unsigned long long)r[6], (unsigned long long)r[7]);
+	memset(r, 0, sizeof r);
+	r[0] = 64;
+	rc = kioctl(fd, CMD_RECV, r);
+	mock_counts(fd, &frees, &recvs, &taken, &bad);
+	CHECK(rc == 0 && r[5] == 0x2100 && recvs == 0 && taken == 2, "the next HEAD answers the next RECV",
+	      "rc %d offset %llx, %llu/%llu", rc, (unsigned long long)r[5], (unsigned long long)recvs, (unsigned long long)taken);
+	uint64_t f[4] = { 32, 0, 0xaa, 0x2000 };
+	rc = kioctl(fd, CMD_FREE, f);
+	mock_counts(fd, &frees, &recvs, &taken, &bad);
+	CHECK(rc == 0 && frees == 1 && bad == 0, "the slice it published is FREEd without waiting",
+	      "rc %d errno %d, %llu/%llu frees", rc, errno, (unsigned long long)frees, (unsigned long long)bad);
+	memset(r, 0, sizeof r);
+	r[0] = 64;
+	rc = kioctl(fd, CMD_RECV, r);
+	int err = errno;
+	mock_counts(fd, &frees, &recvs, &taken, &bad);
+	CHECK(rc == -1 && err == EAGAIN && recvs == 0, "a RESULT with no event after it says the queue is empty",
+	      "rc %d errno %d, %llu RECVs answered", rc, err, (unsigned long long)recvs);
+	rc = kioctl(fd, CMD_MATCH_ADD, m);
+	memset(r, 0, sizeof r);
+	r[0] = 64;
+	rc = rc ? rc : kioctl(fd, CMD_RECV, r);
+	uint64_t offset = r[5];
+	rc = rc ? rc : kioctl(fd, CMD_RECV, r);
+	err = errno;
+	mock_counts(fd, &frees, &recvs, &taken, &bad);
+	CHECK(offset == 0x2200 && rc == -1 && err == EAGAIN && recvs == 1 && taken == 3,
+	      "right after a RECV answered here, the next one asks the daemon", "offset %llx rc %d errno %d, %llu/%llu",
+	      (unsigned long long)offset, rc, err, (unsigned long long)recvs, (unsigned long long)taken);
+	rc = kioctl(fd, CMD_MATCH_ADD, m);
+	memset(r, 0, sizeof r);
+	r[0] = 64;
+	r[1] = 1; /* KDBUS_RECV_PEEK */
+	rc = rc ? rc : kioctl(fd, CMD_RECV, r);
+	mock_counts(fd, &frees, &recvs, &taken, &bad);
+	CHECK(rc == 0 && recvs == 2 && taken == 3, "a RECV with flags goes to the daemon, HEAD or not",
+	      "rc %d errno %d, %llu/%llu", rc, errno, (unsigned long long)recvs, (unsigned long long)taken);
+	close(fd);
+}
+
 static void make_tree(void)
 {
 	char tmpl[] = "/tmp/kdbus-shim-test-XXXXXX";
@@ -716,6 +790,10 @@ static void make_tree(void)
 	snprintf(path, sizeof path, "%s/0-exact", root);
 	mkdir(path, 0755);
 	snprintf(path, sizeof path, "%s/0-exact/bus", root);
+	mknod(path, S_IFREG | 0666, 0);
+	snprintf(path, sizeof path, "%s/0-heads", root);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/0-heads/bus", root);
 	mknod(path, S_IFREG | 0666, 0);
 	snprintf(path, sizeof path, "%s/0-cuse", root);
 	mkdir(path, 0755);
@@ -744,6 +822,7 @@ int main(int argc, char **argv)
 	test_cuse_device();
 	test_release();
 	test_shortcuts();
+	test_heads();
 	int fd = open_bus(O_CLOEXEC);
 	test_hello_and_pool(fd);
 	test_send(fd);

@@ -3,7 +3,8 @@
  * machinery can be tested without Node. It decodes frames by itself (not with the shim's
  * codec) and implements a few commands with behaviour conn-test.c knows:
  *
- *   OPEN      "0-test/bus", "0-exact/bus" and "control" open; "0-denied/bus" is EACCES; else ENOENT
+ *   OPEN      "0-test/bus", "0-exact/bus", "0-heads/bus" and "control" open; "0-denied/bus" is
+ *             EACCES; else ENOENT
  *   HELLO     writes id 42 and pool_size 1 MiB; hands over a pool that starts "POOLDATA"
  *   SEND      reply.offset = bytes of vector data, reply.msg_size = bytes readable from the
  *             passed files, reply.return_flags = files passed; with SYNC_REPLY it answers
@@ -29,8 +30,13 @@
  *             0x2000 + 0x100 * n (n counting from 0), published
  *   FREE      0 for a published slice (then no longer published), else ENXIO; one with
  *             seq 0 gets no RESULT
- *   CONN_INFO writes how many FREEs came with seq 0 to id, RECVs to attach_flags, FREEs of
- *             slices not published with seq 0 to info_size
+ *   CONN_INFO writes how many FREEs came with seq 0 to id, RECVs to attach_flags, RECVs with
+ *             seq 0 to offset, FREEs of slices not published with seq 0 to info_size
+ *
+ * "0-heads/bus" is "0-exact/bus" for a shim whose OPEN asked for HEAD frames: the event after
+ * a RESULT is a HEAD (seq: RECV frames taken, the next slice at 0x2000 + 0x100 * n, size
+ * 0x80), and a RECV with seq 0 takes that slice without an answer, followed by the HEAD of
+ * the next one if any (EILSEQ on stderr if none was queued).
  *
  * Side channels of CUSE devices (there are no CUSE devices here; cuse-test.c plays one):
  *
@@ -78,7 +84,7 @@
 #define MAX_PENDING 16
 #define NEVER 0xffffffffu
 
-enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE, ATTACH, RESERVE, INSTALL, EMPTY };
+enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE, ATTACH, RESERVE, INSTALL, EMPTY, HEAD };
 enum { MOCK_RECV = 100, MOCK_MESSAGE = 101, MOCK_QUEUE = 102, MOCK_FREES = 103 };
 
 struct frame {
@@ -107,10 +113,11 @@ struct client {
 	unsigned n_transient;
 	unsigned messages;
 	/* "0-exact/bus": the queue, the slices published, and what came. */
-	bool exact;
+	bool exact, heads;
 	unsigned queued, slices, n_published;
 	uint64_t published[8];
 	uint64_t recvs, unanswered_frees, bad_unanswered_frees;
+	uint64_t recv_frames, unanswered_recvs;
 	/* A side channel: the FREEs that came on it, and the offset the last one named. */
 	uint64_t side_frees, last_side_free;
 };
@@ -195,23 +202,36 @@ static bool read_full(int fd, void *buf, size_t len, struct frame *f)
 	return true;
 }
 
+/* The readiness event "0-heads/bus" sends: a HEAD naming the next slice. */
+static size_t put_head(struct client *c, uint8_t *b)
+{
+	put32(b, 32);
+	put32(b + 4, HEAD);
+	put64(b + 8, c->recv_frames);
+	put64(b + 16, 0x2000 + 0x100 * (uint64_t)c->slices);
+	put64(b + 24, 0x80);
+	return 32;
+}
+
 /*
  * One frame, its descriptors attached to its first byte as the real daemon does; with
- * `then_wake`, a WAKE right after it in the same write (as the daemon sends a RESULT and the
- * WAKE due after it).
+ * `then_wake`, a WAKE (a HEAD on "0-heads/bus") right after it in the same write (as the
+ * daemon sends a RESULT and the event due after it).
  */
 static void send_frames(struct client *c, uint32_t type, uint64_t seq, const uint8_t *payload, size_t len,
 			const int *fds, int n_fds, bool then_wake)
 {
 	size_t frame = 16 + ((len + 7) & ~(size_t)7);
-	size_t total = frame + (then_wake ? 16 : 0);
+	size_t total = frame + (then_wake ? (c->heads ? 32 : 16) : 0);
 	uint8_t *b = calloc(1, total);
 	put32(b, (uint32_t)frame);
 	put32(b + 4, type);
 	put64(b + 8, seq);
 	if (len)
 		memcpy(b + 16, payload, len);
-	if (then_wake) {
+	if (then_wake && c->heads) {
+		put_head(c, b + frame);
+	} else if (then_wake) {
 		put32(b + frame, 16);
 		put32(b + frame + 4, WAKE);
 	}
@@ -501,10 +521,38 @@ static void do_recv(struct call *k)
 	close(p1[0]);
 }
 
+/* A RECV with seq 0 on "0-heads/bus": the shim answered it from the last HEAD. */
+static void do_heads_recv(struct call *k)
+{
+	struct client *c = k->c;
+	if (!c->heads || c->queued == 0) {
+		fprintf(stderr, "mock-daemon: an unanswered RECV with nothing announced\n");
+		return;
+	}
+	c->unanswered_recvs++;
+	c->queued--;
+	uint64_t offset = 0x2000 + 0x100 * (uint64_t)c->slices++;
+	if (c->n_published < 8)
+		c->published[c->n_published++] = offset;
+	if (c->queued > 0) {
+		uint8_t head[32];
+		put_head(c, head);
+		ssize_t n;
+		do
+			n = send(c->sock, head, sizeof head, MSG_NOSIGNAL);
+		while (n < 0 && errno == EINTR);
+	}
+}
+
 /* RECV on "0-exact/bus". */
 static void do_exact_recv(struct call *k)
 {
 	struct client *c = k->c;
+	c->recv_frames++;
+	if (k->seq == 0) {
+		do_heads_recv(k);
+		return;
+	}
 	c->recvs++;
 	if (c->queued == 0) {
 		struct write w[5] = { w64(k->arg + 32, 0), w64(k->arg + 40, POOL_SIZE), w64(k->arg + 48, 0),
@@ -894,9 +942,9 @@ static void do_ioctl(struct client *c, struct frame *f)
 			c->queued++;
 			send_result(c, k.seq, 0, NULL, 0, NULL, 0, 0);
 		} else {
-			struct write w[3] = { w64(k.arg + 24, c->unanswered_frees), w64(k.arg + 32, c->recvs),
-					      w64(k.arg + 48, c->bad_unanswered_frees) };
-			send_result(c, k.seq, 0, w, 3, NULL, 0, 0);
+			struct write w[4] = { w64(k.arg + 24, c->unanswered_frees), w64(k.arg + 32, c->recvs),
+					      w64(k.arg + 40, c->unanswered_recvs), w64(k.arg + 48, c->bad_unanswered_frees) };
+			send_result(c, k.seq, 0, w, 4, NULL, 0, 0);
 		}
 		for (uint32_t i = 0; i < k.n_fds; i++)
 			if (k.files[i] >= 0)
@@ -952,11 +1000,13 @@ static void do_open(struct client *c, struct frame *f)
 	char path[256] = { 0 };
 	memcpy(path, f->payload + 16, len < 255 ? len : 255);
 	int err = ENOENT;
-	if (strcmp(path, "0-test/bus") == 0 || strcmp(path, "0-exact/bus") == 0 || strcmp(path, "control") == 0)
+	bool heads = strcmp(path, "0-heads/bus") == 0;
+	if (strcmp(path, "0-test/bus") == 0 || strcmp(path, "0-exact/bus") == 0 || heads || strcmp(path, "control") == 0)
 		err = 0;
 	else if (strcmp(path, "0-denied/bus") == 0)
 		err = EACCES;
-	c->exact = err == 0 && strcmp(path, "0-exact/bus") == 0;
+	c->exact = err == 0 && (heads || strcmp(path, "0-exact/bus") == 0);
+	c->heads = heads && (get32(f->payload + 12) & 1);
 	send_result(c, f->seq, err, NULL, 0, NULL, 0, 0);
 }
 

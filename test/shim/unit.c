@@ -125,17 +125,32 @@ static void test_header(void)
 		kc_header_encode(b, 16, t, 0);
 		CHECK(kc_header_decode(b, &h) == 0, "daemon frame types 3, 5, 6, 7 are accepted", "type %u refused", t);
 	}
+	kc_header_encode(b, 32, KC_FRAME_HEAD, 3);
+	CHECK(kc_header_decode(b, &h) == 0 && h.type == 14 && h.seq == 3, "HEAD (type 14, 32 bytes) is accepted", "refused");
+	kc_header_encode(b, 24, KC_FRAME_HEAD, 3);
+	CHECK(kc_header_decode(b, &h) == -EPROTO, "a HEAD of another length is refused", "accepted");
+}
+
+static void test_head_payload(void)
+{
+	uint8_t p[16];
+	uint64_t offset, size;
+	put64(p, 0x2000);
+	put64(p + 8, 0x158);
+	CHECK(kc_head_decode(p, 16, &offset, &size) == 0 && offset == 0x2000 && size == 0x158,
+	      "HEAD payload: u64 offset, u64 msg_size", "got %llx %llx", (unsigned long long)offset, (unsigned long long)size);
+	CHECK(kc_head_decode(p, 8, &offset, &size) == -EPROTO, "a short HEAD payload is refused", "accepted");
 }
 
 static void test_open_frame(void)
 {
 	uint8_t b[KC_OPEN_HEAD];
-	kc_open_head_encode(b, 1, O_RDWR | O_CLOEXEC, 4242, 12);
+	kc_open_head_encode(b, 1, O_RDWR | O_CLOEXEC, 4242, 12, KC_OPEN_FEATURE_HEADS);
 	CHECK(get32(b) == KC_OPEN_HEAD + 16 && get32(b + 4) == 1 && get64(b + 8) == 1,
 	      "OPEN header: length counts the padded path", "length %u", get32(b));
 	CHECK(get32(b + 16) == (uint32_t)(O_RDWR | O_CLOEXEC) && get32(b + 20) == 4242 && get32(b + 24) == 12 &&
-		      get32(b + 28) == 0,
-	      "OPEN payload: flags, tid, path length, 0", "fields differ");
+		      get32(b + 28) == 1,
+	      "OPEN payload: flags, tid, path length, features (bit 0: HEAD frames)", "fields differ");
 }
 
 static void test_ioctl_frame(void)
@@ -570,6 +585,7 @@ int main(void)
 	test_normalize();
 	test_join_and_below();
 	test_header();
+	test_head_payload();
 	test_open_frame();
 	test_ioctl_frame();
 	test_segments();

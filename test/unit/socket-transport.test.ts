@@ -10,13 +10,13 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { Attach, Cmd, HelloFlags, ItemType, KDBUS_PAYLOAD_DBUS, Off } from '../../src/abi/constants';
+import { Attach, Cmd, HelloFlags, ItemType, KDBUS_MATCH_ID_ANY, KDBUS_PAYLOAD_DBUS, Limits, Off } from '../../src/abi/constants';
 import { Errno } from '../../src/abi/errno';
 import { ItemWriter } from '../../src/abi/items';
 import { Daemon } from '../../src/daemon/daemon';
 import { defaults } from '../../src/config/config';
 import { SocketTransport } from '../../src/transport/socket-transport';
-import { FrameType } from '../../src/transport/frames';
+import { FrameType, OPEN_FEATURE_HEADS } from '../../src/transport/frames';
 import { memfd_create } from '../../src/os/libc';
 import { fcntl } from '../../src/os/libc';
 import { ProtocolClient, type Result } from '../helpers/socket-client';
@@ -69,10 +69,11 @@ class Peer {
   client!: ProtocolClient;
   pool = -1;
   id = 0n;
-  static async connect(sock: string, bus: string): Promise<Peer> {
+  /** `features`: OPEN's features word (OPEN_FEATURE_HEADS asks for HEAD frames). */
+  static async connect(sock: string, bus: string, features = 0): Promise<Peer> {
     const p = new Peer();
     p.client = ProtocolClient.connect(sock);
-    const o = await p.client.open(`${bus}/bus`);
+    const o = await p.client.open(`${bus}/bus`, 2, features);
     assert.equal(o.errno, 0);
     const hello = helloStruct();
     const r = await p.client.ioctl(Cmd.HELLO, 0x10000n, [{ address: 0x10000n, data: hello }]);
@@ -215,6 +216,80 @@ describe('socket transport (daemon side)', function () {
     // The next answer on this socket is the next request's: the FREE ran, and said nothing.
     const again = await b.client.ioctl(Cmd.FREE, 0x20000n, [{ address: 0x20000n, data: free }]);
     assert.equal(again.errno, Errno.ENXIO, 'the slice was freed by the unanswered FREE');
+    a.close();
+    b.close();
+  });
+
+  it('names the next message in a HEAD to a shim that asked, and takes it off the queue on an unanswered RECV', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus, OPEN_FEATURE_HEADS);
+    assert.equal((await a.send(b.id, 'first')).errno, 0);
+    assert.equal((await a.send(b.id, 'second')).errno, 0);
+    assert.equal(await b.client.event(), FrameType.HEAD, 'readiness comes as a HEAD');
+    const first = b.client.heads[0]!;
+    assert.equal(first.seq, 0n, 'no RECV was taken before it');
+    const msg1 = readPool(b.pool, Number(first.offset), Number(first.size));
+    assert.equal(msg1.readBigUInt64LE(Off.msg.src_id), a.id);
+    assert.ok(msg1.includes(Buffer.from('first')), 'the HEAD names the oldest message');
+    // kdbus's RECV reports the slice: the message, then its 5-byte vector padded to 8.
+    assert.equal(first.size, ((msg1.readBigUInt64LE(0) + 7n) & ~7n) + 8n);
+
+    b.client.ioctlUnanswered(Cmd.RECV, 0x60000n, []);
+    assert.equal(await b.client.event(), FrameType.HEAD, 'after the shim\'s RECV, the next message is named');
+    const second = b.client.heads[1]!;
+    assert.equal(second.seq, 1n, 'one RECV was taken before it');
+    const { r, msg } = await b.recv();
+    assert.equal(r.errno, 0);
+    assert.ok(msg!.includes(Buffer.from('second')), 'the unanswered RECV took the first message');
+    const got = apply(Buffer.alloc(64), 0x60000n, r);
+    assert.equal(got.readBigUInt64LE(Off.recv.msg_offset), second.offset, 'a real RECV reports the offset the HEAD named');
+    assert.equal(got.readBigUInt64LE(Off.recv.msg_msg_size), second.size, 'and its size');
+    assert.equal((await b.recv()).r.errno, Errno.EAGAIN);
+    await b.free(first.offset);
+
+    const memfd = memfd_create('head-test', 2);
+    fs.writeSync(memfd, Buffer.from('hello'));
+    assert.equal(fcntl(memfd, F_ADD_SEALS, ALL_SEALS), 0);
+    assert.equal((await a.send(b.id, 'with a file', { memfd })).errno, 0);
+    fs.closeSync(memfd);
+    assert.equal(await b.client.event(), FrameType.WAKE, 'a message with files to install is announced by a bare WAKE');
+    a.close();
+    b.close();
+  });
+
+  it('withdraws a HEAD when messages are lost after it, and still takes the message the shim may have had', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus, OPEN_FEATURE_HEADS);
+    const match = new ItemWriter();
+    match.u64(0).u64(0).u64(0).u64(1n).itemU64(ItemType.ID_ADD, KDBUS_MATCH_ID_ANY, 0n);
+    const m = Buffer.from(match.finish());
+    m.writeBigUInt64LE(BigInt(m.length), 0);
+    assert.equal((await b.client.ioctl(Cmd.MATCH_ADD, 0x70000n, [{ address: 0x70000n, data: m }])).errno, 0);
+    assert.equal((await a.send(b.id, 'announced')).errno, 0);
+    assert.equal(await b.client.event(), FrameType.HEAD);
+    // ID_ADD notifications fill b's queue for the kernel's messages; the next one is lost.
+    const peers: Peer[] = [];
+    for (let i = 0; i <= Limits.CONN_MAX_MSGS; i++) peers.push(await Peer.connect(sock, bus));
+    assert.equal(await b.client.event(), FrameType.WAKE, 'a bare WAKE withdraws the HEAD');
+    b.client.ioctlUnanswered(Cmd.RECV, 0x60000n, []);
+    const { r, msg } = await b.recv();
+    assert.equal(r.errno, 0);
+    const got = apply(Buffer.alloc(64), 0x60000n, r);
+    assert.equal(got.readBigUInt64LE(Off.recv.dropped_msgs), 1n, 'the RECV after the loss reports it');
+    assert.equal(msg!.readBigUInt64LE(64 + 8), BigInt(ItemType.ID_ADD), 'the announced message was taken by the unanswered RECV');
+    for (const p of peers) p.close();
+    a.close();
+    b.close();
+  });
+
+  it('disconnects a client whose unanswered RECV no HEAD allowed', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    assert.equal((await a.send(b.id, 'only a WAKE for this one')).errno, 0);
+    assert.equal(await b.client.event(), FrameType.WAKE, 'no HEAD for a client that did not ask');
+    b.client.ioctlUnanswered(Cmd.RECV, 0x60000n, []);
+    await assert.rejects(b.recv(), /daemon closed the connection/);
+    assert.equal((await a.send(a.id, 'the daemon still serves others')).errno, 0);
     a.close();
     b.close();
   });
