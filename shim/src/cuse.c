@@ -74,6 +74,23 @@ static bool free_on_side(struct kc_conn *c, uint64_t arg, const struct kc_prefet
 	return kc_side_free(c, offset, may ? kc_free_answer : refuse, arg, iov, 2);
 }
 
+/* A plain RECV of the message the last HEAD named: the RECV goes to the daemon on the side channel. */
+static bool recv_from_head(struct kc_conn *c, uint64_t arg, const struct kc_prefetch *pf, int *err)
+{
+	uint64_t offset, size;
+	if (!kc_recv_is_plain(pf))
+		return false;
+	uint8_t head[KC_FRAME_HEADER + KC_IOCTL_FIXED];
+	struct kc_ioctl_desc d = { .cmd = KDBUS_CMD_RECV, .tid = (uint32_t)kc_self_tid(), .arg = arg };
+	kc_ioctl_head_encode(head, 0, &d);
+	struct iovec iov = { head, sizeof head };
+	if (!kc_side_take_head(c, &offset, &size, &iov, 1))
+		return false;
+	/* The message is off the queue either way, as kdbus's was when its write-back failed. */
+	*err = kc_recv_answer(arg, offset, size) ? 0 : EFAULT;
+	return true;
+}
+
 bool kc_cuse_answered(struct kc_conn *c, uint32_t cmd, uint64_t arg, int *err)
 {
 	if ((cmd != KDBUS_CMD_RECV && cmd != KDBUS_CMD_FREE) || kc_side_state(c) != KC_SIDE_READY)
@@ -81,15 +98,16 @@ bool kc_cuse_answered(struct kc_conn *c, uint32_t cmd, uint64_t arg, int *err)
 	struct kc_prefetch pf;
 	bool answered = false;
 	uint64_t pool_size;
+	*err = cmd == KDBUS_CMD_RECV ? EAGAIN : 0;
 	if (kc_prefetch_build(&pf, cmd, arg) == 0) {
 		if (cmd == KDBUS_CMD_FREE)
 			answered = free_on_side(c, arg, &pf);
 		else
-			answered = kc_recv_may_answer_empty(&pf) && kc_conn_pool(c, &pool_size) >= 0 &&
-				   kc_side_queue_empty(c) && kc_recv_answer_empty(arg, pool_size);
+			answered = (kc_recv_may_answer_empty(&pf) && kc_conn_pool(c, &pool_size) >= 0 &&
+				    kc_side_queue_empty(c) && kc_recv_answer_empty(arg, pool_size)) ||
+				   recv_from_head(c, arg, &pf, err);
 	}
 	kc_prefetch_free(&pf);
-	*err = cmd == KDBUS_CMD_RECV ? EAGAIN : 0;
 	return answered;
 }
 
@@ -110,6 +128,8 @@ bool kc_cuse_before_ioctl(struct kc_conn *c, int fd, uint32_t cmd, uint64_t arg,
 		return false;
 	if (installs && kc_side_state(c) == KC_SIDE_READY)
 		kc_side_prepare(c, offer);
+	if (cmd == KDBUS_CMD_RECV)
+		kc_side_count_recv(c);
 	return true;
 }
 

@@ -33,9 +33,10 @@ int kc_cuse_opened(int fd);
 struct kc_conn *kc_cuse_probe(int fd);
 
 /*
- * RECV on a queue the side channel says is empty (EAGAIN) and FREE of a slice the daemon
- * published (0, the FREE itself sent on the side channel): answered here as kdbus would, with
- * its write-backs. True if answered, with the ioctl's errno in *err (0 for success).
+ * RECV on a queue the side channel says is empty (EAGAIN), RECV of the message a HEAD named
+ * (0, the RECV itself sent on the side channel) and FREE of a slice the daemon published (0,
+ * likewise): answered here as kdbus would, with its write-backs. True if answered, with the
+ * ioctl's errno in *err (0 for success).
  */
 bool kc_cuse_answered(struct kc_conn *c, uint32_t cmd, uint64_t arg, int *err);
 

@@ -57,6 +57,8 @@ int kc_side_header_decode(const uint8_t *in, struct kc_header *h)
 	case KC_FRAME_EMPTY:
 	case KC_FRAME_HUP:
 		return 0;
+	case KC_FRAME_HEAD:
+		return h->length == KC_HEAD_FRAME ? 0 : -EPROTO;
 	default:
 		return -EPROTO;
 	}
@@ -171,11 +173,13 @@ static size_t numbers_encode(uint8_t *out, const int *numbers, uint32_t n)
 	return size;
 }
 
-size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const int *numbers, uint32_t n)
+size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const int *numbers, uint32_t n,
+			uint32_t features)
 {
 	uint8_t *list = out + KC_FRAME_HEADER + KC_TOKEN_SIZE;
 	memcpy(out + KC_FRAME_HEADER, token, KC_TOKEN_SIZE);
 	size_t length = (size_t)(list - out) + numbers_encode(list, numbers, n);
+	put32(list + 4, features);
 	kc_header_encode(out, (uint32_t)length, KC_FRAME_ATTACH, seq);
 	return length;
 }

@@ -70,7 +70,7 @@ void kc_header_encode(uint8_t *out, uint32_t length, uint32_t type, uint64_t seq
 
 /* Decodes a header from the daemon; -EPROTO if the length or type cannot be right. */
 int kc_header_decode(const uint8_t *in, struct kc_header *h);
-/* The same for a CUSE side channel, which carries RESULT, INSTALL, WAKE, EMPTY and HUP. */
+/* The same for a CUSE side channel, which carries RESULT, INSTALL, WAKE, HEAD, EMPTY and HUP. */
 int kc_side_header_decode(const uint8_t *in, struct kc_header *h);
 
 /* An OPEN frame is this head, then the path (no NUL), then zeros up to 8 bytes. */
@@ -129,9 +129,13 @@ static inline size_t kc_numbers_size(uint32_t n)
 	return 8 + kc_pad8(4 * (size_t)n);
 }
 
-/* ATTACH: the device's token, then the reserved numbers. Returns the frame's length. */
+/*
+ * ATTACH: the device's token, then the reserved numbers, whose list's second word carries
+ * OPEN's features (KC_OPEN_FEATURE_HEADS). Returns the frame's length.
+ */
 #define KC_TOKEN_SIZE 16u
-size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const int *numbers, uint32_t n);
+size_t kc_attach_encode(uint8_t *out, uint64_t seq, const uint8_t *token, const int *numbers, uint32_t n,
+			uint32_t features);
 /* RESERVE: more reserved numbers (flags: KC_RESERVE_*). Returns the frame's length. */
 size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_t n, uint32_t flags);
 /* RESERVE flag: the numbers are for the next command of the handle alone, used first. */

@@ -34,6 +34,13 @@ struct kc_side_page {
 	pthread_mutex_t state_lock;
 	/* What the channel said of the queue: exact (ATTACH's RESULT), the last WAKE or EMPTY, HUP. */
 	uint32_t exact, readable, hup;
+	/*
+	 * RECVs of the file since ATTACH, through the kernel or answered here: a HEAD's seq is
+	 * compared with it. The last HEAD that matched names the message a plain RECV takes.
+	 */
+	uint64_t recvs;
+	uint32_t head_valid;
+	uint64_t head_offset, head_size;
 	struct kc_published published;
 };
 
@@ -106,20 +113,30 @@ static void state_unlock(struct kc_side_page *p)
 	pthread_mutex_unlock(&p->state_lock);
 }
 
-/* A WAKE, EMPTY or HUP that arrived. */
-static void note_event(struct kc_side_page *p, uint32_t type)
+/* A WAKE, HEAD, EMPTY or HUP that arrived (f holds the whole frame). */
+static void note_event(struct kc_side_page *p, const struct frame *f)
 {
+	uint32_t type = f->header.type;
+	uint64_t offset, size;
 	state_lock(p);
-	if (type == KC_FRAME_HUP)
+	if (type == KC_FRAME_HUP) {
 		p->hup = 1;
-	else
-		p->readable = type == KC_FRAME_WAKE;
+	} else {
+		p->readable = type != KC_FRAME_EMPTY;
+		/* A bare WAKE withdraws the last HEAD; a HEAD from before the last RECV may name a message gone. */
+		p->head_valid = type == KC_FRAME_HEAD && f->header.seq == p->recvs &&
+				kc_head_decode(f->data + KC_FRAME_HEADER, KC_HEAD_FRAME - KC_FRAME_HEADER, &offset, &size) == 0;
+		if (p->head_valid) {
+			p->head_offset = offset;
+			p->head_size = size;
+		}
+	}
 	state_unlock(p);
 }
 
 static bool is_event(uint32_t type)
 {
-	return type == KC_FRAME_WAKE || type == KC_FRAME_EMPTY || type == KC_FRAME_HUP;
+	return type == KC_FRAME_WAKE || type == KC_FRAME_HEAD || type == KC_FRAME_EMPTY || type == KC_FRAME_HUP;
 }
 
 /* Reports a problem of this file on stderr, the first time only; errno is kept. */
@@ -299,7 +316,7 @@ static int read_available(struct kc_conn *c, int sock)
 		struct frame f;
 		int rc = read_frame(sock, &f);
 		if (rc == 0 && is_event(f.header.type)) {
-			note_event(c->side.page, f.header.type);
+			note_event(c->side.page, &f);
 			continue;
 		}
 		if (rc == 0 && f.header.type != KC_FRAME_INSTALL) {
@@ -327,7 +344,7 @@ static int request(struct kc_conn *c, int sock, const uint8_t *frame, size_t len
 			rc = -EPROTO;
 		}
 		if (rc == 0 && is_event(result->header.type))
-			note_event(c->side.page, result->header.type);
+			note_event(c->side.page, result);
 		else if (rc == 0)
 			rc = install(c, sock, result);
 	}
@@ -411,7 +428,7 @@ static int attach(struct kc_conn *c, int fd)
 	}
 	/* No numbers yet: a file that only sends (or only maps its pool) would hold them for nothing. */
 	uint8_t frame[KC_NUMBERS_FRAME_MAX(0)];
-	size_t len = kc_attach_encode(frame, REQUEST_SEQ, token, NULL, 0);
+	size_t len = kc_attach_encode(frame, REQUEST_SEQ, token, NULL, 0, KC_OPEN_FEATURE_HEADS);
 	struct frame result;
 	struct kc_result r;
 	page_lock(page);
@@ -714,6 +731,49 @@ bool kc_side_queue_empty(struct kc_conn *c)
 	if (rc)
 		broke(c, -rc);
 	return empty;
+}
+
+void kc_side_count_recv(struct kc_conn *c)
+{
+	int sock, err;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &err))
+		return;
+	state_lock(page);
+	page->recvs++;
+	page->head_valid = 0;
+	state_unlock(page);
+}
+
+bool kc_side_take_head(struct kc_conn *c, uint64_t *offset, uint64_t *size, struct iovec *iov, int iovcnt)
+{
+	int sock, err;
+	struct kc_side_page *page;
+	if (!ready(c, &sock, &page, &err) || !page_trylock(page))
+		return false;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	/* The HEAD that woke the program, and whatever came after it. */
+	int rc = read_available(c, sock);
+	state_lock(page);
+	bool taken = rc == 0 && page->exact && !page->hup && page->head_valid;
+	if (taken) {
+		*offset = page->head_offset;
+		*size = page->head_size;
+		page->recvs++;
+		page->head_valid = 0;
+		kc_published_add(&page->published, *offset);
+	}
+	state_unlock(page);
+	if (taken) {
+		rc = kc_send_all(sock, iov, iovcnt, NULL, 0);
+		taken = rc == 0;
+	}
+	page_unlock(page);
+	pthread_setcancelstate(cancel_state, NULL);
+	if (rc)
+		broke(c, rc == -EPIPE || rc == -ECONNRESET ? ESHUTDOWN : -rc);
+	return taken;
 }
 
 void kc_side_note_published(struct kc_conn *c, uint64_t offset)

@@ -7,9 +7,10 @@
  * daemon has already written into the message); RESERVE gives the numbers, before the first
  * ioctl that may install files (a file that never receives holds none) and after each install.
  *
- * Over the same channel the daemon tells the queue's state (WAKE, EMPTY, HUP), so the shim can
- * answer RECV on an empty queue itself, and takes FREEs of slices it published without
- * answering them (kc_side_queue_empty, kc_side_free).
+ * Over the same channel the daemon tells the queue's state (WAKE, HEAD, EMPTY, HUP), so the
+ * shim can answer RECV on an empty queue and RECV of the message a HEAD names itself, and
+ * takes FREEs of slices it published, and those RECVs, without answering them
+ * (kc_side_queue_empty, kc_side_take_head, kc_side_free).
  *
  * Forked children share the channel. All I/O on it happens under a robust lock in a page the
  * processes share, so frames are always read whole; any thread of a process may apply any
@@ -105,6 +106,19 @@ void kc_side_drain(struct kc_conn *c);
  * is reading the channel.
  */
 bool kc_side_queue_empty(struct kc_conn *c);
+
+/* A RECV of the file goes to the kernel: a HEAD read before the daemon took it is stale. */
+void kc_side_count_recv(struct kc_conn *c);
+
+/*
+ * A plain RECV (docs/socket-protocol.md, CUSE clients): if the last HEAD that arrived (read
+ * first) names the queue's head, with no HUP, counts the RECV, notes the slice as published
+ * and sends the RECV (iov: an IOCTL frame with seq 0 and no segments) on the channel, where
+ * the daemon takes that message off the queue before any later request of the file; true
+ * then, with the slice in *offset and *size, for the program's write-backs. Otherwise the
+ * RECV is the kernel's.
+ */
+bool kc_side_take_head(struct kc_conn *c, uint64_t *offset, uint64_t *size, struct iovec *iov, int iovcnt);
 
 /* Records a slice the daemon published to the program (a RECV's message, a synchronous SEND's reply). */
 void kc_side_note_published(struct kc_conn *c, uint64_t offset);

@@ -115,6 +115,8 @@ export class CuseNode implements ChannelHandler {
     const f = this.files.get(readCounter(p, 0));
     if (!f) return ch.send(reply(hdr.unique, Errno.EBADF));
     const kh = readCounter(p, 8);
+    // A RECV the shim answered from a HEAD is on the side channel: the queue is without it.
+    f.side?.catchUp();
     if (p.readUInt32LE(16) & POLL_SCHEDULE_NOTIFY) {
       f.pollKh = kh;
       if (!f.stopWake) this.watch(ch, f);
@@ -156,7 +158,7 @@ export class CuseNode implements ChannelHandler {
     const installs = cmd === Cmd.RECV || cmd === Cmd.SEND;
     const done = (result: number, out?: Buffer): void => {
       if (abort) f.inFlight.delete(unique);
-      if (installs) f.side?.commandDone();
+      if (installs) f.side?.commandDone(cmd === Cmd.RECV);
       ch.send(ioctlResultReply(unique, result, out));
       if (cmd === Cmd.HELLO && result === 0 && f.pollKh !== undefined && !f.stopWake) this.watch(ch, f);
     };
@@ -228,7 +230,7 @@ export class CuseNode implements ChannelHandler {
     const finish = (result: number): void => {
       this.retries.delete(key);
       f.inFlight.delete(hdr.unique);
-      if (installs) f.side?.commandDone();
+      if (installs) f.side?.commandDone(io.cmd === Cmd.RECV);
       files.close();
       ch.send(ioctlResultReply(hdr.unique, result, outData(outs, mem)));
     };
@@ -245,7 +247,7 @@ export class CuseNode implements ChannelHandler {
       const outBytes = wantOuts.reduce((n, v) => n + v.len, 0);
       if (ins.length + wantOuts.length > IOCTL_MAX_IOV || inBytes > IOCTL_MAX_BYTES || outBytes > IOCTL_MAX_BYTES) {
         this.retries.delete(key);
-        if (installs) f.side?.commandDone();
+        if (installs) f.side?.commandDone(io.cmd === Cmd.RECV);
         logger.warn(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid} needs ${inBytes} bytes of caller memory: more than the FUSE retry protocol carries; give the daemon ptrace-level access (CAP_SYS_PTRACE) to lift the limit`);
         return ch.send(ioctlResultReply(hdr.unique, -Errno.EMSGSIZE));
       }

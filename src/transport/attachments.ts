@@ -14,15 +14,16 @@ export interface SideChannel {
   /** Gives files reserved numbers in the client and sends them; -1 where none is left. */
   install(files: readonly ImportedFile[]): number[];
   /**
-   * A command of the handle starts: frames the shim sent before it (FREEs, offers of numbers)
-   * take effect first, as they would have in the kernel.
+   * A command or poll of the handle starts: frames the shim sent before it (FREEs, RECVs it
+   * answered from a HEAD, offers of numbers) take effect first, as they would have in the kernel.
    */
   catchUp(): void;
   /**
    * A RECV or SEND of the handle ended, just before its answer: numbers offered for it alone
-   * are void now, and the shim hears (EMPTY) if it left the queue empty.
+   * are void now, and after a RECV the shim hears what its next RECV finds (HEAD, or EMPTY if
+   * it left the queue empty).
    */
-  commandDone(): void;
+  commandDone(recv: boolean): void;
 }
 
 export interface AttachTarget {

@@ -137,9 +137,15 @@ export class SocketSession {
     catchUp: () => this.readPending(),
     // The lowest free numbers were offered for that one command (catchUp read the offer);
     // the shim frees what is left.
-    commandDone: () => {
+    commandDone: (recv) => {
       this.transient = [];
-      this.maybeEmpty();
+      if (recv && this.heads) {
+        this.unpin();
+        this.recvCount++;
+        this.afterRecv();
+      } else {
+        this.maybeEmpty();
+      }
     },
   };
   /** Answers held back until this loop turn's promise continuations have run (defer()). */
@@ -327,11 +333,14 @@ export class SocketSession {
     }
     this.sideOf = target;
     this.reserve.push(...numbersOf(f.payload, 16));
+    // The list's second word is the features word of OPEN.
+    const features = f.payload.length >= 24 ? f.payload.readUInt32LE(20) : 0;
     target.attach(this.side);
     // The shim may answer RECV on an empty queue and FREE itself when the side channel tells
     // it the queue's state exactly (CUSE clients); a policy holder has no queue.
     const conn = target.handle.connection;
     const exact = conn !== undefined && !conn.isPolicyHolder;
+    this.heads = exact && (features & OPEN_FEATURE_HEADS) !== 0;
     if (exact) this.stopWake = target.handle.onWake(() => this.maybeWake());
     this.sendResult(f.seq, 0, [], NO_FDS, exact ? RESULT_EXACT_WAKES : 0);
     // The shim takes the queue for empty from that RESULT on, until a WAKE says otherwise.
@@ -431,8 +440,8 @@ export class SocketSession {
     const nFds = p.readUInt32LE(20);
     const nRes = p.readUInt32LE(24);
     if (nFds > 64 || nRes > 64) throw new ProtocolError(`IOCTL announces ${nFds} fds and ${nRes} reserved numbers (64 at most)`);
-    if (this.sideOf && (cmd !== Cmd.FREE || f.seq !== 0n || nFds + nRes > 0)) {
-      throw new ProtocolError('a side channel carries no IOCTL but an unanswered FREE');
+    if (this.sideOf && (!(cmd === Cmd.FREE || (cmd === Cmd.RECV && this.heads)) || f.seq !== 0n || nFds + nRes > 0)) {
+      throw new ProtocolError('a side channel carries no IOCTL but an unanswered FREE, or RECV after a HEAD');
     }
     if (cmd === Cmd.RECV) {
       // Any RECV ends what the last HEAD promised: the shim forgot it when it sent this one.
@@ -741,8 +750,21 @@ export class SocketSession {
       conn.queue.remove(entry);
       entry.dispose();
     }
+    this.afterRecv();
+  }
+
+  /**
+   * After a RECV the shim may not know what the next finds: what is due now goes out as
+   * after a RESULT (a WAKE or HEAD while readable), and on a side channel, which carries no
+   * RESULT, EMPTY if the queue it had announced is empty now.
+   */
+  private afterRecv(): void {
+    const announced = this.wakeOutstanding;
     this.wakeOutstanding = false;
-    this.maybeWake();
+    const event = this.dueEvent();
+    const handle = this.served;
+    if (event) this.send(event, event.length, NO_FDS, undefined);
+    else if (this.sideOf && announced && handle?.connection && !(handle.poll() & Poll.HUP)) this.send(EMPTY_FRAME, EMPTY_FRAME.length, NO_FDS, undefined);
   }
 
   private unpin(): void {

@@ -298,31 +298,47 @@ static void test_pool(struct kc_conn *c)
 	CHECK((fcntl(pool, F_GETFL) & O_ACCMODE) == O_RDONLY, "the pool is read-only", "flags %x", fcntl(pool, F_GETFL));
 }
 
-/* Asks the mock to send WAKE (what 1), EMPTY (0) or HUP (2) on the side channel of token. */
-static bool mock_queue(const uint8_t *token, uint32_t what)
+/*
+ * Asks the mock to send WAKE (what 1), EMPTY (0), HUP (2) or a HEAD with seq naming the slice
+ * 0x3000 of 0x80 bytes (3) on the side channel of token.
+ */
+static bool mock_event(const uint8_t *token, uint32_t what, uint32_t seq)
 {
 	uint8_t f[40] = { 0 }, head[16];
 	put32(f, sizeof f);
 	put32(f + 4, 102);
 	memcpy(f + 16, token, 16);
 	put32(f + 32, what);
+	put32(f + 36, seq);
 	return write(ask, f, sizeof f) == (ssize_t)sizeof f && read_all(ask, head, 16) && get32(head + 4) == 101 &&
 	       get32(head) == 16;
 }
 
-/* The FREEs the mock got on the side channel of token, and the offset of the last. */
-static bool mock_frees(const uint8_t *token, uint64_t *count, uint64_t *last)
+static bool mock_queue(const uint8_t *token, uint32_t what)
 {
-	uint8_t f[32] = { 0 }, head[16], answer[16];
+	return mock_event(token, what, 0);
+}
+
+/* The FREEs and RECVs the mock got on the side channel of token, and the offset of the last FREE. */
+static bool mock_side_ioctls(const uint8_t *token, uint64_t *count, uint64_t *last, uint64_t *recvs)
+{
+	uint8_t f[32] = { 0 }, head[16], answer[24];
 	put32(f, sizeof f);
 	put32(f + 4, 103);
 	memcpy(f + 16, token, 16);
-	if (write(ask, f, sizeof f) != (ssize_t)sizeof f || !read_all(ask, head, 16) || get32(head) != 32 ||
-	    !read_all(ask, answer, 16))
+	if (write(ask, f, sizeof f) != (ssize_t)sizeof f || !read_all(ask, head, 16) || get32(head) != 40 ||
+	    !read_all(ask, answer, 24))
 		return false;
 	*count = get64(answer);
 	*last = get64(answer + 8);
+	*recvs = get64(answer + 16);
 	return true;
+}
+
+static bool mock_frees(const uint8_t *token, uint64_t *count, uint64_t *last)
+{
+	uint64_t recvs;
+	return mock_side_ioctls(token, count, last, &recvs);
 }
 
 /* kc_cuse_answered for RECV with struct r (flags as given); true if the shim answered EAGAIN. */
@@ -386,6 +402,51 @@ static void test_answers_here(struct kc_conn *c, int dev)
 	}
 	CHECK(mock_frees(token, &count, &last) && count == 1, "only the one FREE came on the side channel", "%llu",
 	      (unsigned long long)count);
+}
+
+/* kc_cuse_answered for a plain RECV; true if the shim answered it with a message (0). */
+static bool recv_taken_here(struct kc_conn *c, uint64_t r[8])
+{
+	memset(r, 0x5a, 64);
+	r[0] = 64;
+	r[1] = 0;
+	int err = -1;
+	return kc_cuse_answered(c, KDBUS_CMD_RECV, (uint64_t)(uintptr_t)r, &err) && err == 0;
+}
+
+/*
+ * A plain RECV of the message a HEAD on the side channel names, answered by the shim while
+ * the HEAD's count of RECVs is the shim's (docs/socket-protocol.md, CUSE clients).
+ */
+static void test_heads_here(struct kc_conn *c, int dev)
+{
+	const uint8_t *token = fake_last_token(dev);
+	uint64_t r[8], rf, frees = 0, last = 0, recvs = 0;
+	/* A program maps its pool before it receives. */
+	kc_side_fetch_pool(c);
+	CHECK(mock_event(token, 3, 0) && recv_taken_here(c, r), "after a HEAD, a plain RECV is answered by the shim",
+	      "not answered");
+	CHECK(r[4] == 0 && r[5] == 0x3000 && r[6] == 0x80 && r[7] == 0 && r[2] == 0,
+	      "with kdbus's write-backs: the slice the HEAD named, none lost, no flags", "offset %llx size %llx",
+	      (unsigned long long)r[5], (unsigned long long)r[6]);
+	CHECK(mock_side_ioctls(token, &frees, &last, &recvs) && recvs == 1,
+	      "and the RECV reaches the daemon on the side channel, unanswered", "%llu RECVs", (unsigned long long)recvs);
+	CHECK(free_here(c, 0x3000, 0, &rf) && rf == 0, "the slice it published is FREEd by the shim", "not answered");
+	CHECK(!recv_taken_here(c, r) && !recv_here(c, r, 0), "the next RECV goes to the daemon", "answered");
+	CHECK(mock_event(token, 3, 0) && !recv_taken_here(c, r), "a HEAD counting fewer RECVs than were made is stale",
+	      "answered");
+	CHECK(mock_event(token, 3, 1) && mock_queue(token, 1) && !recv_taken_here(c, r),
+	      "a bare WAKE after a HEAD withdraws it", "answered");
+	kc_side_count_recv(c);
+	CHECK(mock_event(token, 3, 1) && !recv_taken_here(c, r), "a HEAD from before a RECV through the kernel is stale",
+	      "answered");
+	CHECK(mock_event(token, 3, 2) && recv_taken_here(c, r) && r[5] == 0x3000, "a HEAD counting them all is used",
+	      "not answered");
+	CHECK(mock_side_ioctls(token, &frees, &last, &recvs) && recvs == 2 && frees == 1,
+	      "two RECVs and one FREE came on the side channel", "%llu RECVs, %llu FREEs", (unsigned long long)recvs,
+	      (unsigned long long)frees);
+	CHECK(mock_event(token, 3, 3) && mock_queue(token, 2) && !recv_taken_here(c, r), "after a HUP no HEAD is used",
+	      "answered");
 }
 
 static void test_recv(struct kc_conn *c, int dev)
@@ -646,6 +707,9 @@ int main(int argc, char **argv)
 			test_fork(c, dev);
 			test_close(c, dev);
 		}
+		struct kc_conn *heads = attach_device(&dev);
+		if (heads)
+			test_heads_here(heads, dev);
 		test_refused();
 	}
 	if (mock > 0) {

@@ -45,13 +45,16 @@
  *   RESERVE   more numbers (with a seq answered with RESULT 0); with the TRANSIENT flag,
  *             numbers for the next MOCK_RECV alone, used first
  *   POOL      that pool
- *   IOCTL     only a FREE with seq 0 (else EILSEQ on stderr): counted, its offset kept
+ *   IOCTL     only a FREE with seq 0, its offset kept, or a RECV with seq 0 and no segments
+ *             (else a complaint on stderr): counted
  *   (ATTACH's RESULT has flags bit 1: the channel carries the queue's state, which the test
  *   sets with MOCK_QUEUE)
- *   MOCK_QUEUE (type 102: token, u32 what, u32 0) sends WAKE (what 1), EMPTY (0) or HUP (2)
- *             on that side channel, then answers MOCK_MESSAGE with no payload
+ *   MOCK_QUEUE (type 102: token, u32 what, u32 seq) sends WAKE (what 1), EMPTY (0), HUP (2)
+ *             or a HEAD with that seq naming the slice 0x3000 of 0x80 bytes (3) on that side
+ *             channel, then answers MOCK_MESSAGE with no payload
  *   MOCK_FREES (type 103: token) answers MOCK_MESSAGE: u64 FREEs that came on that side
- *             channel, u64 the offset the last one named (what the shim sent before is read first)
+ *             channel, u64 the offset the last one named, u64 RECVs that came on it (what the
+ *             shim sent before is read first)
  *   MOCK_RECV (type 100, the test's stand-in for a RECV on the device: token, u32 n_fds,
  *             u32 n_memfds, u32 delay_ms, u32 0) takes numbers from that side channel's
  *             reserve in order, writes a kdbus_msg naming them (FDS item, then one
@@ -119,7 +122,7 @@ struct client {
 	uint64_t recvs, unanswered_frees, bad_unanswered_frees;
 	uint64_t recv_frames, unanswered_recvs;
 	/* A side channel: the FREEs that came on it, and the offset the last one named. */
-	uint64_t side_frees, last_side_free;
+	uint64_t side_frees, last_side_free, side_recvs;
 };
 
 /* An INSTALL that waits for its time. */
@@ -660,15 +663,23 @@ static void do_attach(struct client *c, struct frame *f)
 	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 2);
 }
 
-/* A FREE the shim answered itself, sent on a side channel: header, then the struct as a segment. */
-static void do_side_free(struct client *c, struct frame *f)
+/*
+ * A FREE the shim answered itself, sent on a side channel: header, then the struct as a
+ * segment; or a RECV it answered from a HEAD: the header alone.
+ */
+static void do_side_ioctl(struct client *c, struct frame *f)
 {
 	const uint8_t *p = f->payload;
+	if (f->seq == 0 && f->len == 32 && get32(p) == 0x80409591u && get32(p + 16) == 0 && get32(p + 20) == 0 &&
+	    get32(p + 24) == 0) {
+		c->side_recvs++;
+		return;
+	}
 	bool good = f->seq == 0 && f->len >= 32 + 16 + 32 && get32(p) == 0x40209583u && get32(p + 16) == 1 &&
 		    get32(p + 20) == 0 && get32(p + 24) == 0 && get64(p + 32) == get64(p + 8) && get32(p + 40) == 32 &&
 		    get64(p + 48) == 32;
 	if (!good) {
-		fprintf(stderr, "mock: an IOCTL on a side channel that is no unanswered FREE\n");
+		fprintf(stderr, "mock: an IOCTL on a side channel that is no unanswered FREE or RECV\n");
 		return;
 	}
 	c->side_frees++;
@@ -745,7 +756,12 @@ static void do_mock_queue(struct client *asker, struct frame *f)
 {
 	struct client *c = f->len >= 24 ? side_with_token(f->payload) : NULL;
 	uint32_t what = f->len >= 24 ? get32(f->payload + 16) : 0;
-	if (c)
+	uint8_t slice[16];
+	put64(slice, 0x3000);
+	put64(slice + 8, 0x80);
+	if (c && what == 3)
+		send_frame(c, HEAD, get32(f->payload + 20), slice, sizeof slice, NULL, 0);
+	else if (c)
 		send_frame(c, what == 1 ? WAKE : what == 2 ? HUP : EMPTY, 0, NULL, 0, NULL, 0);
 	send_frame(asker, MOCK_MESSAGE, f->seq, NULL, 0, NULL, 0);
 }
@@ -753,11 +769,12 @@ static void do_mock_queue(struct client *asker, struct frame *f)
 static void do_mock_frees(struct client *asker, struct frame *f)
 {
 	struct client *c = f->len >= 16 ? side_with_token(f->payload) : NULL;
-	uint8_t answer[16] = { 0 };
+	uint8_t answer[24] = { 0 };
 	if (c) {
 		drain_client(c);
 		put64(answer, c->side_frees);
 		put64(answer + 8, c->last_side_free);
+		put64(answer + 16, c->side_recvs);
 	}
 	send_frame(asker, MOCK_MESSAGE, f->seq, answer, sizeof answer, NULL, 0);
 }
@@ -1031,7 +1048,7 @@ static void handle(struct client *c, struct frame *f)
 		break;
 	case IOCTL:
 		if (c->side)
-			do_side_free(c, f);
+			do_side_ioctl(c, f);
 		else
 			do_ioctl(c, f);
 		break;

@@ -441,14 +441,14 @@ static void test_side_frames(void)
 	const int numbers[3] = { 7, 31, 1000 };
 	uint8_t b[KC_NUMBERS_FRAME_MAX(3)];
 	memset(b, 0xaa, sizeof b);
-	size_t len = kc_attach_encode(b, 1, token, numbers, 3);
+	size_t len = kc_attach_encode(b, 1, token, numbers, 3, KC_OPEN_FEATURE_HEADS);
 	const uint8_t want[56] = {
 		56, 0, 0, 0, 10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,                      /* ATTACH, seq 1 */
 		't', 'o', 'k', 'e', 'n', 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xff,            /* token */
-		3, 0, 0, 0, 0, 0, 0, 0,                                                 /* count, 0 */
+		3, 0, 0, 0, 1, 0, 0, 0,                                                 /* count, features */
 		7, 0, 0, 0, 31, 0, 0, 0, 0xe8, 3, 0, 0, 0, 0, 0, 0,                     /* numbers, padding */
 	};
-	CHECK(len == 56 && memcmp(b, want, 56) == 0, "ATTACH layout: token, then the number list padded",
+	CHECK(len == 56 && memcmp(b, want, 56) == 0, "ATTACH layout: token, then the number list (features in its second word) padded",
 	      "length %zu or bytes differ", len);
 	len = kc_reserve_encode(b, 0, numbers, 2, 0);
 	const uint8_t want_reserve[32] = {
