@@ -205,12 +205,13 @@ int kc_install_decode(const uint8_t *payload, size_t len, int *numbers, uint32_t
 	return 0;
 }
 
-int kc_head_decode(const uint8_t *payload, size_t len, uint64_t *offset, uint64_t *size)
+int kc_head_decode(const uint8_t *payload, size_t len, struct kc_head *head)
 {
-	if (len < 16)
+	if (len < KC_HEAD_FRAME - KC_FRAME_HEADER)
 		return -EPROTO;
-	*offset = get64(payload);
-	*size = get64(payload + 8);
+	head->offset = get64(payload);
+	head->size = get64(payload + 8);
+	head->last = (get64(payload + 16) & KC_HEAD_LAST) != 0;
 	return 0;
 }
 

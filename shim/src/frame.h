@@ -6,6 +6,7 @@
 #ifndef KC_FRAME_H
 #define KC_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,8 +43,18 @@ enum kc_frame_type {
  */
 #define KC_OPEN_FEATURE_HEADS 1u
 
-/* A HEAD frame: its seq counts the RECVs the daemon had taken; the payload is u64 offset, u64 msg_size. */
-#define KC_HEAD_FRAME (KC_FRAME_HEADER + 16u)
+/*
+ * A HEAD frame: its seq counts the RECVs the daemon had taken; the payload is u64 offset,
+ * u64 msg_size, u64 flags (KC_HEAD_LAST: the message is the only one queued).
+ */
+#define KC_HEAD_FRAME (KC_FRAME_HEADER + 24u)
+#define KC_HEAD_LAST 1u
+
+struct kc_head {
+	uint64_t offset;
+	uint64_t size;
+	bool last;
+};
 
 /* RESULT flags bit 0: the first descriptor that came with the frame is the pool. */
 #define KC_RESULT_POOL 1u
@@ -149,8 +160,8 @@ size_t kc_reserve_encode(uint8_t *out, uint64_t seq, const int *numbers, uint32_
  */
 int kc_install_decode(const uint8_t *payload, size_t len, int *numbers, uint32_t max, uint32_t *count);
 
-/* HEAD payload: the slice of the message at the queue's head; -EPROTO if it is short. */
-int kc_head_decode(const uint8_t *payload, size_t len, uint64_t *offset, uint64_t *size);
+/* HEAD payload: the message at the queue's head; -EPROTO if it is short. */
+int kc_head_decode(const uint8_t *payload, size_t len, struct kc_head *head);
 
 /* FETCH payload: the memory the daemon needs. */
 int kc_fetch_decode(const uint8_t *payload, size_t len, uint64_t *address, uint32_t *length);

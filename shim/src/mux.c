@@ -38,8 +38,7 @@ struct kc_mux {
 	uint64_t recvs_sent;
 	/* The last HEAD, read after the daemon had taken every RECV sent: a plain RECV's message. */
 	uint32_t head_valid;
-	uint64_t head_offset;
-	uint64_t head_size;
+	struct kc_head head;
 	struct slot slots[SLOTS];
 	struct kc_published published;
 };
@@ -288,7 +287,7 @@ static bool is_event(uint32_t type)
 /* What an event frame read off the stream says of the connection. Under m->lock. */
 static void note_event(struct kc_mux *m, const struct kc_inbound *ev)
 {
-	uint64_t offset, size;
+	struct kc_head head;
 	if (ev->header.type == KC_FRAME_HUP) {
 		m->hup = 1;
 		return;
@@ -300,11 +299,9 @@ static void note_event(struct kc_mux *m, const struct kc_inbound *ev)
 	 * gone since.
 	 */
 	m->head_valid = ev->header.type == KC_FRAME_HEAD && ev->header.seq == m->recvs_sent &&
-			kc_head_decode(ev->payload, ev->payload_len, &offset, &size) == 0;
-	if (m->head_valid) {
-		m->head_offset = offset;
-		m->head_size = size;
-	}
+			kc_head_decode(ev->payload, ev->payload_len, &head) == 0;
+	if (m->head_valid)
+		m->head = head;
 }
 
 void kc_mux_count_recv(struct kc_mux *m)
@@ -348,10 +345,16 @@ bool kc_mux_take_head(struct kc_mux *m, int sock, uint64_t *offset, uint64_t *si
 	}
 	bool taken = ok && !m->dead && !m->hup && m->head_valid;
 	if (taken) {
-		*offset = m->head_offset;
-		*size = m->head_size;
+		*offset = m->head.offset;
+		*size = m->head.size;
 		m->head_valid = 0;
 		m->recvs_sent++;
+		/*
+		 * The only message queued, as the daemon said: had another come, a newer HEAD or a
+		 * WAKE would be read or waiting, so the queue is empty as after a RESULT with no event.
+		 */
+		if (m->head.last)
+			m->wake_read = 0;
 	}
 	pthread_mutex_unlock(&m->lock);
 	return taken;

@@ -30,7 +30,10 @@
 
 struct kc_side_page {
 	pthread_mutex_t lock; /* held while reading or writing the channel */
-	/* Guards what follows; held briefly, never for I/O, taken after lock when both are. */
+	/*
+	 * Guards what follows; held briefly and taken after lock when both are. Never held for
+	 * I/O but one write: the RECV kc_side_take_head counted (see there).
+	 */
 	pthread_mutex_t state_lock;
 	/* What the channel said of the queue: exact (ATTACH's RESULT), the last WAKE or EMPTY, HUP. */
 	uint32_t exact, readable, hup;
@@ -40,7 +43,7 @@ struct kc_side_page {
 	 */
 	uint64_t recvs;
 	uint32_t head_valid;
-	uint64_t head_offset, head_size;
+	struct kc_head head;
 	struct kc_published published;
 };
 
@@ -117,7 +120,7 @@ static void state_unlock(struct kc_side_page *p)
 static void note_event(struct kc_side_page *p, const struct frame *f)
 {
 	uint32_t type = f->header.type;
-	uint64_t offset, size;
+	struct kc_head head;
 	state_lock(p);
 	if (type == KC_FRAME_HUP) {
 		p->hup = 1;
@@ -125,11 +128,9 @@ static void note_event(struct kc_side_page *p, const struct frame *f)
 		p->readable = type != KC_FRAME_EMPTY;
 		/* A bare WAKE withdraws the last HEAD; a HEAD from before the last RECV may name a message gone. */
 		p->head_valid = type == KC_FRAME_HEAD && f->header.seq == p->recvs &&
-				kc_head_decode(f->data + KC_FRAME_HEADER, KC_HEAD_FRAME - KC_FRAME_HEADER, &offset, &size) == 0;
-		if (p->head_valid) {
-			p->head_offset = offset;
-			p->head_size = size;
-		}
+				kc_head_decode(f->data + KC_FRAME_HEADER, KC_HEAD_FRAME - KC_FRAME_HEADER, &head) == 0;
+		if (p->head_valid)
+			p->head = head;
 	}
 	state_unlock(p);
 }
@@ -758,17 +759,23 @@ bool kc_side_take_head(struct kc_conn *c, uint64_t *offset, uint64_t *size, stru
 	state_lock(page);
 	bool taken = rc == 0 && page->exact && !page->hup && page->head_valid;
 	if (taken) {
-		*offset = page->head_offset;
-		*size = page->head_size;
+		*offset = page->head.offset;
+		*size = page->head.size;
 		page->recvs++;
 		page->head_valid = 0;
+		/* The only message queued: another would have brought a newer HEAD or a WAKE, read above. */
+		if (page->head.last)
+			page->readable = 0;
 		kc_published_add(&page->published, *offset);
-	}
-	state_unlock(page);
-	if (taken) {
+		/*
+		 * Sent before another thread can count a RECV for the kernel (kc_side_count_recv):
+		 * the daemon reads the channel before it runs that RECV, so it takes this message
+		 * first, as the counts say.
+		 */
 		rc = kc_send_all(sock, iov, iovcnt, NULL, 0);
 		taken = rc == 0;
 	}
+	state_unlock(page);
 	page_unlock(page);
 	pthread_setcancelstate(cancel_state, NULL);
 	if (rc)

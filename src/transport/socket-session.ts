@@ -62,8 +62,10 @@ const NO_FDS: readonly number[] = [];
 const WAKE_FRAME = encodeFrame(FrameType.WAKE, 0n);
 const HUP_FRAME = encodeFrame(FrameType.HUP, 0n);
 const EMPTY_FRAME = encodeFrame(FrameType.EMPTY, 0n);
-/** A HEAD frame: the header (seq: RECVs taken so far), the entry's offset and size. */
-const HEAD_FRAME_SIZE = FRAME_HEADER + 16;
+/** A HEAD frame: the header (seq: RECVs taken so far), the entry's offset, size and flags. */
+const HEAD_FRAME_SIZE = FRAME_HEADER + 24;
+/** HEAD flag: the entry is the only one queued. */
+const HEAD_LAST = 1n;
 
 /**
  * Answers are encoded here and sent right away; only what the socket does not take at once
@@ -126,6 +128,8 @@ export class SocketSession {
   private announcedCount = 0;
   /** A bare WAKE went out after that HEAD: the shim no longer uses it. */
   private headWithdrawn = false;
+  /** That HEAD said its entry was the only one queued. */
+  private announcedLast = false;
   private readonly headFrame = Buffer.alloc(HEAD_FRAME_SIZE);
   private lastPid = 0;
   private lastTid = 0;
@@ -295,6 +299,21 @@ export class SocketSession {
     this.lastIdentity = { pid, uid, gid, creds };
     return creds;
   }
+  /**
+   * Who sent an IOCTL. A FREE the shim answered itself may be read after its sender exited
+   * (a side channel is read when the handle next acts); it needs no credentials, so the ids
+   * the kernel vouched for stand in for those /proc no longer has.
+   */
+  private senderIdentity(seq: bigint, sender: Frame): Credentials {
+    try {
+      return this.identity(sender.pid, sender.uid, sender.gid);
+    } catch (e) {
+      if (seq !== 0n || !(e instanceof KdbusError) || e.errno !== Errno.ESRCH) throw e;
+      const { uid, gid } = sender;
+      return { uid, euid: uid, suid: uid, fsuid: uid, gid, egid: gid, sgid: gid, fsgid: gid, groups: [] };
+    }
+  }
+
   /**
    * The opener's credentials and rights, read fresh. A capability bit in the status file
    * counts only in the namespace that holds it: kdbus privilege is CAP_IPC_OWNER in the
@@ -492,7 +511,7 @@ export class SocketSession {
     let errno = 0;
     try {
       const ctx = new IoctlContext(
-        mem, files, installer, sender.pid, this.verifiedTid(sender.pid, tid), this.identity(sender.pid, sender.uid, sender.gid), abort,
+        mem, files, installer, sender.pid, this.verifiedTid(sender.pid, tid), this.senderIdentity(seq, sender), abort,
       );
       let pending: void | Promise<void>;
       try {
@@ -770,6 +789,7 @@ export class SocketSession {
   private unpin(): void {
     if (this.announced) this.announced.announced = false;
     this.announced = undefined;
+    this.announcedLast = false;
   }
 
   /**
@@ -788,12 +808,14 @@ export class SocketSession {
     }
     this.announcedCount = this.recvCount;
     this.headWithdrawn = false;
+    this.announcedLast = conn.queue.size === 1;
     const b = this.headFrame;
     b.writeUInt32LE(HEAD_FRAME_SIZE, 0);
     b.writeUInt32LE(FrameType.HEAD, 4);
     b.writeBigUInt64LE(BigInt(this.recvCount), 8);
     b.writeBigUInt64LE(BigInt(entry.slice.offset), FRAME_HEADER);
     b.writeBigUInt64LE(BigInt(entry.slice.size), FRAME_HEADER + 8);
+    b.writeBigUInt64LE(this.announcedLast ? HEAD_LAST : 0n, FRAME_HEADER + 16);
     return b;
   }
 
@@ -824,6 +846,12 @@ export class SocketSession {
       if (this.announced && !this.headWithdrawn && handle.connection.lostCount > 0) {
         this.headWithdrawn = true;
         return WAKE_FRAME;
+      }
+      // A HEAD that said its message was alone is outdated by the next: say so before the
+      // SEND that queued it returns, or the shim would take the queue for empty after it.
+      const conn = handle.connection;
+      if (this.announcedLast && !this.headWithdrawn && this.announcedCount === this.recvCount && conn.queue.size > 1) {
+        return this.headOf(conn);
       }
       return undefined;
     }

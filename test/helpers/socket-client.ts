@@ -19,11 +19,12 @@ export interface Result {
   pool: number | undefined;
 }
 
-/** What a HEAD frame said: RECVs the daemon had taken, and the slice a plain RECV takes next. */
+/** What a HEAD frame said: RECVs the daemon had taken, the slice a plain RECV takes next, whether it is alone. */
 export interface Head {
   seq: bigint;
   offset: bigint;
   size: bigint;
+  last: boolean;
 }
 
 export class ProtocolClient {
@@ -122,7 +123,8 @@ export class ProtocolClient {
     if (f.type !== FrameType.WAKE && f.type !== FrameType.HUP && f.type !== FrameType.HEAD) return false;
     this.events.push(f.type);
     if (f.type === FrameType.HEAD) {
-      this.heads.push({ seq: f.seq, offset: f.payload.readBigUInt64LE(0), size: f.payload.readBigUInt64LE(8) });
+      const p = f.payload;
+      this.heads.push({ seq: f.seq, offset: p.readBigUInt64LE(0), size: p.readBigUInt64LE(8), last: (p.readBigUInt64LE(16) & 1n) === 1n });
     }
     return true;
   }

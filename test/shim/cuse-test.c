@@ -300,7 +300,7 @@ static void test_pool(struct kc_conn *c)
 
 /*
  * Asks the mock to send WAKE (what 1), EMPTY (0), HUP (2) or a HEAD with seq naming the slice
- * 0x3000 of 0x80 bytes (3) on the side channel of token.
+ * 0x3000 of 0x80 bytes, more queued (3) or alone (4), on the side channel of token.
  */
 static bool mock_event(const uint8_t *token, uint32_t what, uint32_t seq)
 {
@@ -445,7 +445,9 @@ static void test_heads_here(struct kc_conn *c, int dev)
 	CHECK(mock_side_ioctls(token, &frees, &last, &recvs) && recvs == 2 && frees == 1,
 	      "two RECVs and one FREE came on the side channel", "%llu RECVs, %llu FREEs", (unsigned long long)recvs,
 	      (unsigned long long)frees);
-	CHECK(mock_event(token, 3, 3) && mock_queue(token, 2) && !recv_taken_here(c, r), "after a HUP no HEAD is used",
+	CHECK(mock_event(token, 4, 3) && recv_taken_here(c, r) && recv_here(c, r, 0),
+	      "after the message a HEAD said was alone, RECV is EAGAIN from the shim", "asks the daemon");
+	CHECK(mock_event(token, 3, 4) && mock_queue(token, 2) && !recv_taken_here(c, r), "after a HUP no HEAD is used",
 	      "answered");
 }
 

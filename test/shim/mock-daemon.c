@@ -35,8 +35,9 @@
  *
  * "0-heads/bus" is "0-exact/bus" for a shim whose OPEN asked for HEAD frames: the event after
  * a RESULT is a HEAD (seq: RECV frames taken, the next slice at 0x2000 + 0x100 * n, size
- * 0x80), and a RECV with seq 0 takes that slice without an answer, followed by the HEAD of
- * the next one if any (EILSEQ on stderr if none was queued).
+ * 0x80, LAST when it is the only one queued), and a RECV with seq 0 takes that slice without
+ * an answer, followed by the HEAD of the next one if any (a complaint on stderr if none was
+ * queued).
  *
  * Side channels of CUSE devices (there are no CUSE devices here; cuse-test.c plays one):
  *
@@ -50,8 +51,8 @@
  *   (ATTACH's RESULT has flags bit 1: the channel carries the queue's state, which the test
  *   sets with MOCK_QUEUE)
  *   MOCK_QUEUE (type 102: token, u32 what, u32 seq) sends WAKE (what 1), EMPTY (0), HUP (2)
- *             or a HEAD with that seq naming the slice 0x3000 of 0x80 bytes (3) on that side
- *             channel, then answers MOCK_MESSAGE with no payload
+ *             or a HEAD with that seq naming the slice 0x3000 of 0x80 bytes, more queued (3)
+ *             or alone (4), on that side channel, then answers MOCK_MESSAGE with no payload
  *   MOCK_FREES (type 103: token) answers MOCK_MESSAGE: u64 FREEs that came on that side
  *             channel, u64 the offset the last one named, u64 RECVs that came on it (what the
  *             shim sent before is read first)
@@ -205,15 +206,16 @@ static bool read_full(int fd, void *buf, size_t len, struct frame *f)
 	return true;
 }
 
-/* The readiness event "0-heads/bus" sends: a HEAD naming the next slice. */
+/* The readiness event "0-heads/bus" sends: a HEAD naming the next slice, LAST if it is alone. */
 static size_t put_head(struct client *c, uint8_t *b)
 {
-	put32(b, 32);
+	put32(b, 40);
 	put32(b + 4, HEAD);
 	put64(b + 8, c->recv_frames);
 	put64(b + 16, 0x2000 + 0x100 * (uint64_t)c->slices);
 	put64(b + 24, 0x80);
-	return 32;
+	put64(b + 32, c->queued == 1);
+	return 40;
 }
 
 /*
@@ -225,7 +227,7 @@ static void send_frames(struct client *c, uint32_t type, uint64_t seq, const uin
 			const int *fds, int n_fds, bool then_wake)
 {
 	size_t frame = 16 + ((len + 7) & ~(size_t)7);
-	size_t total = frame + (then_wake ? (c->heads ? 32 : 16) : 0);
+	size_t total = frame + (then_wake ? (c->heads ? 40 : 16) : 0);
 	uint8_t *b = calloc(1, total);
 	put32(b, (uint32_t)frame);
 	put32(b + 4, type);
@@ -538,7 +540,7 @@ static void do_heads_recv(struct call *k)
 	if (c->n_published < 8)
 		c->published[c->n_published++] = offset;
 	if (c->queued > 0) {
-		uint8_t head[32];
+		uint8_t head[40];
 		put_head(c, head);
 		ssize_t n;
 		do
@@ -756,10 +758,11 @@ static void do_mock_queue(struct client *asker, struct frame *f)
 {
 	struct client *c = f->len >= 24 ? side_with_token(f->payload) : NULL;
 	uint32_t what = f->len >= 24 ? get32(f->payload + 16) : 0;
-	uint8_t slice[16];
+	uint8_t slice[24];
 	put64(slice, 0x3000);
 	put64(slice + 8, 0x80);
-	if (c && what == 3)
+	put64(slice + 16, what == 4);
+	if (c && (what == 3 || what == 4))
 		send_frame(c, HEAD, get32(f->payload + 20), slice, sizeof slice, NULL, 0);
 	else if (c)
 		send_frame(c, what == 1 ? WAKE : what == 2 ? HUP : EMPTY, 0, NULL, 0, NULL, 0);

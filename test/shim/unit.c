@@ -125,21 +125,25 @@ static void test_header(void)
 		kc_header_encode(b, 16, t, 0);
 		CHECK(kc_header_decode(b, &h) == 0, "daemon frame types 3, 5, 6, 7 are accepted", "type %u refused", t);
 	}
+	kc_header_encode(b, 40, KC_FRAME_HEAD, 3);
+	CHECK(kc_header_decode(b, &h) == 0 && h.type == 14 && h.seq == 3, "HEAD (type 14, 40 bytes) is accepted", "refused");
 	kc_header_encode(b, 32, KC_FRAME_HEAD, 3);
-	CHECK(kc_header_decode(b, &h) == 0 && h.type == 14 && h.seq == 3, "HEAD (type 14, 32 bytes) is accepted", "refused");
-	kc_header_encode(b, 24, KC_FRAME_HEAD, 3);
 	CHECK(kc_header_decode(b, &h) == -EPROTO, "a HEAD of another length is refused", "accepted");
 }
 
 static void test_head_payload(void)
 {
-	uint8_t p[16];
-	uint64_t offset, size;
+	uint8_t p[24];
+	struct kc_head head;
 	put64(p, 0x2000);
 	put64(p + 8, 0x158);
-	CHECK(kc_head_decode(p, 16, &offset, &size) == 0 && offset == 0x2000 && size == 0x158,
-	      "HEAD payload: u64 offset, u64 msg_size", "got %llx %llx", (unsigned long long)offset, (unsigned long long)size);
-	CHECK(kc_head_decode(p, 8, &offset, &size) == -EPROTO, "a short HEAD payload is refused", "accepted");
+	put64(p + 16, 1);
+	CHECK(kc_head_decode(p, 24, &head) == 0 && head.offset == 0x2000 && head.size == 0x158 && head.last,
+	      "HEAD payload: u64 offset, u64 msg_size, u64 flags (bit 0: the only message)", "got %llx %llx %d",
+	      (unsigned long long)head.offset, (unsigned long long)head.size, head.last);
+	put64(p + 16, 0);
+	CHECK(kc_head_decode(p, 24, &head) == 0 && !head.last, "flags 0: more may be queued", "last");
+	CHECK(kc_head_decode(p, 16, &head) == -EPROTO, "a short HEAD payload is refused", "accepted");
 }
 
 static void test_open_frame(void)

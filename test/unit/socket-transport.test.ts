@@ -226,7 +226,11 @@ describe('socket transport (daemon side)', function () {
     assert.equal((await a.send(b.id, 'first')).errno, 0);
     assert.equal((await a.send(b.id, 'second')).errno, 0);
     assert.equal(await b.client.event(), FrameType.HEAD, 'readiness comes as a HEAD');
-    const first = b.client.heads[0]!;
+    assert.equal(await b.client.event(), FrameType.HEAD);
+    const alone = b.client.heads[0]!;
+    const first = b.client.heads[1]!;
+    assert.equal(alone.last, true, 'the first message was alone when the HEAD went out');
+    assert.deepEqual({ ...first, last: true }, alone, 'the second SEND outdated that: the same HEAD, without LAST');
     assert.equal(first.seq, 0n, 'no RECV was taken before it');
     const msg1 = readPool(b.pool, Number(first.offset), Number(first.size));
     assert.equal(msg1.readBigUInt64LE(Off.msg.src_id), a.id);
@@ -236,8 +240,9 @@ describe('socket transport (daemon side)', function () {
 
     b.client.ioctlUnanswered(Cmd.RECV, 0x60000n, []);
     assert.equal(await b.client.event(), FrameType.HEAD, 'after the shim\'s RECV, the next message is named');
-    const second = b.client.heads[1]!;
+    const second = b.client.heads[2]!;
     assert.equal(second.seq, 1n, 'one RECV was taken before it');
+    assert.equal(second.last, true, 'and it is alone');
     const { r, msg } = await b.recv();
     assert.equal(r.errno, 0);
     assert.ok(msg!.includes(Buffer.from('second')), 'the unanswered RECV took the first message');
@@ -270,6 +275,8 @@ describe('socket transport (daemon side)', function () {
     // ID_ADD notifications fill b's queue for the kernel's messages; the next one is lost.
     const peers: Peer[] = [];
     for (let i = 0; i <= Limits.CONN_MAX_MSGS; i++) peers.push(await Peer.connect(sock, bus));
+    assert.equal(await b.client.event(), FrameType.HEAD, 'the first notification makes the message not the only one');
+    assert.deepEqual(b.client.heads.map((h) => h.last), [true, false]);
     assert.equal(await b.client.event(), FrameType.WAKE, 'a bare WAKE withdraws the HEAD');
     b.client.ioctlUnanswered(Cmd.RECV, 0x60000n, []);
     const { r, msg } = await b.recv();
