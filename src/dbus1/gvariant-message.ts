@@ -14,6 +14,7 @@
  * Written little-endian, fields in ascending code order; read in either byte order.
  */
 import {
+  addressProblem,
   applyHeaderField,
   bodyTypes,
   decodeMessage,
@@ -27,7 +28,7 @@ import {
 import { GVariantError, GVariantReader, gvariantOffsetSize, gvariantWordSize, writeGVariantBody } from './gvariant';
 import { OutputBuffer } from './output-buffer';
 import { alignUp, CompleteType, parseCompleteType, parseSignature, SignatureError } from './signature';
-import { decodeWireString } from './utf8';
+import { decodeAsciiString, decodeWireString } from './utf8';
 import { ValueError, Variant } from './value';
 
 export const GVARIANT_MESSAGE_VERSION = 2;
@@ -51,11 +52,18 @@ function writeTextField(out: OutputBuffer, code: number, type: string, value: st
   out.ascii(type);
 }
 
-/** A present string-like field, with its end offset (from the fields' start) noted for the table. */
-function textField(out: OutputBuffer, ends: number[], start: number, code: number, type: string, value: string | undefined): void {
+/**
+ * End offsets (from the fields' start) of the entries written so far, for the table after
+ * them: at most one per known field, kept across messages (encoding is never re-entered).
+ */
+const fieldEnds = new Float64Array(HeaderField.UnixFds + 1);
+let fieldCount = 0;
+
+/** A present string-like field, with its end offset noted for the table. */
+function textField(out: OutputBuffer, start: number, code: number, type: string, value: string | undefined): void {
   if (value === undefined) return;
   writeTextField(out, code, type, value);
-  ends.push(out.pos - start);
+  fieldEnds[fieldCount++] = out.pos - start;
 }
 
 /**
@@ -64,11 +72,11 @@ function textField(out: OutputBuffer, ends: number[], start: number, code: numbe
  */
 function writeHeaderFields(out: OutputBuffer, m: Message, withSender: boolean): void {
   const start = out.pos;
-  const ends: number[] = [];
-  textField(out, ends, start, HeaderField.Path, 'o', m.path);
-  textField(out, ends, start, HeaderField.Interface, 's', m.interface);
-  textField(out, ends, start, HeaderField.Member, 's', m.member);
-  textField(out, ends, start, HeaderField.ErrorName, 's', m.errorName);
+  fieldCount = 0;
+  textField(out, start, HeaderField.Path, 'o', m.path);
+  textField(out, start, HeaderField.Interface, 's', m.interface);
+  textField(out, start, HeaderField.Member, 's', m.member);
+  textField(out, start, HeaderField.ErrorName, 's', m.errorName);
   if (m.replySerial !== undefined) {
     out.align(8);
     out.u32(HeaderField.ReplySerial);
@@ -76,10 +84,10 @@ function writeHeaderFields(out: OutputBuffer, m: Message, withSender: boolean): 
     out.u64(m.replySerial);
     out.u8(NUL);
     out.ascii('t');
-    ends.push(out.pos - start);
+    fieldEnds[fieldCount++] = out.pos - start;
   }
-  textField(out, ends, start, HeaderField.Destination, 's', m.destination);
-  if (withSender) textField(out, ends, start, HeaderField.Sender, 's', m.sender);
+  textField(out, start, HeaderField.Destination, 's', m.destination);
+  if (withSender) textField(out, start, HeaderField.Sender, 's', m.sender);
   if (m.unixFds !== undefined) {
     out.align(8);
     out.u32(HeaderField.UnixFds);
@@ -87,12 +95,12 @@ function writeHeaderFields(out: OutputBuffer, m: Message, withSender: boolean): 
     out.u32(m.unixFds);
     out.u8(NUL);
     out.ascii('u');
-    ends.push(out.pos - start);
+    fieldEnds[fieldCount++] = out.pos - start;
   }
-  const n = ends.length;
+  const n = fieldCount;
   if (n === 0) return;
   const w = gvariantWordSize(out.pos - start, n);
-  for (let i = 0; i < n; i++) out.word(ends[i]!, w);
+  for (let i = 0; i < n; i++) out.word(fieldEnds[i]!, w);
 }
 
 /** A message in the version-2 GVariant form, little-endian. Throws ValueError if m is invalid. */
@@ -102,15 +110,16 @@ export function encodeGVariantMessage(m: Message): Buffer {
 
 /**
  * m as a kdbus payload of its sender: without a SENDER field (the bus's source id says who
- * sent it) and with `flags` for m.flags, without a copy of m.
+ * sent it) and with `flags` for m.flags, without a copy of m. `decoded` as for
+ * encodeDecodedMessage: only sender and destination are checked again.
  */
-export function encodeGVariantPayload(m: Message, flags: number): Buffer {
+export function encodeGVariantPayload(m: Message, flags: number, decoded = false): Buffer {
   if (!Number.isInteger(flags) || flags < 0 || flags > 0xff) throw new ValueError(`flags ${flags} are not a byte`);
-  return encode(m, flags, false);
+  return encode(m, flags, false, decoded);
 }
 
-function encode(m: Message, flags: number, withSender: boolean): Buffer {
-  const problem = headerProblem(m);
+function encode(m: Message, flags: number, withSender: boolean, decoded = false): Buffer {
+  const problem = decoded ? addressProblem(m) : headerProblem(m);
   if (problem !== undefined) throw new ValueError(problem);
   if (m.serial > 0xffff_ffff_ffff_ffffn) throw new ValueError(`cookie ${m.serial} does not fit 64 bits`);
   if (m.replySerial !== undefined && m.replySerial > 0xffff_ffff_ffff_ffffn) {
@@ -134,6 +143,11 @@ function encode(m: Message, flags: number, withSender: boolean): Buffer {
   out.u8(0x29); // ')'
   out.word(fieldsEnd, gvariantWordSize(out.pos, 1));
   return out.finish();
+}
+
+/** A little-endian cookie: one BigInt for one below 2^32 (Buffer's reader makes four). */
+function cookieLE(b: Buffer, at: number): bigint {
+  return b.readUInt32LE(at + 4) === 0 ? BigInt(b.readUInt32LE(at)) : b.readBigUInt64LE(at);
 }
 
 /** The type character each known header field has in a version-2 message, by code (no SIGNATURE). */
@@ -174,7 +188,7 @@ function readCommonHeaderFields(r: GVariantReader, m: Message, end: number): boo
     const valueEnd = entryEnd - 2;
     if (typeChar === 0x74) {
       if (valueEnd - value !== 8) return false;
-      m.replySerial = le ? b.readBigUInt64LE(value) : b.readBigUInt64BE(value);
+      m.replySerial = le ? cookieLE(b, value) : b.readBigUInt64BE(value);
     } else if (typeChar === 0x75) {
       if (valueEnd - value !== 4) return false;
       m.unixFds = le ? b.readUInt32LE(value) : b.readUInt32BE(value);
@@ -214,7 +228,7 @@ export function decodeGVariantMessage(data: Uint8Array): Message {
   if (buf[3] !== GVARIANT_MESSAGE_VERSION) throw new GVariantError(`protocol version ${buf[3]}, not ${GVARIANT_MESSAGE_VERSION}`, 3);
   const type = buf[1]!;
   if (type < 1 || type > 4) throw new GVariantError(`unknown message type ${type}`, 1);
-  const serial = le ? buf.readBigUInt64LE(8) : buf.readBigUInt64BE(8);
+  const serial = le ? cookieLE(buf, 8) : buf.readBigUInt64BE(8);
   if (serial === 0n) throw new GVariantError('cookie is 0', 8);
 
   const r = new GVariantReader(buf, le, 0);
@@ -236,11 +250,17 @@ export function decodeGVariantMessage(data: Uint8Array): Message {
   let sep = bodyEnd - 1;
   while (sep >= bodyStart && buf[sep] !== 0) sep--;
   if (sep < bodyStart) throw new GVariantError('body variant without a type string separator', bodyStart);
-  const footer = buf.toString('latin1', sep + 1, bodyEnd);
-  if (footer.length < 2 || footer[0] !== '(' || footer[footer.length - 1] !== ')') {
-    throw new GVariantError(`body type ${JSON.stringify(footer)} is not a tuple`, sep + 1);
+  // The common footer, "(" ASCII signature ")", gives its signature without two new strings.
+  const signature = bodyEnd - sep >= 3 && buf[sep + 1] === 0x28 && buf[bodyEnd - 1] === 0x29 ? decodeAsciiString(buf, sep + 2, bodyEnd - 1) : undefined;
+  if (signature !== undefined) {
+    m.signature = signature;
+  } else {
+    const footer = buf.toString('latin1', sep + 1, bodyEnd);
+    if (footer.length < 2 || footer[0] !== '(' || footer[footer.length - 1] !== ')') {
+      throw new GVariantError(`body type ${JSON.stringify(footer)} is not a tuple`, sep + 1);
+    }
+    m.signature = footer.slice(1, -1);
   }
-  m.signature = footer.slice(1, -1);
   let types: readonly CompleteType[];
   try {
     types = parseSignature(m.signature);

@@ -17,7 +17,7 @@ import { OutputBuffer } from './output-buffer';
 import {
   alignUp,
   CompleteType,
-  gvariantTupleLayout,
+  gvariantBodyLayout,
   MAX_TOTAL_DEPTH,
   parseCompleteType,
   parseSignature,
@@ -215,7 +215,7 @@ export function writeGVariantBody(out: OutputBuffer, types: readonly CompleteTyp
   if (values.length !== types.length) {
     throw new ValueError(`${types.length} values expected for the signature, got ${values.length}`);
   }
-  const layout = gvariantTupleLayout(types);
+  const layout = gvariantBodyLayout(types);
   out.align(layout.alignment);
   writeTuple(out, types, layout.fixedSize, layout.alignment, values, 0);
 }
@@ -442,7 +442,7 @@ export class GVariantReader {
 
   /** A message body: the tuple of the signature's types filling [start, end). */
   body(types: readonly CompleteType[], start: number, end: number): Value[] {
-    return this.tuple(types, gvariantTupleLayout(types).fixedSize, start, end, 0);
+    return this.tuple(types, gvariantBodyLayout(types).fixedSize, start, end, 0);
   }
 }
 

@@ -23,7 +23,7 @@ import { Bloom } from './bloom';
 import { callDriver, DBusError, DriverError, driverErrorOf, type DriverBus, type DriverClient } from './driver';
 import { LocalConnection, type MatchRule as KdbusRule } from './local-connection';
 import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';
-import { decodeMessage, encodeMessage, MessageFlag, MessageType, type Message } from './message';
+import { decodeMessage, encodeDecodedMessage, encodeMessage, MessageFlag, MessageType, type Message } from './message';
 import { MessageStream } from './message-stream';
 import type { KdbusMessage, Received } from './pool-records';
 import { SaslServer } from './sasl';
@@ -248,7 +248,7 @@ export class LegacyClient implements DriverClient {
     }
     let out;
     try {
-      out = toKdbus(m, files, this.bloom!, nowNs());
+      out = toKdbus(m, files, this.bloom!, nowNs(), true);
     } catch (e) {
       files.forEach((f) => f.close());
       this.close(`sent a message kdbus cannot carry: ${(e as Error).message}`);
@@ -274,12 +274,15 @@ export class LegacyClient implements DriverClient {
     this.sendToClient(m);
   }
 
-  /** `shown`: monitors have seen it already (it is their own capture). */
-  private sendToClient(m: Message, fds: readonly number[] = [], shown = false): boolean {
+  /**
+   * `shown`: monitors have seen it already (it is their own capture). `decoded`: m is as a
+   * decoder gave it, sender and destination aside (see encodeDecodedMessage).
+   */
+  private sendToClient(m: Message, fds: readonly number[] = NO_FDS, shown = false, decoded = false): boolean {
     if (!shown && m.sender === DRIVER_NAME && m.member !== 'NameOwnerChanged') this.showMonitors(m);
     let raw: Buffer;
     try {
-      raw = encodeMessage(m);
+      raw = decoded ? encodeDecodedMessage(m) : encodeMessage(m);
     } catch (e) {
       logger.warn(`${this.uniqueName || this.label}: a message for it could not be encoded: ${(e as Error).message}`);
       fds.forEach(closeFd);
@@ -343,7 +346,7 @@ export class LegacyClient implements DriverClient {
     }
     if (k.dstId === KDBUS_DST_ID_BROADCAST && !this.wants(m)) return this.drop(k, 'no match rule of the client takes it');
     if (fds.includes(-1)) return this.drop(k, 'a descriptor of it could not be received');
-    if (!this.sendToClient(m, fds)) {
+    if (!this.sendToClient(m, fds, false, true)) {
       for (const f of k.fds) f?.close();
       this.refuseForFullQueue(m);
     }

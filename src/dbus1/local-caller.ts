@@ -52,25 +52,31 @@ export class LocalCaller implements CallerMemory, CallerFiles {
   }
 
   read(address: bigint, length: number): Buffer {
-    const [buf, at, slot] = this.locate(address, length);
-    const view = buf.subarray(at, at + length);
-    return this.views[slot] ? view : Buffer.from(view);
+    // Every command the bus runs reads its struct here: no tuple, and one buffer per copy.
+    const a = Number(address);
+    const slot = Math.floor(a / SLOT_SPAN) - 1;
+    const at = a - (slot + 1) * SLOT_SPAN;
+    const buf = this.mapped(slot, at, length, address);
+    if (this.views[slot]) return buf.subarray(at, at + length);
+    const copy = Buffer.allocUnsafe(length);
+    buf.copy(copy, 0, at, at + length);
+    return copy;
   }
 
   write(address: bigint, data: Buffer): void {
-    const [buf, at] = this.locate(address, data.length);
-    data.copy(buf, at);
-  }
-
-  private locate(address: bigint, length: number): [Buffer, number, number] {
     const a = Number(address);
     const slot = Math.floor(a / SLOT_SPAN) - 1;
-    const buf = slot >= 0 ? this.slots[slot] : undefined;
     const at = a - (slot + 1) * SLOT_SPAN;
+    data.copy(this.mapped(slot, at, data.length, address), at);
+  }
+
+  /** The buffer mapped at `slot` if [at, at + length) lies within it; EFAULT otherwise. */
+  private mapped(slot: number, at: number, length: number, address: bigint): Buffer {
+    const buf = slot >= 0 ? this.slots[slot] : undefined;
     if (buf === undefined || at + length > buf.length) {
       throw fail('EFAULT', `${length} bytes at 0x${address.toString(16)} are not mapped in the daemon's local caller`);
     }
-    return [buf, at, slot];
+    return buf;
   }
 
   /**

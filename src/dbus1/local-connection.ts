@@ -151,6 +151,39 @@ const infoScratch = new ItemWriter(256);
 
 const u64n = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 0x1_0000_0000;
 
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+/**
+ * A u64 field's value as ItemWriter writes it fastest: a number when exact (its BigInt
+ * writer costs several times the two 32-bit words of a number).
+ */
+const small = (v: bigint): bigint | number => (v >= 0n && v <= MAX_SAFE ? Number(v) : v);
+/** The words of KDBUS_PAYLOAD_DBUS ("DBusDBus": the same 32 bits twice). */
+const PAYLOAD_DBUS_WORD = Number(KDBUS_PAYLOAD_DBUS & 0xffff_ffffn);
+
+/**
+ * DST_NAME items by name, as ItemWriter.string writes them: a connection sends to the same
+ * few names again and again. Bounded, as the names come from clients.
+ */
+const dstNameItems = new Map<string, Buffer>();
+const DST_NAME_ITEMS_KEPT = 256;
+
+function dstNameItem(name: string): Buffer {
+  let item = dstNameItems.get(name);
+  if (item === undefined) {
+    item = Buffer.from(new ItemWriter(64).string(ItemType.DST_NAME, name).finish());
+    if (dstNameItems.size >= DST_NAME_ITEMS_KEPT) dstNameItems.clear();
+    dstNameItems.set(name, item);
+  }
+  return item;
+}
+
+/** A caller-memory address (below 2^47) into a u64 field, without BigInt arithmetic. */
+function writeAddress(b: Buffer, at: number, address: bigint): void {
+  const a = Number(address);
+  b.writeUInt32LE(a % 0x1_0000_0000, at);
+  b.writeUInt32LE(Math.floor(a / 0x1_0000_0000), at + 4);
+}
+
 export class LocalConnection {
   /** The connection's unique id. */
   readonly id: bigint;
@@ -246,7 +279,7 @@ export class LocalConnection {
   /** An asynchronous SEND: returns once the message is queued (or dropped, for signals). */
   send(msg: OutgoingMessage): void {
     try {
-      this.sendBuf.writeBigUInt64LE(this.stageMessage(msg, 0n), Off.send.msg_address);
+      writeAddress(this.sendBuf, Off.send.msg_address, this.stageMessage(msg, 0n));
       this.run(Cmd.SEND, this.sendAddr);
     } finally {
       this.unstage();
@@ -296,28 +329,40 @@ export class LocalConnection {
     const w = this.w.reset();
     const caller = this.caller;
     const staged = this.staged;
-    let flags = (msg.flags ?? 0n) | extraFlags;
+    let flags = msg.flags ?? 0n;
+    if (extraFlags !== 0n) flags |= extraFlags;
     if (msg.bloom) flags |= MsgFlags.SIGNAL;
     const byName = typeof msg.dst === 'string';
     let word56 = msg.cookieReply ?? 0n;
     if (flags & MsgFlags.EXPECT_REPLY) word56 = msg.timeoutNs ?? nowNs() + DEFAULT_CALL_TIMEOUT_NS;
-    w.u64(0).u64(flags).u64(msg.priority ?? 0n).u64(byName ? KDBUS_DST_ID_NAME : (msg.dst as bigint)).u64(0);
-    w.u64(msg.payloadType ?? KDBUS_PAYLOAD_DBUS).u64(msg.cookie).u64(word56);
-    if (byName) w.string(ItemType.DST_NAME, msg.dst as string);
+    w.u64(0).u64(small(flags)).u64(small(msg.priority ?? 0n)).u64(byName ? KDBUS_DST_ID_NAME : small(msg.dst as bigint)).u64(0);
+    const payloadType = msg.payloadType ?? KDBUS_PAYLOAD_DBUS;
+    if (payloadType === KDBUS_PAYLOAD_DBUS) w.u32(PAYLOAD_DBUS_WORD).u32(PAYLOAD_DBUS_WORD);
+    else w.u64(payloadType);
+    w.u64(small(msg.cookie)).u64(small(word56));
+    if (byName) {
+      const name = msg.dst as string;
+      if (name.length <= Limits.NAME_MAX_LEN) w.bytes(dstNameItem(name));
+      else w.string(ItemType.DST_NAME, name);
+    }
 
     // Files are offered before anything can fail, so that every one of them is consumed.
     const payload = msg.payload ?? NO_PARTS;
-    for (const part of payload) if (!Buffer.isBuffer(part)) caller.offerFile(part.file);
+    for (let i = 0; i < payload.length; i++) {
+      const part = payload[i]!;
+      if (!Buffer.isBuffer(part)) caller.offerFile(part.file);
+    }
     const fds = msg.fds ?? NO_FILES;
-    for (const f of fds) caller.offerFile(f);
+    for (let i = 0; i < fds.length; i++) caller.offerFile(fds[i]!);
 
     let fileNo = 0;
-    for (const part of payload) {
+    for (let i = 0; i < payload.length; i++) {
+      const part = payload[i]!;
       if (Buffer.isBuffer(part)) {
         if (part.length === 0) continue;
         const addr = caller.map(part, true);
         staged.push(addr);
-        w.itemU64(ItemType.PAYLOAD_VEC, part.length, addr);
+        w.itemU64(ItemType.PAYLOAD_VEC, part.length, Number(addr));
       } else {
         const at = w.beginItem(ItemType.PAYLOAD_MEMFD);
         w.u64(part.start).u64(part.size).i32(fileNo++).u32(0).endItem(at);
@@ -476,8 +521,9 @@ export class LocalConnection {
     if (!this.closed && conn?.active && (typeof subject === 'bigint' || isPlainName(subject))) {
       const w = infoScratch.reset();
       writeConnInfo(w, conn, this.ctx.creds, typeof subject === 'bigint' ? subject : 0n, typeof subject === 'string' ? subject : undefined, attachFlags);
-      // A copy: decoded records may keep views of their bytes (CMDLINE).
-      return decodeInfo(Buffer.from(w.finish()));
+      // Decoded records keep views of their bytes for CMDLINE only: then they get a copy.
+      const record = w.finish();
+      return decodeInfo((attachFlags & Attach.CMDLINE) === 0n ? record : Buffer.from(record));
     }
     const w = this.w.reset().u64(0).u64(0).u64(0);
     w.u64(typeof subject === 'bigint' ? subject : 0n).u64(attachFlags).u64(0).u64(0);

@@ -381,6 +381,19 @@ const U64_MAX = (1n << 64n) - 1n;
 
 /** ":1.<u64>" → the kdbus id; any other name → undefined (sd-bus only knows that form). */
 export function kdbusIdOfUniqueName(name: string): bigint | undefined {
+  // Asked for every message to a unique name: ids below 2^53 are read without the regex
+  // and the string-to-BigInt parse.
+  const n = name.length;
+  if (n > 3 && n <= 18 && name.charCodeAt(0) === 0x3a && name.charCodeAt(1) === 0x31 && name.charCodeAt(2) === 0x2e) {
+    if (name.charCodeAt(3) === 0x30) return n === 4 ? 0n : undefined;
+    let id = 0;
+    for (let i = 3; i < n; i++) {
+      const d = name.charCodeAt(i) - 0x30;
+      if (d < 0 || d > 9) return undefined;
+      id = id * 10 + d;
+    }
+    return BigInt(id);
+  }
   const m = UNIQUE_ID.exec(name);
   if (m === null) return undefined;
   const id = BigInt(m[1]!);

@@ -114,6 +114,17 @@ export function headerProblem(m: Message): string | undefined {
   return undefined;
 }
 
+/**
+ * headerProblem for a message whose header a decoder accepted and whose sender and
+ * destination alone may have been set since (what the endpoint does to the messages it
+ * forwards): only those two are checked again.
+ */
+export function addressProblem(m: Message): string | undefined {
+  if (m.destination !== undefined && !isValidBusName(m.destination)) return `destination ${JSON.stringify(m.destination)} is not a valid bus name`;
+  if (m.sender !== undefined && !isValidBusName(m.sender)) return `sender ${JSON.stringify(m.sender)} is not a valid bus name`;
+  return undefined;
+}
+
 /** The D-Bus type each known header field must have in dbus1 (REPLY_SERIAL is 't' in GVariant). */
 const HEADER_FIELD_TYPES: Readonly<Record<number, string>> = {
   [HeaderField.Path]: 'o',
@@ -212,7 +223,18 @@ function writeU32Field(out: OutputBuffer, code: number, value: number): void {
 
 /** A message in the dbus1 format, little-endian. Throws ValueError if m cannot be expressed. */
 export function encodeMessage(m: Message): Buffer {
-  const problem = headerProblem(m);
+  return encodeDbus1(m, headerProblem(m));
+}
+
+/**
+ * encodeMessage for a message whose header a decoder accepted, changed since in sender and
+ * destination at most (see addressProblem): the rest is not checked again.
+ */
+export function encodeDecodedMessage(m: Message): Buffer {
+  return encodeDbus1(m, addressProblem(m));
+}
+
+function encodeDbus1(m: Message, problem: string | undefined): Buffer {
   if (problem !== undefined) throw new ValueError(problem);
   if (m.serial > 0xffff_ffffn) throw new ValueError(`serial ${m.serial} does not fit dbus1's 32 bits`);
   if (m.replySerial !== undefined && m.replySerial > 0xffff_ffffn) {
@@ -247,6 +269,12 @@ export function encodeMessage(m: Message): Buffer {
   return out.finish();
 }
 
+function u32At(b: Uint8Array, at: number, le: boolean): number {
+  return le
+    ? (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0
+    : ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+}
+
 function endianness(byte: number | undefined): boolean {
   if (byte === 0x6c) return true;
   if (byte === 0x42) return false;
@@ -262,9 +290,9 @@ export function messageLength(prefix: Uint8Array): number {
   if (prefix.length < DBUS1_PREFIX_SIZE) throw new RangeError(`messageLength needs ${DBUS1_PREFIX_SIZE} bytes, got ${prefix.length}`);
   const le = endianness(prefix[0]);
   if (prefix[3] !== 1) throw new DBus1Error(`protocol version ${prefix[3]}, not 1`, 3);
-  const view = new DataView(prefix.buffer, prefix.byteOffset, DBUS1_PREFIX_SIZE);
-  const bodyLength = view.getUint32(4, le);
-  const fieldsLength = view.getUint32(12, le);
+  // Read byte by byte: a DataView per message costs more than the two words it reads.
+  const bodyLength = u32At(prefix, 4, le);
+  const fieldsLength = u32At(prefix, 12, le);
   if (fieldsLength > MAX_ARRAY_LENGTH) throw new DBus1Error(`header fields array of ${fieldsLength} bytes exceeds ${MAX_ARRAY_LENGTH}`, 12);
   const total = DBUS1_PREFIX_SIZE + alignUp(fieldsLength, 8) + bodyLength;
   if (total > MAX_MESSAGE_SIZE) throw new DBus1Error(`message of ${total} bytes exceeds the ${MAX_MESSAGE_SIZE}-byte limit`, 4);

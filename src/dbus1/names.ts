@@ -52,10 +52,26 @@ export function isValidWellKnownName(s: string): boolean {
   return s.length <= MAX_NAME_LENGTH && s.charCodeAt(0) !== COLON && elementsValid(s, 0, isBusNameChar, false, 2);
 }
 
-/** A unique or well-known bus name. */
-export function isValidBusName(s: string): boolean {
-  return s.charCodeAt(0) === COLON ? isValidUniqueName(s) : isValidWellKnownName(s);
+const REMEMBERED_NAMES = 1024;
+
+/**
+ * A validator that remembers the strings it accepted: every message names the same few
+ * paths, interfaces, members and bus names, and is checked on its way in and out. Bounded,
+ * as the names come from clients.
+ */
+function remembering(check: (s: string) => boolean): (s: string) => boolean {
+  const valid = new Set<string>();
+  return (s) => {
+    if (valid.has(s)) return true;
+    if (!check(s)) return false;
+    if (valid.size >= REMEMBERED_NAMES) valid.clear();
+    valid.add(s);
+    return true;
+  };
 }
+
+/** A unique or well-known bus name. */
+export const isValidBusName = remembering((s) => (s.charCodeAt(0) === COLON ? isValidUniqueName(s) : isValidWellKnownName(s)));
 
 /**
  * A bus name namespace (arg0namespace): a bus name or a prefix of one made of whole
@@ -69,22 +85,22 @@ export function isValidBusNamespace(s: string): boolean {
 }
 
 /** An interface name: at least two elements of [A-Za-z0-9_], none starting with a digit. */
-export function isValidInterfaceName(s: string): boolean {
-  return s.length <= MAX_NAME_LENGTH && elementsValid(s, 0, isNameChar, false, 2);
-}
+export const isValidInterfaceName = remembering((s) => s.length <= MAX_NAME_LENGTH && elementsValid(s, 0, isNameChar, false, 2));
 
 /** An error name has the form of an interface name. */
 export const isValidErrorName = isValidInterfaceName;
 
 /** A member name: 1-255 characters of [A-Za-z0-9_], not starting with a digit. */
-export function isValidMemberName(s: string): boolean {
+export const isValidMemberName = remembering((s) => {
   if (s.length === 0 || s.length > MAX_NAME_LENGTH || isDigit(s.charCodeAt(0))) return false;
   for (let i = 0; i < s.length; i++) if (!isNameChar(s.charCodeAt(i))) return false;
   return true;
-}
+});
 
 /** An object path: "/" or "/" followed by non-empty [A-Za-z0-9_] elements separated by "/". */
-export function isValidObjectPath(s: string): boolean {
+export const isValidObjectPath = remembering(objectPathValid);
+
+function objectPathValid(s: string): boolean {
   if (s.charCodeAt(0) !== SLASH) return false;
   if (s.length === 1) return true;
   let atStart = true;

@@ -4,6 +4,8 @@
  * assembled from pieces. Every byte is written explicitly (padding included): the backing
  * store comes from allocUnsafe.
  */
+const U32_MAX = 0xffff_ffffn;
+
 export class OutputBuffer {
   private buf: Buffer;
   pos = 0;
@@ -32,8 +34,9 @@ export class OutputBuffer {
     const pad = -this.pos & (alignment - 1);
     if (pad === 0) return;
     this.reserve(pad);
-    this.buf.fill(0, this.pos, this.pos + pad);
-    this.pos += pad;
+    // At most 7 bytes: a loop beats the native fill's argument checks.
+    const buf = this.buf;
+    for (let i = 0; i < pad; i++) buf[this.pos++] = 0;
   }
 
   u8(v: number): void {
@@ -67,7 +70,14 @@ export class OutputBuffer {
 
   u64(v: bigint): void {
     this.reserve(8);
-    this.buf.writeBigUInt64LE(v, this.pos);
+    // Most 64-bit values written are serials below 2^32: two words cost a fraction of
+    // Buffer's BigInt writer.
+    if (v >= 0n && v <= U32_MAX) {
+      this.buf.writeUInt32LE(Number(v), this.pos);
+      this.buf.writeUInt32LE(0, this.pos + 4);
+    } else {
+      this.buf.writeBigUInt64LE(v, this.pos);
+    }
     this.pos += 8;
   }
 

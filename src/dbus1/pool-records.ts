@@ -9,7 +9,7 @@
  * further copy. Unknown item types are skipped, as kdbus clients skip them.
  */
 import {
-  ALIGN8, ITEM_HEADER_SIZE, ItemType, MsgFlags, Off, StructSize,
+  ALIGN8, ITEM_HEADER_SIZE, ItemType, KDBUS_PAYLOAD_DBUS, MsgFlags, Off, StructSize,
 } from '../abi/constants';
 import { fail } from '../abi/errno';
 import type { ImportedFile } from '../bus/caller';
@@ -171,6 +171,23 @@ const U32 = 0x1_0000_0000;
 /** A u64 that is known to be small (sizes, offsets, pids) as a number; NaN-free up to 2^53. */
 const u64n = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * U32;
 
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+/** The words of KDBUS_PAYLOAD_DBUS ("DBusDBus": the same 32 bits twice). */
+const PAYLOAD_DBUS_WORD = Number(KDBUS_PAYLOAD_DBUS & 0xffff_ffffn);
+
+/**
+ * A u64 as a bigint, with as few BigInts made as can be: Buffer's reader builds four for
+ * every value, and a received message has seven of them. Small values (ids, flags,
+ * cookies) take one, 0 and ~0 none.
+ */
+function bigU64(b: Buffer, at: number): bigint {
+  const lo = b.readUInt32LE(at);
+  const hi = b.readUInt32LE(at + 4);
+  if (hi === 0) return lo === 0 ? 0n : BigInt(lo);
+  if (hi === 0xffff_ffff && lo === 0xffff_ffff) return U64_MAX;
+  return b.readBigUInt64LE(at);
+}
+
 const isU64Max = (b: Buffer, at: number): boolean => b.readUInt32LE(at) === 0xffff_ffff && b.readUInt32LE(at + 4) === 0xffff_ffff;
 
 /** A "str" payload without its NUL. */
@@ -270,13 +287,16 @@ function walk(b: Buffer, start: number, end: number, visit: (type: number, p: nu
  */
 export function decodeReceived(b: Buffer, files: FileLookup, incompleteFds: boolean): Received | undefined {
   const msgSize = Math.min(u64n(b, Off.msg.size), b.length);
-  const payloadType = b.readBigUInt64LE(Off.msg.payload_type);
+  const payloadType = b.readUInt32LE(Off.msg.payload_type) === PAYLOAD_DBUS_WORD && b.readUInt32LE(Off.msg.payload_type + 4) === PAYLOAD_DBUS_WORD
+    ? KDBUS_PAYLOAD_DBUS
+    : b.readBigUInt64LE(Off.msg.payload_type);
   if (payloadType === 0n) return decodeNotification(b, msgSize);
 
-  const flags = b.readBigUInt64LE(Off.msg.flags);
-  const word56 = b.readBigUInt64LE(Off.msg.timeout_ns);
+  const flags = bigU64(b, Off.msg.flags);
+  const word56 = bigU64(b, Off.msg.timeout_ns);
   const expectsReply = (flags & MsgFlags.EXPECT_REPLY) !== 0n;
-  const meta = new Metadata();
+  // Connections that attach no metadata (the legacy endpoint's) get the shared empty record.
+  let meta: Metadata | undefined;
   const payload: PayloadPart[] = [];
   let fds: Array<ImportedFile | null> = NO_FDS;
   let dstName: string | undefined;
@@ -312,31 +332,32 @@ export function decodeReceived(b: Buffer, files: FileLookup, incompleteFds: bool
         bloom = { generation: b.readBigUInt64LE(p), data: b.subarray(p + StructSize.bloom_filter_header, end) };
         break;
       default:
-        metadataItem(meta, b, type, p, end);
+        metadataItem((meta ??= new Metadata()), b, type, p, end);
     }
     at += ALIGN8(size);
   }
   return {
     kind: 'message',
-    srcId: b.readBigUInt64LE(Off.msg.src_id),
-    dstId: b.readBigUInt64LE(Off.msg.dst_id),
+    srcId: bigU64(b, Off.msg.src_id),
+    dstId: bigU64(b, Off.msg.dst_id),
     flags,
-    priority: b.readBigInt64LE(Off.msg.priority),
+    priority: b.readUInt32LE(Off.msg.priority + 4) === 0 ? bigU64(b, Off.msg.priority) : b.readBigInt64LE(Off.msg.priority),
     payloadType,
-    cookie: b.readBigUInt64LE(Off.msg.cookie),
+    cookie: bigU64(b, Off.msg.cookie),
     timeoutNs: expectsReply ? word56 : 0n,
     cookieReply: expectsReply ? 0n : word56,
     dstName,
     payload,
     fds,
     bloom,
-    meta,
+    meta: meta ?? NO_METADATA,
     incompleteFds,
   };
 }
 
 const NO_FDS: Array<ImportedFile | null> = [];
 Object.freeze(NO_FDS);
+const NO_METADATA = Object.freeze(new Metadata());
 
 /** A kernel notification: one kernel item and a TIMESTAMP. Unknown kernel items give undefined. */
 function decodeNotification(b: Buffer, msgSize: number): KdbusNotification | undefined {
@@ -408,11 +429,17 @@ export function decodeInfo(b: Buffer): InfoRecord {
   const size = Math.min(u64n(b, Off.info.size), b.length);
   const meta = new Metadata();
   let busName: string | undefined;
-  walk(b, Off.info.items, size, (t, p, e) => {
-    if (t === ItemType.MAKE_NAME) busName = str(b, p, e, 'latin1');
-    else metadataItem(meta, b, t, p, e);
-  });
-  return { id: b.readBigUInt64LE(Off.info.id), flags: b.readBigUInt64LE(Off.info.flags), busName, meta };
+  // walk() inlined: the driver decodes a record for nearly every call an sd-bus service gets.
+  let at: number = Off.info.items;
+  while (at + ITEM_HEADER_SIZE <= size) {
+    const itemSize = b.readUInt32LE(at);
+    if (itemSize < ITEM_HEADER_SIZE || at + itemSize > size) break;
+    const t = b.readUInt32LE(at + 8);
+    if (t === ItemType.MAKE_NAME) busName = str(b, at + ITEM_HEADER_SIZE, at + itemSize, 'latin1');
+    else metadataItem(meta, b, t, at + ITEM_HEADER_SIZE, at + itemSize);
+    at += ALIGN8(itemSize);
+  }
+  return { id: bigU64(b, Off.info.id), flags: bigU64(b, Off.info.flags), busName, meta };
 }
 
 /** HELLO's item list: the bus's bloom parameters. */

@@ -87,6 +87,20 @@ export function alignUp(n: number, alignment: number): number {
  * The unit tuple "()" — which only occurs as the body of a message without arguments — is
  * fixed-size 1 (a single zero byte).
  */
+/**
+ * gvariantTupleLayout of a message body's types, kept per types array: parseSignature hands
+ * out the same array for a signature, and every GVariant message needs its body's layout.
+ */
+const bodyLayouts = new WeakMap<readonly CompleteType[], { alignment: number; fixedSize: number }>();
+export function gvariantBodyLayout(types: readonly CompleteType[]): { readonly alignment: number; readonly fixedSize: number } {
+  let layout = bodyLayouts.get(types);
+  if (layout === undefined) {
+    layout = gvariantTupleLayout(types);
+    bodyLayouts.set(types, layout);
+  }
+  return layout;
+}
+
 export function gvariantTupleLayout(fields: readonly CompleteType[]): { alignment: number; fixedSize: number } {
   let alignment = 1;
   let offset = 0;

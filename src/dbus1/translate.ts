@@ -69,9 +69,10 @@ export function matchView(m: Message): MatchMessage {
  * The kdbus form of a message a legacy client sends to someone other than the driver.
  * `files` are the message's descriptors (UNIX_FDS of them), taken over by the bus. Returns
  * undefined for what dbus-daemon would only show to eavesdroppers: a non-signal with no
- * destination.
+ * destination. `decoded`: m is as decodeMessage gave it, sender and destination aside (see
+ * encodeDecodedMessage).
  */
-export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom, nowNs: bigint): OutgoingMessage | undefined {
+export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom, nowNs: bigint, decoded = false): OutgoingMessage | undefined {
   const signal = m.type === MessageType.Signal;
   let dst: bigint | string;
   if (m.destination === undefined) {
@@ -85,7 +86,7 @@ export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom
   // dbus1 does not require the flag on replies, errors and signals, so it is set here.
   const headerFlags = expectReply ? m.flags : m.flags | MessageFlag.NoReplyExpected;
   // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
-  const payload = encodeGVariantPayload(m, headerFlags);
+  const payload = encodeGVariantPayload(m, headerFlags, decoded);
   let flags = 0n;
   if (expectReply) flags |= MsgFlags.EXPECT_REPLY;
   if (m.flags & MessageFlag.NoAutoStart) flags |= MsgFlags.NO_AUTO_START;

@@ -141,18 +141,15 @@ export function expectFields(signature: string, count: number, v: unknown): read
   return v;
 }
 
-/** Buffer.allocUnsafe takes sizes below this from its shared pool. */
-const POOLED_BELOW = Buffer.poolSize >>> 1;
-
 /**
- * An ay value read out of a message: a copy, so that it outlives the message's bytes. Large
- * ones are copied into unpooled memory directly (copyBytesFrom costs twice as much there);
- * small ones stay out of the shared allocation pool, which a kept value would pin.
+ * An ay value read out of a message: a copy, so that it outlives the message's bytes, in
+ * memory of its own (a kept value in the shared allocation pool would pin the pool).
+ * allocUnsafeSlow and a copy cost a fraction of Buffer.copyBytesFrom, whose generic
+ * typed-array path dominates for the small arrays most messages carry.
  */
 export function byteArrayValue(buf: Buffer, start: number, length: number): Buffer {
-  if (length < POOLED_BELOW) return Buffer.copyBytesFrom(buf, start, length);
-  const out = Buffer.allocUnsafe(length);
-  buf.copy(out, 0, start, start + length);
+  const out = Buffer.allocUnsafeSlow(length);
+  if (length > 0) buf.copy(out, 0, start, start + length);
   return out;
 }
 
