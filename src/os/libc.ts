@@ -17,15 +17,31 @@ export const memfd_create = libc.func('int memfd_create(const char *name, unsign
 ) => number;
 
 /**
- * Copies into pools. About 15% cheaper per call than fs.writeSync (measured ~850 ns vs
- * ~1000 ns for 256 bytes), and it takes a Uint8Array view without an offset/length dance.
+ * Pools the daemon writes through a shared mapping of their memfd: a copy into memory
+ * instead of a pwrite per message. The pointer is an opaque koffi value.
  */
-export const pwrite = libc.func('intptr_t pwrite(int fd, const void *buf, size_t count, int64_t offset)') as (
+export const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as (
+  addr: null,
+  length: number,
+  prot: number,
+  flags: number,
   fd: number,
-  buf: Uint8Array,
-  count: number,
   offset: number,
-) => number;
+) => unknown;
+export const munmap = libc.func('int munmap(void *addr, size_t length)') as (addr: unknown, length: number) => number;
+export const PROT_READ = 0x1;
+export const PROT_WRITE = 0x2;
+export const MAP_SHARED = 0x01;
+
+/** The memory at `address` as an ArrayBuffer that does not own it: the caller unmaps it, after its last use. */
+export function viewOf(address: unknown, length: number): ArrayBuffer {
+  return koffi.view(address, length);
+}
+
+/** A pointer's numeric value (mmap's MAP_FAILED is all ones). */
+export function addressOf(pointer: unknown): bigint {
+  return koffi.address(pointer);
+}
 
 /** Reads pool bytes back (queue moves between pools, transports that copy slices out). */
 export const pread = libc.func('intptr_t pread(int fd, void *buf, size_t count, int64_t offset)') as (

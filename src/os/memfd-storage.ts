@@ -3,12 +3,16 @@
  * (`fd`, to be mapped read-only) instead of copying each slice out. tmpfs backs only the
  * pages that were written, so a mostly empty 16 MiB pool costs a page or two.
  *
- * Every write is one pwrite; the size is sealed (no grow, no shrink) right after creation,
- * so no holder of the fd can make a client's mapping fault past the end.
+ * The daemon maps the whole file shared and writable once and copies into that mapping: a
+ * message costs a memory copy instead of a pwrite. The size is sealed (no grow, no shrink)
+ * right after creation, so no holder of the fd can make either mapping fault past the end,
+ * and only a writable descriptor can add seals (the daemon hands out read-only ones), so
+ * none can forbid the writes. The mapping never leaves this class: reads are copies, and
+ * close() unmaps it after the last use.
  */
-import { Errno, fail, KdbusError, type ErrnoName } from '../abi/errno';
+import { fail, KdbusError, Errno, type ErrnoName } from '../abi/errno';
 import { checkStorageRange, checkStorageSize, type PoolStorage } from '../bus/pool-storage';
-import { errno, fcntl, memfd_create, pread, pwrite } from './libc';
+import { addressOf, errno, fcntl, MAP_SHARED, memfd_create, mmap, munmap, PROT_READ, PROT_WRITE, viewOf } from './libc';
 import * as fs from 'node:fs';
 
 const MFD_CLOEXEC = 0x1;
@@ -16,15 +20,15 @@ const MFD_ALLOW_SEALING = 0x2;
 const F_ADD_SEALS = 1033;
 const F_SEAL_SHRINK = 0x2;
 const F_SEAL_GROW = 0x4;
+const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
 /** memfd names are limited to 249 bytes; 62 characters stay below that in any encoding. */
 const NAME_MAX_CHARS = 62;
-const FILL_CHUNK = 64 * 1024;
-
-let zeros: Buffer | undefined;
 
 export class MemfdStorage implements PoolStorage {
   readonly fd: number;
-  private open = true;
+  private readonly mapping: unknown;
+  /** The mapping as bytes; undefined once closed. */
+  private bytes: Buffer | undefined;
 
   /** `name` shows in /proc/<pid>/fd of the daemon and of every process the fd reaches. */
   constructor(readonly size: number, name = 'kdbus-pool') {
@@ -36,81 +40,49 @@ export class MemfdStorage implements PoolStorage {
       if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
         throw osError(errno(), 'cannot seal the size of the pool memfd');
       }
+      const mapping = mmap(null, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (addressOf(mapping) === MAP_FAILED) throw osError(errno(), `cannot map a ${size}-byte pool`);
+      this.mapping = mapping;
     } catch (e) {
       fs.closeSync(fd);
       throw e instanceof KdbusError ? e : fail('ENOMEM', `cannot size the pool memfd to ${size} bytes: ${String(e)}`);
     }
     this.fd = fd;
+    this.bytes = Buffer.from(viewOf(this.mapping, size));
   }
 
   write(offset: number, data: Uint8Array): void {
-    this.checkAccess(offset, data.length);
-    if (data.length === 0) return;
-    const n = pwrite(this.fd, data, data.length, offset);
-    if (n !== data.length) this.finishWrite(offset, data, n);
+    this.access(offset, data.length).set(data, offset);
   }
 
   fill(offset: number, length: number, byte: number): void {
-    this.checkAccess(offset, length);
-    const chunk = Math.min(length, FILL_CHUNK);
-    let source: Buffer;
-    if (byte === 0) {
-      zeros ??= Buffer.alloc(FILL_CHUNK);
-      source = zeros.subarray(0, chunk);
-    } else {
-      source = Buffer.alloc(chunk, byte);
-    }
-    for (let done = 0; done < length; done += chunk) {
-      this.write(offset + done, length - done < chunk ? source.subarray(0, length - done) : source);
-    }
+    this.access(offset, length).fill(byte, offset, offset + length);
   }
 
   read(offset: number, length: number): Buffer {
-    this.checkAccess(offset, length);
     const out = Buffer.allocUnsafe(length);
-    let done = 0;
-    while (done < length) {
-      const n = pread(this.fd, out.subarray(done), length - done, offset + done);
-      if (n > 0) done += n;
-      else if (n === 0) throw fail('EIO', `pool memfd ended early reading [${offset}, +${length})`);
-      else if (errno() !== Errno.EINTR) throw osError(errno(), `cannot read pool bytes [${offset}, +${length})`);
-    }
+    this.access(offset, length).copy(out, 0, offset, offset + length);
     return out;
   }
 
   /** tmpfs blocks in use (st_blocks is in 512-byte units whatever the block size). */
   resident(): number {
-    this.checkOpen();
+    this.access(0, 0);
     return fs.fstatSync(this.fd).blocks * 512;
   }
 
   close(): void {
-    if (!this.open) return;
-    this.open = false;
+    if (!this.bytes) return;
+    this.bytes = undefined;
+    munmap(this.mapping, this.size);
     fs.closeSync(this.fd);
   }
 
-  /** The rare path: tmpfs ran out of memory part-way, or a signal interrupted the copy. */
-  private finishWrite(offset: number, data: Uint8Array, first: number): void {
-    let done = 0;
-    let n = first;
-    for (;;) {
-      if (n > 0) done += n;
-      else if (n === 0) throw fail('ENOMEM', `pool memfd accepted no bytes at ${offset + done}`);
-      else if (errno() !== Errno.EINTR) throw osError(errno(), `cannot write ${data.length} bytes into the pool at ${offset}`);
-      if (done === data.length) return;
-      n = pwrite(this.fd, data.subarray(done), data.length - done, offset + done);
-    }
-  }
-
-  private checkAccess(offset: number, length: number): void {
-    this.checkOpen();
+  private access(offset: number, length: number): Buffer {
+    // After close the memory is unmapped and the number may already name another file.
+    if (!this.bytes) throw new Error(`pool memfd ${this.fd} used after close`);
     checkStorageRange(this, offset, length);
-  }
-
-  private checkOpen(): void {
-    // After close the number may already name another file: never touch it again.
-    if (!this.open) throw new Error(`pool memfd ${this.fd} used after close`);
+    return this.bytes;
   }
 }
 
