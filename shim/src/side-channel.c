@@ -714,23 +714,42 @@ void kc_side_finish(struct kc_side *s)
 	s->page = NULL;
 }
 
+/* The page lock, unless another thread holds it, with what the channel holds applied. */
+struct caught_up {
+	int sock;
+	struct kc_side_page *page;
+	int cancel_state;
+	int rc; /* 0, or the -errno that breaks the channel at unlock_caught_up */
+};
+
+static bool lock_caught_up(struct kc_conn *c, struct caught_up *u)
+{
+	int err;
+	if (!ready(c, &u->sock, &u->page, &err) || !page_trylock(u->page))
+		return false;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &u->cancel_state);
+	/* Holding the lock, nobody else is reading: every frame that has arrived is applied. */
+	u->rc = read_available(c, u->sock);
+	return true;
+}
+
+static void unlock_caught_up(struct kc_conn *c, struct caught_up *u)
+{
+	page_unlock(u->page);
+	pthread_setcancelstate(u->cancel_state, NULL);
+	if (u->rc)
+		broke(c, u->rc == -EPIPE || u->rc == -ECONNRESET ? ESHUTDOWN : -u->rc);
+}
+
 bool kc_side_queue_empty(struct kc_conn *c)
 {
-	int sock, err;
-	struct kc_side_page *page;
-	if (!ready(c, &sock, &page, &err) || !page_trylock(page))
+	struct caught_up u;
+	if (!lock_caught_up(c, &u))
 		return false;
-	int cancel_state;
-	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
-	/* What has arrived, WAKEs and EMPTYs included; holding the lock, nobody else is reading. */
-	int rc = read_available(c, sock);
-	state_lock(page);
-	bool empty = rc == 0 && page->exact && !page->readable && !page->hup;
-	state_unlock(page);
-	page_unlock(page);
-	pthread_setcancelstate(cancel_state, NULL);
-	if (rc)
-		broke(c, -rc);
+	state_lock(u.page);
+	bool empty = u.rc == 0 && u.page->exact && !u.page->readable && !u.page->hup;
+	state_unlock(u.page);
+	unlock_caught_up(c, &u);
 	return empty;
 }
 
@@ -748,16 +767,12 @@ void kc_side_count_recv(struct kc_conn *c)
 
 bool kc_side_take_head(struct kc_conn *c, uint64_t *offset, uint64_t *size, struct iovec *iov, int iovcnt)
 {
-	int sock, err;
-	struct kc_side_page *page;
-	if (!ready(c, &sock, &page, &err) || !page_trylock(page))
+	struct caught_up u;
+	if (!lock_caught_up(c, &u))
 		return false;
-	int cancel_state;
-	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
-	/* The HEAD that woke the program, and whatever came after it. */
-	int rc = read_available(c, sock);
+	struct kc_side_page *page = u.page;
 	state_lock(page);
-	bool taken = rc == 0 && page->exact && !page->hup && page->head_valid;
+	bool taken = u.rc == 0 && page->exact && !page->hup && page->head_valid;
 	if (taken) {
 		*offset = page->head.offset;
 		*size = page->head.size;
@@ -772,14 +787,11 @@ bool kc_side_take_head(struct kc_conn *c, uint64_t *offset, uint64_t *size, stru
 		 * the daemon reads the channel before it runs that RECV, so it takes this message
 		 * first, as the counts say.
 		 */
-		rc = kc_send_all(sock, iov, iovcnt, NULL, 0);
-		taken = rc == 0;
+		u.rc = kc_send_all(u.sock, iov, iovcnt, NULL, 0);
+		taken = u.rc == 0;
 	}
 	state_unlock(page);
-	page_unlock(page);
-	pthread_setcancelstate(cancel_state, NULL);
-	if (rc)
-		broke(c, rc == -EPIPE || rc == -ECONNRESET ? ESHUTDOWN : -rc);
+	unlock_caught_up(c, &u);
 	return taken;
 }
 
@@ -805,23 +817,18 @@ bool kc_side_free(struct kc_conn *c, uint64_t offset, bool (*answer)(uint64_t ar
 	state_lock(page);
 	bool published = kc_published_take(&page->published, offset);
 	state_unlock(page);
-	if (!published || !page_trylock(page))
+	struct caught_up u;
+	if (!published || !lock_caught_up(c, &u))
 		return false;
-	int cancel_state;
-	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
 	/* A HUP that has arrived means the FREE would fail (the connection is gone). */
-	int rc = read_available(c, sock);
 	state_lock(page);
-	bool sure = rc == 0 && page->exact && !page->hup;
+	bool sure = u.rc == 0 && page->exact && !page->hup;
 	state_unlock(page);
 	bool sent = false;
 	if (sure && answer(arg)) {
-		rc = kc_send_all(sock, iov, iovcnt, NULL, 0);
-		sent = rc == 0;
+		u.rc = kc_send_all(u.sock, iov, iovcnt, NULL, 0);
+		sent = u.rc == 0;
 	}
-	page_unlock(page);
-	pthread_setcancelstate(cancel_state, NULL);
-	if (rc)
-		broke(c, rc == -EPIPE || rc == -ECONNRESET ? ESHUTDOWN : -rc);
+	unlock_caught_up(c, &u);
 	return sent;
 }

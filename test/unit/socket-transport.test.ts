@@ -120,6 +120,15 @@ class Peer {
     return this.client.ioctl(Cmd.SEND, 0x30000n, segs, fds);
   }
 
+  /** MATCH_ADD of one rule: the ID_ADD or ID_REMOVE notification of `id`; the errno. */
+  async matchId(type: ItemType, id: bigint): Promise<number> {
+    const match = new ItemWriter();
+    match.u64(0).u64(0).u64(0).u64(1n).itemU64(type, id, 0n);
+    const m = Buffer.from(match.finish());
+    m.writeBigUInt64LE(BigInt(m.length), 0);
+    return (await this.client.ioctl(Cmd.MATCH_ADD, 0x70000n, [{ address: 0x70000n, data: m }])).errno;
+  }
+
   async recv(reserved: number[] = []): Promise<{ r: Result; msg?: Buffer }> {
     const b = Buffer.alloc(64);
     b.writeBigUInt64LE(64n, 0);
@@ -265,11 +274,7 @@ describe('socket transport (daemon side)', function () {
   it('withdraws a HEAD when messages are lost after it, and still takes the message the shim may have had', async () => {
     const a = await Peer.connect(sock, bus);
     const b = await Peer.connect(sock, bus, OPEN_FEATURE_HEADS);
-    const match = new ItemWriter();
-    match.u64(0).u64(0).u64(0).u64(1n).itemU64(ItemType.ID_ADD, KDBUS_MATCH_ID_ANY, 0n);
-    const m = Buffer.from(match.finish());
-    m.writeBigUInt64LE(BigInt(m.length), 0);
-    assert.equal((await b.client.ioctl(Cmd.MATCH_ADD, 0x70000n, [{ address: 0x70000n, data: m }])).errno, 0);
+    assert.equal(await b.matchId(ItemType.ID_ADD, KDBUS_MATCH_ID_ANY), 0);
     assert.equal((await a.send(b.id, 'announced')).errno, 0);
     assert.equal(await b.client.event(), FrameType.HEAD);
     // ID_ADD notifications fill b's queue for the kernel's messages; the next one is lost.
@@ -366,11 +371,7 @@ describe('socket transport (daemon side)', function () {
     const a = await Peer.connect(sock, bus);
     const b = await Peer.connect(sock, bus);
     const watcher = daemon.domain.buses.get(bus)!.connection(a.id)!;
-    const match = new ItemWriter();
-    match.u64(0).u64(0).u64(0).u64(1n).itemU64(ItemType.ID_REMOVE, b.id, 0n);
-    const m = Buffer.from(match.finish());
-    m.writeBigUInt64LE(BigInt(m.length), 0);
-    assert.equal((await a.client.ioctl(Cmd.MATCH_ADD, 0x70000n, [{ address: 0x70000n, data: m }])).errno, 0);
+    assert.equal(await a.matchId(ItemType.ID_REMOVE, b.id), 0);
     assert.equal((await b.client.release()).errno, 0);
     assert.equal(watcher.queue.size, 1, 'ID_REMOVE is queued when CLOSE is answered');
     const { msg } = await a.recv();
