@@ -8,6 +8,7 @@ import { Limits, KDBUS_FLAG_NEGOTIATE, ItemType, ITEM_HEADER_SIZE, Off } from '.
 import { fail, isKdbusError } from './errno';
 import type { CallerMemory } from './memory';
 import { type Item, itemTypeName, validateItem } from './items';
+import { putBigU64 } from './words';
 
 export type { Item } from './items';
 
@@ -67,10 +68,14 @@ export class ParsedCommand {
 }
 
 const U64_BYTES = 8;
+/** What most write-backs write (return_flags 0); never written into, so shared. */
+const ZERO_U64 = Buffer.alloc(U64_BYTES);
+const RETURN_FLAGS_OFFSET = BigInt(Off.cmd.return_flags);
 
 function u64Bytes(value: bigint): Buffer {
+  if (value === 0n) return ZERO_U64;
   const b = Buffer.allocUnsafe(U64_BYTES);
-  b.writeBigUInt64LE(value);
+  putBigU64(b, 0, value);
   return b;
 }
 
@@ -85,7 +90,7 @@ export function writeU64(mem: CallerMemory, cmd: ParsedCommand, fieldOffset: num
  */
 export function writeReturnFlags(mem: CallerMemory, cmd: ParsedCommand, flags: bigint): void {
   if (!cmd.spec.isCmd) throw new Error(`${cmd.spec.name} has no return_flags field`);
-  writeU64(mem, cmd, Off.cmd.return_flags, flags);
+  mem.write(cmd.address + RETURN_FLAGS_OFFSET, u64Bytes(flags));
 }
 
 /**
@@ -125,11 +130,12 @@ export function readCommand(mem: CallerMemory, address: bigint, spec: CommandSpe
 
   try {
     const flags = buf.readBigUInt64LE(Off.cmd.flags);
-    const unknown = flags & ~spec.allowedFlags;
+    // Most commands come without flags: no BigInt arithmetic for them.
+    const unknown = flags === 0n ? 0n : flags & ~spec.allowedFlags;
     if (unknown !== 0n) throw fail('EINVAL', `${spec.name} flags 0x${flags.toString(16)} include unsupported bits 0x${unknown.toString(16)}`);
 
     const { items, seen } = walkItems(buf, spec);
-    const negotiating = (flags & KDBUS_FLAG_NEGOTIATE) !== 0n;
+    const negotiating = flags !== 0n && (flags & KDBUS_FLAG_NEGOTIATE) !== 0n;
     const cmd = new ParsedCommand(spec, address, size, buf, flags, items, negotiating);
     negotiate(mem, cmd);
 
@@ -144,7 +150,7 @@ export function readCommand(mem: CallerMemory, address: bigint, spec: CommandSpe
   } catch (e) {
     if (spec.isCmd && isKdbusError(e)) {
       try {
-        mem.write(address + BigInt(Off.cmd.return_flags), Buffer.alloc(U64_BYTES));
+        mem.write(address + RETURN_FLAGS_OFFSET, ZERO_U64);
       } catch (writeError) {
         if (isKdbusError(writeError)) throw fail('EFAULT', `${spec.name} failed (${e.message}) and return_flags could not be written back`);
         throw writeError;
@@ -221,12 +227,11 @@ function negotiate(mem: CallerMemory, cmd: ParsedCommand): void {
   const item = cmd.get(ItemType.NEGOTIATE);
   if (item === undefined) return;
   const p = item.payload;
-  const zero = Buffer.alloc(U64_BYTES);
   for (let off = 0; off < p.length; off += U64_BYTES) {
     const lo = p.readUInt32LE(off);
     const hi = p.readUInt32LE(off + 4);
     if (hi === 0 && spec.items.some((rule) => rule.type === lo)) continue;
     p.fill(0, off, off + U64_BYTES);
-    mem.write(cmd.address + BigInt(item.offset + ITEM_HEADER_SIZE + off), zero);
+    mem.write(cmd.address + BigInt(item.offset + ITEM_HEADER_SIZE + off), ZERO_U64);
   }
 }

@@ -10,6 +10,7 @@
 import { ALIGN8, ITEM_HEADER_SIZE, ItemType, StructSize } from './constants';
 import { fail } from './errno';
 import { validateSysnamePayload } from './names';
+import { putBigU64, putU32, putU64 } from './words';
 
 /** One item inside a buffer the daemon holds (a copied command, a message). */
 export interface Item {
@@ -259,7 +260,7 @@ export class ItemWriter {
 
   u32(value: number): this {
     this.reserve(4);
-    this.buf.writeUInt32LE(value >>> 0, this.len);
+    putU32(this.buf, this.len, value);
     this.len += 4;
     return this;
   }
@@ -344,14 +345,8 @@ export class ItemWriter {
     this.len += ITEM_HEADER_SIZE;
   }
 
-  // Numbers are split into two u32 words: sizes and types are numbers on the hot path,
-  // and converting each to a BigInt first would allocate.
   private put64(value: bigint | number, at: number): void {
-    if (typeof value === 'bigint') {
-      this.buf.writeBigUInt64LE(value, at);
-    } else {
-      this.buf.writeUInt32LE(value >>> 0, at);
-      this.buf.writeUInt32LE(Math.floor(value / 0x1_0000_0000) >>> 0, at + 4);
-    }
+    if (typeof value === 'bigint') putBigU64(this.buf, at, value);
+    else putU64(this.buf, at, value);
   }
 }

@@ -55,9 +55,10 @@ export function cmdFree(conn: Connection, ctx: CallContext, arg: bigint): void {
   const cmd = readCommand(ctx.mem, arg, Specs.FREE);
   if (cmd.negotiate) return;
   try {
-    const offset = cmd.u64(Off.free.offset);
-    if (offset > BigInt(conn.pool.size)) throw fail('ENXIO', `offset ${offset} is outside the pool`);
-    conn.pool.freeByOffset(Number(offset));
+    // As a number: exact below 2^53, and anything above is outside every pool anyway.
+    const offset = cmd.buf.readUInt32LE(Off.free.offset) + cmd.buf.readUInt32LE(Off.free.offset + 4) * 0x1_0000_0000;
+    if (offset > conn.pool.size) throw fail('ENXIO', `offset ${cmd.u64(Off.free.offset)} is outside the pool`);
+    conn.pool.freeByOffset(offset);
   } finally {
     writeReturnFlags(ctx.mem, cmd, 0n);
   }

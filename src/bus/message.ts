@@ -22,6 +22,7 @@ import type { Bus } from './bus';
 import type { Connection } from './connection';
 import { collectProcMetadata, effectiveMask, encodeMetadata, IMPLICIT_ATTACH, metadataSize, type MetadataParts, type ProcMetadata } from './metadata';
 import { ItemWriter } from '../abi/items';
+import { putBigU64, putU64 } from '../abi/words';
 import type { NotificationView } from './match';
 import { Gaps } from './queue';
 import type { Slice } from './pool';
@@ -34,6 +35,7 @@ const USER_ADDRESS_LIMIT = 0x7fff_ffff_f000n;
 const ALL_SEALS = 0x1 | 0x2 | 0x4 | 0x8;
 const ZEROS = Buffer.alloc(8);
 const INLINE_PAYLOAD_MAX = 16 * 1024;
+const MAX_VEC_TOTAL = BigInt(Limits.MSG_MAX_PAYLOAD_VEC_SIZE);
 
 export interface Emitted {
   slice: Slice;
@@ -199,8 +201,9 @@ export class Staging {
     const inline = this.payload.length <= INLINE_PAYLOAD_MAX;
     const head = Buffer.allocUnsafe(inline ? size : payloadStart);
     this.header.copy(head, 0, 0, ALIGN8(this.headerSize));
-    head.writeBigUInt64LE(BigInt(msgSize), Off.msg.size);
-    for (const p of this.payloadOffsets) head.writeBigUInt64LE(BigInt(payloadStart + p.rel), p.pos);
+    putU64(head, Off.msg.size, msgSize);
+    const offsets = this.payloadOffsets;
+    for (let i = 0; i < offsets.length; i++) putU64(head, offsets[i]!.pos, payloadStart + offsets[i]!.rel);
     if (metaSize > 0) {
       const w = new ItemWriter(metaSize + 8);
       encodeMetadata(w, parts, mask);
@@ -260,7 +263,7 @@ export function stageUserMessage(bus: Bus, src: Connection, sendFlags: bigint, m
         const size = it.payload.readBigUInt64LE(0);
         const address = it.payload.readBigUInt64LE(8);
         vecSize += size;
-        if (vecSize > BigInt(Limits.MSG_MAX_PAYLOAD_VEC_SIZE)) {
+        if (vecSize > MAX_VEC_TOTAL) {
           throw fail('EMSGSIZE', `payload vectors add up to more than ${Limits.MSG_MAX_PAYLOAD_VEC_SIZE} bytes`);
         }
         if (address !== 0n && address + size > USER_ADDRESS_LIMIT) throw fail('EFAULT', 'payload vector points outside user memory');
@@ -308,11 +311,16 @@ function itemStr(it: Item): string {
 function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallContext, bloomItem: Item | undefined, dstNameItem: Item | undefined): Staging {
   const last = msg.items[msg.items.length - 1];
   const headerSize = last ? last.offset + last.size : Off.msg.items;
-  // Not zero-filled: the struct is copied in, and only the padding after it needs zeros.
-  const header = Buffer.allocUnsafe(ALIGN8(headerSize));
-  msg.buf.copy(header, 0, 0, headerSize);
+  // The parsed struct is the daemon's own copy, and the message's size is mostly a multiple
+  // of 8: then it becomes the header as it is. Its items are read below while it is being
+  // edited, but each field only after it was read.
+  let header = msg.buf;
+  if (header.length !== ALIGN8(headerSize)) {
+    header = Buffer.allocUnsafe(ALIGN8(headerSize));
+    msg.buf.copy(header, 0, 0, headerSize);
+  }
   header.fill(0, headerSize);
-  header.writeBigUInt64LE(src.id, Off.msg.src_id);
+  putBigU64(header, Off.msg.src_id, src.id);
 
   const seqnum = bus.nextSeqnum();
   const parts: Buffer[] = [];
@@ -329,7 +337,7 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
         case ItemType.PAYLOAD_VEC: {
           const size = Number(it.payload.readBigUInt64LE(0));
           const address = it.payload.readBigUInt64LE(8);
-          header.writeBigUInt64LE(BigInt(ItemType.PAYLOAD_OFF), it.offset + 8);
+          putU64(header, it.offset + 8, ItemType.PAYLOAD_OFF);
           if (address !== 0n) {
             payloadOffsets.push({ pos: it.offset + 24, rel: payloadLen });
             if (fault !== undefined) break;
@@ -341,7 +349,7 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
               fault = `payload vector at 0x${address.toString(16)} (${size} bytes) is not readable: ${e.message}`;
             }
           } else {
-            header.writeBigUInt64LE(U64_MAX, it.offset + 24);
+            header.fill(0xff, it.offset + 24, it.offset + 32);
             if (size % 8) {
               parts.push(ZEROS.subarray(0, size % 8));
               payloadLen += size % 8;

@@ -2,9 +2,10 @@
  * KDBUS_CMD_RECV and the installation of a message's files into the receiving process.
  */
 import { ItemType, Off, RecvFlags, RecvReturn } from '../abi/constants';
-import { Errno, fail, KdbusError } from '../abi/errno';
+import { Errno, fail } from '../abi/errno';
 import { readCommand, writeReturnFlags } from '../abi/command';
 import { Specs } from '../abi/commands';
+import { putBigU64, putU64 } from '../abi/words';
 import type { CallContext } from './caller';
 import type { Connection } from './connection';
 import type { QueueEntry } from './queue';
@@ -42,56 +43,92 @@ export function installEntry(entry: QueueEntry, ctx: CallContext): bigint {
   return incomplete ? RecvReturn.INCOMPLETE_FDS : 0n;
 }
 
-export function cmdRecv(conn: Connection, ctx: CallContext, arg: bigint): void {
+/** What a RECV reports in kdbus_cmd_recv: dropped_msgs and the msg fields. */
+export interface RecvResult {
+  /** Messages the connection lost since the last RECV; the count starts again from 0. */
+  dropped: number;
+  /** The received slice; the pool size and 0 when there is none (EAGAIN, DROP). */
+  offset: number;
+  size: number;
+  /** msg.return_flags: RecvReturn.INCOMPLETE_FDS when files could not all be installed. */
+  msgFlags: bigint;
+}
+
+const DROPPED_MSGS_OFFSET = BigInt(Off.recv.dropped_msgs);
+
+function checkReceiver(conn: Connection): void {
   if (!conn.isOrdinary && !conn.isMonitor && !conn.isActivator) {
     throw fail('EOPNOTSUPP', 'policy holders cannot receive');
   }
+}
+
+/**
+ * RECV once its struct is read (kdbus_cmd_recv): takes, peeks at or drops the next entry
+ * and fills `out`. Returns false when there is no entry, where RECV fails with EAGAIN
+ * after writing its fields all the same.
+ */
+function receive(conn: Connection, ctx: CallContext, flags: bigint, priority: bigint, out: RecvResult): boolean {
+  if (flags & RecvFlags.DROP && flags & RecvFlags.USE_PRIORITY) {
+    throw fail('EINVAL', 'RECV cannot combine DROP with USE_PRIORITY');
+  }
+  out.offset = conn.pool.size;
+  out.size = 0;
+  out.msgFlags = 0n;
+  const entry = conn.queue.peek((flags & RecvFlags.USE_PRIORITY) !== 0n, priority);
+  if (entry && flags & RecvFlags.DROP) {
+    conn.queue.remove(entry);
+    const t = entry.reply;
+    if (t && t.linked) {
+      t.replyDst.unlinkReply(t);
+      if (t.sync) t.wakeup(Errno.EPIPE);
+      else notifyReply(conn.bus, ItemType.REPLY_DEAD, t.replyDst.id, t.cookie);
+    }
+    entry.dispose();
+    flushNotifications(conn.bus);
+  } else if (entry) {
+    out.msgFlags = installEntry(entry, ctx);
+    const pub = entry.slice.publish();
+    out.offset = pub.offset;
+    out.size = pub.size;
+    if (!(flags & RecvFlags.PEEK)) {
+      conn.queue.remove(entry);
+      entry.dispose();
+    }
+  }
+  out.dropped = conn.lostCount;
+  conn.lostCount = 0;
+  return entry !== undefined;
+}
+
+export function cmdRecv(conn: Connection, ctx: CallContext, arg: bigint): void {
+  checkReceiver(conn);
   const cmd = readCommand(ctx.mem, arg, Specs.RECV);
   if (cmd.negotiate) return;
   let returnFlags = 0n;
   try {
-    const flags = cmd.flags;
-    let msgFlags = 0n;
-    let offset = BigInt(conn.pool.size);
-    let size = 0n;
-    if (flags & RecvFlags.DROP && flags & RecvFlags.USE_PRIORITY) {
-      throw fail('EINVAL', 'RECV cannot combine DROP with USE_PRIORITY');
-    }
-    const entry = conn.queue.peek((flags & RecvFlags.USE_PRIORITY) !== 0n, cmd.buf.readBigInt64LE(Off.recv.priority));
-    let error: KdbusError | undefined;
-    if (!entry) {
-      error = fail('EAGAIN', 'no message queued');
-    } else if (flags & RecvFlags.DROP) {
-      conn.queue.remove(entry);
-      const t = entry.reply;
-      if (t && t.linked) {
-        t.replyDst.unlinkReply(t);
-        if (t.sync) t.wakeup(Errno.EPIPE);
-        else notifyReply(conn.bus, ItemType.REPLY_DEAD, t.replyDst.id, t.cookie);
-      }
-      entry.dispose();
-      flushNotifications(conn.bus);
-    } else {
-      msgFlags = installEntry(entry, ctx);
-      const pub = entry.slice.publish();
-      offset = BigInt(pub.offset);
-      size = BigInt(pub.size);
-      if (!(flags & RecvFlags.PEEK)) {
-        conn.queue.remove(entry);
-        entry.dispose();
-      }
-    }
-    const dropped = BigInt(conn.lostCount);
-    conn.lostCount = 0;
-    if (dropped > 0n) returnFlags |= RecvReturn.DROPPED_MSGS;
+    const r: RecvResult = { dropped: 0, offset: 0, size: 0, msgFlags: 0n };
+    const got = receive(conn, ctx, cmd.flags, cmd.buf.readBigInt64LE(Off.recv.priority), r);
+    if (r.dropped > 0) returnFlags |= RecvReturn.DROPPED_MSGS;
     const out = Buffer.allocUnsafe(32);
-    out.writeBigUInt64LE(dropped, 0);
-    out.writeBigUInt64LE(offset, 8);
-    out.writeBigUInt64LE(size, 16);
-    out.writeBigUInt64LE(msgFlags, 24);
-    ctx.mem.write(cmd.address + BigInt(Off.recv.dropped_msgs), out);
-    if (error) throw error;
+    putU64(out, 0, r.dropped);
+    putU64(out, 8, r.offset);
+    putU64(out, 16, r.size);
+    putBigU64(out, 24, r.msgFlags);
+    ctx.mem.write(cmd.address + DROPPED_MSGS_OFFSET, out);
+    if (!got) throw fail('EAGAIN', 'no message queued');
   } finally {
     writeReturnFlags(ctx.mem, cmd, returnFlags);
   }
+}
+
+/**
+ * A plain RECV (no flags) for the daemon's own connections, which have no command struct
+ * to parse nor caller memory to write back to: the same outcome as cmdRecv, the same
+ * errors (ESHUTDOWN for a connection shut down), the fields in `out` instead of the
+ * struct. Returns false where RECV fails with EAGAIN (`out` is filled all the same).
+ */
+export function recvNext(conn: Connection, ctx: CallContext, out: RecvResult): boolean {
+  if (!conn.active) throw fail('ESHUTDOWN', `connection ${conn.id} is shut down`);
+  checkReceiver(conn);
+  return receive(conn, ctx, 0n, 0n, out);
 }

@@ -7,6 +7,7 @@ import { ItemType, KDBUS_DST_ID_BROADCAST, KDBUS_DST_ID_NAME, MsgFlags, Off, Sen
 import { Errno, fail, KdbusError } from '../abi/errno';
 import { readCommand, writeReturnFlags, type ParsedCommand } from '../abi/command';
 import { Specs } from '../abi/commands';
+import { putBigU64, putU64 } from '../abi/words';
 import type { CallContext, ImportedFile } from './caller';
 import type { Connection } from './connection';
 import { stageUserMessage, type Staging } from './message';
@@ -15,6 +16,15 @@ import { flushNotifications } from './notify';
 import type { ReplyTracker } from './reply';
 import { installEntry } from './recv';
 import { atDeadline, nowNs } from './deadline';
+
+/** SEND's reply fields: offset and size of the reply's slice, its return_flags. */
+interface ReplyFields {
+  offset: number;
+  size: number;
+  flags: bigint;
+}
+
+const REPLY_OFFSET = BigInt(Off.send.reply);
 
 interface Destination {
   dst: Connection;
@@ -43,7 +53,7 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
     if (msg.negotiate && !cmd.negotiate) throw fail('EINVAL', 'a message asks for negotiation but the send command does not');
     if (cmd.negotiate) return;
 
-    const reply = { offset: BigInt(conn.pool.size), size: 0n, flags: 0n };
+    const reply: ReplyFields = { offset: conn.pool.size, size: 0, flags: 0n };
     const cancelItem = cmd.get(ItemType.CANCEL_FD);
     if (cancelItem) {
       cancel = ctx.files.get(cancelItem.payload.readInt32LE(0));
@@ -79,12 +89,12 @@ function countSent(conn: Connection, staging: Staging): void {
   conn.counters.sentBytes += staging.payload.length;
 }
 
-function writeReply(ctx: CallContext, cmd: ParsedCommand, r: { offset: bigint; size: bigint; flags: bigint }): void {
+function writeReply(ctx: CallContext, cmd: ParsedCommand, r: ReplyFields): void {
   const b = Buffer.allocUnsafe(24);
-  b.writeBigUInt64LE(r.offset, 0);
-  b.writeBigUInt64LE(r.size, 8);
-  b.writeBigUInt64LE(r.flags, 16);
-  ctx.mem.write(cmd.address + BigInt(Off.send.reply), b);
+  putU64(b, 0, r.offset);
+  putU64(b, 8, r.size);
+  putBigU64(b, 16, r.flags);
+  ctx.mem.write(cmd.address + REPLY_OFFSET, b);
 }
 
 /** Resolves the destination by id or by well-known name (kdbus_pin_dst). */
@@ -178,7 +188,7 @@ function startCall(conn: Connection, staging: Staging, ctx: CallContext): ReplyT
  * pending. Ends on the reply, the callee's death (EPIPE), the caller's own shutdown
  * (ESHUTDOWN), the cancel fd (ECANCELED), an interrupt (EINTR, resumable) or the deadline.
  */
-function waitReply(conn: Connection, t: ReplyTracker, ctx: CallContext, cancel: ImportedFile | undefined): Promise<{ offset: bigint; size: bigint; flags: bigint }> {
+function waitReply(conn: Connection, t: ReplyTracker, ctx: CallContext, cancel: ImportedFile | undefined): Promise<ReplyFields> {
   return new Promise((resolve, reject) => {
     let done = false;
     const cleanups: Array<() => void> = [];
@@ -195,7 +205,7 @@ function waitReply(conn: Connection, t: ReplyTracker, ctx: CallContext, cancel: 
         return;
       }
       t.waiting = false;
-      const result = { offset: BigInt(conn.pool.size), size: 0n, flags: 0n };
+      const result: ReplyFields = { offset: conn.pool.size, size: 0, flags: 0n };
       let error: KdbusError | undefined = err ? new KdbusError(err, message) : undefined;
       const entry = t.entry;
       if (entry) {
@@ -203,8 +213,8 @@ function waitReply(conn: Connection, t: ReplyTracker, ctx: CallContext, cancel: 
         try {
           result.flags = installEntry(entry, ctx);
           const pub = entry.slice.publish();
-          result.offset = BigInt(pub.offset);
-          result.size = BigInt(pub.size);
+          result.offset = pub.offset;
+          result.size = pub.size;
         } catch (e) {
           if (!(e instanceof KdbusError)) throw e;
           error = e;

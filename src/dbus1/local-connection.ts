@@ -3,8 +3,8 @@
  * legacy endpoint, an upstream peer of the bridge. It drives the bus as a transport drives
  * it for a client process — Handle.ioctl on real kdbus command structs, messages read out
  * of its own pool and freed — so policy, quotas, metadata and notifications are the bus's
- * own, with the identity (credentials, pid) of the one it stands for. Two commands skip the
- * ioctl while the connection is up, with the same outcome: FREE and CONN_INFO.
+ * own, with the identity (credentials, pid) of the one it stands for. Three commands skip
+ * the ioctl while the connection is up, with the same outcome: RECV, FREE and CONN_INFO.
  *
  * It deals in kdbus bytes only: payloads go out and come in as buffers, and translating them
  * (GVariant, dbus1) is someone else's business.
@@ -18,10 +18,11 @@ import {
   Attach, Cmd, HelloFlags, ItemType, KDBUS_DST_ID_NAME, KDBUS_MATCH_ID_ANY, KDBUS_PAYLOAD_DBUS, Limits, MatchFlags, MsgFlags, Off,
   RecvReturn, SendFlags, StructSize,
 } from '../abi/constants';
-import { Errno, fail, KdbusError } from '../abi/errno';
+import { fail, KdbusError } from '../abi/errno';
 import { ItemWriter } from '../abi/items';
 import type { CallContext, Credentials, ImportedFile } from '../bus/caller';
 import { writeConnInfo } from '../bus/cmd-info';
+import { recvNext, type RecvResult } from '../bus/recv';
 import type { Connection } from '../bus/connection';
 import { nowNs } from '../bus/deadline';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
@@ -199,8 +200,8 @@ export class LocalConnection {
   private readonly ctx: CallContext;
   private readonly conn: Connection;
   private readonly w = new ItemWriter(1024);
-  private readonly recvBuf = Buffer.alloc(StructSize.cmd_recv);
-  private readonly recvAddr: bigint;
+  /** RECV's fields, filled by each receive(). */
+  private readonly received: RecvResult = { dropped: 0, offset: 0, size: 0, msgFlags: 0n };
   private readonly freeBuf = Buffer.alloc(StructSize.cmd_free);
   private readonly freeAddr: bigint;
   private readonly sendBuf = Buffer.alloc(StructSize.cmd_send);
@@ -256,8 +257,6 @@ export class LocalConnection {
     const itemsSize = u64n(hello, Off.hello.items_size);
 
     this.conn = handle.connection!;
-    this.recvBuf.writeUInt32LE(StructSize.cmd_recv, 0);
-    this.recvAddr = caller.map(this.recvBuf, false);
     this.freeBuf.writeUInt32LE(StructSize.cmd_free, 0);
     this.freeAddr = caller.map(this.freeBuf, false);
     this.sendBuf.writeUInt32LE(StructSize.cmd_send, 0);
@@ -441,27 +440,23 @@ export class LocalConnection {
 
   /**
    * One RECV: the decoded message, undefined for something not worth handing on (an
-   * unknown kernel item, or only a dropped count), null when RECV failed otherwise.
+   * unknown kernel item, or only a dropped count), null when RECV failed otherwise. Straight
+   * to the bus, not through the ioctl: there is no struct to parse nor to write back to.
    */
   private receive(): Received | undefined | null {
-    const rb = this.recvBuf;
-    rb.fill(0, Off.cmd.flags, StructSize.cmd_recv);
-    let got = true;
+    const r = this.received;
+    let got: boolean;
     try {
-      this.run(Cmd.RECV, this.recvAddr);
+      got = recvNext(this.conn, this.ctx, r);
     } catch (e) {
       if (!(e instanceof KdbusError)) throw e;
-      if (e.errno !== Errno.EAGAIN) {
-        logger.warn(`local connection ${this.id}: RECV failed: ${e.message}`);
-        return null;
-      }
-      got = false;
+      logger.warn(`local connection ${this.id}: RECV failed: ${e.message}`);
+      return null;
     }
-    const dropped = u64n(rb, Off.recv.dropped_msgs);
-    if (dropped > 0) this.droppedHandler?.(dropped);
+    if (r.dropped > 0) this.droppedHandler?.(r.dropped);
     if (!got) return undefined;
-    const slice = this.readAndFree(u64n(rb, Off.recv.msg_offset), u64n(rb, Off.recv.msg_msg_size));
-    const incomplete = (rb.readUInt32LE(Off.recv.msg_return_flags) & INCOMPLETE_FDS) !== 0;
+    const slice = this.readAndFree(r.offset, r.size);
+    const incomplete = (r.msgFlags & RecvReturn.INCOMPLETE_FDS) !== 0n;
     try {
       return decodeReceived(slice, this.keeper.lookup, incomplete);
     } finally {
