@@ -196,7 +196,7 @@ export class Staging {
       throw fail('EFAULT', this.fault);
     }
 
-    // Small messages go into the pool in one write (one pwrite for a memfd pool); a large
+    // Small messages go into the pool in one write (one copy into a memfd pool's mapping); a large
     // payload is written from where it already is instead of being copied once more.
     const inline = this.payload.length <= INLINE_PAYLOAD_MAX;
     const head = Buffer.allocUnsafe(inline ? size : payloadStart);

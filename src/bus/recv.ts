@@ -8,6 +8,7 @@ import { Specs } from '../abi/commands';
 import { putBigU64, putU64 } from '../abi/words';
 import type { CallContext } from './caller';
 import type { Connection } from './connection';
+import type { PoolExtent } from './pool';
 import type { QueueEntry } from './queue';
 import { flushNotifications, notifyReply } from './notify';
 
@@ -56,6 +57,17 @@ export interface RecvResult {
 
 const DROPPED_MSGS_OFFSET = BigInt(Off.recv.dropped_msgs);
 
+/**
+ * Hands a queued entry to its receiver: the slice published (the receiver FREEs it), the
+ * entry off the queue. Its files, if any, must have been installed first.
+ */
+export function takeEntry(conn: Connection, entry: QueueEntry): PoolExtent {
+  const pub = entry.slice.publish();
+  conn.queue.remove(entry);
+  entry.dispose();
+  return pub;
+}
+
 function checkReceiver(conn: Connection): void {
   if (!conn.isOrdinary && !conn.isMonitor && !conn.isActivator) {
     throw fail('EOPNOTSUPP', 'policy holders cannot receive');
@@ -87,13 +99,9 @@ function receive(conn: Connection, ctx: CallContext, flags: bigint, priority: bi
     flushNotifications(conn.bus);
   } else if (entry) {
     out.msgFlags = installEntry(entry, ctx);
-    const pub = entry.slice.publish();
+    const pub = flags & RecvFlags.PEEK ? entry.slice.publish() : takeEntry(conn, entry);
     out.offset = pub.offset;
     out.size = pub.size;
-    if (!(flags & RecvFlags.PEEK)) {
-      conn.queue.remove(entry);
-      entry.dispose();
-    }
   }
   out.dropped = conn.lostCount;
   conn.lostCount = 0;

@@ -20,6 +20,7 @@ import { FdWatch } from '../os/fd-watch';
 import { logger } from '../log/logger';
 import type { Connection } from '../bus/connection';
 import type { QueueEntry } from '../bus/queue';
+import { takeEntry } from '../bus/recv';
 import type { AttachmentRegistry, AttachTarget, SideChannel } from './attachments';
 import {
   decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, OPEN_FEATURE_HEADS, ProtocolError, type Frame, type Segment,
@@ -764,11 +765,7 @@ export class SocketSession {
   private takeAnnounced(handle: Handle, entry: QueueEntry): void {
     const conn = handle.connection;
     // Gone with the connection (a HUP is on its way): nothing left to take.
-    if (conn && entry.queued) {
-      entry.slice.publish();
-      conn.queue.remove(entry);
-      entry.dispose();
-    }
+    if (conn && entry.queued) takeEntry(conn, entry);
     this.afterRecv();
   }
 
