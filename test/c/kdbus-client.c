@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1284,6 +1285,125 @@ static void scenario_dead(const char *bus)
 	conn_close(&a);
 }
 
+/* ---- one queue, many readers ----------------------------------------------------------- */
+
+/*
+ * A multi-threaded service that forked: several threads and processes RECV from one
+ * connection at once. Every message must reach exactly one of them, whatever RECVs the
+ * shim answers itself from what the daemon told it of the queue.
+ */
+#define SHARED_MESSAGES 400
+#define SHARED_THREADS 3
+#define SHARED_CHILDREN 2
+#define SHARED_WAIT_NS (20ULL * 1000 * 1000 * 1000)
+
+struct shared_tally {
+	_Atomic unsigned seen[SHARED_MESSAGES];
+	_Atomic unsigned total;
+};
+
+struct shared_reader {
+	const struct conn *rx;
+	struct shared_tally *tally;
+};
+
+/* RECVs until every message was taken by someone; each one's number is tallied. */
+static void read_shared(const struct shared_reader *sr)
+{
+	uint64_t deadline = now_ns() + SHARED_WAIT_NS;
+	step("%s: RECV until all %d messages are taken (by anyone)", sr->rx->label, SHARED_MESSAGES);
+	while (atomic_load(&sr->tally->total) < SHARED_MESSAGES) {
+		CHECK(now_ns() < deadline, "only %u of %d messages were received in 20 s",
+		      atomic_load(&sr->tally->total), SHARED_MESSAGES);
+		poll_in(sr->rx->fd, 20);
+		struct rmsg r;
+		if (kd_recv(sr->rx, &r) < 0) {
+			if (errno != EAGAIN)
+				fail_errno(errno, "%s: RECV", sr->rx->label);
+			continue;
+		}
+		CHECK(r.n_offs == 1, "%d PAYLOAD_OFF items, expected 1", r.n_offs);
+		const struct kd_vec *v = (const void *)r.offs[0]->data;
+		uint32_t n;
+		CHECK(v->size == sizeof n, "payload of %llu bytes, expected 4", (unsigned long long)v->size);
+		memcpy(&n, (const uint8_t *)r.msg + v->address_or_offset, sizeof n);
+		CHECK(n < SHARED_MESSAGES, "message number %u out of range", n);
+		atomic_fetch_add(&sr->tally->seen[n], 1);
+		atomic_fetch_add(&sr->tally->total, 1);
+		release_msg(sr->rx, &r);
+	}
+}
+
+static void *shared_thread(void *arg)
+{
+	read_shared(arg);
+	return NULL;
+}
+
+static void scenario_shared(const char *bus)
+{
+	struct conn tx, rx;
+	conn_open(&tx, bus, "sender", 0);
+	conn_open(&rx, bus, "shared", 0);
+	struct shared_tally *tally = mmap(NULL, sizeof *tally, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (tally == MAP_FAILED)
+		fail_errno(errno, "mmap of the tally");
+	memset(tally, 0, sizeof *tally);
+	struct shared_reader sr = { .rx = &rx, .tally = tally };
+
+	step("shared: fork %d readers and start %d threads on the same connection", SHARED_CHILDREN, SHARED_THREADS);
+	pid_t kids[SHARED_CHILDREN];
+	for (int i = 0; i < SHARED_CHILDREN; i++) {
+		kids[i] = fork();
+		TRY(kids[i]);
+		if (kids[i] == 0) {
+			read_shared(&sr);
+			_exit(0);
+		}
+	}
+	pthread_t threads[SHARED_THREADS];
+	for (int i = 0; i < SHARED_THREADS; i++) {
+		int err = pthread_create(&threads[i], NULL, shared_thread, &sr);
+		if (err)
+			fail_errno(err, "pthread_create");
+	}
+
+	step("sender: SEND %d numbered messages to the shared connection", SHARED_MESSAGES);
+	for (uint32_t n = 0; n < SHARED_MESSAGES; n++) {
+		struct msg_builder b;
+		mb_start(&b, rx.id, 0, 0);
+		mb_vec(&b, &n, sizeof n);
+		struct kd_cmd_send cmd;
+		/* The readers may fall behind the queue's limit of messages per sender (§3.10). */
+		while (kd_send(&tx, &b, 0, &cmd) < 0) {
+			if (errno != ENOBUFS)
+				fail_errno(errno, "sender: SEND message %u", n);
+			poll(NULL, 0, 1);
+		}
+	}
+
+	step("shared: join the threads and reap the readers");
+	for (int i = 0; i < SHARED_THREADS; i++) {
+		int err = pthread_join(threads[i], NULL);
+		if (err)
+			fail_errno(err, "pthread_join");
+	}
+	for (int i = 0; i < SHARED_CHILDREN; i++) {
+		int status;
+		TRY(waitpid(kids[i], &status, 0));
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reader process %d failed (status %#x)", i, status);
+	}
+	step("shared: every message was received exactly once");
+	CHECK(atomic_load(&tally->total) == SHARED_MESSAGES, "%u receptions of %d messages",
+	      atomic_load(&tally->total), SHARED_MESSAGES);
+	for (int n = 0; n < SHARED_MESSAGES; n++)
+		CHECK(atomic_load(&tally->seen[n]) == 1, "message %d was received %u times", n, atomic_load(&tally->seen[n]));
+	expect_empty(&rx);
+	TRY(munmap(tally, sizeof *tally));
+	conn_close(&rx);
+	conn_close(&tx);
+}
+
 /* ---- driver ---------------------------------------------------------------------------- */
 
 struct scenario {
@@ -1300,6 +1420,7 @@ static const struct scenario scenarios[] = {
 	{ "notify", scenario_notify },
 	{ "timeout", scenario_timeout },
 	{ "dead", scenario_dead },
+	{ "shared", scenario_shared },
 };
 #define N_SCENARIOS (sizeof scenarios / sizeof scenarios[0])
 

@@ -14,7 +14,7 @@ import { requireOrSkip } from '../helpers/require';
 
 const PROJECT = path.resolve(__dirname, '../../..');
 const CLIENT_DIR = path.join(PROJECT, 'test/c');
-const SCENARIOS = ['hello', 'name', 'call', 'signal', 'fds', 'notify', 'timeout', 'dead'];
+const SCENARIOS = ['hello', 'name', 'call', 'signal', 'fds', 'notify', 'timeout', 'dead', 'shared'];
 const LIBCS = ['glibc', 'musl'] as const;
 /** The client's own watchdog gives up on a scenario after 30 s; this is the backstop. */
 const CLIENT_KILL_MS = 40_000;

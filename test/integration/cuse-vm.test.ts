@@ -54,7 +54,7 @@ describe('CUSE transport in a VM', function () {
       const env = `LD_PRELOAD=${shim} KDBUS_CUSE_ROOT=/dev/kdbus KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock`;
       const r = await vm!.run(`env ${env} ${client} -v all /dev/kdbus/0-system/bus`, { timeoutMs: 100_000 });
       assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-      for (const scenario of ['hello', 'name', 'call', 'signal', 'fds', 'notify', 'timeout', 'dead']) {
+      for (const scenario of ['hello', 'name', 'call', 'signal', 'fds', 'notify', 'timeout', 'dead', 'shared']) {
         assert.match(r.stdout, new RegExp(`^\\[${scenario}\\] ok$`, 'm'), `scenario ${scenario}`);
       }
     });
