@@ -356,8 +356,9 @@ export class SocketSession {
     // The list's second word is the features word of OPEN.
     const features = f.payload.length >= 24 ? f.payload.readUInt32LE(20) : 0;
     target.attach(this.side);
-    // The shim may answer RECV on an empty queue and FREE itself when the side channel tells
-    // it the queue's state exactly (CUSE clients); a policy holder has no queue.
+    // The shim may answer RECV on an empty queue, RECV of a message a HEAD named, and FREE
+    // itself when the side channel tells it the queue's state exactly (CUSE clients); a
+    // policy holder has no queue.
     const conn = target.handle.connection;
     const exact = conn !== undefined && !conn.isPolicyHolder;
     this.heads = exact && (features & OPEN_FEATURE_HEADS) !== 0;
@@ -779,8 +780,11 @@ export class SocketSession {
     this.wakeOutstanding = false;
     const event = this.dueEvent();
     const handle = this.served;
-    if (event) this.send(event, event.length, NO_FDS, undefined);
-    else if (this.sideOf && announced && handle?.connection && !(handle.poll() & Poll.HUP)) this.send(EMPTY_FRAME, EMPTY_FRAME.length, NO_FDS, undefined);
+    if (event) {
+      this.send(event, event.length, NO_FDS, undefined);
+    } else if (this.sideOf && announced && handle?.connection && !(handle.poll() & Poll.HUP)) {
+      this.send(EMPTY_FRAME, EMPTY_FRAME.length, NO_FDS, undefined);
+    }
   }
 
   private unpin(): void {
