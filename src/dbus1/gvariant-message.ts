@@ -217,9 +217,10 @@ function readHeaderFields(r: GVariantReader, m: Message, fieldsEnd: number): voi
 
 /**
  * Decodes one version-2 message that fills data (the whole kdbus payload). Throws
- * GVariantError saying what and where.
+ * GVariantError saying what and where. `borrow`: data is the message's own, not a buffer
+ * reused later, so large byte arrays in the body may be views of it.
  */
-export function decodeGVariantMessage(data: Uint8Array): Message {
+export function decodeGVariantMessage(data: Uint8Array, borrow = false): Message {
   const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   const size = buf.length;
   if (size < GVARIANT_FIXED_HEADER_SIZE) throw new GVariantError(`message of ${size} bytes is shorter than its fixed header`, size);
@@ -231,7 +232,7 @@ export function decodeGVariantMessage(data: Uint8Array): Message {
   const serial = le ? cookieLE(buf, 8) : buf.readBigUInt64BE(8);
   if (serial === 0n) throw new GVariantError('cookie is 0', 8);
 
-  const r = new GVariantReader(buf, le, 0);
+  const r = new GVariantReader(buf, le, 0, borrow);
   const w = gvariantOffsetSize(size);
   const fieldsEnd = r.word(size - w, w);
   if (fieldsEnd < GVARIANT_FIXED_HEADER_SIZE || fieldsEnd > size - w) {

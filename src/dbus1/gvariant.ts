@@ -242,10 +242,12 @@ export function encodeGVariantBody(signature: string, values: readonly Value[]):
  * container's framing told; alignment is counted from base.
  */
 export class GVariantReader {
+  /** `borrow`: buf is the message's own, so large byte arrays may be views of it (byteArrayValue). */
   constructor(
     readonly buf: Buffer,
     readonly littleEndian: boolean,
     readonly base: number,
+    readonly borrow = false,
   ) {}
 
   fail(reason: string, at: number): never {
@@ -366,7 +368,7 @@ export class GVariantReader {
     const fixed = element.gvariantFixedSize;
     if (fixed !== 0) {
       if (size % fixed !== 0) this.fail(`array of ${size} bytes is not a multiple of its ${fixed}-byte elements`, start);
-      if (element.code === 'y') return byteArrayValue(this.buf, start, size);
+      if (element.code === 'y') return byteArrayValue(this.buf, start, size, this.borrow);
       const items = new Array<Value>(size / fixed);
       for (let i = 0; i < items.length; i++) items[i] = this.read(element, start + i * fixed, start + (i + 1) * fixed, depth + 1);
       return items;

@@ -107,7 +107,8 @@ export class Untranslatable extends Error {}
  */
 export function fromKdbus(k: KdbusMessage, self: string): Message {
   if (k.payloadType !== KDBUS_PAYLOAD_DBUS) throw new Untranslatable(`payload type 0x${k.payloadType.toString(16)} is not D-Bus`);
-  const m = decodeGVariantMessage(payloadBytes(k));
+  // The payload is part of the record's own copy of its pool slice (pool-records.ts).
+  const m = decodeGVariantMessage(payloadBytes(k), true);
   if (m.serial > U32_MAX) throw new Untranslatable(`cookie ${m.serial} does not fit a dbus1 serial`);
   if (m.replySerial !== undefined && m.replySerial > U32_MAX) throw new Untranslatable(`reply cookie ${m.replySerial} does not fit a dbus1 serial`);
   m.sender = k.srcId === 0n ? DRIVER_NAME : uniqueName(k.srcId);

@@ -141,13 +141,21 @@ export function expectFields(signature: string, count: number, v: unknown): read
   return v;
 }
 
+/** Node's allocation pool serves Buffers below half its 8 KiB size. */
+const BORROW_MIN_BYTES = 4096;
+
 /**
  * An ay value read out of a message: a copy, so that it outlives the message's bytes, in
- * memory of its own (a kept value in the shared allocation pool would pin the pool).
+ * memory of its own (a kept value in the shared allocation pool would pin the pool); with
+ * `borrow`, for a buffer nobody reuses, a large array is a view of it.
  * allocUnsafeSlow and a copy cost a fraction of Buffer.copyBytesFrom, whose generic
  * typed-array path dominates for the small arrays most messages carry.
  */
-export function byteArrayValue(buf: Buffer, start: number, length: number): Buffer {
+export function byteArrayValue(buf: Buffer, start: number, length: number, borrow = false): Buffer {
+  // A large array of a buffer the message owns is shared instead: a copy of every payload
+  // made most of the garbage of large messages. Below 4 KiB, buf may be a slice of Node's
+  // shared allocation pool, which a kept view would pin.
+  if (borrow && length >= BORROW_MIN_BYTES) return buf.subarray(start, start + length);
   const out = Buffer.allocUnsafeSlow(length);
   if (length > 0) buf.copy(out, 0, start, start + length);
   return out;

@@ -218,4 +218,20 @@ describe('dbus1/gvariant-message: the kdbus payload form', function () {
     const call: Message = { type: 1, flags: 0, serial: 9n, path: '/', member: 'M', signature: '', body: [] };
     assert.deepStrictEqual(decodeGVariantMessage(dbus1ToGVariant(encodeMessage(call))), call);
   });
+
+  it('shares a large byte array with a payload the message owns, and copies small ones and by default', () => {
+    const m: Message = {
+      type: 4, flags: 1, serial: 3n, path: '/big', interface: 'a.b', member: 'C', signature: 'ayay',
+      body: [Buffer.alloc(4096, 7), Buffer.alloc(4095, 9)],
+    };
+    const payload = encodeGVariantMessage(m);
+    const borrowed = decodeGVariantMessage(payload, true);
+    const copied = decodeGVariantMessage(payload);
+    assert.deepStrictEqual(borrowed, m);
+    assert.deepStrictEqual(copied, m);
+    const [big, small] = borrowed.body as Buffer[];
+    assert.equal(big!.buffer, payload.buffer, 'a 4 KiB array is a view of the payload');
+    assert.notEqual(small!.buffer, payload.buffer, 'a smaller one is a copy');
+    assert.notEqual((copied.body[0] as Buffer).buffer, payload.buffer, 'without borrow, a copy');
+  });
 });
