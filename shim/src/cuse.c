@@ -80,9 +80,8 @@ static bool recv_from_head(struct kc_conn *c, uint64_t arg, const struct kc_pref
 	uint64_t offset, size;
 	if (!kc_recv_is_plain(pf))
 		return false;
-	uint8_t head[KC_FRAME_HEADER + KC_IOCTL_FIXED];
-	struct kc_ioctl_desc d = { .cmd = KDBUS_CMD_RECV, .tid = (uint32_t)kc_self_tid(), .arg = arg };
-	kc_ioctl_head_encode(head, 0, &d);
+	uint8_t head[KC_HEAD_RECV_FRAME];
+	kc_head_recv_encode(head, (uint32_t)kc_self_tid(), arg);
 	struct iovec iov = { head, sizeof head };
 	if (!kc_side_take_head(c, &offset, &size, &iov, 1))
 		return false;

@@ -1,5 +1,6 @@
 /* Encoding and decoding of the socket protocol's frames (see frame.h). */
 #include "frame.h"
+#include "kdbus-abi.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -113,6 +114,12 @@ void kc_ioctl_head_encode(uint8_t *out, uint64_t seq, const struct kc_ioctl_desc
 	list += 4 * (size_t)d->n_fds;
 	for (uint32_t i = 0; i < d->n_reserved; i++)
 		put32(list + 4 * i, (uint32_t)d->reserved[i]);
+}
+
+void kc_head_recv_encode(uint8_t *out, uint32_t tid, uint64_t arg)
+{
+	struct kc_ioctl_desc d = { .cmd = KDBUS_CMD_RECV, .tid = tid, .arg = arg };
+	kc_ioctl_head_encode(out, 0, &d);
 }
 
 uint8_t *kc_segments_append(struct kc_buf *b, uint64_t address, uint32_t length)

@@ -102,6 +102,10 @@ struct kc_ioctl_desc {
 	uint32_t n_reserved;
 };
 
+/* A RECV the shim answered from a HEAD, as the daemon gets it: seq 0, no segments or fds. */
+#define KC_HEAD_RECV_FRAME (KC_FRAME_HEADER + KC_IOCTL_FIXED)
+void kc_head_recv_encode(uint8_t *out, uint32_t tid, uint64_t arg);
+
 /* Bytes of the IOCTL frame before its segments (header, fixed part, padded fd lists). */
 size_t kc_ioctl_head_size(uint32_t n_fds, uint32_t n_reserved);
 /* Writes that part; the segments follow it on the wire. */

@@ -228,9 +228,8 @@ static bool recv_answered_from_head(struct kc_conn *c, int sock, uint64_t arg, c
 	uint64_t pool_size, offset, size;
 	if (!kc_recv_is_plain(pf) || !kc_conn_shortcuts(c, &pool_size))
 		return false;
-	uint8_t head[KC_FRAME_HEADER + KC_IOCTL_FIXED];
-	struct kc_ioctl_desc d = { .cmd = KDBUS_CMD_RECV, .tid = (uint32_t)kc_self_tid(), .arg = arg };
-	kc_ioctl_head_encode(head, 0, &d);
+	uint8_t head[KC_HEAD_RECV_FRAME];
+	kc_head_recv_encode(head, (uint32_t)kc_self_tid(), arg);
 	struct iovec iov = { head, sizeof head };
 	kc_mux_lock_writes(c->mux);
 	bool taken = kc_mux_take_head(c->mux, sock, &offset, &size);

@@ -185,6 +185,16 @@ static void test_ioctl_frame(void)
 	CHECK(KC_IOCTL_FDS_OFF == 48, "the fd list starts after header and fixed part", "at %u", KC_IOCTL_FDS_OFF);
 	CHECK(kc_ioctl_head_size(0, 0) == 48 && kc_ioctl_head_size(1, 0) == 56 && kc_ioctl_head_size(2, 0) == 56,
 	      "fd lists pad to 8 bytes", "sizes differ");
+
+	memset(b, 0xaa, sizeof b);
+	kc_head_recv_encode(b, 77, 0x7ffd1000);
+	const uint8_t want_recv[48] = {
+		48, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                 /* IOCTL, seq 0: unanswered */
+		0x91, 0x95, 0x40, 0x80, 77, 0, 0, 0, 0, 0x10, 0xfd, 0x7f, 0, 0, 0, 0, /* RECV, tid, arg */
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                  /* no segments, fds or numbers */
+	};
+	CHECK(KC_HEAD_RECV_FRAME == 48 && memcmp(b, want_recv, 48) == 0 && b[48] == 0xaa,
+	      "a RECV answered from a HEAD: an IOCTL of RECV with seq 0 and nothing after its fixed part", "bytes differ");
 }
 
 static void test_segments(void)
