@@ -47,39 +47,26 @@ static bool header_fields(const uint8_t *in, struct kc_header *h)
 	return h->length >= KC_FRAME_HEADER && h->length % 8 == 0 && h->length <= KC_FRAME_MAX;
 }
 
+#define TYPE_BIT(t) (1u << (t))
+
+/* A header of one of the frame types in `accepted` (bits by type), of a length it can have. */
+static int decode_accepting(const uint8_t *in, struct kc_header *h, uint32_t accepted)
+{
+	if (!header_fields(in, h) || h->type >= 32 || !(accepted & TYPE_BIT(h->type)))
+		return -EPROTO;
+	return h->type != KC_FRAME_HEAD || h->length == KC_HEAD_FRAME ? 0 : -EPROTO;
+}
+
 int kc_side_header_decode(const uint8_t *in, struct kc_header *h)
 {
-	if (!header_fields(in, h))
-		return -EPROTO;
-	switch (h->type) {
-	case KC_FRAME_RESULT:
-	case KC_FRAME_INSTALL:
-	case KC_FRAME_WAKE:
-	case KC_FRAME_EMPTY:
-	case KC_FRAME_HUP:
-		return 0;
-	case KC_FRAME_HEAD:
-		return h->length == KC_HEAD_FRAME ? 0 : -EPROTO;
-	default:
-		return -EPROTO;
-	}
+	return decode_accepting(in, h, TYPE_BIT(KC_FRAME_RESULT) | TYPE_BIT(KC_FRAME_INSTALL) | TYPE_BIT(KC_FRAME_WAKE) |
+					       TYPE_BIT(KC_FRAME_HEAD) | TYPE_BIT(KC_FRAME_EMPTY) | TYPE_BIT(KC_FRAME_HUP));
 }
 
 int kc_header_decode(const uint8_t *in, struct kc_header *h)
 {
-	if (!header_fields(in, h))
-		return -EPROTO;
-	switch (h->type) {
-	case KC_FRAME_FETCH:
-	case KC_FRAME_RESULT:
-	case KC_FRAME_WAKE:
-	case KC_FRAME_HUP:
-		return 0;
-	case KC_FRAME_HEAD:
-		return h->length == KC_HEAD_FRAME ? 0 : -EPROTO;
-	default:
-		return -EPROTO;
-	}
+	return decode_accepting(in, h, TYPE_BIT(KC_FRAME_FETCH) | TYPE_BIT(KC_FRAME_RESULT) | TYPE_BIT(KC_FRAME_WAKE) |
+					       TYPE_BIT(KC_FRAME_HEAD) | TYPE_BIT(KC_FRAME_HUP));
 }
 
 void kc_open_head_encode(uint8_t *out, uint64_t seq, uint32_t open_flags, uint32_t tid, uint32_t path_len,

@@ -66,6 +66,18 @@ function textField(out: OutputBuffer, start: number, code: number, type: string,
   fieldEnds[fieldCount++] = out.pos - start;
 }
 
+/** A fixed-size field (the reply cookie as t, the fd count as u), with its end offset noted. */
+function numberField(out: OutputBuffer, start: number, code: number, type: 't' | 'u', value: bigint | number): void {
+  out.align(8);
+  out.u32(code);
+  out.u32(0);
+  if (type === 't') out.u64(BigInt(value));
+  else out.u32(Number(value));
+  out.u8(NUL);
+  out.ascii(type);
+  fieldEnds[fieldCount++] = out.pos - start;
+}
+
 /**
  * The header fields, ascending by code, as writeGVariantValue would write them as a{tv}
  * (the entries, then the table of their end offsets), without the generic writer.
@@ -77,26 +89,10 @@ function writeHeaderFields(out: OutputBuffer, m: Message, withSender: boolean): 
   textField(out, start, HeaderField.Interface, 's', m.interface);
   textField(out, start, HeaderField.Member, 's', m.member);
   textField(out, start, HeaderField.ErrorName, 's', m.errorName);
-  if (m.replySerial !== undefined) {
-    out.align(8);
-    out.u32(HeaderField.ReplySerial);
-    out.u32(0);
-    out.u64(m.replySerial);
-    out.u8(NUL);
-    out.ascii('t');
-    fieldEnds[fieldCount++] = out.pos - start;
-  }
+  if (m.replySerial !== undefined) numberField(out, start, HeaderField.ReplySerial, 't', m.replySerial);
   textField(out, start, HeaderField.Destination, 's', m.destination);
   if (withSender) textField(out, start, HeaderField.Sender, 's', m.sender);
-  if (m.unixFds !== undefined) {
-    out.align(8);
-    out.u32(HeaderField.UnixFds);
-    out.u32(0);
-    out.u32(m.unixFds);
-    out.u8(NUL);
-    out.ascii('u');
-    fieldEnds[fieldCount++] = out.pos - start;
-  }
+  if (m.unixFds !== undefined) numberField(out, start, HeaderField.UnixFds, 'u', m.unixFds);
   const n = fieldCount;
   if (n === 0) return;
   const w = gvariantWordSize(out.pos - start, n);
