@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { failed, machineLines, progress, table, us, type Outcome, type Stats } from './report';
+import { closing, failed, machineLines, progress, table, us, type Outcome, type Stats } from './report';
 import { Proc, busUnavailable, run, type LegacyBus } from '../test/helpers/legacy-bus';
 import { buildPrograms, KDBUS_PINGPONG, SDBUS_PINGPONG } from './c-programs';
 import { UPSTREAM_KINDS, shimPath, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
@@ -130,9 +130,7 @@ function report(columns: Column[], seconds: number): string {
     table(head, rows, [false, true, true, true, true, true, true, false]),
     '',
     `Target (reported, not asserted): a bridged call costs at most ${TARGET_RATIO}x the direct one.`,
-    ...(errors.length > 0 ? ['', 'Failures:', ...errors] : []),
-    '',
-    `run: ${seconds.toFixed(1)} s`,
+    ...closing(errors, seconds),
   ].join('\n');
 }
 

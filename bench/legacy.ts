@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as dbus from 'dbus-next';
-import { cpuModel, failed, progress, type Outcome, type Stats } from './report';
+import { closing, cpuModel, failed, progress, type Outcome, type Stats } from './report';
 import {
   BUS_KINDS, busUnavailable, driverCall, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
 } from '../test/helpers/legacy-bus';
@@ -212,9 +212,7 @@ function report(columns: Column[], all: Case[], seconds: number): string {
     table(memHead, memRows),
     '',
     ...targets,
-    ...(errors.length > 0 ? ['', 'Failures:', ...errors] : []),
-    '',
-    `run: ${seconds.toFixed(1)} s`,
+    ...closing(errors, seconds),
   ].join('\n');
 }
 

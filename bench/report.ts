@@ -100,3 +100,8 @@ export interface Stats {
 export type Outcome = Stats | { error: string };
 
 export const failed = (o: Outcome | undefined): o is { error: string } => o !== undefined && 'error' in o;
+
+/** The end of a printed report: the failures, if any, and how long the run took. */
+export function closing(errors: readonly string[], seconds: number): string[] {
+  return [...(errors.length > 0 ? ['', 'Failures:', ...errors] : []), '', `run: ${seconds.toFixed(1)} s`];
+}
