@@ -1,5 +1,6 @@
 /**
- * Little-endian u64 (and u32) fields written into buffers without Node's BigInt writer.
+ * Little-endian u64 (and u32) fields written into buffers without Node's BigInt writer, and
+ * u64 fields read as numbers where they are known to be small.
  * Every message passes through several u64 writes (sizes, offsets, ids, return flags), and
  * Buffer.writeBigUInt64LE splits its value with BigInt arithmetic: several times the cost
  * of storing two 32-bit words. Values above 2^53 take the BigInt writer, so every value
@@ -29,6 +30,11 @@ export function putU64(buf: Buffer, at: number, value: number): void {
 export function putBigU64(buf: Buffer, at: number, value: bigint): void {
   if (value >= 0n && value <= MAX_SAFE) putU64(buf, at, Number(value));
   else buf.writeBigUInt64LE(value, at);
+}
+
+/** A u64 field known to be below 2^53 (sizes, offsets, counts) as a number; larger ones lose precision. */
+export function getU64(buf: Buffer, at: number): number {
+  return buf.readUInt32LE(at) + buf.readUInt32LE(at + 4) * TWO_32;
 }
 
 /** A u32 word (numbers outside 0..2^32-1 are taken modulo 2^32, as `>>> 0` does). */

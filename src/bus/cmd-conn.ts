@@ -6,6 +6,7 @@ import { ItemType, MatchFlags, Off } from '../abi/constants';
 import { fail } from '../abi/errno';
 import { readCommand, writeReturnFlags } from '../abi/command';
 import { Specs } from '../abi/commands';
+import { getU64 } from '../abi/words';
 import type { CallContext } from './caller';
 import type { Connection } from './connection';
 import { parseMatchRules } from './match';
@@ -56,7 +57,7 @@ export function cmdFree(conn: Connection, ctx: CallContext, arg: bigint): void {
   if (cmd.negotiate) return;
   try {
     // As a number: exact below 2^53, and anything above is outside every pool anyway.
-    const offset = cmd.buf.readUInt32LE(Off.free.offset) + cmd.buf.readUInt32LE(Off.free.offset + 4) * 0x1_0000_0000;
+    const offset = getU64(cmd.buf, Off.free.offset);
     if (offset > conn.pool.size) throw fail('ENXIO', `offset ${cmd.u64(Off.free.offset)} is outside the pool`);
     conn.pool.freeByOffset(offset);
   } finally {

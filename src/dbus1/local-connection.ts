@@ -20,6 +20,7 @@ import {
 } from '../abi/constants';
 import { fail, KdbusError } from '../abi/errno';
 import { ItemWriter } from '../abi/items';
+import { getU64, putU64 } from '../abi/words';
 import type { CallContext, Credentials, ImportedFile } from '../bus/caller';
 import { writeConnInfo } from '../bus/cmd-info';
 import { recvNext, type RecvResult } from '../bus/recv';
@@ -150,14 +151,6 @@ const isPlainName = (name: string): boolean => name.length <= Limits.NAME_MAX_LE
 /** connInfo's record under construction, copied out before anything else can run. */
 const infoScratch = new ItemWriter(256);
 
-const u64n = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 0x1_0000_0000;
-
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-/**
- * A u64 field's value as ItemWriter writes it fastest: a number when exact (its BigInt
- * writer costs several times the two 32-bit words of a number).
- */
-const small = (v: bigint): bigint | number => (v >= 0n && v <= MAX_SAFE ? Number(v) : v);
 /** The words of KDBUS_PAYLOAD_DBUS ("DBusDBus": the same 32 bits twice). */
 const PAYLOAD_DBUS_WORD = Number(KDBUS_PAYLOAD_DBUS & 0xffff_ffffn);
 
@@ -178,12 +171,6 @@ function dstNameItem(name: string): Buffer {
   return item;
 }
 
-/** A caller-memory address (below 2^47) into a u64 field, without BigInt arithmetic. */
-function writeAddress(b: Buffer, at: number, address: bigint): void {
-  const a = Number(address);
-  b.writeUInt32LE(a % 0x1_0000_0000, at);
-  b.writeUInt32LE(Math.floor(a / 0x1_0000_0000), at + 4);
-}
 
 export class LocalConnection {
   /** The connection's unique id. */
@@ -253,8 +240,8 @@ export class LocalConnection {
     this.id = hello.readBigUInt64LE(Off.hello.id);
     this.busFlags = hello.readBigUInt64LE(Off.hello.bus_flags);
     this.busId = Buffer.from(hello.subarray(Off.hello.id128, Off.hello.id128 + 16));
-    const itemsOffset = u64n(hello, Off.hello.offset);
-    const itemsSize = u64n(hello, Off.hello.items_size);
+    const itemsOffset = getU64(hello, Off.hello.offset);
+    const itemsSize = getU64(hello, Off.hello.items_size);
 
     this.conn = handle.connection!;
     this.freeBuf.writeUInt32LE(StructSize.cmd_free, 0);
@@ -278,7 +265,8 @@ export class LocalConnection {
   /** An asynchronous SEND: returns once the message is queued (or dropped, for signals). */
   send(msg: OutgoingMessage): void {
     try {
-      writeAddress(this.sendBuf, Off.send.msg_address, this.stageMessage(msg, 0n));
+      // A caller-memory address is below 2^47: exact as a number.
+      putU64(this.sendBuf, Off.send.msg_address, Number(this.stageMessage(msg, 0n)));
       this.run(Cmd.SEND, this.sendAddr);
     } finally {
       this.unstage();
@@ -309,7 +297,7 @@ export class LocalConnection {
       if (!pending) throw new Error('SEND with SYNC_REPLY returned without waiting');
       await pending;
       if (this.closed) throw fail('ESHUTDOWN', 'the connection was closed before its reply was read');
-      const slice = this.readAndFree(u64n(cmd, Off.send.reply_offset), u64n(cmd, Off.send.reply_msg_size));
+      const slice = this.readAndFree(getU64(cmd, Off.send.reply_offset), getU64(cmd, Off.send.reply_msg_size));
       const incomplete = (cmd.readUInt32LE(Off.send.reply_return_flags) & INCOMPLETE_FDS) !== 0;
       const reply = decodeReceived(slice, keeper.lookup, incomplete);
       if (reply?.kind !== 'message') throw fail('EBADMSG', 'a synchronous call was answered by something that is not a message');
@@ -334,11 +322,11 @@ export class LocalConnection {
     const byName = typeof msg.dst === 'string';
     let word56 = msg.cookieReply ?? 0n;
     if (flags & MsgFlags.EXPECT_REPLY) word56 = msg.timeoutNs ?? nowNs() + DEFAULT_CALL_TIMEOUT_NS;
-    w.u64(0).u64(small(flags)).u64(small(msg.priority ?? 0n)).u64(byName ? KDBUS_DST_ID_NAME : small(msg.dst as bigint)).u64(0);
+    w.u64(0).u64(flags).u64(msg.priority ?? 0n).u64(byName ? KDBUS_DST_ID_NAME : (msg.dst as bigint)).u64(0);
     const payloadType = msg.payloadType ?? KDBUS_PAYLOAD_DBUS;
     if (payloadType === KDBUS_PAYLOAD_DBUS) w.u32(PAYLOAD_DBUS_WORD).u32(PAYLOAD_DBUS_WORD);
     else w.u64(payloadType);
-    w.u64(small(msg.cookie)).u64(small(word56));
+    w.u64(msg.cookie).u64(word56);
     if (byName) {
       const name = msg.dst as string;
       if (name.length <= Limits.NAME_MAX_LEN) w.bytes(dstNameItem(name));
@@ -501,9 +489,9 @@ export class LocalConnection {
   listNames(flags: bigint): ListEntry[] {
     this.w.reset().u64(0).u64(flags).u64(0).u64(0).u64(0);
     const out = this.runCommand(Cmd.LIST);
-    const size = u64n(out, Off.list.list_size);
+    const size = getU64(out, Off.list.list_size);
     if (size === 0) return [];
-    return decodeList(this.readAndFree(u64n(out, Off.list.offset), size));
+    return decodeList(this.readAndFree(getU64(out, Off.list.offset), size));
   }
 
   /** CONN_INFO by id (ENXIO) or well-known name (ESRCH); shows `attachFlags` & what the subject allows. */
@@ -524,14 +512,14 @@ export class LocalConnection {
     w.u64(typeof subject === 'bigint' ? subject : 0n).u64(attachFlags).u64(0).u64(0);
     if (typeof subject === 'string') w.string(ItemType.NAME, subject);
     const out = this.runCommand(Cmd.CONN_INFO);
-    return decodeInfo(this.readAndFree(u64n(out, Off.info_cmd.offset), u64n(out, Off.info_cmd.info_size)));
+    return decodeInfo(this.readAndFree(getU64(out, Off.info_cmd.offset), getU64(out, Off.info_cmd.info_size)));
   }
 
   /** BUS_CREATOR_INFO: the bus's id, flags, name and creator metadata. */
   busCreatorInfo(attachFlags: bigint): InfoRecord {
     this.w.reset().u64(0).u64(0).u64(0).u64(0).u64(attachFlags).u64(0).u64(0);
     const out = this.runCommand(Cmd.BUS_CREATOR_INFO);
-    return decodeInfo(this.readAndFree(u64n(out, Off.info_cmd.offset), u64n(out, Off.info_cmd.info_size)));
+    return decodeInfo(this.readAndFree(getU64(out, Off.info_cmd.offset), getU64(out, Off.info_cmd.info_size)));
   }
 
   private readAndFree(offset: number, size: number): Buffer {

@@ -12,6 +12,7 @@ import {
   ALIGN8, ITEM_HEADER_SIZE, ItemType, KDBUS_PAYLOAD_DBUS, MsgFlags, Off, StructSize,
 } from '../abi/constants';
 import { fail } from '../abi/errno';
+import { getU64 } from '../abi/words';
 import type { ImportedFile } from '../bus/caller';
 
 export interface Timestamp {
@@ -166,10 +167,6 @@ export interface InfoRecord {
 /** Maps a descriptor number written into a slice back to the file it stands for. */
 export type FileLookup = (fd: number) => ImportedFile | null;
 
-const U32 = 0x1_0000_0000;
-
-/** A u64 that is known to be small (sizes, offsets, pids) as a number; NaN-free up to 2^53. */
-const u64n = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * U32;
 
 const U64_MAX = 0xffff_ffff_ffff_ffffn;
 /** The words of KDBUS_PAYLOAD_DBUS ("DBusDBus": the same 32 bits twice). */
@@ -286,7 +283,7 @@ function walk(b: Buffer, start: number, end: number, visit: (type: number, p: nu
  * `files` resolves the descriptor numbers RECV wrote into FDS and PAYLOAD_MEMFD items.
  */
 export function decodeReceived(b: Buffer, files: FileLookup, incompleteFds: boolean): Received | undefined {
-  const msgSize = Math.min(u64n(b, Off.msg.size), b.length);
+  const msgSize = Math.min(getU64(b, Off.msg.size), b.length);
   const payloadType = b.readUInt32LE(Off.msg.payload_type) === PAYLOAD_DBUS_WORD && b.readUInt32LE(Off.msg.payload_type + 4) === PAYLOAD_DBUS_WORD
     ? KDBUS_PAYLOAD_DBUS
     : b.readBigUInt64LE(Off.msg.payload_type);
@@ -310,16 +307,16 @@ export function decodeReceived(b: Buffer, files: FileLookup, incompleteFds: bool
     const end = at + size;
     switch (type) {
       case ItemType.PAYLOAD_OFF: {
-        const len = u64n(b, p);
+        const len = getU64(b, p);
         if (isU64Max(b, p + 8)) payload.push(Buffer.alloc(len));
         else {
-          const off = u64n(b, p + 8);
+          const off = getU64(b, p + 8);
           payload.push(b.subarray(off, off + len));
         }
         break;
       }
       case ItemType.PAYLOAD_MEMFD:
-        payload.push({ file: files(b.readInt32LE(p + 16)), start: u64n(b, p), size: u64n(b, p + 8) });
+        payload.push({ file: files(b.readInt32LE(p + 16)), start: getU64(b, p), size: getU64(b, p + 8) });
         break;
       case ItemType.FDS:
         fds = [];
@@ -412,7 +409,7 @@ export function decodeList(b: Buffer): ListEntry[] {
   const out: ListEntry[] = [];
   let at = 0;
   while (at + StructSize.info <= b.length) {
-    const size = u64n(b, at + Off.info.size);
+    const size = getU64(b, at + Off.info.size);
     if (size < StructSize.info || at + size > b.length) break;
     const names: OwnedName[] = [];
     walk(b, at + Off.info.items, at + size, (t, p, e) => {
@@ -426,7 +423,7 @@ export function decodeList(b: Buffer): ListEntry[] {
 
 /** CONN_INFO's or BUS_CREATOR_INFO's slice: one kdbus_info record. */
 export function decodeInfo(b: Buffer): InfoRecord {
-  const size = Math.min(u64n(b, Off.info.size), b.length);
+  const size = Math.min(getU64(b, Off.info.size), b.length);
   const meta = new Metadata();
   let busName: string | undefined;
   // walk() inlined: the driver decodes a record for nearly every call an sd-bus service gets.
@@ -446,7 +443,7 @@ export function decodeInfo(b: Buffer): InfoRecord {
 export function decodeBloomParameter(b: Buffer): { size: number; nHash: number } | undefined {
   let found: { size: number; nHash: number } | undefined;
   walk(b, 0, b.length, (t, p) => {
-    if (t === ItemType.BLOOM_PARAMETER) found = { size: u64n(b, p), nHash: u64n(b, p + 8) };
+    if (t === ItemType.BLOOM_PARAMETER) found = { size: getU64(b, p), nHash: getU64(b, p + 8) };
   });
   return found;
 }

@@ -21,6 +21,7 @@ import { logger } from '../log/logger';
 import type { Connection } from '../bus/connection';
 import type { QueueEntry } from '../bus/queue';
 import { takeEntry } from '../bus/recv';
+import { putU32, putU64 } from '../abi/words';
 import type { AttachmentRegistry, AttachTarget, SideChannel } from './attachments';
 import {
   decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, OPEN_FEATURE_HEADS, ProtocolError, type Frame, type Segment,
@@ -66,7 +67,7 @@ const EMPTY_FRAME = encodeFrame(FrameType.EMPTY, 0n);
 /** A HEAD frame: the header (seq: RECVs taken so far), the entry's offset, size and flags. */
 const HEAD_FRAME_SIZE = FRAME_HEADER + 24;
 /** HEAD flag: the entry is the only one queued. */
-const HEAD_LAST = 1n;
+const HEAD_LAST = 1;
 
 /**
  * Answers are encoded here and sent right away; only what the socket does not take at once
@@ -811,12 +812,12 @@ export class SocketSession {
     this.headWithdrawn = false;
     this.announcedLast = conn.queue.size === 1;
     const b = this.headFrame;
-    b.writeUInt32LE(HEAD_FRAME_SIZE, 0);
-    b.writeUInt32LE(FrameType.HEAD, 4);
-    b.writeBigUInt64LE(BigInt(this.recvCount), 8);
-    b.writeBigUInt64LE(BigInt(entry.slice.offset), FRAME_HEADER);
-    b.writeBigUInt64LE(BigInt(entry.slice.size), FRAME_HEADER + 8);
-    b.writeBigUInt64LE(this.announcedLast ? HEAD_LAST : 0n, FRAME_HEADER + 16);
+    putU32(b, 0, HEAD_FRAME_SIZE);
+    putU32(b, 4, FrameType.HEAD);
+    putU64(b, 8, this.recvCount);
+    putU64(b, FRAME_HEADER, entry.slice.offset);
+    putU64(b, FRAME_HEADER + 8, entry.slice.size);
+    putU64(b, FRAME_HEADER + 16, this.announcedLast ? HEAD_LAST : 0);
     return b;
   }
 

@@ -3,7 +3,7 @@
  * number stops being exact and where the BigInt writer takes over.
  */
 import assert from 'node:assert/strict';
-import { putBigU64, putU32, putU64 } from '../../src/abi/words';
+import { getU64, putBigU64, putU32, putU64 } from '../../src/abi/words';
 
 const EDGES = [0n, 1n, 0xffn, 0xffff_ffffn, 0x1_0000_0000n, 0x1234_5678_9abcn, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n];
 
@@ -28,6 +28,10 @@ describe('abi words', () => {
       putU64(b, 2, Number(v));
       assert.deepEqual(b, nodeU64(v), `value ${v}`);
     }
+  });
+
+  it('getU64 reads safe integers as readBigUInt64LE does', () => {
+    for (const v of EDGES.filter((e) => e <= 2n ** 53n - 1n)) assert.equal(getU64(nodeU64(v), 2), Number(v), `value ${v}`);
   });
 
   it('putU32 writes as writeUInt32LE does', () => {
