@@ -38,6 +38,11 @@ export class FlatMemory implements CallerMemory {
     return Buffer.from(this.buf.subarray(at, at + length));
   }
 
+  readInto(address: bigint, length: number, target: Buffer, offset: number): void {
+    const at = this.offsetOf(address, length);
+    this.buf.copy(target, offset, at, at + length);
+  }
+
   write(address: bigint, data: Buffer): void {
     this.buf.set(data, this.offsetOf(address, data.length));
   }

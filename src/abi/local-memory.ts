@@ -41,6 +41,11 @@ export class LocalMemory implements CallerMemory {
     return Buffer.from(b.subarray(at, at + length));
   }
 
+  readInto(address: bigint, length: number, target: Buffer, offset: number): void {
+    const [b, at] = this.locate(address, length);
+    b.copy(target, offset, at, at + length);
+  }
+
   write(address: bigint, data: Buffer): void {
     const [b, at] = this.locate(address, data.length);
     data.copy(b, at);

@@ -11,5 +11,7 @@
  */
 export interface CallerMemory {
   read(address: bigint, length: number): Buffer;
+  /** Reads into target[offset, offset + length) instead of a buffer of its own, as read() would. */
+  readInto(address: bigint, length: number, target: Buffer, offset: number): void;
   write(address: bigint, data: Buffer): void;
 }

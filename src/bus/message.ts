@@ -29,11 +29,13 @@ import type { Slice } from './pool';
 import type { QuotaCharge } from './quota';
 import { KERNEL_USER } from './user';
 import { nowNs } from './deadline';
+import { payloadBuffers, POOLED_PAYLOAD_MIN } from './payload-buffers';
 
 /** Highest user-space address on x86-64 (TASK_SIZE): kdbus's access_ok() bound for vectors. */
 const USER_ADDRESS_LIMIT = 0x7fff_ffff_f000n;
 const ALL_SEALS = 0x1 | 0x2 | 0x4 | 0x8;
 const ZEROS = Buffer.alloc(8);
+const NO_PAYLOAD = Buffer.alloc(0);
 const INLINE_PAYLOAD_MAX = 16 * 1024;
 const MAX_VEC_TOTAL = BigInt(Limits.MSG_MAX_PAYLOAD_VEC_SIZE);
 
@@ -50,7 +52,13 @@ export class Staging {
   readonly header: Buffer;
   /** kdbus_msg.size as sent, without padding after the last item. */
   readonly headerSize: number;
+  /**
+   * The data vectors' bytes. Delivery reads them; nothing may after the SEND has delivered,
+   * since they may be a view of the sender's memory or a buffer given back by release().
+   */
   readonly payload: Buffer;
+  /** The reusable buffer payload lies in, until release() gives it back. */
+  private pooled: Buffer | undefined;
   /** Positions (in header) of PAYLOAD_OFF offset fields of data vectors, with their offset inside the payload. */
   readonly payloadOffsets: Array<{ pos: number; rel: number }>;
   readonly gaps: Gaps | undefined;
@@ -81,6 +89,7 @@ export class Staging {
     header: Buffer;
     headerSize: number;
     payload: Buffer;
+    pooled?: Buffer;
     payloadOffsets: Array<{ pos: number; rel: number }>;
     gaps: Gaps | undefined;
     bloom: { generation: bigint; data: Buffer } | undefined;
@@ -98,6 +107,7 @@ export class Staging {
     this.header = init.header;
     this.headerSize = init.headerSize;
     this.payload = init.payload;
+    this.pooled = init.pooled;
     this.payloadOffsets = init.payloadOffsets;
     this.gaps = init.gaps;
     this.bloom = init.bloom;
@@ -110,6 +120,12 @@ export class Staging {
     this.timeoutOrReply = init.header.readBigUInt64LE(Off.msg.timeout_ns);
     this.callerPid = init.callerPid ?? 0;
     this.callerTid = init.callerTid ?? 0;
+  }
+
+  /** Ends the payload's life: the SEND that imported it is over. */
+  release(): void {
+    if (this.pooled) payloadBuffers.give(this.pooled);
+    this.pooled = undefined;
   }
 
   /** The kernel item of a notification, as match rules and SEE checks look at it. */
@@ -304,6 +320,36 @@ export function stageUserMessage(bus: Bus, src: Connection, sendFlags: bigint, m
   return importMessage(bus, src, msg, ctx, bloomItem, dstNameItem);
 }
 
+/**
+ * Where the payload goes: its size is known from the items before anything is read, so the
+ * vectors are read straight into one buffer. A payload that is one vector and nothing else
+ * is read as it is (`single`), which lets memory that can lend its bytes do so.
+ */
+function payloadBuffer(msg: ParsedCommand): { payload: Buffer; pooled: Buffer | undefined; single: boolean } {
+  let data = 0;
+  let vectors = 0;
+  let padding = 0;
+  for (const it of msg.items) {
+    if (it.type === ItemType.PAYLOAD_VEC) {
+      const size = Number(it.payload.readBigUInt64LE(0));
+      if (it.payload.readBigUInt64LE(8) !== 0n) {
+        data += size;
+        vectors++;
+      } else {
+        padding += size % 8;
+      }
+    } else if (it.type === ItemType.PAYLOAD_MEMFD) {
+      padding += Number(it.payload.readBigUInt64LE(8) % 8n);
+    }
+  }
+  const total = data + padding;
+  if (total === 0) return { payload: NO_PAYLOAD, pooled: undefined, single: false };
+  if (vectors === 1 && padding === 0) return { payload: NO_PAYLOAD, pooled: undefined, single: true };
+  if (total < POOLED_PAYLOAD_MIN) return { payload: Buffer.allocUnsafe(total), pooled: undefined, single: false };
+  const pooled = payloadBuffers.take(total);
+  return { payload: pooled, pooled, single: false };
+}
+
 function itemStr(it: Item): string {
   return it.payload.toString('latin1', 0, it.payload.length - 1);
 }
@@ -323,7 +369,8 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
   putBigU64(header, Off.msg.src_id, src.id);
 
   const seqnum = bus.nextSeqnum();
-  const parts: Buffer[] = [];
+  const { payload: gathered, pooled, single } = payloadBuffer(msg);
+  let payload = gathered;
   let payloadLen = 0;
   let fault: string | undefined;
   const payloadOffsets: Array<{ pos: number; rel: number }> = [];
@@ -342,7 +389,8 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
             payloadOffsets.push({ pos: it.offset + 24, rel: payloadLen });
             if (fault !== undefined) break;
             try {
-              parts.push(ctx.mem.read(address, size));
+              if (single) payload = ctx.mem.read(address, size);
+              else ctx.mem.readInto(address, size, payload, payloadLen);
               payloadLen += size;
             } catch (e) {
               if (!(e instanceof KdbusError) || e.errno !== Errno.EFAULT) throw e;
@@ -350,10 +398,8 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
             }
           } else {
             header.fill(0xff, it.offset + 24, it.offset + 32);
-            if (size % 8) {
-              parts.push(ZEROS.subarray(0, size % 8));
-              payloadLen += size % 8;
-            }
+            payload.fill(0, payloadLen, payloadLen + (size % 8));
+            payloadLen += size % 8;
           }
           break;
         }
@@ -367,11 +413,9 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
           if (start + size > BigInt(f.size)) throw fail('EFAULT', `memfd range ${start}+${size} exceeds its size ${f.size}`);
           memfdOffsets.push(it.offset + 16 + 16);
           header.writeInt32LE(-1, it.offset + 16 + 16);
-          if (size % 8n) {
-            const pad = Number(size % 8n);
-            parts.push(ZEROS.subarray(0, pad));
-            payloadLen += pad;
-          }
+          const pad = Number(size % 8n);
+          payload.fill(0, payloadLen, payloadLen + pad);
+          payloadLen += pad;
           break;
         }
         case ItemType.FDS: {
@@ -390,6 +434,7 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
   } catch (e) {
     for (const f of fds) f.close();
     for (const f of memfds) f.close();
+    if (pooled) payloadBuffers.give(pooled);
     throw e;
   }
 
@@ -402,7 +447,8 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
     src,
     header,
     headerSize,
-    payload: parts.length === 1 ? parts[0]! : Buffer.concat(parts, payloadLen),
+    payload: single ? payload : payload.subarray(0, payloadLen),
+    pooled,
     payloadOffsets,
     gaps,
     bloom,

@@ -45,6 +45,7 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
   const cleanup = (): void => {
     cancel?.close();
     staging?.gaps?.unref();
+    staging?.release();
     flushNotifications(conn.bus);
     writeReturnFlags(ctx.mem, cmd, 0n);
   };

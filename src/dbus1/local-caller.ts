@@ -63,6 +63,13 @@ export class LocalCaller implements CallerMemory, CallerFiles {
     return copy;
   }
 
+  readInto(address: bigint, length: number, target: Buffer, offset: number): void {
+    const a = Number(address);
+    const slot = Math.floor(a / SLOT_SPAN) - 1;
+    const at = a - (slot + 1) * SLOT_SPAN;
+    this.mapped(slot, at, length, address).copy(target, offset, at, at + length);
+  }
+
   write(address: bigint, data: Buffer): void {
     const a = Number(address);
     const slot = Math.floor(a / SLOT_SPAN) - 1;

@@ -37,9 +37,9 @@ const remoteIov = Buffer.alloc(16);
 const localWords = new BigUint64Array(localIov.buffer, localIov.byteOffset, 2);
 const remoteWords = new BigUint64Array(remoteIov.buffer, remoteIov.byteOffset, 2);
 
-function setIovs(local: Buffer, remote: bigint, length: number): void {
+function setIovs(local: Buffer, remote: bigint, length: number, localOffset = 0): void {
   const len = BigInt(length);
-  localWords[0] = koffi.address(local) as bigint;
+  localWords[0] = (koffi.address(local) as bigint) + BigInt(localOffset);
   localWords[1] = len;
   remoteWords[0] = remote;
   remoteWords[1] = len;
@@ -79,6 +79,21 @@ export class ProcessMemory implements CallerMemory {
       if (buf !== out) buf.copy(out, 0, 0, length);
       return out;
     }
+    if (n < 0) this.check(koffi.errno());
+    throw fail('EFAULT', `${length} bytes at 0x${address.toString(16)} are not readable in the caller`);
+  }
+
+  readInto(address: bigint, length: number, target: Buffer, offset: number): void {
+    if (length === 0) return;
+    const start = address - this.windowAt;
+    if (start >= 0n && start + BigInt(length) <= BigInt(this.window.length)) {
+      this.window.copy(target, offset, Number(start), Number(start) + length);
+      return;
+    }
+    // Data vectors are read once each: straight into place, no window.
+    setIovs(target, address, length, offset);
+    const n = readvFn(this.tid, localIov, 1, remoteIov, 1, 0) as number;
+    if (n === length) return;
     if (n < 0) this.check(koffi.errno());
     throw fail('EFAULT', `${length} bytes at 0x${address.toString(16)} are not readable in the caller`);
   }

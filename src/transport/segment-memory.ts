@@ -51,12 +51,22 @@ export class SegmentMemory implements CallerMemory {
   }
 
   read(address: bigint, length: number): Buffer {
+    const s = this.locate(address, length);
+    const at = Number(address - s.address);
+    return Buffer.from(s.data.subarray(at, at + length));
+  }
+
+  readInto(address: bigint, length: number, target: Buffer, offset: number): void {
+    const s = this.locate(address, length);
+    const at = Number(address - s.address);
+    s.data.copy(target, offset, at, at + length);
+  }
+
+  /** The segment that holds [address, address + length); EFAULT or NeedMemory if none does. */
+  private locate(address: bigint, length: number): Segment {
     const end = address + BigInt(length);
     for (const s of this.segments) {
-      if (address >= s.address && end <= s.address + BigInt(s.data.length)) {
-        const at = Number(address - s.address);
-        return Buffer.from(s.data.subarray(at, at + length));
-      }
+      if (address >= s.address && end <= s.address + BigInt(s.data.length)) return s;
     }
     for (const f of this.faults) {
       if (address < f.address + BigInt(f.length) && end > f.address) {

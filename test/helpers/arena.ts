@@ -52,6 +52,10 @@ export class Arena implements CallerMemory {
     return Buffer.from(r.data.subarray(at, at + length));
   }
 
+  readInto(address: bigint, length: number, target: Buffer, offset: number): void {
+    this.read(address, length).copy(target, offset);
+  }
+
   write(address: bigint, data: Buffer): void {
     const r = this.find(address, data.length);
     if (r.readOnly) throw fail('EFAULT', `write to read-only memory at 0x${address.toString(16)}`);

@@ -529,6 +529,54 @@ describe('bus SEND: payload copied from unmapped memory (kdbus-abi.md §3.5 step
   });
 });
 
+describe('bus SEND: a payload gathered from several vectors', () => {
+  let tb: TestBus;
+  let a: TestClient;
+  let b: TestClient;
+  beforeEach(async () => {
+    tb = await newBus({ bloomSize: BLOOM });
+    a = await tb.conn();
+    b = await tb.conn({ attachRecv: 0n });
+  });
+
+  const pattern = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff));
+
+  it('every message arrives as its own bytes, whatever the ones before it left in a reused buffer', async () => {
+    // Large first, then smaller ones of the same size class: stale bytes would show past their end.
+    const sizes = [[96, 65536], [40, 60000, 3], [8, 33000], [96, 65536]];
+    for (const [i, parts] of sizes.entries()) {
+      const data = parts.map((n, j) => pattern(n, 16 * i + j));
+      assert.equal(await sendRaw(a, rawMsg({ dst: b.id, cookie: BigInt(i + 1) }, all(...data.map((d) => vec(a, d))))), 0);
+      const m = await b.mustRecv();
+      assert.equal(m.cookie, BigInt(i + 1));
+      assert.deepEqual(m.data, data, `message ${i}`);
+      const end = Number(m.items.filter((x) => x.type === ItemType.PAYLOAD_OFF).at(-1)!.payload.readBigUInt64LE(8)) + parts.at(-1)!;
+      assert.ok(m.raw.subarray(end, m.sliceSize).every((x) => x === 0), `message ${i}: zeros after the payload, up to the slice end`);
+    }
+  });
+
+  it('zero vectors and a memfd inside a large payload still add their zero bytes in place', async () => {
+    const f = a.fds.add(memfd('0123456789abc'));
+    const big = pattern(20000, 3);
+    const msg = rawMsg({ dst: b.id }, all(vec(a, big), zeroVec(5), memfdItem(f, 13), vec(a, Buffer.from('Z'))));
+    assert.equal(await sendRaw(a, msg), 0);
+    const m = await b.mustRecv();
+    const offs = m.items.filter((x) => x.type === ItemType.PAYLOAD_OFF).map((x) => Number(x.payload.readBigUInt64LE(8)));
+    assert.deepEqual(m.raw.subarray(offs[0]!, offs[0]! + 20000), big);
+    assert.equal(offs[2], offs[0]! + 20000 + 5 + 5, 'the zero vector adds 5 % 8, the 13-byte memfd 13 % 8');
+    assert.ok(m.raw.subarray(offs[0]! + 20000, offs[2]).every((x) => x === 0));
+    assert.equal(m.raw.toString('latin1', offs[2]!, offs[2]! + 1), 'Z');
+  });
+
+  it('an unreadable vector among large ones fails the unicast (EFAULT), and the next message is whole', async () => {
+    const unmapped = (w: ItemWriter) => w.itemU64(ItemType.PAYLOAD_VEC, 8192, 0x5000_0000_0000n);
+    expectErrno(await sendRaw(a, rawMsg({ dst: b.id }, all(vec(a, pattern(30000, 1)), unmapped))), 'EFAULT', 'second vector unmapped');
+    const data = [pattern(30000, 9), pattern(100, 2)];
+    assert.equal(await sendRaw(a, rawMsg({ dst: b.id }, all(...data.map((d) => vec(a, d))))), 0);
+    assert.deepEqual((await b.mustRecv()).data, data);
+  });
+});
+
 describe('bus RECV: layout of a received message (kdbus-abi.md §3.6)', () => {
   let tb: TestBus;
   let a: TestClient;

@@ -55,6 +55,30 @@ describe('ProcessMemory: caller memory through process_vm_readv/writev', () => {
     }
   });
 
+  it('readInto puts the bytes at the offset asked for, from the read-ahead window or straight from the caller', () => {
+    const b = Buffer.alloc(4 * PAGE);
+    for (let i = 0; i < b.length; i++) b[i] = (i * 13) & 0xff;
+    const m = mem();
+    m.read(addressOf(b), 8);
+    const target = Buffer.alloc(PAGE * 2 + 16, 0xaa);
+    m.readInto(addressOf(b) + 100n, 50, target, 3);
+    assert.deepEqual(target.subarray(3, 53), b.subarray(100, 150), 'inside the window');
+    m.readInto(addressOf(b) + 5000n, 2 * PAGE, target, 16);
+    assert.deepEqual(target.subarray(16), b.subarray(5000, 5000 + 2 * PAGE), 'beyond it');
+    assert.ok(target.subarray(0, 3).every((x) => x === 0xaa) && target.subarray(53, 16).every((x) => x === 0xaa), 'nothing else touched');
+  });
+
+  it('readInto is EFAULT for a range that runs into a hole', () => {
+    const page = pageBeforeHole();
+    try {
+      const target = Buffer.alloc(64);
+      mem().readInto(page.base + BigInt(PAGE - 8), 8, target, 0);
+      assert.throws(() => mem().readInto(page.base + BigInt(PAGE - 8), 16, target, 0), (e: unknown) => e instanceof KdbusError && e.errno === 14);
+    } finally {
+      page.release();
+    }
+  });
+
   it('gives EFAULT for a null pointer', () => {
     assert.throws(() => mem().read(0n, 8), (e: unknown) => e instanceof KdbusError && e.errno === 14);
   });
