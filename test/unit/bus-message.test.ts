@@ -106,6 +106,12 @@ async function recvAll(c: TestClient): Promise<ReceivedMessage[]> {
 
 const activatorHello = (nm: string) => ({ flags: HelloFlags.ACTIVATOR, items: (w: ItemWriter) => w.string(ItemType.NAME, nm) });
 
+/** A new bus with two clients: a sender, and a receiver that takes no metadata. */
+async function senderAndReceiver(): Promise<{ tb: TestBus; a: TestClient; b: TestClient }> {
+  const tb = await newBus({ bloomSize: BLOOM });
+  return { tb, a: await tb.conn(), b: await tb.conn({ attachRecv: 0n }) };
+}
+
 describe('bus SEND: checks before the message is examined', () => {
   let tb: TestBus;
   let a: TestClient;
@@ -530,13 +536,10 @@ describe('bus SEND: payload copied from unmapped memory (kdbus-abi.md §3.5 step
 });
 
 describe('bus SEND: a payload gathered from several vectors', () => {
-  let tb: TestBus;
   let a: TestClient;
   let b: TestClient;
   beforeEach(async () => {
-    tb = await newBus({ bloomSize: BLOOM });
-    a = await tb.conn();
-    b = await tb.conn({ attachRecv: 0n });
+    ({ a, b } = await senderAndReceiver());
   });
 
   const pattern = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff));
@@ -785,9 +788,7 @@ describe('bus RECV', () => {
   let a: TestClient;
   let b: TestClient;
   beforeEach(async () => {
-    tb = await newBus({ bloomSize: BLOOM });
-    a = await tb.conn();
-    b = await tb.conn({ attachRecv: 0n });
+    ({ tb, a, b } = await senderAndReceiver());
   });
 
   const POOL = 16n * 1024n * 1024n;
