@@ -13,5 +13,10 @@ export interface CallerMemory {
   read(address: bigint, length: number): Buffer;
   /** Reads into target[offset, offset + length) instead of a buffer of its own, as read() would. */
   readInto(address: bigint, length: number, target: Buffer, offset: number): void;
+  /**
+   * The bytes themselves, not a copy, where this memory can lend them unchanged until the
+   * command ends; undefined where it cannot (read them instead, which also reports faults).
+   */
+  lend?(address: bigint, length: number): Buffer | undefined;
   write(address: bigint, data: Buffer): void;
 }

@@ -321,33 +321,33 @@ export function stageUserMessage(bus: Bus, src: Connection, sendFlags: bigint, m
 }
 
 /**
- * Where the payload goes: its size is known from the items before anything is read, so the
- * vectors are read straight into one buffer. A payload that is one vector and nothing else
- * is read as it is (`single`), which lets memory that can lend its bytes do so.
+ * The payload's size, known from the items before anything is read, so that the vectors
+ * can be read straight into one buffer; and its only data vector, when it has nothing else.
  */
-function payloadBuffer(msg: ParsedCommand): { payload: Buffer; pooled: Buffer | undefined; single: boolean } {
-  let data = 0;
+function payloadShape(msg: ParsedCommand): { total: number; only: { address: bigint; size: number } | undefined } {
+  let total = 0;
   let vectors = 0;
-  let padding = 0;
+  let only: { address: bigint; size: number } | undefined;
+  let padding = false;
   for (const it of msg.items) {
     if (it.type === ItemType.PAYLOAD_VEC) {
       const size = Number(it.payload.readBigUInt64LE(0));
-      if (it.payload.readBigUInt64LE(8) !== 0n) {
-        data += size;
+      const address = it.payload.readBigUInt64LE(8);
+      if (address !== 0n) {
+        total += size;
         vectors++;
+        only = { address, size };
       } else {
-        padding += size % 8;
+        total += size % 8;
+        padding ||= size % 8 !== 0;
       }
     } else if (it.type === ItemType.PAYLOAD_MEMFD) {
-      padding += Number(it.payload.readBigUInt64LE(8) % 8n);
+      const pad = Number(it.payload.readBigUInt64LE(8) % 8n);
+      total += pad;
+      padding ||= pad !== 0;
     }
   }
-  const total = data + padding;
-  if (total === 0) return { payload: NO_PAYLOAD, pooled: undefined, single: false };
-  if (vectors === 1 && padding === 0) return { payload: NO_PAYLOAD, pooled: undefined, single: true };
-  if (total < POOLED_PAYLOAD_MIN) return { payload: Buffer.allocUnsafe(total), pooled: undefined, single: false };
-  const pooled = payloadBuffers.take(total);
-  return { payload: pooled, pooled, single: false };
+  return { total, only: vectors === 1 && !padding ? only : undefined };
 }
 
 function itemStr(it: Item): string {
@@ -369,8 +369,14 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
   putBigU64(header, Off.msg.src_id, src.id);
 
   const seqnum = bus.nextSeqnum();
-  const { payload: gathered, pooled, single } = payloadBuffer(msg);
-  let payload = gathered;
+  const shape = payloadShape(msg);
+  // A payload that is one vector of memory that can lend it is not copied here at all.
+  const lent = shape.only ? ctx.mem.lend?.(shape.only.address, shape.only.size) : undefined;
+  let pooled: Buffer | undefined;
+  let payload: Buffer = NO_PAYLOAD;
+  if (lent) payload = lent;
+  else if (shape.total >= POOLED_PAYLOAD_MIN) payload = pooled = payloadBuffers.take(shape.total);
+  else if (shape.total > 0) payload = Buffer.allocUnsafe(shape.total);
   let payloadLen = 0;
   let fault: string | undefined;
   const payloadOffsets: Array<{ pos: number; rel: number }> = [];
@@ -389,8 +395,7 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
             payloadOffsets.push({ pos: it.offset + 24, rel: payloadLen });
             if (fault !== undefined) break;
             try {
-              if (single) payload = ctx.mem.read(address, size);
-              else ctx.mem.readInto(address, size, payload, payloadLen);
+              if (!lent) ctx.mem.readInto(address, size, payload, payloadLen);
               payloadLen += size;
             } catch (e) {
               if (!(e instanceof KdbusError) || e.errno !== Errno.EFAULT) throw e;
@@ -447,7 +452,7 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
     src,
     header,
     headerSize,
-    payload: single ? payload : payload.subarray(0, payloadLen),
+    payload: lent ?? payload.subarray(0, payloadLen),
     pooled,
     payloadOffsets,
     gaps,

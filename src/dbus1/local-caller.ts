@@ -6,9 +6,9 @@
  *
  * Unlike LocalMemory, which copies what it places, buffers are mapped as they are, each in a
  * 4 GiB slot of its own (address = (slot + 1) << 32), so a lookup is one division. Payload
- * slots are read as views: the bus copies a message's data vectors once, into the
- * receivers' pools, straight from the sender's buffers. Struct slots are read as copies,
- * because the bus edits the structs it reads.
+ * slots are lent: the bus copies a message's only data vector once, into the receivers'
+ * pools, straight from the sender's buffer. Reads are copies, because the bus edits the
+ * structs it reads.
  */
 import * as fs from 'node:fs';
 import { fail } from '../abi/errno';
@@ -23,24 +23,24 @@ const MAX_SLOTS = 0x7ffe;
 
 export class LocalCaller implements CallerMemory, CallerFiles {
   private readonly slots: Array<Buffer | undefined> = [];
-  private readonly views: boolean[] = [];
+  private readonly lendable: boolean[] = [];
   private readonly bases: bigint[] = [];
   private readonly freeSlots: number[] = [];
   private readonly outgoing: ImportedFile[] = [];
   private readonly taken: boolean[] = [];
 
-  /** Maps `buf` (not a copy) and returns its address. `view`: reads return views, not copies. */
-  map(buf: Buffer, view: boolean): bigint {
+  /** Maps `buf` (not a copy) and returns its address. `lendable`: lend() may hand out views of it. */
+  map(buf: Buffer, lendable: boolean): bigint {
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
       slot = this.slots.length;
       if (slot >= MAX_SLOTS) throw new Error(`local caller memory: ${MAX_SLOTS} buffers mapped at once (a leak)`);
       this.slots.push(undefined);
-      this.views.push(false);
+      this.lendable.push(false);
       this.bases.push(BigInt((slot + 1) * SLOT_SPAN));
     }
     this.slots[slot] = buf;
-    this.views[slot] = view;
+    this.lendable[slot] = lendable;
     return this.bases[slot]!;
   }
 
@@ -56,11 +56,17 @@ export class LocalCaller implements CallerMemory, CallerFiles {
     const a = Number(address);
     const slot = Math.floor(a / SLOT_SPAN) - 1;
     const at = a - (slot + 1) * SLOT_SPAN;
-    const buf = this.mapped(slot, at, length, address);
-    if (this.views[slot]) return buf.subarray(at, at + length);
     const copy = Buffer.allocUnsafe(length);
-    buf.copy(copy, 0, at, at + length);
+    this.mapped(slot, at, length, address).copy(copy, 0, at, at + length);
     return copy;
+  }
+
+  lend(address: bigint, length: number): Buffer | undefined {
+    const a = Number(address);
+    const slot = Math.floor(a / SLOT_SPAN) - 1;
+    const at = a - (slot + 1) * SLOT_SPAN;
+    const buf = slot >= 0 && this.lendable[slot] ? this.slots[slot] : undefined;
+    return buf !== undefined && at + length <= buf.length ? buf.subarray(at, at + length) : undefined;
   }
 
   readInto(address: bigint, length: number, target: Buffer, offset: number): void {
