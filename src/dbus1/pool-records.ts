@@ -448,10 +448,15 @@ export function decodeBloomParameter(b: Buffer): { size: number; nHash: number }
   return found;
 }
 
-/** The message's payload bytes, memfd ranges read in, as one buffer (no copy for a single data part). */
+/**
+ * The message's payload bytes, memfd ranges read in, as one buffer: no copy when the data
+ * parts lie back to back in one buffer, as kdbus packs a message's data vectors in its slice.
+ */
 export function payloadBytes(msg: KdbusMessage): Buffer {
   const parts = msg.payload;
   if (parts.length === 1 && Buffer.isBuffer(parts[0])) return parts[0];
+  const joined = adjacentParts(parts);
+  if (joined) return joined;
   const bufs: Buffer[] = [];
   for (const part of parts) {
     if (Buffer.isBuffer(part)) bufs.push(part);
@@ -459,4 +464,17 @@ export function payloadBytes(msg: KdbusMessage): Buffer {
     else throw fail('EBADF', `a ${part.size}-byte memfd part of message ${msg.cookie} could not be received`);
   }
   return Buffer.concat(bufs);
+}
+
+/** One view of all the parts, when each is a Buffer that starts where the one before it ends. */
+function adjacentParts(parts: KdbusMessage['payload']): Buffer | undefined {
+  const first = parts[0];
+  if (!Buffer.isBuffer(first)) return undefined;
+  let end = first.byteOffset + first.length;
+  for (let i = 1; i < parts.length; i++) {
+    const part = parts[i]!;
+    if (!Buffer.isBuffer(part) || part.buffer !== first.buffer || part.byteOffset !== end) return undefined;
+    end += part.length;
+  }
+  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
 }

@@ -146,6 +146,9 @@ describe('dbus1 LocalConnection', () => {
     assert.equal(m.dstName, undefined);
     assert.deepEqual(m.payload.map((p) => (p as Buffer).toString()), ['hello, ', 'world']);
     assert.equal(payloadBytes(m).toString(), 'hello, world');
+    assert.equal(payloadBytes(m).buffer, (m.payload[0] as Buffer).buffer, 'parts back to back in the slice: joined, not copied');
+    const apart = { ...m, payload: [Buffer.from('hello, '), Buffer.from('world')] };
+    assert.equal(payloadBytes(apart).toString(), 'hello, world', 'parts apart: copied together');
     const meta = m.meta;
     assert.equal(meta.creds?.uid, process.getuid!());
     assert.equal(meta.creds?.egid, process.getegid!());
