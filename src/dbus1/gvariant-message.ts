@@ -109,12 +109,12 @@ export function encodeGVariantMessage(m: Message): Buffer {
  * sent it) and with `flags` for m.flags, without a copy of m. `decoded` as for
  * encodeDecodedMessage: only sender and destination are checked again.
  */
-export function encodeGVariantPayload(m: Message, flags: number, decoded = false): Buffer {
+export function encodeGVariantPayload(m: Message, flags: number, decoded = false, out?: OutputBuffer): Buffer {
   if (!Number.isInteger(flags) || flags < 0 || flags > 0xff) throw new ValueError(`flags ${flags} are not a byte`);
-  return encode(m, flags, false, decoded);
+  return encode(m, flags, false, decoded, out);
 }
 
-function encode(m: Message, flags: number, withSender: boolean, decoded = false): Buffer {
+function encode(m: Message, flags: number, withSender: boolean, decoded = false, out = new OutputBuffer(256)): Buffer {
   const problem = decoded ? addressProblem(m) : headerProblem(m);
   if (problem !== undefined) throw new ValueError(problem);
   if (m.serial > 0xffff_ffff_ffff_ffffn) throw new ValueError(`cookie ${m.serial} does not fit 64 bits`);
@@ -122,7 +122,6 @@ function encode(m: Message, flags: number, withSender: boolean, decoded = false)
     throw new ValueError(`reply cookie ${m.replySerial} does not fit 64 bits`);
   }
   const types = bodyTypes(m.signature);
-  const out = new OutputBuffer(256);
   out.u8(0x6c); // 'l'
   out.u8(m.type);
   out.u8(flags);

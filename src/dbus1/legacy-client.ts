@@ -13,6 +13,7 @@ import { Attach, KDBUS_DST_ID_BROADCAST, ListFlags, NameFlags } from '../abi/con
 import { KdbusError } from '../abi/errno';
 import type { ImportedFile } from '../bus/caller';
 import { nowNs } from '../bus/deadline';
+import { payloadBuffers } from '../bus/payload-buffers';
 import type { KdbusNode } from '../bus/handle';
 import { logger } from '../log/logger';
 import { callerIdentity } from '../os/caller-identity';
@@ -25,6 +26,7 @@ import { LocalConnection, type MatchRule as KdbusRule } from './local-connection
 import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';
 import { decodeMessage, encodeDecodedMessage, encodeMessage, MessageFlag, MessageType, type Message } from './message';
 import { MessageStream } from './message-stream';
+import { OutputBuffer } from './output-buffer';
 import type { KdbusMessage, Received } from './pool-records';
 import { SaslServer } from './sasl';
 import {
@@ -246,24 +248,30 @@ export class LegacyClient implements DriverClient {
       );
       return;
     }
-    let out;
+    // The bus copies the message into its receivers' pools within send(): then its bytes are done with.
+    const bytes = new OutputBuffer(256, payloadBuffers);
     try {
-      out = toKdbus(m, files, this.bloom!, nowNs(), true);
-    } catch (e) {
-      files.forEach((f) => f.close());
-      this.close(`sent a message kdbus cannot carry: ${(e as Error).message}`);
-      return;
-    }
-    if (!out) {
-      files.forEach((f) => f.close());
-      return;
-    }
-    try {
-      this.conn.send(out);
-    } catch (e) {
-      if (!(e instanceof KdbusError)) throw e;
-      if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, dest ?? '')));
-      else if (e.code !== 'EBADSLT') logger.debug(`${this.uniqueName}: a message to ${dest ?? 'everyone'} was dropped: ${e.message}`);
+      let out;
+      try {
+        out = toKdbus(m, files, this.bloom!, nowNs(), true, bytes);
+      } catch (e) {
+        files.forEach((f) => f.close());
+        this.close(`sent a message kdbus cannot carry: ${(e as Error).message}`);
+        return;
+      }
+      if (!out) {
+        files.forEach((f) => f.close());
+        return;
+      }
+      try {
+        this.conn.send(out);
+      } catch (e) {
+        if (!(e instanceof KdbusError)) throw e;
+        if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, dest ?? '')));
+        else if (e.code !== 'EBADSLT') logger.debug(`${this.uniqueName}: a message to ${dest ?? 'everyone'} was dropped: ${e.message}`);
+      }
+    } finally {
+      bytes.release();
     }
   }
 
@@ -280,15 +288,21 @@ export class LegacyClient implements DriverClient {
    */
   private sendToClient(m: Message, fds: readonly number[] = NO_FDS, shown = false, decoded = false): boolean {
     if (!shown && m.sender === DRIVER_NAME && m.member !== 'NameOwnerChanged') this.showMonitors(m);
-    let raw: Buffer;
+    // The stream copies what the socket does not take at once: the bytes are done with after send().
+    const out = new OutputBuffer(256, payloadBuffers);
     try {
-      raw = decoded ? encodeDecodedMessage(m) : encodeMessage(m);
-    } catch (e) {
-      logger.warn(`${this.uniqueName || this.label}: a message for it could not be encoded: ${(e as Error).message}`);
-      fds.forEach(closeFd);
-      return true;
+      let raw: Buffer;
+      try {
+        raw = decoded ? encodeDecodedMessage(m, out) : encodeMessage(m, out);
+      } catch (e) {
+        logger.warn(`${this.uniqueName || this.label}: a message for it could not be encoded: ${(e as Error).message}`);
+        fds.forEach(closeFd);
+        return true;
+      }
+      return this.stream.send(raw, fds);
+    } finally {
+      out.release();
     }
-    return this.stream.send(raw, fds);
   }
 
   private wants(m: Message): boolean {

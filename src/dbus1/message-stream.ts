@@ -231,8 +231,8 @@ export class MessageStream {
   /**
    * Queues one message, with `fds` to go out on its first byte, and writes as much of it as
    * the socket takes now. On true the stream owns `fds` (it closes them once sent, or on
-   * close) and may hold on to `raw` until it is written, so `raw` must not change
-   * afterwards. A closed stream drops the message, closing `fds`, and still answers true:
+   * close); what the socket did not take it keeps a copy of, so `raw` is the caller's again
+   * when send returns. A closed stream drops the message, closing `fds`, and still answers true:
    * its peer is gone, not over a limit.
    *
    * False when bytes are already waiting and they plus raw would exceed maxOutgoingBytes:
@@ -446,7 +446,7 @@ export class MessageStream {
 
   private enqueueOrSend(data: Buffer, fds: readonly number[]): void {
     if (this.outBytes > 0) {
-      this.outQueue.push({ data, offset: 0, fds });
+      this.outQueue.push({ data: Buffer.from(data), offset: 0, fds });
       this.outBytes += data.length;
       return;
     }
@@ -455,7 +455,7 @@ export class MessageStream {
     if (n !== -1) closeAll(fds);
     if (n === data.length || n === -2) return;
     const sent = Math.max(n, 0);
-    this.outQueue.push({ data, offset: sent, fds: n === -1 ? fds : NO_FDS });
+    this.outQueue.push({ data: Buffer.from(data.subarray(sent)), offset: 0, fds: n === -1 ? fds : NO_FDS });
     this.outBytes = data.length - sent;
     this.setWatch(UV_READABLE | UV_WRITABLE);
   }

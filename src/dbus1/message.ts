@@ -221,27 +221,29 @@ function writeU32Field(out: OutputBuffer, code: number, value: number): void {
   out.u32(value);
 }
 
-/** A message in the dbus1 format, little-endian. Throws ValueError if m cannot be expressed. */
-export function encodeMessage(m: Message): Buffer {
-  return encodeDbus1(m, headerProblem(m));
+/**
+ * A message in the dbus1 format, little-endian, written into `out` if given (its bytes are
+ * the caller's until it releases out). Throws ValueError if m cannot be expressed.
+ */
+export function encodeMessage(m: Message, out?: OutputBuffer): Buffer {
+  return encodeDbus1(m, headerProblem(m), out);
 }
 
 /**
  * encodeMessage for a message whose header a decoder accepted, changed since in sender and
  * destination at most (see addressProblem): the rest is not checked again.
  */
-export function encodeDecodedMessage(m: Message): Buffer {
-  return encodeDbus1(m, addressProblem(m));
+export function encodeDecodedMessage(m: Message, out?: OutputBuffer): Buffer {
+  return encodeDbus1(m, addressProblem(m), out);
 }
 
-function encodeDbus1(m: Message, problem: string | undefined): Buffer {
+function encodeDbus1(m: Message, problem: string | undefined, out = new OutputBuffer(256)): Buffer {
   if (problem !== undefined) throw new ValueError(problem);
   if (m.serial > 0xffff_ffffn) throw new ValueError(`serial ${m.serial} does not fit dbus1's 32 bits`);
   if (m.replySerial !== undefined && m.replySerial > 0xffff_ffffn) {
     throw new ValueError(`reply serial ${m.replySerial} does not fit dbus1's 32 bits`);
   }
   const types = bodyTypes(m.signature);
-  const out = new OutputBuffer(256);
   out.u8(0x6c); // 'l'
   out.u8(m.type);
   out.u8(m.flags);

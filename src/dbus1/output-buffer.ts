@@ -3,20 +3,36 @@
  * message, grown by doubling, so a large body is copied once into place rather than
  * assembled from pieces. Every byte is written explicitly (padding included): the backing
  * store comes from allocUnsafe.
+ *
+ * Given reusable buffers, it takes a large backing store from them, and release() gives it
+ * back: for a message whose bytes are done with once they are sent (src/bus/payload-buffers.ts
+ * says why a fresh large buffer per message is costly).
  */
+import { POOLED_PAYLOAD_MIN, type PayloadBuffers } from '../bus/payload-buffers';
+
 const U32_MAX = 0xffff_ffffn;
 
 export class OutputBuffer {
   private buf: Buffer;
+  /** buf came from buffers. */
+  private leased = false;
   pos = 0;
 
-  constructor(initialCapacity = 256) {
+  constructor(initialCapacity = 256, private readonly buffers?: PayloadBuffers) {
     this.buf = Buffer.allocUnsafe(initialCapacity);
   }
 
-  /** The bytes written so far (a view of the backing store, not a copy). */
+  /** The bytes written so far (a view of the backing store, not a copy; void after release()). */
   finish(): Buffer {
     return this.buf.subarray(0, this.pos);
+  }
+
+  /** Gives a backing store taken from the reusable buffers back to them. */
+  release(): void {
+    if (this.leased) this.buffers!.give(this.buf);
+    this.leased = false;
+    this.buf = Buffer.alloc(0);
+    this.pos = 0;
   }
 
   private reserve(n: number): void {
@@ -24,9 +40,13 @@ export class OutputBuffer {
     if (need <= this.buf.length) return;
     // Some room beyond a large write: what follows a body (a footer, padding) then fits
     // without a second copy of all of it.
-    const grown = Buffer.allocUnsafe(Math.max(need + (need >>> 4) + 64, this.buf.length * 2));
+    const size = Math.max(need + (need >>> 4) + 64, this.buf.length * 2);
+    const lease = this.buffers !== undefined && size >= POOLED_PAYLOAD_MIN;
+    const grown = lease ? this.buffers.take(size) : Buffer.allocUnsafe(size);
     this.buf.copy(grown, 0, 0, this.pos);
+    if (this.leased) this.buffers!.give(this.buf);
     this.buf = grown;
+    this.leased = lease;
   }
 
   /** Zero padding up to the next multiple of alignment (a power of two). */

@@ -11,6 +11,7 @@ import type { Bloom } from './bloom';
 import { decodeGVariantMessage, encodeGVariantPayload } from './gvariant-message';
 import { kdbusIdOfUniqueName, type MatchMessage, type MessageType as RuleType, type NameOwners } from './match-rule';
 import { MessageFlag, MessageType, type Message } from './message';
+import type { OutputBuffer } from './output-buffer';
 import type { KdbusMessage, NameChangeNotification } from './pool-records';
 import { payloadBytes } from './pool-records';
 import type { OutgoingMessage } from './local-connection';
@@ -70,9 +71,11 @@ export function matchView(m: Message): MatchMessage {
  * `files` are the message's descriptors (UNIX_FDS of them), taken over by the bus. Returns
  * undefined for what dbus-daemon would only show to eavesdroppers: a non-signal with no
  * destination. `decoded`: m is as decodeMessage gave it, sender and destination aside (see
- * encodeDecodedMessage).
+ * encodeDecodedMessage). `bytes`: where the payload is encoded, if given (see OutputBuffer).
  */
-export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom, nowNs: bigint, decoded = false): OutgoingMessage | undefined {
+export function toKdbus(
+  m: Message, files: readonly ImportedFile[], bloom: Bloom, nowNs: bigint, decoded = false, bytes?: OutputBuffer,
+): OutgoingMessage | undefined {
   const signal = m.type === MessageType.Signal;
   let dst: bigint | string;
   if (m.destination === undefined) {
@@ -86,7 +89,7 @@ export function toKdbus(m: Message, files: readonly ImportedFile[], bloom: Bloom
   // dbus1 does not require the flag on replies, errors and signals, so it is set here.
   const headerFlags = expectReply ? m.flags : m.flags | MessageFlag.NoReplyExpected;
   // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
-  const payload = encodeGVariantPayload(m, headerFlags, decoded);
+  const payload = encodeGVariantPayload(m, headerFlags, decoded, bytes);
   let flags = 0n;
   if (expectReply) flags |= MsgFlags.EXPECT_REPLY;
   if (m.flags & MessageFlag.NoAutoStart) flags |= MsgFlags.NO_AUTO_START;

@@ -137,7 +137,7 @@ describe('dbus1/message: messages against libdbus and GDBus', function () {
   before(function () {
     requireOrSkip(this, oracleAvailable(), 'python3-gi and python3-dbus for /usr/bin/python3');
     const n = MESSAGES.length;
-    const encoded = MESSAGES.map(encodeMessage);
+    const encoded = MESSAGES.map((m) => encodeMessage(m));
     const answers = oracle<unknown>([
       ...MESSAGES.map(libdbusRequest),
       ...encoded.map((b) => ({ op: 'gdbus_decode', hex: hex(b) })),
@@ -178,7 +178,7 @@ describe('dbus1/message: messages against libdbus and GDBus', function () {
   });
 
   it('tells a stream reader the message length from 16 bytes, as libdbus does', function () {
-    const encoded = MESSAGES.map(encodeMessage);
+    const encoded = MESSAGES.map((m) => encodeMessage(m));
     const all = [...encoded, ...gdbusBE.map((h) => Buffer.from(h, 'hex'))];
     all.forEach((b, i) => {
       assert.equal(messageLength(b.subarray(0, 16)), b.length, `message ${i}`);
@@ -188,7 +188,7 @@ describe('dbus1/message: messages against libdbus and GDBus', function () {
 
   it('refuses what libdbus refuses when bytes are changed or cut off', function () {
     this.timeout(20000);
-    const bases = [MESSAGES[0]!, MESSAGES[5]!, MESSAGES[7]!].map(encodeMessage);
+    const bases = [MESSAGES[0]!, MESSAGES[5]!, MESSAGES[7]!].map((m) => encodeMessage(m));
     const inputs: Buffer[] = [];
     for (const b of bases) {
       for (let n = 1; n < b.length; n += 7) inputs.push(b.subarray(0, n));
