@@ -1,11 +1,12 @@
 /**
- * Buffers for message payloads gathered from several data vectors, reused from one SEND to
- * the next. A buffer of 4 KiB or more lives outside V8's heap, and V8 answers a high rate
- * of such allocations with full collections: at 64 KiB per message the daemon ran one every
- * 150 calls or so (measured with --trace-gc), and they cost it about a third of its time.
- *
- * A payload is held from the SEND's import until the SEND ends, when its cleanup gives the
- * buffer back (Staging.release). A SEND nested in a delivery takes another buffer.
+ * Reusable buffers for message bytes that are done with when the operation that made them
+ * ends: a SEND's payload, read from the sender's data vectors and copied into the receivers'
+ * pools (held until the SEND's cleanup, Staging.release), and what the dbus1 encoders write
+ * for a socket or for the bus (src/dbus1/output-buffer.ts). A buffer of 4 KiB or more lives
+ * outside V8's heap, and V8 answers a high rate of such allocations with full collections:
+ * at 64 KiB per call the daemon ran one every 160 calls (measured with --trace-gc), and
+ * profiles showed about a third of its time in the collector. An operation nested in
+ * another (a SEND from within a delivery) takes a buffer of its own.
  */
 
 /** Node serves smaller allocations from a shared slab, which costs V8 nothing extra. */

@@ -11,6 +11,7 @@
 import { POOLED_PAYLOAD_MIN, type PayloadBuffers } from '../bus/payload-buffers';
 
 const U32_MAX = 0xffff_ffffn;
+const RELEASED = Buffer.alloc(0);
 
 export class OutputBuffer {
   private buf: Buffer;
@@ -31,7 +32,7 @@ export class OutputBuffer {
   release(): void {
     if (this.leased) this.buffers!.give(this.buf);
     this.leased = false;
-    this.buf = Buffer.alloc(0);
+    this.buf = RELEASED;
     this.pos = 0;
   }
 
