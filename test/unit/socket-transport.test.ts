@@ -321,6 +321,36 @@ describe('socket transport (daemon side)', function () {
     b.close();
   });
 
+  it('carries a payload of several large vectors, one of them fetched, byte for byte', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    const vectors = [
+      { address: 0x50000n, data: Buffer.alloc(96, 0x11) },
+      { address: 0x80000n, data: Buffer.from(Array.from({ length: 70000 }, (_, i) => (i * 31) & 0xff)) },
+      { address: 0x100000n, data: Buffer.alloc(5003, 0x5a) },
+    ];
+    const w = new ItemWriter();
+    w.u64(0).u64(0).u64(0).u64(b.id).u64(0).u64(KDBUS_PAYLOAD_DBUS).u64(1n).u64(0n);
+    for (const v of vectors) w.itemU64(ItemType.PAYLOAD_VEC, BigInt(v.data.length), v.address);
+    const msg = Buffer.from(w.finish());
+    msg.writeBigUInt64LE(BigInt(msg.length), 0);
+    const cmd = Buffer.alloc(56);
+    cmd.writeBigUInt64LE(56n, 0);
+    cmd.writeBigUInt64LE(0x40000n, Off.send.msg_address);
+    // The last vector is not sent along: the daemon asks for it, and runs the SEND again.
+    const fetched = vectors[2]!;
+    a.client.memory = (address, length) => (address === fetched.address && length === fetched.data.length ? fetched.data : undefined);
+    const segs = [{ address: 0x30000n, data: cmd }, { address: 0x40000n, data: msg }, vectors[0]!, vectors[1]!];
+    assert.equal((await a.client.ioctl(Cmd.SEND, 0x30000n, segs)).errno, 0);
+    const got = (await b.recv()).msg!;
+    const expected = Buffer.concat(vectors.map((v) => v.data));
+    const at = got.indexOf(vectors[0]!.data);
+    assert.ok(at > 0 && at % 8 === 0, 'the payload follows the items, 8-aligned');
+    assert.deepEqual(got.subarray(at, at + expected.length), expected);
+    a.close();
+    b.close();
+  });
+
   it('fetches the struct of BUS_MAKE, whose node creation completes asynchronously', async () => {
     const c = ProtocolClient.connect(sock);
     assert.equal((await c.open('control')).errno, 0);
