@@ -20,6 +20,7 @@ import {
   MSG_IOV, MSG_IOVLEN, MSG_NOSIGNAL, MSGHDR_SIZE, recvmsg, SCM_RIGHTS, sendmsg, setRights, SOL_SOCKET, writeAddress,
 } from '../os/msghdr';
 import { closeFd } from '../os/unix-socket';
+import { payloadBuffers, POOLED_PAYLOAD_MIN } from '../bus/payload-buffers';
 import { DBUS1_PREFIX_SIZE, messageLength } from './message';
 
 
@@ -38,7 +39,9 @@ const CONTROL_SIZE = CMSG_HEADER + ((MAX_FDS_PER_SEND * 4 + 7) & ~7);
  * The read buffer: dozens of typical messages per read. Every stream reads into the same
  * one (reads happen one at a time on the main thread, and each is framed and handed on
  * before the next), and keeps a buffer of its own only while it holds part of a message,
- * so an idle client costs no buffer at all.
+ * so an idle client costs no buffer at all. A large one comes from the daemon's reusable
+ * buffers and goes back once its message is handed on (the handler's view of it is valid
+ * only until it returns).
  */
 const READ_BUFFER_BYTES = 16 * 1024;
 const shared = Buffer.allocUnsafe(READ_BUFFER_BYTES);
@@ -108,6 +111,8 @@ export class MessageStream {
   /** Received, not yet delivered bytes are buf[start, end). */
   private buf: Buffer;
   private bufAddress: number;
+  /** buf came from the reusable buffers. */
+  private pooled = false;
   private start = 0;
   private end = 0;
   /** Length of the message at `start` once its prefix was read; 0 before. */
@@ -266,7 +271,9 @@ export class MessageStream {
     this.fdQueue = [];
     this.fdHead = 0;
     this.dropOutput();
+    // Not given back: a handler that closes the stream may still be reading its message.
     this.buf = EMPTY;
+    this.pooled = false;
     this.start = this.end = this.need = 0;
     this.handlers.closed(reason);
   }
@@ -399,10 +406,7 @@ export class MessageStream {
     if (this.closedFlag) return;
     if (this.start === this.end) {
       this.start = this.end = 0;
-      if (this.buf !== shared && this.buf.length <= READ_BUFFER_BYTES) {
-        this.buf = shared;
-        this.bufAddress = sharedAddress;
-      }
+      this.useShared();
       return;
     }
     if (this.buf === shared) this.replaceBuffer(Math.max(this.need, this.end - this.start, DBUS1_PREFIX_SIZE));
@@ -417,8 +421,7 @@ export class MessageStream {
     const pending = this.end - this.start;
     if (pending === 0) {
       this.start = this.end = 0;
-      this.buf = shared;
-      this.bufAddress = sharedAddress;
+      this.useShared();
       return;
     }
     // A private buffer holding a partial message reads at least as much as the shared one.
@@ -436,12 +439,28 @@ export class MessageStream {
 
   /** A new read buffer of `size` bytes holding the pending bytes at its front. */
   private replaceBuffer(size: number): void {
-    const next = Buffer.allocUnsafe(size);
+    const pooled = size >= POOLED_PAYLOAD_MIN;
+    const next = pooled ? payloadBuffers.take(size) : Buffer.allocUnsafe(size);
     this.buf.copy(next, 0, this.start, this.end);
     this.end -= this.start;
     this.start = 0;
+    this.giveBack();
     this.buf = next;
     this.bufAddress = addressOf(next);
+    this.pooled = pooled;
+  }
+
+  /** Back to the shared read buffer, with nothing held. */
+  private useShared(): void {
+    if (this.buf === shared) return;
+    this.giveBack();
+    this.buf = shared;
+    this.bufAddress = sharedAddress;
+  }
+
+  private giveBack(): void {
+    if (this.pooled) payloadBuffers.give(this.buf);
+    this.pooled = false;
   }
 
   private enqueueOrSend(data: Buffer, fds: readonly number[]): void {

@@ -263,6 +263,22 @@ describe('dbus1 MessageStream: one legacy client socket', () => {
     }
   });
 
+  it('frames large messages one after another arriving in pieces, each whole, as its read buffers are reused', async () => {
+    const h = new Harness().messagesMode();
+    try {
+      const msgs = [70000, 30000, 130000, 20000, 70000, 5000].map((n, i) => call(i + 1, Buffer.alloc(n, 0x21 + i)));
+      const all = Buffer.concat(msgs);
+      for (let from = 0; from < all.length; from += 8191) {
+        fs.writeSync(h.peer, all.subarray(from, Math.min(from + 8191, all.length)));
+        if (from % (8191 * 4) === 0) await sleep(1);
+      }
+      await until('six messages', () => h.messages.length === msgs.length);
+      assert.deepEqual(h.messages, msgs);
+    } finally {
+      h.finish();
+    }
+  });
+
   it('queues received descriptors in order for the messages that declare them', async () => {
     const files = new TempFiles();
     const h = new Harness().messagesMode(true);
