@@ -69,6 +69,8 @@ export function cmdSend(conn: Connection, ctx: CallContext, arg: bigint): void |
     } else if (cmd.flags & SendFlags.SYNC_REPLY) {
       const tracker = startCall(conn, staging, ctx);
       countSent(conn, staging);
+      // Delivered: the payload's buffer need not wait for the reply.
+      staging.release();
       pending = waitReply(conn, tracker, ctx, cancel)
         .then((r) => writeReply(ctx, cmd, r))
         .finally(cleanup);
