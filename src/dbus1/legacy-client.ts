@@ -13,7 +13,6 @@ import { Attach, KDBUS_DST_ID_BROADCAST, ListFlags, NameFlags } from '../abi/con
 import { KdbusError } from '../abi/errno';
 import type { ImportedFile } from '../bus/caller';
 import { nowNs } from '../bus/deadline';
-import { payloadBuffers } from '../bus/payload-buffers';
 import type { KdbusNode } from '../bus/handle';
 import { logger } from '../log/logger';
 import { callerIdentity } from '../os/caller-identity';
@@ -26,7 +25,7 @@ import { LocalConnection, type MatchRule as KdbusRule } from './local-connection
 import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';
 import { decodeMessage, encodeDecodedMessage, encodeMessage, MessageFlag, MessageType, type Message } from './message';
 import { MessageStream } from './message-stream';
-import { OutputBuffer } from './output-buffer';
+import { withReusedOutput } from './output-buffer';
 import type { KdbusMessage, Received } from './pool-records';
 import { SaslServer } from './sasl';
 import {
@@ -249,8 +248,7 @@ export class LegacyClient implements DriverClient {
       return;
     }
     // The bus copies the message into its receivers' pools within send(): then its bytes are done with.
-    const bytes = new OutputBuffer(256, payloadBuffers);
-    try {
+    withReusedOutput((bytes) => {
       let out;
       try {
         out = toKdbus(m, files, this.bloom!, nowNs(), true, bytes);
@@ -270,9 +268,7 @@ export class LegacyClient implements DriverClient {
         if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, dest ?? '')));
         else if (e.code !== 'EBADSLT') logger.debug(`${this.uniqueName}: a message to ${dest ?? 'everyone'} was dropped: ${e.message}`);
       }
-    } finally {
-      bytes.release();
-    }
+    });
   }
 
   // --- to the client -----------------------------------------------------------------------
@@ -289,8 +285,7 @@ export class LegacyClient implements DriverClient {
   private sendToClient(m: Message, fds: readonly number[] = NO_FDS, shown = false, decoded = false): boolean {
     if (!shown && m.sender === DRIVER_NAME && m.member !== 'NameOwnerChanged') this.showMonitors(m);
     // The stream copies what the socket does not take at once: the bytes are done with after send().
-    const out = new OutputBuffer(256, payloadBuffers);
-    try {
+    return withReusedOutput((out) => {
       let raw: Buffer;
       try {
         raw = decoded ? encodeDecodedMessage(m, out) : encodeMessage(m, out);
@@ -300,9 +295,7 @@ export class LegacyClient implements DriverClient {
         return true;
       }
       return this.stream.send(raw, fds);
-    } finally {
-      out.release();
-    }
+    });
   }
 
   private wants(m: Message): boolean {

@@ -8,7 +8,7 @@
  * back: for a message whose bytes are done with once they are sent (src/bus/payload-buffers.ts
  * says why a fresh large buffer per message is costly).
  */
-import { POOLED_PAYLOAD_MIN, type PayloadBuffers } from '../bus/payload-buffers';
+import { payloadBuffers, POOLED_PAYLOAD_MIN, type PayloadBuffers } from '../bus/payload-buffers';
 
 const U32_MAX = 0xffff_ffffn;
 const RELEASED = Buffer.alloc(0);
@@ -150,5 +150,18 @@ export class OutputBuffer {
   /** Overwrites a u32 written earlier (a length known only after what it measures). */
   patchU32(at: number, v: number): void {
     this.buf.writeUInt32LE(v, at);
+  }
+}
+
+/**
+ * Runs `use` with an output buffer whose large backing store is one of the daemon's reusable
+ * buffers, given back when `use` returns: for bytes that are done with by then.
+ */
+export function withReusedOutput<T>(use: (out: OutputBuffer) => T): T {
+  const out = new OutputBuffer(256, payloadBuffers);
+  try {
+    return use(out);
+  } finally {
+    out.release();
   }
 }

@@ -11,14 +11,13 @@
  */
 import { constants as osConstants } from 'node:os';
 import * as koffi from 'koffi';
-import { payloadBuffers } from '../bus/payload-buffers';
 import { logger } from '../log/logger';
 import { CredentialSwitchError, withThreadCredentials, type ThreadCredentials } from '../os/thread-credentials';
 import { sockaddr } from '../os/unix-listener';
 import { AF_UNIX, closeFd, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SyscallError } from '../os/unix-socket';
 import { parseAddress, type UnixAddress } from './address';
 import { decodeMessage, encodeMessage, MAX_MESSAGE_SIZE, MessageFlag, MessageType, type Message } from './message';
-import { OutputBuffer } from './output-buffer';
+import { withReusedOutput } from './output-buffer';
 import { MessageStream } from './message-stream';
 import { MAX_AUTH_LINE_BYTES } from './sasl';
 import type { Value } from './value';
@@ -303,14 +302,8 @@ export class UpstreamConnection {
     m.serial = serial;
     m.unixFds = fds.length > 0 ? fds.length : undefined;
     // The stream copies what the socket does not take at once: the bytes are done with after send().
-    const out = new OutputBuffer(256, payloadBuffers);
-    try {
-      if (!this.stream.send(encodeMessage(m, out), fds)) {
-        throw new UpstreamQueueFullError(this.opts.label, this.stream.outgoingBytes);
-      }
-    } finally {
-      out.release();
-    }
+    const sent = withReusedOutput((out) => this.stream.send(encodeMessage(m, out), fds));
+    if (!sent) throw new UpstreamQueueFullError(this.opts.label, this.stream.outgoingBytes);
     return serial;
   }
 

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { PayloadBuffers } from '../../src/bus/payload-buffers';
-import { OutputBuffer } from '../../src/dbus1/output-buffer';
+import { OutputBuffer, withReusedOutput } from '../../src/dbus1/output-buffer';
 
 describe('dbus1 OutputBuffer', () => {
   it('grows to hold what is written, every byte where it was put', () => {
@@ -40,5 +40,22 @@ describe('dbus1 OutputBuffer', () => {
     const backing = out.finish().buffer;
     out.release();
     assert.notEqual(pool.take(4096).buffer, backing);
+  });
+
+  it('withReusedOutput gives the buffer back when its function returns or throws', () => {
+    let kept: OutputBuffer | undefined;
+    const n = withReusedOutput((out) => {
+      kept = out;
+      out.bytes(Buffer.alloc(10000, 3));
+      return out.finish().length;
+    });
+    assert.equal(n, 10000);
+    assert.equal(kept!.finish().length, 0, 'released');
+    assert.throws(() => withReusedOutput((out) => {
+      kept = out;
+      out.bytes(Buffer.alloc(10000, 3));
+      throw new Error('encoding failed');
+    }), /encoding failed/);
+    assert.equal(kept!.finish().length, 0, 'released after a throw too');
   });
 });
