@@ -17,6 +17,8 @@ export interface PoolStorage {
   fill(offset: number, length: number, byte: number): void;
   /** A copy of the bytes; never-written ranges read as zeros. */
   read(offset: number, length: number): Buffer;
+  /** The same bytes into target[0, length). */
+  readInto(offset: number, length: number, target: Buffer): void;
   /** Bytes actually backed by memory. */
   resident(): number;
   close(): void;
@@ -75,9 +77,14 @@ export class SparseStorage implements PoolStorage {
   }
 
   read(offset: number, length: number): Buffer {
-    checkStorageRange(this, offset, length);
-    // Every byte is written below (a page's or zeros): no zero-filled allocation first.
+    // Every byte is written (a page's or zeros): no zero-filled allocation first.
     const out = Buffer.allocUnsafe(length);
+    this.readInto(offset, length, out);
+    return out;
+  }
+
+  readInto(offset: number, length: number, out: Buffer): void {
+    checkStorageRange(this, offset, length);
     let done = 0;
     while (done < length) {
       const at = offset + done;
@@ -89,7 +96,6 @@ export class SparseStorage implements PoolStorage {
       else out.fill(0, done, done + n);
       done += n;
     }
-    return out;
   }
 
   resident(): number {

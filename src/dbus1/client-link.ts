@@ -89,6 +89,11 @@ export class ClientLink {
     }, (e: unknown) => this.finish(`no upstream connection as uid ${c.euid}: ${(e as Error).message}`));
   }
 
+  /** Whether send() hands a message on before it returns, rather than keeping it until the link is up. */
+  get sendsNow(): boolean {
+    return this.conn !== undefined;
+  }
+
   /** The client's unique name upstream, once connected. */
   get uniqueName(): string | undefined {
     return this.conn?.uniqueName;

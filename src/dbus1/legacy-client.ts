@@ -216,7 +216,8 @@ export class LegacyClient implements DriverClient {
     this.uniqueName = uniqueName(conn.id);
     this.ctx.legacyIds.add(conn.id);
     this.bloom = new Bloom(conn.bloom.size, conn.bloom.nHash);
-    conn.onMessage((r) => this.fromBus(r));
+    // fromBus is done with a message when it returns: encoded for the client, or dropped.
+    conn.onMessage((r) => this.fromBus(r), { transient: true });
     conn.onDisconnect(() => this.close('the bus went away'));
     const self = conn.id;
     // dbus-daemon tells a client about its own names whatever its rules say (NameAcquired,

@@ -34,6 +34,7 @@ import {
   decodeBloomParameter, decodeInfo, decodeList, decodeReceived, type InfoRecord, type KdbusMessage, type ListEntry,
   type Pids, type Received, type UnixCreds,
 } from './pool-records';
+import { payloadBuffers, POOLED_PAYLOAD_MIN } from '../bus/payload-buffers';
 
 /** Whom the connection stands for: the opener of the file and the caller of every ioctl. */
 export interface LocalIdentity {
@@ -195,6 +196,10 @@ export class LocalConnection {
   private readonly sendAddr: bigint;
   private readonly stopWake: () => void;
   private messageHandler: ((r: Received) => void) | undefined;
+  /** The handler is done with what it gets when it returns (onMessage's `transient`). */
+  private transient = false;
+  /** The reusable buffer the record being handled was read into, if it was. */
+  private lease: Buffer | undefined;
   private droppedHandler: ((count: number) => void) | undefined;
   private disconnectHandler: (() => void) | undefined;
   /** Addresses mapped for the message being sent. */
@@ -383,10 +388,12 @@ export class LocalConnection {
   /**
    * Sets the receiver of messages and notifications (undefined: leave them queued). The
    * handler owns the files in what it gets and must close them. Payload buffers are views
-   * into a copy of the pool slice, valid for as long as they are referenced.
+   * into a copy of the pool slice, valid for as long as they are referenced; with
+   * `transient`, only until the handler returns (a large copy is then a reused buffer).
    */
-  onMessage(handler: ((r: Received) => void) | undefined): void {
+  onMessage(handler: ((r: Received) => void) | undefined, opts: { transient?: boolean } = {}): void {
     this.messageHandler = handler;
+    this.transient = opts.transient ?? false;
     if (handler) this.wake();
   }
 
@@ -411,12 +418,14 @@ export class LocalConnection {
     this.scheduled = false;
     while (this.messageHandler && !this.closed && (this.handle.poll() & Poll.IN) !== 0) {
       const r = this.receive();
-      if (r === null) break;
-      if (r === undefined) continue;
       try {
-        this.messageHandler?.(r);
+        if (r === null) break;
+        if (r) this.messageHandler?.(r);
       } catch (e) {
         logger.error(`local connection ${this.id}: message handler failed: ${(e as Error).stack ?? String(e)}`);
+      } finally {
+        if (this.lease) payloadBuffers.give(this.lease);
+        this.lease = undefined;
       }
     }
     const onDisconnect = this.disconnectHandler;
@@ -443,7 +452,7 @@ export class LocalConnection {
     }
     if (r.dropped > 0) this.droppedHandler?.(r.dropped);
     if (!got) return undefined;
-    const slice = this.readAndFree(r.offset, r.size);
+    const slice = this.transient && r.size >= POOLED_PAYLOAD_MIN ? this.readLeased(r.offset, r.size) : this.readAndFree(r.offset, r.size);
     const incomplete = (r.msgFlags & RecvReturn.INCOMPLETE_FDS) !== 0n;
     try {
       return decodeReceived(slice, this.keeper.lookup, incomplete);
@@ -526,6 +535,15 @@ export class LocalConnection {
     const data = this.conn.pool.storage.read(offset, size);
     this.free(offset);
     return data;
+  }
+
+  /** readAndFree into a reusable buffer, given back when the handler returns (drain). */
+  private readLeased(offset: number, size: number): Buffer {
+    const lease = payloadBuffers.take(size);
+    this.conn.pool.storage.readInto(offset, size, lease);
+    this.free(offset);
+    this.lease = lease;
+    return lease.subarray(0, size);
   }
 
   // --- matches and attach flags ----------------------------------------------------------

@@ -108,10 +108,11 @@ export class Untranslatable extends Error {}
  * The dbus1 form of a kdbus message for a legacy client whose unique name is `self`.
  * Throws Untranslatable for what dbus1 cannot carry (64-bit cookies, foreign payloads).
  */
-export function fromKdbus(k: KdbusMessage, self: string): Message {
+export function fromKdbus(k: KdbusMessage, self: string, borrow = true): Message {
   if (k.payloadType !== KDBUS_PAYLOAD_DBUS) throw new Untranslatable(`payload type 0x${k.payloadType.toString(16)} is not D-Bus`);
-  // The payload is part of the record's own copy of its pool slice (pool-records.ts).
-  const m = decodeGVariantMessage(payloadBytes(k), true);
+  // The payload is part of the record's own copy of its pool slice (pool-records.ts): large
+  // byte arrays may stay views of it, unless the message outlives a transient record.
+  const m = decodeGVariantMessage(payloadBytes(k), borrow);
   if (m.serial > U32_MAX) throw new Untranslatable(`cookie ${m.serial} does not fit a dbus1 serial`);
   if (m.replySerial !== undefined && m.replySerial > U32_MAX) throw new Untranslatable(`reply cookie ${m.replySerial} does not fit a dbus1 serial`);
   m.sender = k.srcId === 0n ? DRIVER_NAME : uniqueName(k.srcId);

@@ -118,7 +118,8 @@ export class UpstreamBridge implements BusBridge {
     const tap = LocalConnection.open(this.node, this.daemon, { attachFlagsRecv: 0n, description: 'upstream-tap' });
     this.ownIds.add(tap.id);
     tap.addMatch(TAP_COOKIE, []);
-    tap.onMessage((r) => this.fromTap(r));
+    // What fromTap keeps past its return is copied (fromKdbus without borrowing).
+    tap.onMessage((r) => this.fromTap(r), { transient: true });
     this.tap = tap;
     void this.connect();
   }
@@ -377,7 +378,7 @@ export class UpstreamBridge implements BusBridge {
     if (r.fds.includes(null)) return refuse('a descriptor of it could not be received');
     let m: Message;
     try {
-      m = fromKdbus(r, '');
+      m = fromKdbus(r, '', link.sendsNow);
     } catch (e) {
       return refuse(`it cannot go upstream: ${(e as Error).message}`);
     }
@@ -393,7 +394,7 @@ export class UpstreamBridge implements BusBridge {
     if (!link) return;
     let m: Message;
     try {
-      m = fromKdbus(r, '');
+      m = fromKdbus(r, '', link.sendsNow);
     } catch (e) {
       logger.debug(`:1.${r.srcId}: a broadcast cannot go upstream: ${(e as Error).message}`);
       return;

@@ -22,7 +22,7 @@ export interface PeerCredentials {
 }
 
 export interface UpstreamPeerEvents {
-  /** What kdbus clients sent the stand-in. */
+  /** What kdbus clients sent the stand-in; r's payload is valid until this returns (copy what is kept). */
   message(peer: UpstreamPeer, r: Received): void;
   /** The stand-in is on the bus under `id` (before anything it waited to do). */
   opened(id: bigint): void;
@@ -76,7 +76,7 @@ export class UpstreamPeer {
     }
     this.conn = conn;
     this.events.opened(conn.id);
-    conn.onMessage((r) => this.events.message(this, r));
+    conn.onMessage((r) => this.events.message(this, r), { transient: true });
     conn.onDisconnect(() => this.close());
     const waiting = this.waiting ?? [];
     this.waiting = undefined;

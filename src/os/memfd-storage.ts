@@ -61,8 +61,12 @@ export class MemfdStorage implements PoolStorage {
 
   read(offset: number, length: number): Buffer {
     const out = Buffer.allocUnsafe(length);
-    this.access(offset, length).copy(out, 0, offset, offset + length);
+    this.readInto(offset, length, out);
     return out;
+  }
+
+  readInto(offset: number, length: number, target: Buffer): void {
+    this.access(offset, length).copy(target, 0, offset, offset + length);
   }
 
   /** tmpfs blocks in use (st_blocks is in 512-byte units whatever the block size). */

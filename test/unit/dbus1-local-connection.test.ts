@@ -12,6 +12,7 @@ import {
 import { Errno, KdbusError } from '../../src/abi/errno';
 import type { ImportedFile } from '../../src/bus/caller';
 import { nowNs } from '../../src/bus/deadline';
+import { payloadBuffers } from '../../src/bus/payload-buffers';
 import type { KdbusNode } from '../../src/bus/handle';
 import { LocalConnection, type LocalConnectionOptions, type LocalIdentity } from '../../src/dbus1/local-connection';
 import {
@@ -160,6 +161,26 @@ describe('dbus1 LocalConnection', () => {
     assert.equal(a.busySlices, 0);
     assert.equal(b.busySlices, 0);
     assert.equal(b.lc.handle.connection!.pool.accountedSize, 0, 'nothing left in the queue');
+  });
+
+  it('with a transient handler, reads a large message into a reused buffer that goes back when the handler returns', async () => {
+    const a = peer();
+    const b = new Peer(connect(), false);
+    const seen: Array<{ bytes: Buffer; backing: ArrayBufferLike }> = [];
+    b.lc.onMessage((r) => {
+      if (r.kind !== 'message') return;
+      const bytes = payloadBytes(r);
+      seen.push({ bytes: Buffer.from(bytes), backing: bytes.buffer });
+    }, { transient: true });
+    const big = Buffer.alloc(20000, 0x3c);
+    a.lc.send({ dst: b.lc.id, cookie: 1n, payload: [Buffer.from('head'), big] });
+    a.lc.send({ dst: b.lc.id, cookie: 2n, payload: [Buffer.from('small')] });
+    await settle();
+    assert.deepEqual(seen.map((x) => x.bytes.toString('latin1')), [Buffer.concat([Buffer.from('head'), big]).toString('latin1'), 'small']);
+    const next = payloadBuffers.take(32768);
+    assert.equal(next.buffer, seen[0]!.backing, 'the large message\'s buffer was given back, and is the next one taken');
+    payloadBuffers.give(next);
+    assert.equal(b.busySlices, 0);
   });
 
   it('addresses a well-known name, and reports ESRCH, ENXIO and EADDRNOTAVAIL from SEND', async () => {

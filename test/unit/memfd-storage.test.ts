@@ -44,6 +44,9 @@ describe('MemfdStorage', () => {
     assert.equal(readThroughProc(storage.fd, 4090, 13).toString(), 'across a page');
     assert.deepEqual([...readThroughProc(storage.fd, 8 * MiB - 1, 5)], [0, 1, 2, 3, 0]);
     assert.equal(storage.read(4090, 13).toString(), 'across a page');
+    const into = Buffer.alloc(16, 0x2e);
+    storage.readInto(4090, 13, into);
+    assert.equal(into.toString('latin1'), 'across a page...');
   });
 
   it('fills ranges, including more than one write chunk', () => {

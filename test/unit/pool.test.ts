@@ -285,6 +285,11 @@ describe('Slice data', () => {
     s.fill(16, 8, 0x2a);
     assert.equal(s.read(0, 24).toString('latin1'), '0123456789abcdef********');
     assert.equal(pool.storage.read(PAGE - 8, 8).toString(), '01234567');
+    const into = Buffer.alloc(32, 0x2e);
+    pool.storage.readInto(PAGE - 8, 24, into);
+    assert.equal(into.toString('latin1'), '0123456789abcdef********........', 'readInto: the same bytes, at the front, nothing after');
+    pool.storage.readInto(3 * 8, 8, into);
+    assert.ok(into.subarray(0, 8).every((x) => x === 0), 'a range never written reads as zeros');
   });
 
   it('refuses access outside the slice with EFAULT', () => {
