@@ -324,19 +324,18 @@ export function stageUserMessage(bus: Bus, src: Connection, sendFlags: bigint, m
  * The payload's size, known from the items before anything is read, so that the vectors
  * can be read straight into one buffer; and its only data vector, when it has nothing else.
  */
-function payloadShape(msg: ParsedCommand): { total: number; only: { address: bigint; size: number } | undefined } {
+function payloadShape(msg: ParsedCommand): { total: number; only: Item | undefined } {
   let total = 0;
   let vectors = 0;
-  let only: { address: bigint; size: number } | undefined;
+  let only: Item | undefined;
   let padding = false;
   for (const it of msg.items) {
     if (it.type === ItemType.PAYLOAD_VEC) {
       const size = Number(it.payload.readBigUInt64LE(0));
-      const address = it.payload.readBigUInt64LE(8);
-      if (address !== 0n) {
+      if (it.payload.readBigUInt64LE(8) !== 0n) {
         total += size;
         vectors++;
-        only = { address, size };
+        only = it;
       } else {
         total += size % 8;
         padding ||= size % 8 !== 0;
@@ -371,7 +370,8 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
   const seqnum = bus.nextSeqnum();
   const shape = payloadShape(msg);
   // A payload that is one vector of memory that can lend it is not copied here at all.
-  const lent = shape.only ? ctx.mem.lend?.(shape.only.address, shape.only.size) : undefined;
+  const only = shape.only?.payload;
+  const lent = only ? ctx.mem.lend?.(only.readBigUInt64LE(8), Number(only.readBigUInt64LE(0))) : undefined;
   let pooled: Buffer | undefined;
   let payload: Buffer = NO_PAYLOAD;
   if (lent) payload = lent;

@@ -61,12 +61,7 @@ export class ProcessMemory implements CallerMemory {
 
   read(address: bigint, length: number): Buffer {
     const out = Buffer.allocUnsafe(length);
-    if (length === 0) return out;
-    const start = address - this.windowAt;
-    if (start >= 0n && start + BigInt(length) <= BigInt(this.window.length)) {
-      this.window.copy(out, 0, Number(start), Number(start) + length);
-      return out;
-    }
+    if (length === 0 || this.fromWindow(address, length, out, 0)) return out;
     const want = Math.max(length, READ_AHEAD);
     const buf = want === length ? out : Buffer.allocUnsafe(want);
     setIovs(buf, address, want);
@@ -84,18 +79,21 @@ export class ProcessMemory implements CallerMemory {
   }
 
   readInto(address: bigint, length: number, target: Buffer, offset: number): void {
-    if (length === 0) return;
-    const start = address - this.windowAt;
-    if (start >= 0n && start + BigInt(length) <= BigInt(this.window.length)) {
-      this.window.copy(target, offset, Number(start), Number(start) + length);
-      return;
-    }
+    if (length === 0 || this.fromWindow(address, length, target, offset)) return;
     // Data vectors are read once each: straight into place, no window.
     setIovs(target, address, length, offset);
     const n = readvFn(this.tid, localIov, 1, remoteIov, 1, 0) as number;
     if (n === length) return;
     if (n < 0) this.check(koffi.errno());
     throw fail('EFAULT', `${length} bytes at 0x${address.toString(16)} are not readable in the caller`);
+  }
+
+  /** Copies the range from the window read ahead, if it lies inside it. */
+  private fromWindow(address: bigint, length: number, target: Buffer, offset: number): boolean {
+    const start = address - this.windowAt;
+    if (start < 0n || start + BigInt(length) > BigInt(this.window.length)) return false;
+    this.window.copy(target, offset, Number(start), Number(start) + length);
+    return true;
   }
 
   write(address: bigint, data: Buffer): void {
