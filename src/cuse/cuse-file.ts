@@ -5,6 +5,7 @@
  */
 import type { FileInstaller, ImportedFile } from '../bus/caller';
 import type { Handle } from '../bus/handle';
+import type { Interruption } from '../bus/interruption';
 import { callerIdentity, type CallerIdentity } from '../os/caller-identity';
 import type { AttachTarget, SideChannel } from '../transport/attachments';
 
@@ -22,7 +23,7 @@ export class CuseFile implements AttachTarget {
   /** kh of the last FUSE_POLL that asked to be notified. */
   pollKh: number | undefined;
   /** Waiting SENDs by FUSE request id. */
-  readonly inFlight = new Map<number, AbortController>();
+  readonly inFlight = new Map<number, Interruption>();
   side: SideChannel | undefined;
   stopWake: (() => void) | undefined;
   readonly installer = new SideChannelInstaller(this);

@@ -7,7 +7,8 @@
  */
 import { Off, Cmd } from '../abi/constants';
 import { Errno, KdbusError } from '../abi/errno';
-import type { CallContext } from '../bus/caller';
+import type { CallContext, Interruptible } from '../bus/caller';
+import { Interruption } from '../bus/interruption';
 import { openHandle, type KdbusNode } from '../bus/handle';
 import { PidfdFiles, type KdbusFilePredicate } from '../os/pidfd-files';
 import { ProcessMemory, ProcessMemoryDenied } from '../os/process-memory';
@@ -151,7 +152,7 @@ export class CuseNode implements ChannelHandler {
     // The shim may have sent FREEs on the side channel instead of ioctls: they come first.
     f.side?.catchUp();
     // Only a SEND can wait (for its reply); a release must end that wait.
-    const abort = cmd === Cmd.SEND ? new AbortController() : undefined;
+    const abort = cmd === Cmd.SEND ? new Interruption() : undefined;
     if (abort) f.inFlight.set(unique, abort);
     // The shim offers numbers for files before the commands that install some, RECV and
     // SEND; after any other, there is no offer to drop (nor, for the shim, a queue emptied).
@@ -171,7 +172,7 @@ export class CuseNode implements ChannelHandler {
     const files = new PidfdFiles(identity.tgid, this.isKdbus);
     if (this.memory.mode === 'process_vm') {
       const ctx: CallContext = {
-        mem: new ProcessMemory(hdr.pid), files, installer: f.installer, pid: identity.tgid, tid: hdr.pid, creds: identity.creds, signal: abort?.signal,
+        mem: new ProcessMemory(hdr.pid), files, installer: f.installer, pid: identity.tgid, tid: hdr.pid, creds: identity.creds, signal: abort,
       };
       let r;
       try {
@@ -181,7 +182,7 @@ export class CuseNode implements ChannelHandler {
         if (e instanceof ProcessMemoryDenied) {
           this.memory.mode = 'retry';
           logger.warn(`process_vm access to callers is refused (errno ${e.errno}); using the FUSE ioctl retry protocol, limited to ${IOCTL_MAX_BYTES} bytes per ioctl`);
-          return this.retryIoctl(ch, hdr, f, io, new PidfdFiles(identity.tgid, this.isKdbus), identity.tgid, identity.creds, abort?.signal);
+          return this.retryIoctl(ch, hdr, f, io, new PidfdFiles(identity.tgid, this.isKdbus), identity.tgid, identity.creds, abort);
         }
         return done(-errnoOf(e));
       }
@@ -208,11 +209,11 @@ export class CuseNode implements ChannelHandler {
       );
       return;
     }
-    this.retryIoctl(ch, hdr, f, io, files, identity.tgid, identity.creds, abort?.signal);
+    this.retryIoctl(ch, hdr, f, io, files, identity.tgid, identity.creds, abort);
   }
 
   private retryIoctl(
-    ch: CuseChannel, hdr: InHeader, f: CuseFile, io: IoctlIn, files: PidfdFiles, pid: number, creds: CallContext['creds'], signal: AbortSignal | undefined,
+    ch: CuseChannel, hdr: InHeader, f: CuseFile, io: IoctlIn, files: PidfdFiles, pid: number, creds: CallContext['creds'], signal: Interruptible | undefined,
   ): void {
     const key = `${io.fh}:${hdr.pid}:${io.cmd}:${io.arg}`;
     const state = io.inSize > 0 ? this.retries.get(key) : undefined;

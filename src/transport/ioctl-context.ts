@@ -5,6 +5,7 @@
  */
 import { fail } from '../abi/errno';
 import type { CallContext, CallerFiles, Credentials, FileInstaller, ImportedFile, Interruptible } from '../bus/caller';
+import type { Interruption } from '../bus/interruption';
 import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { ImportedFd } from '../os/pidfd-files';
 import { closeFd } from '../os/unix-socket';
@@ -58,33 +59,6 @@ export class ReservedInstaller implements FileInstaller {
       this.sent.push(dup);
       return this.reserved[this.next++]!;
     });
-  }
-}
-
-/**
- * The interruption of one waiting command (the client's socket closed). Only a synchronous
- * SEND waits, and it registers one listener; an AbortController for that would cost
- * microseconds per call.
- */
-export class Interruption implements Interruptible {
-  aborted = false;
-  private listeners: Array<() => void> = [];
-
-  addEventListener(_type: 'abort', listener: () => void): void {
-    this.listeners.push(listener);
-  }
-
-  removeEventListener(_type: 'abort', listener: () => void): void {
-    const i = this.listeners.indexOf(listener);
-    if (i >= 0) this.listeners.splice(i, 1);
-  }
-
-  abort(): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    const listeners = this.listeners;
-    this.listeners = [];
-    for (const l of listeners) l();
   }
 }
 

@@ -11,6 +11,7 @@ import { Errno, errnoName, KdbusError, fail } from '../abi/errno';
 import type { CallContext, Credentials, ImportedFile, Opener } from '../bus/caller';
 import type { Domain } from '../bus/domain';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
+import { Interruption } from '../bus/interruption';
 import { readTask } from '../os/proc';
 import { idMapped, inDaemonUserNamespace, readIdMap } from '../os/namespaces';
 import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
@@ -27,7 +28,7 @@ import {
   decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, OPEN_FEATURE_HEADS, ProtocolError, type Frame, type Segment,
 } from './frames';
 import { ClientSocket, MAX_FDS_PER_READ } from './client-socket';
-import { IoctlContext, Interruption, ReceivedFiles, ReservedInstaller } from './ioctl-context';
+import { IoctlContext, ReceivedFiles, ReservedInstaller } from './ioctl-context';
 import { NeedMemory, SegmentMemory } from './segment-memory';
 import { accessFor, MAY_EXEC, permitted } from './node-access';
 import { busDirMode } from './placeholder-tree';

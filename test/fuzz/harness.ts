@@ -14,6 +14,7 @@ import { Errno, errnoName } from '../../src/abi/errno';
 import { ItemWriter } from '../../src/abi/items';
 import type { Connection } from '../../src/bus/connection';
 import type { KdbusNode } from '../../src/bus/handle';
+import { Interruption } from '../../src/bus/interruption';
 import { credsOf } from '../helpers/kdbus-client';
 import type { HandleRole } from './errno-oracle';
 import {
@@ -78,7 +79,7 @@ class Fuzzer {
     const placement: Placement = mode === 'random'
       ? rng.weighted<Placement>([[95, 'normal'], [5, 'readonly']])
       : rng.weighted<Placement>([[86, 'normal'], [3, 'misaligned'], [3, 'readonly'], [2, 'unmapped'], [1, 'null'], [3, 'payload'], [2, 'racy']]);
-    let abort: AbortController | undefined;
+    let abort: Interruption | undefined;
 
     let msg: Buffer | undefined;
     let msgAddress = 0n;
@@ -110,7 +111,7 @@ class Fuzzer {
       struct = mode === 'random' ? genRandom(rng, fixed) : genSend(gctx, msgAddress, plan);
       if (mode === 'random' && struct.length >= 32 && rng.chance(0.7)) struct.writeBigUInt64LE(msgAddress, Off.send.msg_address);
       if (plan.sync && rng.chance(0.3)) {
-        abort = new AbortController();
+        abort = new Interruption();
         // A signal already pending when the call starts.
         if (rng.chance(0.05)) abort.abort();
       }

@@ -22,6 +22,7 @@ import type { Connection } from '../../src/bus/connection';
 import { Domain } from '../../src/bus/domain';
 import type { Endpoint } from '../../src/bus/endpoint';
 import { type Handle, type KdbusNode, openHandle, Poll } from '../../src/bus/handle';
+import type { Interruption } from '../../src/bus/interruption';
 import { allowedErrnos, commandName, type HandleRole } from './errno-oracle';
 import { FileRef, FuzzFile, FuzzFiles, FuzzMemory, locatePayload, payloadPattern } from './fake-process';
 import { type GenContext, Rng } from './generators';
@@ -110,7 +111,7 @@ export interface CallRecord {
   msgAddress?: bigint;
   mode: InputMode | 'traffic' | 'setup';
   mutations: string[];
-  abort?: AbortController;
+  abort?: Interruption;
   /** Errnos acceptable on top of the oracle's (a setup racing another one may find the handle set up). */
   extraErrnos?: readonly number[];
   /** Runs while the call's promise is pending: a concurrent ioctl or close on the same handle. */
@@ -214,7 +215,7 @@ export class World {
       mem: this.mem, files: this.files, installer: this.files,
       pid: r.task ?? process.pid, tid: r.task ?? process.pid, creds: r.creds ?? r.actor.creds,
     };
-    if (r.abort) ctx.signal = r.abort.signal;
+    if (r.abort) ctx.signal = r.abort;
     return ctx;
   }
 

@@ -10,6 +10,7 @@ import { ItemWriter } from '../../src/abi/items';
 import type { CallContext, CallerFiles, Credentials, FileInstaller, ImportedFile, Opener } from '../../src/bus/caller';
 import { Domain } from '../../src/bus/domain';
 import { Handle, openHandle, type KdbusNode } from '../../src/bus/handle';
+import type { Interruption } from '../../src/bus/interruption';
 import { Arena } from './arena';
 
 export const selfCreds = (): Credentials => {
@@ -146,7 +147,7 @@ export class TestClient {
   pid = process.pid;
   tid = process.pid;
   id = 0n;
-  abort: AbortController | undefined;
+  abort: Interruption | undefined;
 
   /** `opener.pid` stands for another process: it opens the file and makes the calls. */
   constructor(node: KdbusNode, opener?: Partial<Opener>) {
@@ -157,7 +158,7 @@ export class TestClient {
 
   context(): CallContext {
     const ctx: CallContext = { mem: this.mem, files: this.fds, installer: this.fds, pid: this.pid, tid: this.tid, creds: this.creds };
-    if (this.abort) ctx.signal = this.abort.signal;
+    if (this.abort) ctx.signal = this.abort;
     return ctx;
   }
 

@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { Errno } from '../../src/abi/errno';
 import { Attach, HelloFlags, ItemType, KDBUS_PAYLOAD_KERNEL, MsgFlags, Off, RecvFlags, RecvReturn } from '../../src/abi/constants';
+import { Interruption } from '../../src/bus/interruption';
 import { FakeFile, TestBus, type TestClient, type ReceivedMessage, expectOk, memfd } from '../helpers/kdbus-client';
 
 const buses: TestBus[] = [];
@@ -227,7 +228,7 @@ describe('bus sync calls (SEND_SYNC_REPLY)', () => {
   });
 
   it('an interrupted wait (EINTR) resumes when SEND is repeated with the same cookie: no second call, the reply arrives', async () => {
-    a.abort = new AbortController();
+    a.abort = new Interruption();
     const call = a.send({ dst: b.id, cookie: 14n, flags: EXPECT_REPLY, sync: true, timeoutNs: inFuture(2000), payload: [Buffer.from('once')] });
     await b.mustRecv();
     a.abort.abort();
@@ -244,7 +245,7 @@ describe('bus sync calls (SEND_SYNC_REPLY)', () => {
   });
 
   it('an interrupted wait that is never resumed ends at its deadline silently (interrupt_sync)', async () => {
-    a.abort = new AbortController();
+    a.abort = new Interruption();
     const call = a.send({ dst: b.id, cookie: 15n, flags: EXPECT_REPLY, sync: true, timeoutNs: inFuture(50) });
     await b.mustRecv();
     a.abort.abort();
@@ -259,7 +260,7 @@ describe('bus sync calls (SEND_SYNC_REPLY)', () => {
   });
 
   it('a reply to a caller whose wait was interrupted is accepted and then discarded without leaking quota', async () => {
-    a.abort = new AbortController();
+    a.abort = new Interruption();
     const call = a.send({ dst: b.id, cookie: 16n, flags: EXPECT_REPLY, sync: true, timeoutNs: inFuture(2000) });
     await b.mustRecv();
     a.abort.abort();
