@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,13 @@ static void op_fcntl(void)
 {
 	if (fcntl(g_pipe[0], F_GETFL) < 0)
 		fail("fcntl F_GETFL");
+}
+
+static void op_poll(void)
+{
+	struct pollfd p[2] = { { g_pipe[0], POLLIN, 0 }, { g_pipe[1], POLLOUT, 0 } };
+	if (poll(p, 2, 0) != 1)
+		fail("poll");
 }
 
 static void op_pipe_rw(void)
@@ -99,6 +107,7 @@ static const struct op OPS[] = {
 	{ "ioctl_fionread", op_fionread, 100000 },
 	{ "fcntl_getfl", op_fcntl, 100000 },
 	{ "pipe_write_read", op_pipe_rw, 50000 },
+	{ "poll_pipe", op_poll, 100000 },
 	{ "dup_close", op_dup_close, 50000 },
 	{ "mmap_munmap", op_mmap, 25000 },
 	{ "open_read_close", op_open_file, 15000 },

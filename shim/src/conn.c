@@ -70,6 +70,10 @@ static int *field_of(struct kc_conn *c, int fd, const struct kc_ident **id)
 		*id = &c->pool_id;
 		return &c->pool;
 	}
+	if (c->wake == fd) {
+		*id = &c->wake_id;
+		return &c->wake;
+	}
 	return NULL;
 }
 
@@ -101,7 +105,7 @@ static struct kc_conn *drop_ref_locked(struct kc_conn *c, bool user_fd)
 			break;
 		}
 	}
-	int own[] = { c->sock, c->pool };
+	int own[] = { c->sock, c->pool, c->wake };
 	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
 		if (own[i] >= 0)
 			kc_fd_clear(own[i]);
@@ -120,7 +124,7 @@ static void finish(struct kc_conn *c)
 		if (kc_request_bare(c, c->sock, KC_FRAME_CLOSE, &in, &r) == 0)
 			kc_inbound_release(&in);
 	}
-	int own[] = { c->sock, c->pool };
+	int own[] = { c->sock, c->pool, c->wake };
 	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
 		if (own[i] >= 0)
 			kc_sys_close(own[i]);
@@ -165,7 +169,7 @@ struct kc_conn *kc_conn_create(int user_fd, struct kc_mux *mux, bool counted)
 		return NULL;
 	c->refs = c->user_fds = 1;
 	c->counted = counted;
-	c->pool = -1;
+	c->pool = c->wake = -1;
 	c->mux = mux;
 	if (!ident_of(user_fd, &c->sock_id))
 		goto fail;
@@ -217,7 +221,7 @@ struct kc_conn *kc_conn_create_cuse(int fd)
 		goto out;
 	c->refs = c->user_fds = 1;
 	c->cuse = true;
-	c->sock = c->pool = -1;
+	c->sock = c->pool = c->wake = -1;
 	c->dev_id.dev = st.st_dev;
 	c->dev_id.ino = st.st_ino;
 	kc_lock();

@@ -37,9 +37,11 @@ struct kc_conn {
 	bool release_handle; /* the shared count reached zero: send CLOSE before going */
 	int sock;            /* the shim's own descriptor of the socket; -1 if it was lost */
 	int pool;            /* the read-only pool; -1 until HELLO or POOL brought it */
+	/* cuse: the eventfd that wakes the file's pollers (side-channel.h); -1 without one */
+	int wake;
 	uint64_t pool_size;
 	bool shortcuts;      /* HELLO here said the daemon's WAKEs are exact, and this is no policy holder */
-	struct kc_ident sock_id, pool_id;
+	struct kc_ident sock_id, pool_id, wake_id;
 	struct kc_mux *mux;
 	struct kc_conn *next; /* this process's connections, for fork */
 	bool cuse;

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -45,6 +46,14 @@ struct kc_side_page {
 	uint32_t head_valid;
 	struct kc_head head;
 	struct kc_published published;
+	/*
+	 * poll() on the channel (kc_side_poll_begin), atomic: the threads and processes waiting,
+	 * those of them that found the channel being read and wait for it to be let go, and the
+	 * frames read so far. Whoever lets go of the channel after reading frames, or while some
+	 * wait for it, wakes them all through the file's eventfd (conn.h, wake), and notes that
+	 * it did (nudged), so a poller reads the eventfd empty only when there is something in it.
+	 */
+	uint32_t pollers, lock_waiters, frames, nudged;
 };
 
 struct frame {
@@ -99,9 +108,29 @@ static bool page_lock_for(struct kc_side_page *p, int ms)
 	return page_locked(p, pthread_mutex_timedlock(&p->lock, &until));
 }
 
-static void page_unlock(struct kc_side_page *p)
+/* Wakes the file's pollers through the eventfd. */
+static void nudge(struct kc_conn *c, struct kc_side_page *p)
+{
+	uint64_t one = 1;
+	/* Under kc_lock: a dup2 onto the number moves the eventfd (kc_conn_evict_locked). */
+	kc_lock();
+	/* A full counter (EAGAIN) is readable already. */
+	if (c->wake >= 0)
+		(void)!kc_sys_write(c->wake, &one, sizeof one);
+	kc_unlock();
+	/* After the write: a poller that sees the mark finds the count to read. */
+	__atomic_store_n(&p->nudged, 1, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * Lets go of the channel; frames read under the lock are off the socket, so pollers waiting
+ * on it would not see them, and pollers that could not take the lock may read it now.
+ */
+static void page_unlock(struct kc_conn *c, struct kc_side_page *p)
 {
 	pthread_mutex_unlock(&p->lock);
+	if (__atomic_load_n(&p->pollers, __ATOMIC_SEQ_CST) > 0)
+		nudge(c, p);
 }
 
 static void state_lock(struct kc_side_page *p)
@@ -316,6 +345,7 @@ static int read_available(struct kc_conn *c, int sock)
 			return -ESHUTDOWN;
 		struct frame f;
 		int rc = read_frame(sock, &f);
+		__atomic_add_fetch(&c->side.page->frames, 1, __ATOMIC_SEQ_CST);
 		if (rc == 0 && is_event(f.header.type)) {
 			note_event(c->side.page, &f);
 			continue;
@@ -338,6 +368,7 @@ static int request(struct kc_conn *c, int sock, const uint8_t *frame, size_t len
 	int rc = send_frame(sock, frame, len);
 	while (rc == 0) {
 		rc = read_frame(sock, result);
+		__atomic_add_fetch(&c->side.page->frames, 1, __ATOMIC_SEQ_CST);
 		if (rc == 0 && result->header.type == KC_FRAME_RESULT) {
 			if (result->header.seq == REQUEST_SEQ)
 				return 0;
@@ -382,22 +413,46 @@ static void detach(struct kc_conn *c)
 {
 	int numbers[KC_SIDE_CAPACITY];
 	kc_lock();
-	int sock = c->sock;
+	int sock = c->sock, wake = c->wake;
 	struct kc_side_page *page = c->side.page;
 	unsigned n = c->side.n_reserved;
 	memcpy(numbers, c->side.reserved, sizeof(int) * n);
 	if (sock >= 0)
 		kc_fd_clear(sock);
-	c->sock = -1;
+	if (wake >= 0)
+		kc_fd_clear(wake);
+	c->sock = c->wake = -1;
 	c->side.page = NULL;
 	c->side.n_reserved = 0;
 	c->side.n_transient = 0;
 	kc_unlock();
 	if (sock >= 0)
 		kc_sys_close(sock);
+	if (wake >= 0)
+		kc_sys_close(wake);
 	if (page)
 		munmap(page, sizeof *page);
 	kc_reserve_return(numbers, (int)n);
+}
+
+/*
+ * The eventfd that wakes the file's pollers, recorded as the shim's own (3 or above,
+ * close-on-exec, non-blocking), with its identity; -1 if none could be made: the kernel's
+ * poll then serves the file.
+ */
+static int make_wake(struct kc_ident *id)
+{
+	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	struct stat st;
+	if (fd < 0 || (fd = kc_sys_settle_fd(fd, 1)) < 0)
+		return -1;
+	if (fstat(fd, &st) < 0) {
+		kc_sys_close(fd);
+		return -1;
+	}
+	id->dev = st.st_dev;
+	id->ino = st.st_ino;
+	return fd;
 }
 
 static int attach(struct kc_conn *c, int fd)
@@ -414,6 +469,8 @@ static int attach(struct kc_conn *c, int fd)
 		munmap(page, sizeof *page);
 		return sock;
 	}
+	struct kc_ident wake_id;
+	int wake = make_wake(&wake_id);
 	kc_lock();
 	bool ok = kc_fd_set(sock, KC_FD_INTERNAL, c) == 0;
 	if (ok) {
@@ -421,7 +478,14 @@ static int attach(struct kc_conn *c, int fd)
 		c->sock_id = id;
 		c->side.page = page;
 	}
+	if (ok && wake >= 0 && kc_fd_set(wake, KC_FD_INTERNAL, c) == 0) {
+		c->wake = wake;
+		c->wake_id = wake_id;
+		wake = -1;
+	}
 	kc_unlock();
+	if (wake >= 0)
+		kc_sys_close(wake);
 	if (!ok) {
 		kc_sys_close(sock);
 		munmap(page, sizeof *page);
@@ -434,7 +498,7 @@ static int attach(struct kc_conn *c, int fd)
 	struct kc_result r;
 	page_lock(page);
 	int rc = request(c, sock, frame, len, &result);
-	page_unlock(page);
+	page_unlock(c, page);
 	if (rc == 0) {
 		rc = result_of(&result, &r);
 		close_fds(&result);
@@ -535,7 +599,7 @@ int kc_side_prepare(struct kc_conn *c, struct kc_side_offer *offer)
 		if (n > 0)
 			rc = offer_numbers(c, sock, offer->numbers, (unsigned)n);
 	}
-	page_unlock(page);
+	page_unlock(c, page);
 	pthread_setcancelstate(cancel_state, NULL);
 	if (rc)
 		broke(c, -rc);
@@ -578,7 +642,7 @@ int kc_side_fetch_pool(struct kc_conn *c)
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
 	page_lock(page);
 	rc = request(c, sock, frame, sizeof frame, &result);
-	page_unlock(page);
+	page_unlock(c, page);
 	pthread_setcancelstate(cancel_state, NULL);
 	if (rc == 0) {
 		rc = result_of(&result, &r);
@@ -605,7 +669,7 @@ void kc_side_drain(struct kc_conn *c)
 	int cancel_state;
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
 	int rc = read_available(c, sock);
-	page_unlock(page);
+	page_unlock(c, page);
 	pthread_setcancelstate(cancel_state, NULL);
 	if (rc)
 		broke(c, -rc);
@@ -672,7 +736,7 @@ int kc_side_await(struct kc_conn *c, const int *numbers, unsigned n, int timeout
 		rc = read_available(c, sock);
 		if (rc == 0 && pending(c, numbers, n))
 			rc = wait_readable(sock, slice);
-		page_unlock(page);
+		page_unlock(c, page);
 		if (rc) {
 			broke(c, -rc);
 			break;
@@ -692,6 +756,11 @@ void kc_side_in_child_locked(struct kc_conn *c)
 		kc_fd_clear(c->sock);
 		kc_sys_close(c->sock);
 		c->sock = -1;
+	}
+	if (c->wake >= 0) {
+		kc_fd_clear(c->wake);
+		kc_sys_close(c->wake);
+		c->wake = -1;
 	}
 	if (c->side.page)
 		munmap(c->side.page, sizeof *c->side.page);
@@ -735,7 +804,7 @@ static bool lock_caught_up(struct kc_conn *c, struct caught_up *u)
 
 static void unlock_caught_up(struct kc_conn *c, struct caught_up *u)
 {
-	page_unlock(u->page);
+	page_unlock(c, u->page);
 	pthread_setcancelstate(u->cancel_state, NULL);
 	if (u->rc)
 		broke(c, u->rc == -EPIPE || u->rc == -ECONNRESET ? ESHUTDOWN : -u->rc);
@@ -831,4 +900,106 @@ bool kc_side_free(struct kc_conn *c, uint64_t offset, bool (*answer)(uint64_t ar
 	}
 	unlock_caught_up(c, &u);
 	return sent;
+}
+
+/* The file's readiness from what the channel said, as kdbus's poll computed it. Under state_lock. */
+static int readiness_locked(const struct kc_side_page *p, short *revents)
+{
+	if (!p->exact)
+		return KC_SIDE_POLL_KERNEL;
+	if (p->hup) {
+		*revents = POLLERR | POLLHUP;
+		return KC_SIDE_POLL_READY;
+	}
+	*revents = POLLOUT | POLLWRNORM;
+	if (!p->readable)
+		return KC_SIDE_POLL_WAIT;
+	*revents |= POLLIN | POLLRDNORM;
+	return KC_SIDE_POLL_READY;
+}
+
+/* Applies what the channel holds (under the page lock) and says what that makes the file. */
+static int look(struct kc_conn *c, struct kc_side_page *page, int sock, short *revents, int *rc)
+{
+	*rc = read_available(c, sock);
+	if (*rc)
+		return KC_SIDE_POLL_KERNEL;
+	state_lock(page);
+	int r = readiness_locked(page, revents);
+	state_unlock(page);
+	return r;
+}
+
+/* A nudge from before is for a state the poller has seen since. */
+static void drain_wake(struct kc_conn *c, struct kc_side_page *p)
+{
+	uint64_t count;
+	if (!__atomic_exchange_n(&p->nudged, 0, __ATOMIC_SEQ_CST))
+		return;
+	kc_lock();
+	if (c->wake >= 0)
+		(void)!kc_sys_read(c->wake, &count, sizeof count);
+	kc_unlock();
+}
+
+int kc_side_poll_begin(struct kc_conn *c, struct kc_side_waiter *w)
+{
+	struct kc_side_page *page;
+	int err, rc = 0;
+	if (!ready(c, &w->sock, &page, &err))
+		return KC_SIDE_POLL_KERNEL;
+	kc_lock();
+	w->wake = c->wake;
+	kc_unlock();
+	if (w->wake < 0)
+		return KC_SIDE_POLL_KERNEL;
+	w->page = page;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	uint32_t frames = __atomic_load_n(&page->frames, __ATOMIC_SEQ_CST);
+	bool locked = page_trylock(page);
+	int r;
+	if (locked) {
+		r = look(c, page, w->sock, &w->revents, &rc);
+	} else {
+		/* Someone is reading the channel: what it has applied so far is all there is to go by. */
+		state_lock(page);
+		r = readiness_locked(page, &w->revents);
+		state_unlock(page);
+	}
+	if (r == KC_SIDE_POLL_WAIT) {
+		__atomic_add_fetch(&page->pollers, 1, __ATOMIC_SEQ_CST);
+		drain_wake(c, page);
+		/* Counted now, the next to let go wakes it; one that let go before woke nobody. */
+		if (!locked && (locked = page_trylock(page))) {
+			r = look(c, page, w->sock, &w->revents, &rc);
+			if (r != KC_SIDE_POLL_WAIT)
+				__atomic_sub_fetch(&page->pollers, 1, __ATOMIC_SEQ_CST);
+		}
+	}
+	w->lock_waiter = r == KC_SIDE_POLL_WAIT && !locked;
+	if (w->lock_waiter)
+		__atomic_add_fetch(&page->lock_waiters, 1, __ATOMIC_SEQ_CST);
+	if (locked) {
+		pthread_mutex_unlock(&page->lock);
+		/*
+		 * Frames read here are off the socket for the other pollers, and those waiting for
+		 * the lock may read now; a poller that only looked wakes nobody, itself included.
+		 */
+		uint32_t others = __atomic_load_n(&page->pollers, __ATOMIC_SEQ_CST) - (r == KC_SIDE_POLL_WAIT);
+		if (others > 0 && (__atomic_load_n(&page->frames, __ATOMIC_SEQ_CST) != frames ||
+				   __atomic_load_n(&page->lock_waiters, __ATOMIC_SEQ_CST) > 0))
+			nudge(c, page);
+	}
+	pthread_setcancelstate(cancel_state, NULL);
+	if (rc)
+		broke(c, rc == -EPIPE || rc == -ECONNRESET ? ESHUTDOWN : -rc);
+	return r;
+}
+
+void kc_side_poll_end(struct kc_side_waiter *w)
+{
+	if (w->lock_waiter)
+		__atomic_sub_fetch(&w->page->lock_waiters, 1, __ATOMIC_SEQ_CST);
+	__atomic_sub_fetch(&w->page->pollers, 1, __ATOMIC_SEQ_CST);
 }

@@ -139,6 +139,29 @@ bool kc_side_free(struct kc_conn *c, uint64_t offset, bool (*answer)(uint64_t ar
  */
 int kc_side_await(struct kc_conn *c, const int *numbers, unsigned n, int timeout_ms);
 
+/*
+ * poll() of the file from the channel, without the kernel's FUSE_POLL round trips to the
+ * daemon (cuse-poll.c). The daemon keeps the channel readable whenever the queue's state
+ * changes (WAKE, HEAD, EMPTY, HUP); frames another thread reads are off the socket, so who
+ * reads them wakes the pollers through the file's eventfd.
+ */
+enum {
+	KC_SIDE_POLL_KERNEL = -1, /* no channel that follows the queue (or it broke): the kernel's poll serves */
+	KC_SIDE_POLL_WAIT = 0,    /* not readable: wait for sock (unless lock_waiter) and wake, then ask again */
+	KC_SIDE_POLL_READY = 1,   /* revents is the file's poll mask now */
+};
+
+struct kc_side_waiter {
+	int sock, wake;
+	bool lock_waiter; /* another thread reads the channel: wait for wake alone, it wakes this one */
+	short revents;    /* READY: the mask; WAIT: what is true meanwhile (POLLOUT) */
+	struct kc_side_page *page;
+};
+
+/* What the channel says of c's readiness; after WAIT, kc_side_poll_end once the wait is over. */
+int kc_side_poll_begin(struct kc_conn *c, struct kc_side_waiter *w);
+void kc_side_poll_end(struct kc_side_waiter *w);
+
 /* In a forked child, under kc_lock: an attach another thread of the parent was making is void. */
 void kc_side_in_child_locked(struct kc_conn *c);
 

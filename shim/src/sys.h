@@ -23,6 +23,16 @@ static inline int kc_sys_fcntl(int fd, int cmd, long arg)
 	return (int)syscall(SYS_fcntl, fd, cmd, arg);
 }
 
+static inline ssize_t kc_sys_read(int fd, void *buf, size_t len)
+{
+	return syscall(SYS_read, fd, buf, len);
+}
+
+static inline ssize_t kc_sys_write(int fd, const void *buf, size_t len)
+{
+	return syscall(SYS_write, fd, buf, len);
+}
+
 static inline int kc_sys_dup3(int oldfd, int newfd, int flags)
 {
 	return (int)syscall(SYS_dup3, oldfd, newfd, flags);

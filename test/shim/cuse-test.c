@@ -11,6 +11,7 @@
 
 #include "../../shim/src/conn.h"
 #include "../../shim/src/cuse.h"
+#include "../../shim/src/cuse-poll.h"
 #include "../../shim/src/fd-table.h"
 #include "../../shim/src/kdbus-abi.h"
 #include "../../shim/src/reserve.h"
@@ -18,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -653,6 +655,94 @@ static void test_close(struct kc_conn *c, int dev)
 	      "closing the last one closes the side channel", "still open");
 }
 
+/* poll of the device as the interposer does it, libc's ppoll underneath; ms < 0: no timeout. */
+static int poll_dev(int dev, short events, int ms, short *revents, long *took_ms)
+{
+	struct pollfd p = { dev, events, 0 };
+	struct timespec t = { ms / 1000, (long)(ms % 1000) * 1000000 };
+	long start = now_ms();
+	int n = kc_cuse_poll(&p, 1, ms < 0 ? NULL : &t, NULL, ppoll);
+	*took_ms = now_ms() - start;
+	*revents = p.revents;
+	return n;
+}
+
+struct later {
+	const uint8_t *token;
+	uint32_t what;
+	int delay_ms;
+	struct kc_conn *reader; /* reads the channel right after, as another thread's ioctl would */
+};
+
+static void *event_later(void *arg)
+{
+	struct later *l = arg;
+	usleep((useconds_t)l->delay_ms * 1000);
+	mock_queue(l->token, l->what);
+	if (l->reader)
+		kc_side_drain(l->reader);
+	return NULL;
+}
+
+/*
+ * poll from the side channel (cuse-poll.c). The device is /dev/null, which the kernel would
+ * report readable at once: a poll that waits has not asked the kernel.
+ */
+static void test_poll(struct kc_conn *c, int dev)
+{
+	const uint8_t *token = fake_last_token(dev);
+	short rev;
+	long took;
+	int n = poll_dev(dev, POLLIN, 100, &rev, &took);
+	CHECK(n == 0 && rev == 0 && took >= 90, "on an empty queue poll waits on the side channel, not on the device",
+	      "%d, revents %x after %ld ms", n, rev, took);
+	n = poll_dev(dev, POLLIN | POLLOUT, 1000, &rev, &took);
+	CHECK(n == 1 && rev == POLLOUT && took < 500, "a kdbus file is always writable: POLLOUT at once, without POLLIN",
+	      "%d, revents %x after %ld ms", n, rev, took);
+	n = mock_queue(token, 1) ? poll_dev(dev, POLLIN, 1000, &rev, &took) : -1;
+	CHECK(n == 1 && rev == POLLIN && took < 500, "after a WAKE, POLLIN at once", "%d, revents %x after %ld ms", n, rev,
+	      took);
+	n = mock_queue(token, 0) ? poll_dev(dev, POLLIN, 0, &rev, &took) : -1;
+	CHECK(n == 0 && rev == 0, "after EMPTY, nothing", "%d, revents %x", n, rev);
+
+	pthread_t t;
+	struct later l = { token, 1, 150, NULL };
+	pthread_create(&t, NULL, event_later, &l);
+	n = poll_dev(dev, POLLIN, 5000, &rev, &took);
+	pthread_join(t, NULL);
+	CHECK(n == 1 && rev == POLLIN && took >= 100 && took < 4000, "a WAKE that comes while poll waits ends the wait",
+	      "%d, revents %x after %ld ms", n, rev, took);
+
+	int woken = 0;
+	for (int i = 0; i < 20; i++) {
+		mock_queue(token, 0);
+		kc_side_drain(c);
+		struct later r = { token, 1, 20, c };
+		pthread_create(&t, NULL, event_later, &r);
+		n = poll_dev(dev, POLLIN, 5000, &rev, &took);
+		pthread_join(t, NULL);
+		woken += n == 1 && rev == POLLIN && took < 4000;
+	}
+	CHECK(woken == 20, "a WAKE another thread reads off the channel wakes the poller too (20 rounds)", "%d of 20",
+	      woken);
+
+	mock_queue(token, 0);
+	int p[2];
+	if (pipe(p) == 0 && write(p[1], "x", 1) == 1) {
+		struct pollfd set[2] = { { dev, POLLIN, 0 }, { p[0], POLLIN, 0 } };
+		struct timespec second = { 1, 0 };
+		n = kc_cuse_poll(set, 2, &second, NULL, ppoll);
+		CHECK(n == 1 && set[0].revents == 0 && set[1].revents == POLLIN,
+		      "other descriptors in the set are polled as they are", "%d, revents %x %x", n, set[0].revents,
+		      set[1].revents);
+		close(p[0]);
+		close(p[1]);
+	}
+	n = mock_queue(token, 2) ? poll_dev(dev, POLLIN, 1000, &rev, &took) : -1;
+	CHECK(n == 1 && rev == (POLLERR | POLLHUP), "after a HUP, POLLERR and POLLHUP as kdbus gave them",
+	      "%d, revents %x", n, rev);
+}
+
 static void test_refused(void)
 {
 	int dev = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -712,6 +802,9 @@ int main(int argc, char **argv)
 		struct kc_conn *heads = attach_device(&dev);
 		if (heads)
 			test_heads_here(heads, dev);
+		struct kc_conn *polled = attach_device(&dev);
+		if (polled)
+			test_poll(polled, dev);
 		test_refused();
 	}
 	if (mock > 0) {

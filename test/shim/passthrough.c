@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -118,6 +119,16 @@ static void descriptors(void)
 	SHOW("write pipe", write(p[1], "xyz", 3));
 	SHOW("ioctl FIONREAD", ioctl(p[0], FIONREAD, &avail));
 	printf("FIONREAD %d\n", avail);
+	struct pollfd pf[3] = { { p[0], POLLIN, 0 }, { p[1], POLLOUT, 0 }, { -1, POLLIN, 0 } };
+	SHOW("poll a pipe", poll(pf, 3, 0));
+	printf("poll revents %x %x %x\n", pf[0].revents, pf[1].revents, pf[2].revents);
+	struct timespec none = { 0, 1000000 };
+	pf[0].events = POLLPRI;
+	SHOW("ppoll a pipe, timing out", ppoll(pf, 1, &none, NULL));
+	printf("ppoll revents %x\n", pf[0].revents);
+	pf[0].fd = 100000;
+	SHOW("poll a closed descriptor", poll(pf, 1, 0));
+	printf("poll revents %x\n", pf[0].revents);
 	SHOW("mmap a pipe", mmap(NULL, 4096, PROT_READ, MAP_SHARED, p[0], 0) == MAP_FAILED ? -1 : 0);
 	void *anon = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	SHOW("mmap anonymous", anon == MAP_FAILED ? -1 : 0);

@@ -17,7 +17,7 @@ const TESTS = path.join(ROOT, 'shim', 'build', 'test');
 type Libc = 'glibc' | 'musl';
 
 /** The functions the shim interposes; glibc has more entry points for the same calls. */
-const COMMON = ['close', 'dup', 'dup2', 'dup3', 'fcntl', 'ioctl', 'mmap', 'open', 'openat', 'pread', 'pwrite', 'read', 'readv', 'write', 'writev'];
+const COMMON = ['close', 'dup', 'dup2', 'dup3', 'fcntl', 'ioctl', 'mmap', 'open', 'openat', 'poll', 'ppoll', 'pread', 'pwrite', 'read', 'readv', 'write', 'writev'];
 const GLIBC_ONLY = ['__open64_2', '__open_2', '__openat64_2', '__openat_2', 'close_range', 'closefrom', 'fcntl64', 'mmap64', 'open64', 'openat64', 'pread64', 'pwrite64'];
 
 function run(cmd: string, args: string[], env: Record<string, string> = {}): SpawnSyncReturns<string> {
@@ -118,12 +118,16 @@ function suite(libc: Libc, compiler: string): void {
       assert.match(out, /after exec: descriptors pass with an ioctl/);
     });
 
-    it('serves CUSE devices through the side channel (mock daemon)', () => {
+    it('serves CUSE devices through the side channel, poll included (mock daemon)', () => {
       const out = succeeds(run(path.join(TESTS, libc, 'cuse-test'), [path.join(TESTS, libc, 'mock-daemon')]), 'cuse-test');
       checkLines(out, [
         'after RECV the files are on the numbers the message names (FDS and memfd)',
         'a RECV waits for files the daemon sends late',
         'four threads, 100 RECVs with files over one side channel',
+        'on an empty queue poll waits on the side channel, not on the device',
+        'a WAKE that comes while poll waits ends the wait',
+        'a WAKE another thread reads off the channel wakes the poller too (20 rounds)',
+        'after a HUP, POLLERR and POLLHUP as kdbus gave them',
       ]);
     });
 

@@ -1,0 +1,166 @@
+/* poll() of CUSE kdbus descriptors from their side channels (see cuse-poll.h). */
+#include "cuse-poll.h"
+#include "conn.h"
+#include "fd-table.h"
+#include "side-channel.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Sets of up to this many CUSE descriptors need no allocation. */
+#define ON_STACK 8
+
+struct watched {
+	nfds_t index;
+	struct kc_conn *c;
+	int state;
+	short mask;       /* what poll reports for it now; 0 while it waits */
+	nfds_t wake_at;   /* its eventfd's entry in the set polled, while it waits */
+	struct kc_side_waiter w;
+};
+
+bool kc_cuse_poll_wanted(const struct pollfd *fds, nfds_t nfds)
+{
+	for (nfds_t i = 0; i < nfds; i++)
+		if (fds[i].fd >= 0 && kc_fd_get(fds[i].fd).kind == KC_FD_CUSE)
+			return true;
+	return false;
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* What is left of the caller's timeout in *left; NULL for none (wait forever). */
+static const struct timespec *remaining(int64_t deadline, struct timespec *left)
+{
+	if (deadline < 0)
+		return NULL;
+	int64_t ns = deadline - now_ns();
+	if (ns < 0)
+		ns = 0;
+	left->tv_sec = ns / 1000000000;
+	left->tv_nsec = ns % 1000000000;
+	return left;
+}
+
+/* Asks each channel; true if some descriptor is ready now. */
+static bool begin_all(const struct pollfd *fds, struct watched *ws, size_t n)
+{
+	bool ready = false;
+	for (size_t k = 0; k < n; k++) {
+		struct watched *x = &ws[k];
+		x->state = x->c ? kc_side_poll_begin(x->c, &x->w) : KC_SIDE_POLL_KERNEL;
+		x->mask = 0;
+		if (x->state == KC_SIDE_POLL_KERNEL)
+			continue;
+		/* kdbus reports its errors and hang-up whatever was asked, like every poll. */
+		short events = fds[x->index].events | POLLERR | POLLHUP;
+		x->mask = x->w.revents & events;
+		ready |= x->mask != 0;
+	}
+	return ready;
+}
+
+/* The set the kernel polls: the caller's, with each waiting CUSE descriptor's channel instead. */
+static nfds_t build(const struct pollfd *fds, nfds_t nfds, struct watched *ws, size_t n, struct pollfd *work)
+{
+	memcpy(work, fds, sizeof *fds * nfds);
+	nfds_t extra = nfds;
+	for (size_t k = 0; k < n; k++) {
+		struct watched *x = &ws[k];
+		if (x->state == KC_SIDE_POLL_KERNEL)
+			continue;
+		struct pollfd *p = &work[x->index];
+		p->fd = -1;
+		if (x->state != KC_SIDE_POLL_WAIT)
+			continue;
+		if (!x->w.lock_waiter) {
+			p->fd = x->w.sock;
+			p->events = POLLIN;
+		}
+		x->wake_at = extra;
+		work[extra].fd = x->w.wake;
+		work[extra].events = POLLIN;
+		work[extra++].revents = 0;
+	}
+	return extra;
+}
+
+int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout, const sigset_t *sigmask, kc_ppoll_fn next)
+{
+	size_t n = 0;
+	for (nfds_t i = 0; i < nfds; i++)
+		if (fds[i].fd >= 0 && kc_fd_get(fds[i].fd).kind == KC_FD_CUSE)
+			n++;
+	struct watched stack_ws[ON_STACK];
+	struct pollfd stack_work[ON_STACK * 2];
+	struct watched *ws = stack_ws;
+	struct pollfd *work = stack_work;
+	if (n > ON_STACK || nfds + n > ON_STACK * 2) {
+		ws = n > ON_STACK ? malloc(sizeof *ws * n) : stack_ws;
+		work = malloc(sizeof *work * (nfds + n));
+		if (!ws || !work) {
+			if (ws != stack_ws)
+				free(ws);
+			free(work);
+			/* Nothing to wait with but the kernel's own poll. */
+			return next(fds, nfds, timeout, sigmask);
+		}
+	}
+	size_t k = 0;
+	for (nfds_t i = 0; i < nfds && k < n; i++) {
+		if (fds[i].fd < 0 || kc_fd_get(fds[i].fd).kind != KC_FD_CUSE)
+			continue;
+		ws[k].index = i;
+		ws[k++].c = kc_cuse_acquire(fds[i].fd);
+	}
+	n = k;
+	int64_t deadline = timeout ? now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
+	const struct timespec zero = { 0, 0 };
+	int result;
+	for (;;) {
+		bool ready = begin_all(fds, ws, n);
+		nfds_t total = build(fds, nfds, ws, n, work);
+		struct timespec left;
+		int got = next(work, total, ready ? &zero : remaining(deadline, &left), sigmask);
+		int err = errno;
+		bool stirred = false;
+		for (k = 0; k < n; k++) {
+			struct watched *x = &ws[k];
+			if (x->state != KC_SIDE_POLL_WAIT)
+				continue;
+			kc_side_poll_end(&x->w);
+			stirred |= work[x->index].revents != 0 || work[x->wake_at].revents != 0;
+		}
+		if (got < 0) {
+			errno = err;
+			result = -1;
+			break;
+		}
+		result = 0;
+		for (nfds_t i = 0; i < nfds; i++)
+			fds[i].revents = work[i].revents;
+		for (k = 0; k < n; k++)
+			if (ws[k].state != KC_SIDE_POLL_KERNEL)
+				fds[ws[k].index].revents = ws[k].mask;
+		for (nfds_t i = 0; i < nfds; i++)
+			result += fds[i].revents != 0;
+		/* A channel that stirred may have made its descriptor ready: ask again, the time left. */
+		if (result > 0 || !stirred)
+			break;
+	}
+	for (k = 0; k < n; k++)
+		if (ws[k].c)
+			kc_conn_release(ws[k].c);
+	if (ws != stack_ws)
+		free(ws);
+	if (work != stack_work)
+		free(work);
+	return result;
+}
