@@ -80,10 +80,8 @@ static nfds_t build(const struct pollfd *fds, nfds_t nfds, struct watched *ws, s
 		p->fd = -1;
 		if (x->state != KC_SIDE_POLL_WAIT)
 			continue;
-		if (!x->w.lock_waiter) {
-			p->fd = x->w.sock;
-			p->events = POLLIN;
-		}
+		p->fd = x->w.sock;
+		p->events = POLLIN;
 		x->wake_at = extra;
 		work[extra].fd = x->w.wake;
 		work[extra].events = POLLIN;

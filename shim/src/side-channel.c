@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -48,12 +49,11 @@ struct kc_side_page {
 	struct kc_published published;
 	/*
 	 * poll() on the channel (kc_side_poll_begin), atomic: the threads and processes waiting,
-	 * those of them that found the channel being read and wait for it to be let go, and the
-	 * frames read so far. Whoever lets go of the channel after reading frames, or while some
-	 * wait for it, wakes them all through the file's eventfd (conn.h, wake), and notes that
-	 * it did (nudged), so a poller reads the eventfd empty only when there is something in it.
+	 * and the frames read so far. Whoever lets go of the channel while some wait wakes them
+	 * all through the file's eventfd (conn.h, wake), and notes that it did (nudged), so a
+	 * poller reads the eventfd empty only when there is something in it.
 	 */
-	uint32_t pollers, lock_waiters, frames, nudged;
+	uint32_t pollers, frames, nudged;
 };
 
 struct frame {
@@ -977,19 +977,15 @@ int kc_side_poll_begin(struct kc_conn *c, struct kc_side_waiter *w)
 				__atomic_sub_fetch(&page->pollers, 1, __ATOMIC_SEQ_CST);
 		}
 	}
-	w->lock_waiter = r == KC_SIDE_POLL_WAIT && !locked;
-	if (w->lock_waiter)
-		__atomic_add_fetch(&page->lock_waiters, 1, __ATOMIC_SEQ_CST);
 	if (locked) {
 		pthread_mutex_unlock(&page->lock);
-		/*
-		 * Frames read here are off the socket for the other pollers, and those waiting for
-		 * the lock may read now; a poller that only looked wakes nobody, itself included.
-		 */
+		/* Frames read here are off the socket for the other pollers; a look alone wakes nobody. */
 		uint32_t others = __atomic_load_n(&page->pollers, __ATOMIC_SEQ_CST) - (r == KC_SIDE_POLL_WAIT);
-		if (others > 0 && (__atomic_load_n(&page->frames, __ATOMIC_SEQ_CST) != frames ||
-				   __atomic_load_n(&page->lock_waiters, __ATOMIC_SEQ_CST) > 0))
+		if (others > 0 && __atomic_load_n(&page->frames, __ATOMIC_SEQ_CST) != frames)
 			nudge(c, page);
+	} else {
+		/* The reader has frames to read that the socket shows this poller too: let it run. */
+		sched_yield();
 	}
 	pthread_setcancelstate(cancel_state, NULL);
 	if (rc)
@@ -999,7 +995,5 @@ int kc_side_poll_begin(struct kc_conn *c, struct kc_side_waiter *w)
 
 void kc_side_poll_end(struct kc_side_waiter *w)
 {
-	if (w->lock_waiter)
-		__atomic_sub_fetch(&w->page->lock_waiters, 1, __ATOMIC_SEQ_CST);
 	__atomic_sub_fetch(&w->page->pollers, 1, __ATOMIC_SEQ_CST);
 }

@@ -147,13 +147,12 @@ int kc_side_await(struct kc_conn *c, const int *numbers, unsigned n, int timeout
  */
 enum {
 	KC_SIDE_POLL_KERNEL = -1, /* no channel that follows the queue (or it broke): the kernel's poll serves */
-	KC_SIDE_POLL_WAIT = 0,    /* not readable: wait for sock (unless lock_waiter) and wake, then ask again */
+	KC_SIDE_POLL_WAIT = 0,    /* not readable: wait for sock and wake, then ask again */
 	KC_SIDE_POLL_READY = 1,   /* revents is the file's poll mask now */
 };
 
 struct kc_side_waiter {
 	int sock, wake;
-	bool lock_waiter; /* another thread reads the channel: wait for wake alone, it wakes this one */
 	short revents;    /* READY: the mask; WAIT: what is true meanwhile (POLLOUT) */
 	struct kc_side_page *page;
 };
