@@ -5,6 +5,7 @@
 #include "side-channel.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,50 @@ static const struct timespec *remaining(int64_t deadline, struct timespec *left)
 	left->tv_sec = ns / 1000000000;
 	left->tv_nsec = ns % 1000000000;
 	return left;
+}
+
+/* A wait that ended: the channels no longer count the waiters. */
+static void end_waits(struct watched *ws, size_t n)
+{
+	for (size_t k = 0; k < n; k++)
+		if (ws[k].state == KC_SIDE_POLL_WAIT)
+			kc_side_poll_end(&ws[k].w);
+}
+
+struct call {
+	struct watched *ws, *stack_ws;
+	struct pollfd *work, *stack_work;
+	size_t n;
+};
+
+/* The end of the call: returns or, poll being a cancellation point, the thread cancelled in it. */
+static void finish(struct call *call)
+{
+	for (size_t k = 0; k < call->n; k++)
+		if (call->ws[k].c)
+			kc_conn_release(call->ws[k].c);
+	if (call->ws != call->stack_ws)
+		free(call->ws);
+	if (call->work != call->stack_work)
+		free(call->work);
+}
+
+static void cancelled(void *arg)
+{
+	struct call *call = arg;
+	end_waits(call->ws, call->n);
+	finish(call);
+}
+
+/* The kernel's poll of the set, a cancellation point: a cancelled thread ends the call first. */
+static int poll_set(kc_ppoll_fn next, struct pollfd *work, nfds_t total, const struct timespec *timeout, const sigset_t *sigmask,
+		struct call *call)
+{
+	int got;
+	pthread_cleanup_push(cancelled, call);
+	got = next(work, total, timeout, sigmask);
+	pthread_cleanup_pop(0);
+	return got;
 }
 
 /* Asks each channel; true if some descriptor is ready now. */
@@ -119,6 +164,7 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 		ws[k++].c = kc_cuse_acquire(fds[i].fd);
 	}
 	n = k;
+	struct call call = { ws, stack_ws, work, stack_work, n };
 	int64_t deadline = timeout ? now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
 	const struct timespec zero = { 0, 0 };
 	int result;
@@ -126,16 +172,13 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 		bool ready = begin_all(fds, ws, n);
 		nfds_t total = build(fds, nfds, ws, n, work);
 		struct timespec left;
-		int got = next(work, total, ready ? &zero : remaining(deadline, &left), sigmask);
+		int got = poll_set(next, work, total, ready ? &zero : remaining(deadline, &left), sigmask, &call);
 		int err = errno;
+		end_waits(ws, n);
 		bool stirred = false;
-		for (k = 0; k < n; k++) {
-			struct watched *x = &ws[k];
-			if (x->state != KC_SIDE_POLL_WAIT)
-				continue;
-			kc_side_poll_end(&x->w);
-			stirred |= work[x->index].revents != 0 || work[x->wake_at].revents != 0;
-		}
+		for (k = 0; k < n; k++)
+			if (ws[k].state == KC_SIDE_POLL_WAIT)
+				stirred |= work[ws[k].index].revents != 0 || work[ws[k].wake_at].revents != 0;
 		if (got < 0) {
 			errno = err;
 			result = -1;
@@ -153,12 +196,6 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 		if (result > 0 || !stirred)
 			break;
 	}
-	for (k = 0; k < n; k++)
-		if (ws[k].c)
-			kc_conn_release(ws[k].c);
-	if (ws != stack_ws)
-		free(ws);
-	if (work != stack_work)
-		free(work);
+	finish(&call);
 	return result;
 }

@@ -684,6 +684,13 @@ static void *event_later(void *arg)
 	return NULL;
 }
 
+static void *poll_forever(void *arg)
+{
+	struct pollfd p = { *(int *)arg, POLLIN, 0 };
+	kc_cuse_poll(&p, 1, NULL, NULL, ppoll);
+	return NULL;
+}
+
 /*
  * poll from the side channel (cuse-poll.c). The device is /dev/null, which the kernel would
  * report readable at once: a poll that waits has not asked the kernel.
@@ -727,6 +734,21 @@ static void test_poll(struct kc_conn *c, int dev)
 	      woken);
 
 	mock_queue(token, 0);
+	kc_side_drain(c);
+	kc_lock();
+	unsigned refs = c->refs;
+	kc_unlock();
+	pthread_create(&t, NULL, poll_forever, &dev);
+	usleep(100000);
+	pthread_cancel(t);
+	void *status = NULL;
+	pthread_join(t, &status);
+	kc_lock();
+	unsigned after = c->refs;
+	kc_unlock();
+	CHECK(status == PTHREAD_CANCELED && after == refs, "a thread cancelled in poll leaves the file as it was",
+	      "%s, references %u, were %u", status == PTHREAD_CANCELED ? "cancelled" : "not cancelled", after, refs);
+
 	int p[2];
 	if (pipe(p) == 0 && write(p[1], "x", 1) == 1) {
 		struct pollfd set[2] = { { dev, POLLIN, 0 }, { p[0], POLLIN, 0 } };
