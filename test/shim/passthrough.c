@@ -97,6 +97,11 @@ static void files(void)
 		closedir(d);
 }
 
+#ifdef __GLIBC__
+int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
+int __ppoll_chk(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout, const sigset_t *sigmask, size_t fdslen);
+#endif
+
 static void descriptors(void)
 {
 	int p[2];
@@ -129,6 +134,14 @@ static void descriptors(void)
 	pf[0].fd = 100000;
 	SHOW("poll a closed descriptor", poll(pf, 1, 0));
 	printf("poll revents %x\n", pf[0].revents);
+#ifdef __GLIBC__
+	/* What _FORTIFY_SOURCE makes of poll and ppoll on an array of known length. */
+	pf[0] = (struct pollfd){ p[0], POLLIN, 0 };
+	SHOW("__poll_chk a pipe", __poll_chk(pf, 3, 0, sizeof pf));
+	printf("__poll_chk revents %x %x %x\n", pf[0].revents, pf[1].revents, pf[2].revents);
+	SHOW("__ppoll_chk a pipe", __ppoll_chk(pf, 2, &none, NULL, sizeof pf));
+	printf("__ppoll_chk revents %x %x\n", pf[0].revents, pf[1].revents);
+#endif
 	SHOW("mmap a pipe", mmap(NULL, 4096, PROT_READ, MAP_SHARED, p[0], 0) == MAP_FAILED ? -1 : 0);
 	void *anon = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	SHOW("mmap anonymous", anon == MAP_FAILED ? -1 : 0);

@@ -18,7 +18,7 @@ type Libc = 'glibc' | 'musl';
 
 /** The functions the shim interposes; glibc has more entry points for the same calls. */
 const COMMON = ['close', 'dup', 'dup2', 'dup3', 'fcntl', 'ioctl', 'mmap', 'open', 'openat', 'poll', 'ppoll', 'pread', 'pwrite', 'read', 'readv', 'write', 'writev'];
-const GLIBC_ONLY = ['__open64_2', '__open_2', '__openat64_2', '__openat_2', 'close_range', 'closefrom', 'fcntl64', 'mmap64', 'open64', 'openat64', 'pread64', 'pwrite64'];
+const GLIBC_ONLY = ['__open64_2', '__open_2', '__openat64_2', '__openat_2', '__poll_chk', '__ppoll_chk', 'close_range', 'closefrom', 'fcntl64', 'mmap64', 'open64', 'openat64', 'pread64', 'pwrite64'];
 
 function run(cmd: string, args: string[], env: Record<string, string> = {}): SpawnSyncReturns<string> {
   return spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60000 });
