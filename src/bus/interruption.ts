@@ -1,8 +1,8 @@
 /**
- * The interruption of one waiting command: a signal reached the caller blocked in a
- * synchronous SEND (FUSE_INTERRUPT), or its file or socket went away. Only such a SEND
- * waits, and it registers one listener; an AbortController would do the same at a cost of
- * microseconds per call (several per cent of the daemon's time under emulation).
+ * The interruption of one waiting command: the transports end a synchronous SEND's wait
+ * with it when the caller's file or socket goes away. Only such a SEND waits, and it
+ * registers one listener; an AbortController would do the same at a cost of microseconds
+ * per call (several per cent of the daemon's time under emulation).
  */
 import type { Interruptible } from './caller';
 
