@@ -22,10 +22,15 @@ struct watched {
 	struct kc_side_waiter w;
 };
 
+static bool is_cuse(const struct pollfd *p)
+{
+	return p->fd >= 0 && kc_fd_get(p->fd).kind == KC_FD_CUSE;
+}
+
 bool kc_cuse_poll_wanted(const struct pollfd *fds, nfds_t nfds)
 {
 	for (nfds_t i = 0; i < nfds; i++)
-		if (fds[i].fd >= 0 && kc_fd_get(fds[i].fd).kind == KC_FD_CUSE)
+		if (is_cuse(&fds[i]))
 			return true;
 	return false;
 }
@@ -139,8 +144,7 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 {
 	size_t n = 0;
 	for (nfds_t i = 0; i < nfds; i++)
-		if (fds[i].fd >= 0 && kc_fd_get(fds[i].fd).kind == KC_FD_CUSE)
-			n++;
+		n += is_cuse(&fds[i]);
 	struct watched stack_ws[ON_STACK];
 	struct pollfd stack_work[ON_STACK * 2];
 	struct watched *ws = stack_ws;
@@ -158,7 +162,7 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 	}
 	size_t k = 0;
 	for (nfds_t i = 0; i < nfds && k < n; i++) {
-		if (fds[i].fd < 0 || kc_fd_get(fds[i].fd).kind != KC_FD_CUSE)
+		if (!is_cuse(&fds[i]))
 			continue;
 		ws[k].index = i;
 		ws[k++].c = kc_cuse_acquire(fds[i].fd);
