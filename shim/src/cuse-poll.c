@@ -147,19 +147,18 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 		n += is_cuse(&fds[i]);
 	struct watched stack_ws[ON_STACK];
 	struct pollfd stack_work[ON_STACK * 2];
-	struct watched *ws = stack_ws;
-	struct pollfd *work = stack_work;
-	if (n > ON_STACK || nfds + n > ON_STACK * 2) {
-		ws = n > ON_STACK ? malloc(sizeof *ws * n) : stack_ws;
-		work = malloc(sizeof *work * (nfds + n));
-		if (!ws || !work) {
-			if (ws != stack_ws)
-				free(ws);
-			free(work);
-			/* Nothing to wait with but the kernel's own poll. */
-			return next(fds, nfds, timeout, sigmask);
-		}
+	struct call call = { stack_ws, stack_ws, stack_work, stack_work, 0 };
+	if (n > ON_STACK)
+		call.ws = malloc(sizeof *call.ws * n);
+	if (nfds + n > ON_STACK * 2)
+		call.work = malloc(sizeof *call.work * (nfds + n));
+	if (!call.ws || !call.work) {
+		finish(&call);
+		/* Nothing to wait with but the kernel's own poll. */
+		return next(fds, nfds, timeout, sigmask);
 	}
+	struct watched *ws = call.ws;
+	struct pollfd *work = call.work;
 	size_t k = 0;
 	for (nfds_t i = 0; i < nfds && k < n; i++) {
 		if (!is_cuse(&fds[i]))
@@ -167,8 +166,7 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 		ws[k].index = i;
 		ws[k++].c = kc_cuse_acquire(fds[i].fd);
 	}
-	n = k;
-	struct call call = { ws, stack_ws, work, stack_work, n };
+	n = call.n = k;
 	int64_t deadline = timeout ? now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
 	const struct timespec zero = { 0, 0 };
 	int result;

@@ -918,16 +918,19 @@ static int readiness_locked(const struct kc_side_page *p, short *revents)
 	return KC_SIDE_POLL_READY;
 }
 
+static int readiness(struct kc_side_page *p, short *revents)
+{
+	state_lock(p);
+	int r = readiness_locked(p, revents);
+	state_unlock(p);
+	return r;
+}
+
 /* Applies what the channel holds (under the page lock) and says what that makes the file. */
 static int look(struct kc_conn *c, struct kc_side_page *page, int sock, short *revents, int *rc)
 {
 	*rc = read_available(c, sock);
-	if (*rc)
-		return KC_SIDE_POLL_KERNEL;
-	state_lock(page);
-	int r = readiness_locked(page, revents);
-	state_unlock(page);
-	return r;
+	return *rc ? KC_SIDE_POLL_KERNEL : readiness(page, revents);
 }
 
 /* A nudge from before is for a state the poller has seen since. */
@@ -958,15 +961,8 @@ int kc_side_poll_begin(struct kc_conn *c, struct kc_side_waiter *w)
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
 	uint32_t frames = __atomic_load_n(&page->frames, __ATOMIC_SEQ_CST);
 	bool locked = page_trylock(page);
-	int r;
-	if (locked) {
-		r = look(c, page, w->sock, &w->revents, &rc);
-	} else {
-		/* Someone is reading the channel: what it has applied so far is all there is to go by. */
-		state_lock(page);
-		r = readiness_locked(page, &w->revents);
-		state_unlock(page);
-	}
+	/* If someone else is reading the channel, what it has applied so far is all there is to go by. */
+	int r = locked ? look(c, page, w->sock, &w->revents, &rc) : readiness(page, &w->revents);
 	if (r == KC_SIDE_POLL_WAIT) {
 		__atomic_add_fetch(&page->pollers, 1, __ATOMIC_SEQ_CST);
 		drain_wake(c, page);
