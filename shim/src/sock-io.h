@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "frame.h"
+
 /* Descriptors that may come with one frame: a pool, then the files of a message. */
 #define KC_MAX_RECEIVED_FDS 72
 
@@ -36,6 +38,9 @@ int kc_peek_header(int sock, uint8_t *header);
  * Never blocks. A HUP, an answer to another request or the end of the stream all say no.
  */
 bool kc_only_wake_queued(int sock);
+
+/* Copies a HEAD frame's worth of bytes waiting on sock without reading them: true if that is all that waits. */
+bool kc_peek_lone_head(int sock, uint8_t frame[KC_HEAD_FRAME]);
 
 /* kc_peek_header without waiting: true if a whole header was there to copy. */
 bool kc_peek_header_now(int sock, uint8_t *header);

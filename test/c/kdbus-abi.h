@@ -243,6 +243,7 @@ _Static_assert(sizeof(struct kd_msg) == 64, "kdbus_msg");
 /* The direction and size bits follow the kdbus declarations (they are meaningless to the
  * kernel but part of the number); the libc macros give each architecture its encoding. */
 #define KD_CMD_HELLO _IOWR(KD_IOCTL_MAGIC, 0x80, struct kd_cmd_hello)
+#define KD_CMD_BYEBYE _IOW(KD_IOCTL_MAGIC, 0x82, struct kd_cmd)
 #define KD_CMD_FREE _IOW(KD_IOCTL_MAGIC, 0x83, struct kd_cmd_free)
 #define KD_CMD_CONN_INFO _IOR(KD_IOCTL_MAGIC, 0x84, struct kd_cmd_info)
 #define KD_CMD_LIST _IOR(KD_IOCTL_MAGIC, 0x86, struct kd_cmd_list)
@@ -254,6 +255,7 @@ _Static_assert(sizeof(struct kd_msg) == 64, "kdbus_msg");
 
 #if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) || defined(__arm__)
 _Static_assert(KD_CMD_HELLO == 0xC0609580u, "HELLO number");
+_Static_assert(KD_CMD_BYEBYE == 0x40189582u, "BYEBYE number");
 _Static_assert(KD_CMD_FREE == 0x40209583u, "FREE number");
 _Static_assert(KD_CMD_CONN_INFO == 0x80389584u, "CONN_INFO number");
 _Static_assert(KD_CMD_LIST == 0x80289586u, "LIST number");

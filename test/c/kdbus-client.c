@@ -1,6 +1,6 @@
 /*
  * A kdbus client that does what sd-bus does over kdbus, with nothing but libc: open, ioctl,
- * mmap, poll, close. It plays every peer of a scenario itself, with several connections in
+ * mmap, poll, select, epoll, close. It plays every peer of a scenario itself, with several connections in
  * one process and a thread wherever a synchronous call needs a concurrent responder.
  *
  *   kdbus-client [-v] <scenario|all> <bus-node-path>
@@ -22,7 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/select.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1307,6 +1310,17 @@ struct shared_reader {
 	struct shared_tally *tally;
 };
 
+/* The number a message carries as its only payload: one VEC of 4 bytes. */
+static uint32_t payload_number(const struct rmsg *r)
+{
+	CHECK(r->n_offs == 1, "%d PAYLOAD_OFF items, expected 1", r->n_offs);
+	const struct kd_vec *v = (const void *)r->offs[0]->data;
+	uint32_t n;
+	CHECK(v->size == sizeof n, "payload of %llu bytes, expected 4", (unsigned long long)v->size);
+	memcpy(&n, (const uint8_t *)r->msg + v->address_or_offset, sizeof n);
+	return n;
+}
+
 /* RECVs until every message was taken by someone; each one's number is tallied. */
 static void read_shared(const struct shared_reader *sr)
 {
@@ -1322,11 +1336,7 @@ static void read_shared(const struct shared_reader *sr)
 				fail_errno(errno, "%s: RECV", sr->rx->label);
 			continue;
 		}
-		CHECK(r.n_offs == 1, "%d PAYLOAD_OFF items, expected 1", r.n_offs);
-		const struct kd_vec *v = (const void *)r.offs[0]->data;
-		uint32_t n;
-		CHECK(v->size == sizeof n, "payload of %llu bytes, expected 4", (unsigned long long)v->size);
-		memcpy(&n, (const uint8_t *)r.msg + v->address_or_offset, sizeof n);
+		uint32_t n = payload_number(&r);
 		CHECK(n < SHARED_MESSAGES, "message number %u out of range", n);
 		atomic_fetch_add(&sr->tally->seen[n], 1);
 		atomic_fetch_add(&sr->tally->total, 1);
@@ -1404,6 +1414,213 @@ static void scenario_shared(const char *bus)
 	conn_close(&tx);
 }
 
+/* ---- readiness: epoll, select, pselect, ppoll ------------------------------------------ */
+
+/* What sd-event and GLib wait with: each must see the kdbus poll states (§1.5) of the fd. */
+enum waiter_kind { WAIT_EPOLL, WAIT_SELECT, WAIT_PSELECT, WAIT_PPOLL };
+static const char *const waiter_names[] = { "epoll_wait", "select", "pselect", "ppoll" };
+
+#define EPOLL_TAG 0x6b64627573ULL
+
+/* The state one mechanism reports for fd after waiting up to timeout_ms (-1: forever). */
+struct readiness {
+	int readable, writable, hangup, error;
+};
+
+static struct readiness wait_ready(enum waiter_kind kind, int fd, int ep, int timeout_ms)
+{
+	struct readiness r = { 0 };
+	struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000 };
+	struct timeval tv = { timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000 };
+	switch (kind) {
+	case WAIT_EPOLL: {
+		struct epoll_event ev[2];
+		int n = epoll_wait(ep, ev, 2, timeout_ms);
+		TRY(n);
+		CHECK(n <= 1, "epoll_wait reported %d events for one descriptor", n);
+		if (n == 1) {
+			CHECK(ev[0].data.u64 == EPOLL_TAG, "epoll_wait returned data %#llx, registered %#llx",
+			      (unsigned long long)ev[0].data.u64, EPOLL_TAG);
+			r.readable = !!(ev[0].events & EPOLLIN);
+			r.writable = !!(ev[0].events & EPOLLOUT);
+			r.hangup = !!(ev[0].events & EPOLLHUP);
+			r.error = !!(ev[0].events & EPOLLERR);
+		}
+		break;
+	}
+	case WAIT_SELECT:
+	case WAIT_PSELECT: {
+		fd_set rd, wr, ex;
+		FD_ZERO(&rd);
+		FD_ZERO(&ex);
+		FD_SET(fd, &rd);
+		FD_SET(fd, &ex);
+		/* Writability only when asked for readability too would report at once. */
+		FD_ZERO(&wr);
+		if (timeout_ms == 0)
+			FD_SET(fd, &wr);
+		int n = kind == WAIT_SELECT ? select(fd + 1, &rd, &wr, &ex, timeout_ms < 0 ? NULL : &tv)
+					    : pselect(fd + 1, &rd, &wr, &ex, timeout_ms < 0 ? NULL : &ts, NULL);
+		TRY(n);
+		r.readable = FD_ISSET(fd, &rd);
+		r.writable = FD_ISSET(fd, &wr);
+		CHECK(!FD_ISSET(fd, &ex), "%s reported an exceptional condition (kdbus has no POLLPRI)", waiter_names[kind]);
+		break;
+	}
+	case WAIT_PPOLL: {
+		struct pollfd p = { .fd = fd, .events = POLLIN | POLLOUT };
+		if (timeout_ms != 0)
+			p.events = POLLIN;
+		int n = ppoll(&p, 1, timeout_ms < 0 ? NULL : &ts, NULL);
+		TRY(n);
+		r.readable = !!(p.revents & POLLIN);
+		r.writable = !!(p.revents & POLLOUT);
+		r.hangup = !!(p.revents & POLLHUP);
+		r.error = !!(p.revents & POLLERR);
+		break;
+	}
+	}
+	return r;
+}
+
+struct blocked_waiter {
+	enum waiter_kind kind;
+	int fd, ep;
+	atomic_int started;
+	struct readiness got;
+	uint64_t woke_ns;
+};
+
+static void *blocked_wait(void *arg)
+{
+	struct blocked_waiter *w = arg;
+	snprintf(t_step, sizeof t_step, "%s blocked on an idle connection", waiter_names[w->kind]);
+	atomic_store(&w->started, 1);
+	w->got = wait_ready(w->kind, w->fd, w->ep, WAIT_MS);
+	w->woke_ns = now_ns();
+	return NULL;
+}
+
+static void send_numbered(const struct conn *from, const struct conn *to, uint32_t n)
+{
+	struct msg_builder b;
+	mb_start(&b, to->id, 0, 0);
+	mb_vec(&b, &n, sizeof n);
+	send_ok(from, &b);
+}
+
+static void recv_numbered(const struct conn *c, uint32_t want)
+{
+	struct rmsg r;
+	recv_ok(c, &r);
+	uint32_t n = payload_number(&r);
+	CHECK(n == want, "%s: RECV returned message %u, expected %u", c->label, n, want);
+	release_msg(c, &r);
+}
+
+/* Every mechanism reports the same state at once (timeout 0). */
+static void expect_ready(const struct conn *c, int ep, int readable, const char *when)
+{
+	for (int k = WAIT_EPOLL; k <= WAIT_PPOLL; k++) {
+		step("%s: %s reports %s %s", c->label, waiter_names[k], readable ? "readable" : "not readable", when);
+		struct readiness r = wait_ready(k, c->fd, ep, 0);
+		CHECK(r.readable == readable && !r.hangup && !r.error, "%s %s: readable %d hangup %d error %d, expected readable %d",
+		      waiter_names[k], when, r.readable, r.hangup, r.error, readable);
+		/* epoll was asked for EPOLLIN alone; the others for POLLOUT too, which kdbus always sets. */
+		CHECK(k == WAIT_EPOLL || r.writable, "%s %s: not writable (kdbus always reports POLLOUT)", waiter_names[k], when);
+	}
+}
+
+static void scenario_readiness(const char *bus)
+{
+	struct conn tx, rx;
+	conn_open(&tx, bus, "sender", 0);
+	conn_open(&rx, bus, "receiver", 0);
+
+	step("receiver: register with a level-triggered and an edge-triggered epoll instance");
+	int ep = epoll_create1(EPOLL_CLOEXEC), ep_edge = epoll_create1(EPOLL_CLOEXEC);
+	TRY(ep);
+	TRY(ep_edge);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EPOLL_TAG };
+	TRY(epoll_ctl(ep, EPOLL_CTL_ADD, rx.fd, &ev));
+	ev.events = EPOLLIN | EPOLLET;
+	TRY(epoll_ctl(ep_edge, EPOLL_CTL_ADD, rx.fd, &ev));
+	expect_ready(&rx, ep, 0, "on an idle connection");
+	CHECK(!wait_ready(WAIT_EPOLL, rx.fd, ep_edge, 0).readable, "edge-triggered epoll reported an idle connection");
+
+	step("receiver: one thread each blocks in epoll_wait, select, pselect and ppoll");
+	struct blocked_waiter w[4];
+	pthread_t t[4];
+	for (int k = 0; k < 4; k++) {
+		w[k] = (struct blocked_waiter){ .kind = (enum waiter_kind)k, .fd = rx.fd, .ep = ep };
+		int err = pthread_create(&t[k], NULL, blocked_wait, &w[k]);
+		if (err)
+			fail_errno(err, "pthread_create");
+	}
+	for (int k = 0; k < 4; k++)
+		while (!atomic_load(&w[k].started))
+			sched_yield();
+	/* The threads get into their waits: a message sent before that is reported all the same. */
+	poll(NULL, 0, 100);
+	step("sender: SEND message 1; every blocked waiter wakes readable");
+	uint64_t sent = now_ns();
+	send_numbered(&tx, &rx, 1);
+	for (int k = 0; k < 4; k++) {
+		int err = pthread_join(t[k], NULL);
+		if (err)
+			fail_errno(err, "pthread_join");
+		CHECK(w[k].got.readable && !w[k].got.hangup && !w[k].got.error,
+		      "%s blocked before the SEND: readable %d hangup %d error %d", waiter_names[k], w[k].got.readable,
+		      w[k].got.hangup, w[k].got.error);
+		CHECK(w[k].woke_ns >= sent, "%s returned before the message was sent", waiter_names[k]);
+	}
+	expect_ready(&rx, ep, 1, "while message 1 is queued (level-triggered)");
+
+	step("receiver: edge-triggered epoll reports the arrival once");
+	CHECK(wait_ready(WAIT_EPOLL, rx.fd, ep_edge, 0).readable, "edge-triggered epoll missed message 1");
+	CHECK(!wait_ready(WAIT_EPOLL, rx.fd, ep_edge, 0).readable, "edge-triggered epoll reported message 1 twice");
+
+	step("sender: SEND message 2 while message 1 is unread");
+	send_numbered(&tx, &rx, 2);
+	step("receiver: RECV message 1; message 2 keeps the connection readable");
+	recv_numbered(&rx, 1);
+	expect_ready(&rx, ep, 1, "with message 2 still queued");
+	recv_numbered(&rx, 2);
+	expect_empty(&rx);
+	expect_ready(&rx, ep, 0, "after both messages were received");
+
+	step("receiver: BYEBYE on the empty queue");
+	struct kd_cmd bye = { .size = sizeof bye };
+	TRY(kd_ioctl(rx.fd, KD_CMD_BYEBYE, &bye));
+	/*
+	 * The socket transport's descriptor is a unix socket that the kernel polls itself: it
+	 * stays readable once the connection is gone, and the RECV that follows fails
+	 * (docs/socket-protocol.md, Poll). A kdbus or CUSE device reports POLLERR|POLLHUP.
+	 */
+	struct stat st;
+	TRY(fstat(rx.fd, &st));
+	int device = S_ISCHR(st.st_mode);
+	for (int k = WAIT_EPOLL; k <= WAIT_PPOLL; k++) {
+		step("receiver: %s reports the connection gone after BYEBYE", waiter_names[k]);
+		struct readiness r = wait_ready(k, rx.fd, ep, 0);
+		if (k == WAIT_SELECT || k == WAIT_PSELECT || !device)
+			/* select counts POLLERR and POLLHUP as readable. */
+			CHECK(r.readable, "%s after BYEBYE: not readable", waiter_names[k]);
+		else
+			CHECK(r.hangup && r.error, "%s after BYEBYE: hangup %d error %d, expected POLLERR|POLLHUP",
+			      waiter_names[k], r.hangup, r.error);
+	}
+	step("receiver: RECV and a second BYEBYE fail with ESHUTDOWN");
+	struct kd_cmd_recv recv_cmd = { .size = sizeof recv_cmd };
+	EXPECT_ERRNO(ESHUTDOWN, kd_ioctl(rx.fd, KD_CMD_RECV, &recv_cmd));
+	EXPECT_ERRNO(ESHUTDOWN, kd_ioctl(rx.fd, KD_CMD_BYEBYE, &bye));
+
+	TRY(close(ep_edge));
+	TRY(close(ep));
+	conn_close(&rx);
+	conn_close(&tx);
+}
+
 /* ---- driver ---------------------------------------------------------------------------- */
 
 struct scenario {
@@ -1421,6 +1638,7 @@ static const struct scenario scenarios[] = {
 	{ "timeout", scenario_timeout },
 	{ "dead", scenario_dead },
 	{ "shared", scenario_shared },
+	{ "readiness", scenario_readiness },
 };
 #define N_SCENARIOS (sizeof scenarios / sizeof scenarios[0])
 

@@ -11,10 +11,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { DaemonProcess as Daemon } from '../helpers/daemon-process';
 import { requireOrSkip } from '../helpers/require';
+import { C_CLIENT_SCENARIOS as SCENARIOS } from '../helpers/c-client-scenarios';
 
 const PROJECT = path.resolve(__dirname, '../../..');
 const CLIENT_DIR = path.join(PROJECT, 'test/c');
-const SCENARIOS = ['hello', 'name', 'call', 'signal', 'fds', 'notify', 'timeout', 'dead', 'shared'];
 const LIBCS = ['glibc', 'musl'] as const;
 /** The client's own watchdog gives up on a scenario after 30 s; this is the backstop. */
 const CLIENT_KILL_MS = 40_000;

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Vm, type VmJob } from '../vm/vm';
 import { requireOrSkip } from '../helpers/require';
+import { C_CLIENT_SCENARIOS } from '../helpers/c-client-scenarios';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 
@@ -54,7 +55,7 @@ describe('CUSE transport in a VM', function () {
       const env = `LD_PRELOAD=${shim} KDBUS_CUSE_ROOT=/dev/kdbus KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock`;
       const r = await vm!.run(`env ${env} ${client} -v all /dev/kdbus/0-system/bus`, { timeoutMs: 100_000 });
       assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-      for (const scenario of ['hello', 'name', 'call', 'signal', 'fds', 'notify', 'timeout', 'dead', 'shared']) {
+      for (const scenario of C_CLIENT_SCENARIOS) {
         assert.match(r.stdout, new RegExp(`^\\[${scenario}\\] ok$`, 'm'), `scenario ${scenario}`);
       }
     });
