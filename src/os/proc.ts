@@ -67,7 +67,14 @@ const STATUS_PARTS = Attach.CREDS | Attach.PIDS | Attach.AUXGROUPS | Attach.CAPS
  */
 export function readTask(pid: number, tid: number, mask: bigint): TaskInfo {
   const task = `/proc/${pid}/task/${tid}`;
-  const info: TaskInfo = {};
+  // Every field from the start: one shape for every result, which optimized callers keep
+  // knowing. Fields added one by one make short-lived shapes that garbage collection drops,
+  // and with them what the callers learned; each new client's first request then sent the
+  // daemon's request path back to unoptimized code.
+  const info: TaskInfo = {
+    status: undefined, tidComm: undefined, pidComm: undefined, exe: undefined,
+    cmdline: undefined, cgroup: undefined, seclabel: undefined, audit: undefined,
+  };
   if (mask & STATUS_PARTS) info.status = readStatus(task);
   if (mask & Attach.TID_COMM) info.tidComm = readLine(`${task}/comm`);
   if (mask & Attach.PID_COMM) info.pidComm = readLine(`/proc/${pid}/comm`);
@@ -226,12 +233,11 @@ function readStatus(task: string): TaskStatus | undefined {
   const [gid, egid, sgid, fsgid] = gids.split('\t').map(Number);
   // One number means the task is in the reader's own pid namespace: nothing to keep.
   const nsPid = field(text, 'NSpid');
-  const nested = nsPid !== undefined && nsPid.includes('\t') ? {
-    nsTgid: (field(text, 'NStgid') ?? tgid).split('\t').map(Number),
-    nsPid: nsPid.split('\t').map(Number),
-  } : undefined;
+  const nested = nsPid !== undefined && nsPid.includes('\t');
+  // A literal with every field, for one shape (see readTask).
   return {
-    ...nested,
+    nsTgid: nested ? (field(text, 'NStgid') ?? tgid).split('\t').map(Number) : undefined,
+    nsPid: nested ? nsPid.split('\t').map(Number) : undefined,
     tgid: Number(tgid),
     ppid: Number(ppid),
     creds: {
