@@ -592,6 +592,7 @@ struct responder {
 	uint64_t expect_timeout;
 	const char *expect_dst_name;
 	int close_instead;      /* receive the call, then close the connection without replying */
+	atomic_int *hold;       /* when set, the reply waits until this is non-zero */
 	pid_t tid;
 	uint64_t reply_cookie;
 };
@@ -632,6 +633,11 @@ static void answer_call(struct responder *rs)
 	if (rs->close_instead) {
 		conn_close(rs->conn);
 		return;
+	}
+	if (rs->hold) {
+		step("%s: hold the reply back", rs->conn->label);
+		while (!atomic_load(rs->hold))
+			poll(NULL, 0, 1);
 	}
 	struct msg_builder b;
 	mb_start(&b, rs->caller_id, 0, rs->expect_cookie);
@@ -1414,6 +1420,93 @@ static void scenario_shared(const char *bus)
 	conn_close(&tx);
 }
 
+/* ---- interrupt: a signal during a synchronous call ------------------------------------- */
+
+static atomic_int g_signals_handled;
+
+static void count_signal(int sig)
+{
+	(void)sig;
+	atomic_fetch_add(&g_signals_handled, 1);
+}
+
+struct kicker {
+	pthread_t target;
+	atomic_int sent;
+};
+
+static void *kick_thread(void *arg)
+{
+	struct kicker *k = arg;
+	snprintf(t_step, sizeof t_step, "signal the caller during its SEND");
+	/* By then the caller waits in its SEND: the callee holds the reply until the signal went. */
+	poll(NULL, 0, 200);
+	int err = pthread_kill(k->target, SIGUSR1);
+	if (err)
+		fail_errno(err, "pthread_kill(caller, SIGUSR1)");
+	atomic_store(&k->sent, 1);
+	return NULL;
+}
+
+/*
+ * A signal whose handler has SA_RESTART reaches a caller blocked in a SYNC_REPLY SEND: the
+ * handler runs, the wait goes on, and the SEND returns the reply; the call went out once
+ * (§3.5 (f): kdbus restarted the wait on the same reply tracker).
+ */
+static void scenario_interrupt(const char *bus)
+{
+	struct conn a, b;
+	conn_open(&a, bus, "caller", 0);
+	conn_open(&b, bus, "callee", 0);
+
+	step("caller: a SIGUSR1 handler with SA_RESTART");
+	struct sigaction sa = { .sa_handler = count_signal, .sa_flags = SA_RESTART }, old;
+	sigemptyset(&sa.sa_mask);
+	TRY(sigaction(SIGUSR1, &sa, &old));
+	atomic_store(&g_signals_handled, 0);
+
+	struct kicker k = { .target = pthread_self() };
+	struct responder rs = { .conn = &b, .caller_id = a.id, .hold = &k.sent };
+	struct msg_builder call;
+	build_call(&call, b.id, NULL, CALL_TIMEOUT_NS);
+	uint64_t cookie = mb_msg(&call)->cookie;
+	rs.expect_cookie = cookie;
+	rs.expect_timeout = mb_msg(&call)->timeout_or_reply;
+	pthread_t callee, kicker;
+	start_responder(&callee, &rs);
+	int err = pthread_create(&kicker, NULL, kick_thread, &k);
+	if (err)
+		fail_errno(err, "pthread_create");
+
+	step("caller: SEND with SYNC_REPLY; a SIGUSR1 comes while it waits");
+	struct kd_cmd_send cmd;
+	TRY(kd_send(&a, &call, KD_SEND_SYNC_REPLY, &cmd));
+	step("caller: the handler ran once and the SEND returned the reply");
+	CHECK(atomic_load(&g_signals_handled) == 1, "the SIGUSR1 handler ran %d times, expected once",
+	      atomic_load(&g_signals_handled));
+	err = pthread_join(kicker, NULL);
+	if (!err)
+		err = pthread_join(callee, NULL);
+	if (err)
+		fail_errno(err, "pthread_join");
+	struct rmsg reply;
+	parse_msg(&a, cmd.reply.offset, cmd.reply.msg_size, &reply);
+	CHECK(reply.msg->src_id == b.id && reply.msg->timeout_or_reply == cookie && reply.msg->cookie == rs.reply_cookie,
+	      "reply src %llu cookie_reply %#llx cookie %#llx, expected %llu, %#llx, %#llx",
+	      (unsigned long long)reply.msg->src_id, (unsigned long long)reply.msg->timeout_or_reply,
+	      (unsigned long long)reply.msg->cookie, (unsigned long long)b.id, (unsigned long long)cookie,
+	      (unsigned long long)rs.reply_cookie);
+	check_payload(&reply, REPLY_HDR, sizeof REPLY_HDR, REPLY_BODY, sizeof REPLY_BODY);
+	release_msg(&a, &reply);
+	step("the call was delivered once, the reply only through the SEND");
+	expect_empty(&b);
+	expect_empty(&a);
+
+	TRY(sigaction(SIGUSR1, &old, NULL));
+	conn_close(&b);
+	conn_close(&a);
+}
+
 /* ---- readiness: epoll, select, pselect, ppoll ------------------------------------------ */
 
 /* What sd-event and GLib wait with: each must see the kdbus poll states (§1.5) of the fd. */
@@ -1639,6 +1732,7 @@ static const struct scenario scenarios[] = {
 	{ "dead", scenario_dead },
 	{ "shared", scenario_shared },
 	{ "readiness", scenario_readiness },
+	{ "interrupt", scenario_interrupt },
 };
 #define N_SCENARIOS (sizeof scenarios / sizeof scenarios[0])
 
