@@ -283,6 +283,13 @@ function cases(p: Plan): Case[] {
     args: (kind) => (kind === 'kdbus' ? [String(big.size), String(big.iterations), 'vec'] : undefined),
     ops: withWarmup(big.iterations, 5),
   });
+  // What a callee waiting as sd-event did (epoll) costs against one in poll() (kdbus only).
+  const small = p.calls[0]!;
+  out.push({
+    key: `call ${small.size} epoll`, mode: 'call',
+    args: (kind) => (kind === 'kdbus' ? [String(small.size), String(small.iterations), 'vec', 'epoll'] : undefined),
+    ops: withWarmup(small.iterations, 5),
+  });
   for (const f of p.fanout) {
     out.push({
       key: `fanout ${f.receivers}`, mode: 'fanout', args: () => [String(f.receivers), String(f.iterations)], ops: withWarmup(f.iterations, 3),
@@ -503,17 +510,22 @@ function resultTables(where: Where, p: Plan, run: RunOutput): string {
       x(ratio(k, row.get(broker))), x(ratio(k, row.get(daemon))),
     ]);
   }
-  const vecRow = run.results.get(`call ${big.size} vec`);
-  if (vecRow) {
-    note(`call ${sizeLabel(big.size)} vec`, vecRow);
-    const k = vecRow.get(kd);
-    const same = run.results.get(`call ${big.size}`);
+  // kdbus-only variants of a call case, against the peers' numbers for that case.
+  const variantRow = (key: string, base: string, size: number, via: string, iterations: number): void => {
+    const row = run.results.get(key);
+    if (!row) return;
+    note(`call ${sizeLabel(size)}, ${via}`, row);
+    const k = row.get(kd);
+    const same = run.results.get(base);
     callRows.push([
-      sizeLabel(big.size), 'vec (for comparison)', String(big.iterations),
+      sizeLabel(size), via, String(iterations),
       cell(k, 'mean_us'), cell(k, 'p99_us'), '', '', '', '',
       x(ratio(k, same?.get(broker))), x(ratio(k, same?.get(daemon))),
     ]);
-  }
+  };
+  variantRow(`call ${big.size} vec`, `call ${big.size}`, big.size, 'vec (for comparison)', big.iterations);
+  const small = p.calls[0]!;
+  variantRow(`call ${small.size} epoll`, `call ${small.size}`, small.size, 'callee in epoll_wait', small.iterations);
   const callHead = ['payload', 'kdbus payload via', 'calls', ...peerHead, 'kdbus/broker', 'kdbus/daemon'];
   out.push(
     'Unicast call/reply, µs per call (caller and callee are two processes; the reply carries no body)',

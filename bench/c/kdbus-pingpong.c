@@ -3,7 +3,7 @@
  * (open, HELLO, mmap of the pool, SEND, RECV, FREE; the ABI as in test/c/kdbus-client.c).
  *
  *   kdbus-pingpong rtt    <bus-node> <iterations>
- *   kdbus-pingpong call   <bus-node> <payload-bytes> <iterations> [vec|memfd]
+ *   kdbus-pingpong call   <bus-node> <payload-bytes> <iterations> [vec|memfd] [poll|epoll]
  *   kdbus-pingpong dcall  <bus-node> <payload-bytes> <iterations>
  *   kdbus-pingpong fanout <bus-node> <receivers> <iterations>
  *   kdbus-pingpong memfd  <payload-bytes> <iterations>
@@ -12,8 +12,9 @@
  * call: a forked callee owns a well-known name; the caller SENDs a method call to that name
  *   with SYNC_REPLY, as sd_bus_call() did, and reads and FREEs the reply. Payloads of
  *   512 KiB and more travel in a sealed memfd made for each call (sd-bus's MEMFD_MIN_SIZE),
- *   smaller ones as a PAYLOAD_VEC; the last argument overrides that. The callee touches
- *   every page of the payload, then replies with a header only.
+ *   smaller ones as a PAYLOAD_VEC; the fifth argument overrides that. The callee touches
+ *   every page of the payload, then replies with a header only. It waits for the call in
+ *   poll(), or with "epoll" in a level-triggered epoll_wait() as sd-event did.
  * dcall: the same call as a real D-Bus message (sd-bus's version-2 GVariant form,
  *   test/c/gvariant-message.h): org.kdbuscuse.Bench.Call(ay) at /org/kdbuscuse/Bench of
  *   BENCH_NAME, which a service elsewhere owns (sdbus-pingpong serve on an upstream bus,
@@ -30,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,6 +246,23 @@ static void run_rtt(long iterations)
 
 /* ---- call ------------------------------------------------------------------------------- */
 
+/* The callee waits in epoll_wait() instead of poll(). */
+static int g_callee_epoll;
+
+/* Until the connection polls readable, in poll() or in the epoll set ep. */
+static void wait_readable(int fd, int ep)
+{
+	if (ep >= 0) {
+		struct epoll_event ev;
+		if (epoll_wait(ep, &ev, 1, -1) < 0 && errno != EINTR)
+			die("epoll_wait");
+		return;
+	}
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	if (poll(&p, 1, -1) < 0 && errno != EINTR)
+		die("poll");
+}
+
 static void callee(int index)
 {
 	(void)index;
@@ -262,11 +281,16 @@ static void callee(int index)
 	peer_ready();
 
 	static const uint8_t reply_hdr[REPLY_HDR_LEN] = { 'l', 2 };
+	int ep = -1;
+	if (g_callee_epoll) {
+		struct epoll_event ev = { .events = EPOLLIN };
+		ep = epoll_create1(EPOLL_CLOEXEC);
+		if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev) < 0)
+			die("epoll_ctl");
+	}
 	uint64_t sink = 0;
 	for (;;) {
-		struct pollfd p = { .fd = c.fd, .events = POLLIN };
-		if (poll(&p, 1, -1) < 0 && errno != EINTR)
-			die("poll");
+		wait_readable(c.fd, ep);
 		for (;;) {
 			struct kd_cmd_recv r = { .size = sizeof r };
 			if (kd_ioctl(c.fd, KD_CMD_RECV, &r) < 0) {
@@ -551,6 +575,7 @@ int main(int argc, char **argv)
 		int use_memfd = size >= MEMFD_MIN_SIZE;
 		if (argc >= 6)
 			use_memfd = strcmp(argv[5], "memfd") == 0;
+		g_callee_epoll = argc >= 7 && strcmp(argv[6], "epoll") == 0;
 		run_call(size, atol(argv[4]), use_memfd);
 	} else if (argc >= 5 && strcmp(argv[1], "dcall") == 0) {
 		g_bus = argv[2];
@@ -563,7 +588,7 @@ int main(int argc, char **argv)
 	} else {
 		fprintf(stderr,
 			"usage: %s rtt <bus> <iterations>\n"
-			"       %s call <bus> <payload-bytes> <iterations> [vec|memfd]\n"
+			"       %s call <bus> <payload-bytes> <iterations> [vec|memfd] [poll|epoll]\n"
 			"       %s dcall <bus> <payload-bytes> <iterations>\n"
 			"       %s fanout <bus> <receivers> <iterations>\n"
 			"       %s memfd <payload-bytes> <iterations>\n", argv[0], argv[0], argv[0], argv[0], argv[0]);
