@@ -313,21 +313,20 @@ void kc_mux_count_recv(struct kc_mux *m)
 }
 
 /*
- * A HEAD alone on the stream that names the queue's head with more messages behind it is
- * noted where it lies: left unread, it keeps the socket readable, as kdbus's descriptor
- * stays while messages are queued, until the daemon's next event follows it (the HEAD is
- * stale then, read and passed over like any other). Under the reader role.
+ * Whether a HEAD, peeked with nothing after it on the stream, names the queue's head with
+ * more messages behind it. Such a HEAD is noted where it lies: left unread, it keeps the
+ * socket readable, as kdbus's descriptor stays while messages are queued, until the
+ * daemon's next event follows it (the HEAD is stale then, read and passed over like any
+ * other). Under the reader role.
  */
-static bool note_head_in_place(struct kc_mux *m, int sock)
+static bool note_head_in_place(struct kc_mux *m, const uint8_t *frame, const struct kc_header *h)
 {
-	uint8_t frame[KC_HEAD_FRAME];
-	struct kc_inbound ev = { .payload = frame + KC_FRAME_HEADER, .payload_len = KC_HEAD_FRAME - KC_FRAME_HEADER };
+	struct kc_inbound ev = { .header = *h, .payload = frame + KC_FRAME_HEADER, .payload_len = KC_HEAD_FRAME - KC_FRAME_HEADER };
 	struct kc_head head;
-	if (!kc_peek_lone_head(sock, frame) || kc_header_decode(frame, &ev.header) != 0 ||
-	    ev.header.type != KC_FRAME_HEAD || kc_head_decode(ev.payload, ev.payload_len, &head) != 0 || head.last)
+	if (kc_head_decode(ev.payload, ev.payload_len, &head) != 0 || head.last)
 		return false;
 	lock_robust(&m->lock);
-	bool current = ev.header.seq == m->recvs_sent;
+	bool current = h->seq == m->recvs_sent;
 	if (current)
 		note_event(m, &ev);
 	pthread_mutex_unlock(&m->lock);
@@ -345,12 +344,18 @@ bool kc_mux_take_head(struct kc_mux *m, int sock, uint64_t *offset, uint64_t *si
 	pthread_mutex_unlock(&m->lock);
 	if (!idle)
 		return false;
-	/* The events that woke the program (poll) are still on the stream: read them first. */
+	/*
+	 * The events that woke the program (poll) are still on the stream: read them first. A
+	 * peek of one byte more than a HEAD frame says whether a HEAD is the last thing there.
+	 */
 	bool ok = true;
-	uint8_t raw[KC_FRAME_HEADER];
+	uint8_t peeked[KC_HEAD_FRAME + 1];
 	struct kc_header h;
-	while (kc_peek_header_now(sock, raw) && kc_header_decode(raw, &h) == 0 && is_event(h.type)) {
-		if (h.type == KC_FRAME_HEAD && note_head_in_place(m, sock))
+	for (;;) {
+		ssize_t n = kc_peek_now(sock, peeked, sizeof peeked);
+		if (n < (ssize_t)KC_FRAME_HEADER || kc_header_decode(peeked, &h) != 0 || !is_event(h.type))
+			break;
+		if (h.type == KC_FRAME_HEAD && n == KC_HEAD_FRAME && note_head_in_place(m, peeked, &h))
 			break;
 		struct kc_inbound ev;
 		if (read_frame(m, sock, &h, &ev)) {

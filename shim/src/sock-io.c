@@ -133,26 +133,13 @@ bool kc_only_wake_queued(int sock)
 	return (n == KC_FRAME_HEADER && type == KC_FRAME_WAKE) || (n == KC_HEAD_FRAME && type == KC_FRAME_HEAD);
 }
 
-bool kc_peek_lone_head(int sock, uint8_t frame[KC_HEAD_FRAME])
-{
-	uint8_t buf[KC_HEAD_FRAME + 1];
-	ssize_t n;
-	do
-		n = recv(sock, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
-	if (n != KC_HEAD_FRAME)
-		return false;
-	memcpy(frame, buf, KC_HEAD_FRAME);
-	return true;
-}
-
-bool kc_peek_header_now(int sock, uint8_t *header)
+ssize_t kc_peek_now(int sock, uint8_t *buf, size_t len)
 {
 	ssize_t n;
 	do
-		n = recv(sock, header, KC_FRAME_HEADER, MSG_PEEK | MSG_DONTWAIT);
+		n = recv(sock, buf, len, MSG_PEEK | MSG_DONTWAIT);
 	while (n < 0 && errno == EINTR);
-	return n == KC_FRAME_HEADER;
+	return n;
 }
 
 bool kc_nothing_waiting(int sock)

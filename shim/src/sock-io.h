@@ -9,9 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
-
-#include "frame.h"
 
 /* Descriptors that may come with one frame: a pool, then the files of a message. */
 #define KC_MAX_RECEIVED_FDS 72
@@ -39,11 +38,8 @@ int kc_peek_header(int sock, uint8_t *header);
  */
 bool kc_only_wake_queued(int sock);
 
-/* Copies a HEAD frame's worth of bytes waiting on sock without reading them: true if that is all that waits. */
-bool kc_peek_lone_head(int sock, uint8_t frame[KC_HEAD_FRAME]);
-
-/* kc_peek_header without waiting: true if a whole header was there to copy. */
-bool kc_peek_header_now(int sock, uint8_t *header);
+/* Copies up to len bytes waiting on sock without reading them or waiting: how many, or -1. */
+ssize_t kc_peek_now(int sock, uint8_t *buf, size_t len);
 
 /* Whether the daemon has sent nothing that waits on sock (nor ended the stream). Never blocks. */
 bool kc_nothing_waiting(int sock);
