@@ -1,7 +1,8 @@
 /*
  * A kdbus client that does what sd-bus does over kdbus, with nothing but libc: open, ioctl,
- * mmap, poll, select, epoll, close. It plays every peer of a scenario itself, with several connections in
- * one process and a thread wherever a synchronous call needs a concurrent responder.
+ * mmap, poll, select, epoll, close. It plays every peer of a scenario itself, with several
+ * connections in one process and a thread wherever a synchronous call needs a concurrent
+ * responder.
  *
  *   kdbus-client [-v] <scenario|all> <bus-node-path>
  *
