@@ -33,7 +33,7 @@ int kc_send_all(int sock, struct iovec *iov, int iovcnt, const int *fds, unsigne
 int kc_peek_header(int sock, uint8_t *header);
 
 /*
- * Whether the daemon has sent nothing that waits on sock but, perhaps, a WAKE or a HEAD.
+ * Whether the daemon has sent nothing that waits on sock but, perhaps, WAKE and HEAD frames.
  * Never blocks. A HUP, an answer to another request or the end of the stream all say no.
  */
 bool kc_only_wake_queued(int sock);

@@ -1,8 +1,8 @@
 /*
  * Unit tests of the shim's pure parts, linked directly (no preloading, no daemon): path
  * handling, the frame codec against byte layouts written out from docs/socket-protocol.md,
- * the prefetch of SEND's memory and descriptors, and the descriptor numbers a received
- * message names.
+ * the prefetch of SEND's memory and descriptors, the descriptor numbers a received
+ * message names, and what a peek at the daemon's stream concludes.
  */
 #include "check.h"
 
@@ -13,12 +13,14 @@
 #include "../../shim/src/message-fds.h"
 #include "../../shim/src/path.h"
 #include "../../shim/src/prefetch.h"
+#include "../../shim/src/sock-io.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -593,6 +595,51 @@ static void test_ioctl_numbers(void)
 #endif
 }
 
+/* Writes `n` event frames of `types` (WAKE, HEAD or HUP) to fd; then, partial, that many bytes of a HEAD. */
+static void write_events(int fd, const uint32_t *types, int n, size_t partial)
+{
+	uint8_t b[KC_HEAD_FRAME];
+	for (int i = 0; i < n; i++) {
+		size_t len = types[i] == KC_FRAME_HEAD ? KC_HEAD_FRAME : KC_FRAME_HEADER;
+		memset(b, 0, sizeof b);
+		kc_header_encode(b, (uint32_t)len, types[i], 0);
+		if (write(fd, b, len) != (ssize_t)len)
+			return;
+	}
+	if (partial) {
+		kc_header_encode(b, KC_HEAD_FRAME, KC_FRAME_HEAD, 0);
+		if (write(fd, b, partial) != (ssize_t)partial)
+			return;
+	}
+}
+
+/* What kc_only_wake_queued says of a stream holding exactly these frames. */
+static bool only_wakes(const uint32_t *types, int n, size_t partial)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return false;
+	write_events(sv[1], types, n, partial);
+	bool only = kc_only_wake_queued(sv[0]);
+	close(sv[0]);
+	close(sv[1]);
+	return only;
+}
+
+static void test_only_wakes(void)
+{
+	const uint32_t W = KC_FRAME_WAKE, H = KC_FRAME_HEAD, U = KC_FRAME_HUP;
+	CHECK(only_wakes(NULL, 0, 0), "an empty stream holds only events", "no");
+	CHECK(only_wakes((const uint32_t[]){ W }, 1, 0) && only_wakes((const uint32_t[]){ H }, 1, 0),
+	      "a WAKE, or a HEAD, alone", "no");
+	CHECK(only_wakes((const uint32_t[]){ H, H }, 2, 0) && only_wakes((const uint32_t[]){ W, H, H, W }, 4, 0),
+	      "a HEAD left in place with the next behind it, and WAKEs among HEADs", "no");
+	CHECK(!only_wakes((const uint32_t[]){ U }, 1, 0) && !only_wakes((const uint32_t[]){ H, U }, 2, 0),
+	      "a HUP, alone or behind a HEAD, says no", "yes");
+	CHECK(!only_wakes((const uint32_t[]){ H }, 1, 20), "a frame still in transit says no", "yes");
+	CHECK(!only_wakes((const uint32_t[]){ H, H, H, H, H }, 5, 0), "more HEADs than one peek sees say no", "yes");
+}
+
 int main(void)
 {
 	test_node_names();
@@ -612,5 +659,6 @@ int main(void)
 	test_ioctl_numbers();
 	test_side_frames();
 	test_message_fds();
+	test_only_wakes();
 	return check_exit();
 }
