@@ -279,6 +279,19 @@ bool kc_mux_nothing_queued(struct kc_mux *m, int sock)
 	return quiet;
 }
 
+bool kc_mux_hung_up(struct kc_mux *m, int sock)
+{
+	lock_robust(&m->lock);
+	bool gone = m->hup || m->dead;
+	pthread_mutex_unlock(&m->lock);
+	if (gone)
+		return true;
+	uint8_t raw[KC_FRAME_HEADER];
+	struct kc_header h;
+	ssize_t n = kc_peek_now(sock, raw, sizeof raw);
+	return n == 0 || (n == KC_FRAME_HEADER && kc_header_decode(raw, &h) == 0 && h.type == KC_FRAME_HUP);
+}
+
 static bool is_event(uint32_t type)
 {
 	return type == KC_FRAME_WAKE || type == KC_FRAME_HUP || type == KC_FRAME_HEAD;

@@ -77,6 +77,12 @@ int kc_mux_send_mem(struct kc_mux *m, int sock, uint64_t seq, int32_t err, const
  */
 bool kc_mux_nothing_queued(struct kc_mux *m, int sock);
 
+/*
+ * Whether the connection is gone as far as the stream tells: a HUP was read, the stream
+ * ended or broke, or a HUP (or the end) is the next thing on sock. Never blocks.
+ */
+bool kc_mux_hung_up(struct kc_mux *m, int sock);
+
 /* A RECV frame is being written (under the write lock): a HEAD read before it is stale. */
 void kc_mux_count_recv(struct kc_mux *m);
 

@@ -1,11 +1,12 @@
 /*
  * poll and ppoll: sets with a CUSE kdbus descriptor are served by cuse-poll.c; every other
- * set goes to libc untouched. With _FORTIFY_SOURCE, glibc's headers turn a poll of an array
+ * set goes to libc, and socket-poll.c reports connections that are gone as kdbus did. With _FORTIFY_SOURCE, glibc's headers turn a poll of an array
  * whose length the compiler knows into __poll_chk and __ppoll_chk (sd-bus's own wait is one),
  * so those are taken too.
  */
 #include "cuse-poll.h"
 #include "real.h"
+#include "socket-poll.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -20,8 +21,8 @@ KC_EXPORT int ppoll(struct pollfd *fds, nfds_t nfds, const struct timespec *time
 	if (!next)
 		return kc_next_missing();
 	if (!kc_cuse_poll_wanted(fds, nfds))
-		return next(fds, nfds, timeout, sigmask);
-	return kc_cuse_poll(fds, nfds, timeout, sigmask, next);
+		return kc_socket_poll_settle(fds, nfds, next(fds, nfds, timeout, sigmask));
+	return kc_socket_poll_settle(fds, nfds, kc_cuse_poll(fds, nfds, timeout, sigmask, next));
 }
 
 KC_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
@@ -30,12 +31,12 @@ KC_EXPORT int poll(struct pollfd *fds, nfds_t nfds, int timeout)
 	if (!next)
 		return kc_next_missing();
 	if (!kc_cuse_poll_wanted(fds, nfds))
-		return next(fds, nfds, timeout);
+		return kc_socket_poll_settle(fds, nfds, next(fds, nfds, timeout));
 	int (*next_ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *) = KC_NEXT(ppoll);
 	if (!next_ppoll)
 		return next(fds, nfds, timeout);
 	struct timespec t = { timeout / 1000, (long)(timeout % 1000) * 1000000 };
-	return kc_cuse_poll(fds, nfds, timeout < 0 ? NULL : &t, NULL, next_ppoll);
+	return kc_socket_poll_settle(fds, nfds, kc_cuse_poll(fds, nfds, timeout < 0 ? NULL : &t, NULL, next_ppoll));
 }
 
 #ifdef __GLIBC__

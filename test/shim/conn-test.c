@@ -537,8 +537,8 @@ static void test_hangup(int fd)
 	uint64_t s[7] = { 56 };
 	int rc = kioctl(fd, CMD_BUS_CREATOR_INFO, s);
 	struct pollfd p = { .fd = fd, .events = POLLIN };
-	CHECK(rc == 0 && poll(&p, 1, 2000) == 1 && (p.revents & POLLIN), "after HUP the descriptor polls readable",
-	      "rc %d revents %x", rc, p.revents);
+	CHECK(rc == 0 && poll(&p, 1, 2000) == 1 && p.revents == (POLLERR | POLLHUP),
+	      "after HUP the descriptor polls POLLERR|POLLHUP, as kdbus's did", "rc %d revents %x", rc, p.revents);
 	uint64_t value = 1, plus, pid;
 	errno = 0;
 	rc = mock_free(fd, &value, &plus, &pid);
@@ -548,7 +548,7 @@ static void test_hangup(int fd)
 	rc = mock_free(fd, &value, &plus, &pid);
 	CHECK(rc == -1 && errno == ECONNRESET, "and it stays so", "rc %d errno %d", rc, errno);
 	p.revents = 0;
-	CHECK(poll(&p, 1, 0) == 1 && (p.revents & POLLHUP), "the ended stream polls POLLHUP", "revents %x", p.revents);
+	CHECK(poll(&p, 1, 0) == 1 && p.revents == (POLLERR | POLLHUP), "so does the ended stream", "revents %x", p.revents);
 	CHECK(close(fd) == 0, "the dead descriptor closes", "errno %d", errno);
 }
 

@@ -115,6 +115,7 @@ function suite(libc: Libc, compiler: string): void {
         'a child exec\'ed with the descriptor uses it',
         'the last close releases the handle before close() returns',
         'a forked child\'s reference keeps the connection open',
+        'after HUP the descriptor polls POLLERR|POLLHUP, as kdbus\'s did',
         'after HUP and the end of the stream: ECONNRESET',
       ]);
       assert.match(out, /after exec: descriptors pass with an ioctl/);
