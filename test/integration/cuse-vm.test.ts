@@ -61,6 +61,31 @@ describe('CUSE transport in a VM', function () {
     });
   }
 
+  it('makes and drops 210 buses with no thread and at most two descriptors per device', async () => {
+    const script = path.join(vm!.shareDir, 'cuse-churn.py');
+    fs.copyFileSync(path.join(ROOT, 'test', 'vm', 'cuse-churn.py'), script);
+    // kdbus let a user own at most 16 buses (EMFILE beyond); root owns 0-system already.
+    const atOnce = 15;
+    const rounds = 14;
+    const r = await vm!.run(`/usr/bin/python3 ${script} /dev/kdbus $(pgrep -f 'bin/kdbus-cuse serve' | head -n 1) ${atOnce} ${rounds}`, { timeoutMs: 100_000 });
+    assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+    interface Counts { threads: number; fds: number }
+    const report = JSON.parse(r.stdout) as { before: Counts; rounds: Array<{ made: Counts; after: Counts }> };
+    assert.equal(report.rounds.length, rounds);
+    const { before } = report;
+    for (const [i, round] of report.rounds.entries()) {
+      const what = `round ${i + 1}: ${JSON.stringify(round)}, before ${JSON.stringify(before)}`;
+      // A thread per device would be 15 more; Node may start a few of its own on the way.
+      assert.ok(round.made.threads <= before.threads + 4, `threads grew with the devices: ${what}`);
+      // A bus needs its /dev/cuse channel, a connection its pool; nothing else per device
+      // (the few beyond are caches, such as /proc status files of callers).
+      assert.ok(round.made.fds - before.fds >= atOnce, `the buses' channels are not among the descriptors: ${what}`);
+      assert.ok(round.made.fds - before.fds <= 2 * atOnce + 8, `more than two descriptors per bus: ${what}`);
+      assert.ok(round.after.fds <= before.fds + 8, `descriptors left behind by dropped buses: ${what}`);
+      assert.ok(round.after.threads <= before.threads + 4, `threads left behind by dropped buses: ${what}`);
+    }
+  });
+
   it('serves the same clients through the FUSE ioctl retry protocol', async function () {
     const shim = path.join(ROOT, 'shim', 'build', 'glibc', 'libkdbus-cuse-shim.so');
     const client = path.join(ROOT, 'test', 'c', 'build', 'glibc', 'kdbus-client');
