@@ -7,6 +7,7 @@ import path from 'node:path';
 import { ConfigError, defaults, loadFile, validate, type Config, type TransportMode } from '../config/config';
 import { Daemon } from '../daemon/daemon';
 import { ServiceLifecycle } from '../daemon/lifecycle';
+import { StartupError } from '../daemon/startup-error';
 import { logger, setLogLevel } from '../log/logger';
 import { SdNotifier } from '../os/sd-notify';
 import { parseArgs, UsageError } from './args';
@@ -167,6 +168,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (e instanceof UsageError || e instanceof ConfigError) {
       process.stderr.write(`kdbus-cuse: ${e.message}\n${e instanceof UsageError ? 'Try "kdbus-cuse --help".\n' : ''}`);
       return 2;
+    }
+    if (e instanceof StartupError) {
+      logger.error(`cannot start: ${e.message}`);
+      return 1;
     }
     logger.error(`fatal: ${(e as Error).stack ?? String(e)}`);
     return 1;

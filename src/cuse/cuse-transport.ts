@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { Domain } from '../bus/domain';
 import type { Endpoint } from '../bus/endpoint';
 import type { NodeHost } from '../bus/node-host';
+import { StartupError } from '../daemon/startup-error';
 import type { Transport } from '../daemon/transport';
 import { logger } from '../log/logger';
 import { MemfdStorage } from '../os/memfd-storage';
@@ -59,14 +60,14 @@ export class CuseTransport implements Transport, NodeHost {
     this.devRoot = opts.devRoot ?? '/dev';
     const rel = path.relative(this.devRoot, opts.kdbusRoot);
     if (rel.startsWith('..') || path.isAbsolute(rel) || rel === '') {
-      throw new Error(`CUSE nodes live under ${this.devRoot}; the kdbus root ${opts.kdbusRoot} is not below it`);
+      throw new StartupError(`CUSE nodes live under ${this.devRoot}; the kdbus root ${opts.kdbusRoot} is not below it`);
     }
     this.prefix = rel;
   }
 
   async start(domain: Domain): Promise<void> {
     const why = cuseUnavailable(this.opts.cusePath);
-    if (why) throw new Error(why);
+    if (why) throw new StartupError(why);
     domain.poolStorage = (size) => new MemfdStorage(size);
     await this.addNode(`${this.prefix}/control`, { kind: 'control', domain }, 0o666, 0, 0);
     domain.hosts.push(this);

@@ -16,6 +16,7 @@ import { UpstreamBridge } from '../dbus1/upstream-bridge';
 import { logger } from '../log/logger';
 import { CreatedDirs, runtimeDirs } from './runtime-dirs';
 import { ControlSocket } from './control-socket';
+import { StartupError } from './startup-error';
 import type { Transport } from './transport';
 
 /** systemd's bus parameters: 64-byte bloom filters with 8 hash functions. */
@@ -131,6 +132,6 @@ function groupId(group: string | undefined): number | undefined {
   if (group === undefined) return undefined;
   if (/^[0-9]+$/.test(group)) return Number(group);
   const line = fs.readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.split(':')[0] === group);
-  if (!line) throw new Error(`controlGroup: no group named "${group}" in /etc/group`);
+  if (!line) throw new StartupError(`controlGroup: no group named "${group}" in /etc/group`);
   return Number(line.split(':')[2]);
 }

@@ -8,6 +8,7 @@
 import type { Config } from '../config/config';
 import { CuseTransport, cuseUnavailable } from '../cuse/cuse-transport';
 import { logger } from '../log/logger';
+import { StartupError } from './startup-error';
 import { AttachmentRegistry } from '../transport/attachments';
 import { SocketTransport } from '../transport/socket-transport';
 import type { Transport } from './transport';
@@ -18,7 +19,7 @@ export async function selectTransports(config: Config): Promise<Transport[]> {
   if (config.transport !== 'socket') {
     const why = cuseUnavailable();
     if (why === undefined) cuse = true;
-    else if (config.transport === 'cuse') throw new Error(why);
+    else if (config.transport === 'cuse') throw new StartupError(why);
     else logger.info(`CUSE not used: ${why}; serving the socket transport only`);
   }
   const out: Transport[] = [new SocketTransport({ socketPath: config.socket, kdbusRoot: config.kdbusRoot, placeholders: !cuse, attachments })];

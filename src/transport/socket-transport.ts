@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Domain } from '../bus/domain';
+import { StartupError } from '../daemon/startup-error';
 import type { Transport } from '../daemon/transport';
 import { MemfdStorage } from '../os/memfd-storage';
 import { logger } from '../log/logger';
@@ -50,7 +51,7 @@ export class SocketTransport implements Transport {
     const file = this.opts.socketPath;
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
     if (fs.existsSync(file)) {
-      if (await isAlive(file)) throw new Error(`${file}: another daemon is listening there`);
+      if (await isAlive(file)) throw new StartupError(`${file}: another daemon is listening there`);
       fs.rmSync(file, { force: true });
     }
     // Paused: a session reads its client's socket itself, for the credentials and descriptors.

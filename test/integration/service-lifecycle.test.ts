@@ -10,6 +10,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { cuseUnavailable } from '../../src/cuse/cuse-transport';
 import { NotifyListener } from '../helpers/notify-listener';
 
 const PROJECT = path.resolve(__dirname, '../../..');
@@ -174,6 +175,31 @@ describe('service lifecycle (sd_notify, reload, clean stop)', function () {
     assert.deepEqual(await d.exit, { code: 0, signal: null });
     assert.deepEqual(tree(path.join(root, 'run')), ['kdbus-cuse']);
     assert.deepEqual(tree(path.join(root, 'dev')), []);
+  });
+
+  it('cannot start on a socket another daemon serves: one line saying so, exit status 1, the other daemon untouched', async () => {
+    const kdbus = path.join(root, 'dev/kdbus');
+    const sock = path.join(root, 'run/kdbus.sock');
+    daemon = new Served(['--transport', 'socket', '--kdbus-root', kdbus, '--socket', sock, '--bus', A, '--listen', 'none'], path.join(root, 'notify'));
+    const d = daemon;
+    assert.equal(await listener.next(START_MS, () => d.log), `READY=1\nSTATUS=serving ${A}`);
+    const second = spawnSync(process.execPath, [BIN, 'serve', '--transport', 'socket', '--kdbus-root', path.join(root, 'dev/other'), '--socket', sock, '--listen', 'none'], { encoding: 'utf8' });
+    assert.equal(second.status, 1, second.stdout + second.stderr);
+    const lines = (second.stdout + second.stderr).trim().split('\n');
+    assert.equal(lines.length, 1, `one line, no stack:\n${lines.join('\n')}`);
+    assert.match(lines[0]!, new RegExp(`error\\s+cannot start: ${sock.replace(/[.]/g, '\\.')}: another daemon is listening there$`));
+    assert.ok(d.alive && fs.statSync(sock).isSocket(), 'the first daemon still serves');
+  });
+
+  it('with --transport cuse and no usable /dev/cuse: one line saying why, exit status 1', function () {
+    const why = cuseUnavailable();
+    if (why === undefined) this.skip(); // this machine has CUSE: what is checked here cannot happen
+    const r = spawnSync(process.execPath, [BIN, 'serve', '--transport', 'cuse', '--socket', path.join(root, 'run/kdbus.sock'), '--listen', 'none'], { encoding: 'utf8' });
+    assert.equal(r.status, 1, r.stdout + r.stderr);
+    const lines = (r.stdout + r.stderr).trim().split('\n');
+    assert.equal(lines.length, 1, `one line, no stack:\n${lines.join('\n')}`);
+    assert.match(lines[0]!, /\berror\b/);
+    assert.ok(lines[0]!.endsWith(`cannot start: ${why}`), lines[0]);
   });
 
   it('--check-config validates without starting anything: 0 when valid, 2 with file and key', () => {
