@@ -1,8 +1,8 @@
 /*
  * poll and ppoll: sets with a CUSE kdbus descriptor are served by cuse-poll.c; every other
- * set goes to libc, and socket-poll.c reports connections that are gone as kdbus did. With _FORTIFY_SOURCE, glibc's headers turn a poll of an array
- * whose length the compiler knows into __poll_chk and __ppoll_chk (sd-bus's own wait is one),
- * so those are taken too.
+ * set goes to libc, and socket-poll.c reports connections that are gone as kdbus did. With
+ * _FORTIFY_SOURCE, glibc's headers turn a poll of an array whose length the compiler knows
+ * into __poll_chk and __ppoll_chk (sd-bus's own wait is one), so those are taken too.
  */
 #include "cuse-poll.h"
 #include "real.h"
