@@ -11,6 +11,8 @@ import { requireOrSkip } from '../helpers/require';
 import { C_CLIENT_SCENARIOS } from '../helpers/c-client-scenarios';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
+/** The guest sees the host's tree at the same paths: its scripts run from there. */
+const RAW_CLIENT = path.join(ROOT, 'test', 'vm', 'cuse-raw-client.py');
 
 describe('CUSE transport in a VM', function () {
   this.timeout(120_000);
@@ -40,9 +42,7 @@ describe('CUSE transport in a VM', function () {
   });
 
   it('serves a raw-ioctl client without any preload library', async () => {
-    const script = path.join(vm!.shareDir, 'cuse-raw-client.py');
-    fs.copyFileSync(path.join(ROOT, 'test', 'vm', 'cuse-raw-client.py'), script);
-    const r = await vm!.run(`/usr/bin/python3 ${script} /dev/kdbus`, { timeoutMs: 60_000 });
+    const r = await vm!.run(`/usr/bin/python3 ${RAW_CLIENT} /dev/kdbus`, { timeoutMs: 60_000 });
     assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /^ok$/m);
   });
@@ -62,8 +62,7 @@ describe('CUSE transport in a VM', function () {
   }
 
   it('makes and drops 210 buses with no thread and at most two descriptors per device', async () => {
-    const script = path.join(vm!.shareDir, 'cuse-churn.py');
-    fs.copyFileSync(path.join(ROOT, 'test', 'vm', 'cuse-churn.py'), script);
+    const script = path.join(ROOT, 'test', 'vm', 'cuse-churn.py');
     // kdbus let a user own at most 16 buses (EMFILE beyond); root owns 0-system already.
     const atOnce = 15;
     const rounds = 14;
@@ -93,7 +92,7 @@ describe('CUSE transport in a VM', function () {
     daemon = vm!.start(`cd ${ROOT} && KDBUS_CUSE_IOCTL_MEMORY=retry exec node bin/kdbus-cuse serve --transport cuse --bus 0-system --socket /run/kdbus-cuse/kdbus.sock`, { timeoutMs: 110_000 });
     const wait = await vm!.run('for i in $(seq 1 600); do [ -e /dev/kdbus/0-system/bus ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 90_000 });
     assert.equal(wait.code, 0, 'the daemon came back');
-    const raw = await vm!.run(`/usr/bin/python3 ${path.join(vm!.shareDir, 'cuse-raw-client.py')} /dev/kdbus`, { timeoutMs: 60_000 });
+    const raw = await vm!.run(`/usr/bin/python3 ${RAW_CLIENT} /dev/kdbus`, { timeoutMs: 60_000 });
     assert.equal(raw.code, 0, `${raw.stdout}\n${raw.stderr}`);
     const env = `LD_PRELOAD=${shim} KDBUS_CUSE_ROOT=/dev/kdbus KDBUS_CUSE_SOCKET=/run/kdbus-cuse/kdbus.sock`;
     const r = await vm!.run(`env ${env} ${client} -v all /dev/kdbus/0-system/bus`, { timeoutMs: 100_000 });

@@ -7,33 +7,15 @@ each), holds them all, then closes everything and waits for the nodes to go. Pri
 JSON object: the daemon's threads and open descriptors before the first round, with every
 bus of a round made, and after each round. Exits 1 with a line on stderr if a step fails.
 """
-import ctypes
 import json
 import os
 import struct
 import sys
 import time
 
-LIBC = ctypes.CDLL(None, use_errno=True)
+from kdbus_raw import BUS_MAKE, HELLO, Struct, check, item
+
 ROOT, PID, PER_ROUND, ROUNDS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-BUS_MAKE, HELLO = 0x40189500, 0xC0609580
-
-
-def fail(what):
-    print(f'FAILED: {what}', file=sys.stderr)
-    sys.exit(1)
-
-
-def ioctl(fd, req, data):
-    buf = ctypes.create_string_buffer(bytes(data), len(data))
-    if LIBC.ioctl(fd, ctypes.c_ulong(req), ctypes.c_void_p(ctypes.addressof(buf))) < 0:
-        return ctypes.get_errno()
-    return 0
-
-
-def item(t, payload):
-    size = 16 + len(payload)
-    return struct.pack('<QQ', size, t) + payload + b'\0' * ((8 - size % 8) % 8)
 
 
 def daemon_counts():
@@ -46,21 +28,18 @@ def make_bus(name):
     ctl = os.open(f'{ROOT}/control', os.O_RDWR | os.O_CLOEXEC)
     body = struct.pack('<3Q', 0, 0, 0) + item(7, struct.pack('<QQ', 64, 1)) + item(11, name.encode() + b'\0')
     body = struct.pack('<Q', len(body)) + body[8:]
-    err = ioctl(ctl, BUS_MAKE, body)
-    if err:
-        fail(f'BUS_MAKE {name}: errno {err}')
+    err = Struct(body).ioctl(ctl, BUS_MAKE)
+    check(err == 0, f'BUS_MAKE {name}: errno {err}')
     conn = os.open(f'{ROOT}/{name}/bus', os.O_RDWR | os.O_CLOEXEC)
-    err = ioctl(conn, HELLO, struct.pack('<10Q', 96, 0, 0, 0, 0, 0, 0, 1 << 20, 0, 0) + b'\0' * 16)
-    if err:
-        fail(f'HELLO on {name}: errno {err}')
+    err = Struct(struct.pack('<10Q', 96, 0, 0, 0, 0, 0, 0, 1 << 20, 0, 0) + b'\0' * 16).ioctl(conn, HELLO)
+    check(err == 0, f'HELLO on {name}: errno {err}')
     return ctl, conn
 
 
 def wait_gone(names):
     deadline = time.monotonic() + 60
     while any(os.path.exists(f'{ROOT}/{n}') for n in names):
-        if time.monotonic() > deadline:
-            fail('bus nodes still there 60 s after their owners closed them')
+        check(time.monotonic() <= deadline, 'bus nodes still there 60 s after their owners closed them')
         time.sleep(0.05)
 
 
