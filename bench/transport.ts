@@ -291,9 +291,16 @@ function cases(p: Plan): Case[] {
     args: (kind) => (kind === 'kdbus' ? [String(big.size), String(big.iterations), 'vec'] : undefined),
     ops: withWarmup(big.iterations, 5),
   });
-  for (const f of p.fanout) {
+  for (const [i, f] of p.fanout.entries()) {
     out.push({
       key: `fanout ${f.receivers}`, mode: 'fanout', args: () => [String(f.receivers), String(f.iterations)], ops: withWarmup(f.iterations, 3),
+    });
+    if (i > 0) continue;
+    // Receivers waiting as sd-event services do (kdbus only).
+    out.push({
+      key: `fanout ${f.receivers} epoll`, mode: 'fanout',
+      args: (kind) => (kind === 'kdbus' ? [String(f.receivers), String(f.iterations), 'epoll'] : undefined),
+      ops: withWarmup(f.iterations, 3),
     });
   }
   return out;
@@ -543,6 +550,17 @@ function resultTables(where: Where, p: Plan, run: RunOutput): string {
       String(f.receivers), String(f.iterations),
       ...run.labels.flatMap((l) => [cell(row.get(l), 'mean_us'), cell(row.get(l), 'p99_us')]),
       x(ratio(row.get(kd), row.get(broker))), x(ratio(row.get(kd), row.get(daemon))),
+    ]);
+  }
+  const firstFan = p.fanout[0]!;
+  const fanEpoll = run.results.get(`fanout ${firstFan.receivers} epoll`);
+  if (fanEpoll) {
+    note(`fanout ${firstFan.receivers}, receivers in epoll_wait`, fanEpoll);
+    const same = run.results.get(`fanout ${firstFan.receivers}`);
+    fanRows.push([
+      `${firstFan.receivers} in epoll_wait`, String(firstFan.iterations),
+      cell(fanEpoll.get(kd), 'mean_us'), cell(fanEpoll.get(kd), 'p99_us'), '', '', '', '',
+      x(ratio(fanEpoll.get(kd), same?.get(broker))), x(ratio(fanEpoll.get(kd), same?.get(daemon))),
     ]);
   }
   const fanHead = ['receivers', 'signals', ...peerHead, 'kdbus/broker', 'kdbus/daemon'];

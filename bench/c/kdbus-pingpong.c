@@ -5,7 +5,7 @@
  *   kdbus-pingpong rtt    <bus-node> <iterations>
  *   kdbus-pingpong call   <bus-node> <payload-bytes> <iterations> [vec|memfd] [poll|epoll]
  *   kdbus-pingpong dcall  <bus-node> <payload-bytes> <iterations>
- *   kdbus-pingpong fanout <bus-node> <receivers> <iterations>
+ *   kdbus-pingpong fanout <bus-node> <receivers> <iterations> [poll|epoll]
  *   kdbus-pingpong memfd  <payload-bytes> <iterations>
  *
  * rtt: RECV on an empty queue (EAGAIN), the smallest ioctl round trip.
@@ -21,7 +21,8 @@
  *   reached through kdbus-cuse's bridge); the message is built for every call, as sd-bus
  *   marshalled it, and the reply must be a method return.
  * fanout: forked receivers each match the signal's bloom filter; the time per round runs
- *   from just before SEND until the last receiver has RECVed the signal.
+ *   from just before SEND until the last receiver has RECVed the signal. They wait in
+ *   poll(), or in epoll_wait() with "epoll".
  * memfd: no bus at all: what the memfd path costs the two ends by itself (make, fill and
  *   seal the memfd as the caller does; map, touch, unmap and close it as the callee does).
  *
@@ -246,8 +247,18 @@ static void run_rtt(long iterations)
 
 /* ---- call ------------------------------------------------------------------------------- */
 
-/* The callee waits in epoll_wait() instead of poll(). */
-static int g_callee_epoll;
+/* The callee and the fan-out receivers wait in epoll_wait() instead of poll(). */
+static int g_wait_epoll;
+
+/* A level-triggered epoll set watching fd for EPOLLIN, as sd-event's. */
+static int epoll_set(int fd)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+		die("epoll_ctl");
+	return ep;
+}
 
 /* Until the connection polls readable, in poll() or in the epoll set ep. */
 static void wait_readable(int fd, int ep)
@@ -282,12 +293,8 @@ static void callee(int index)
 
 	static const uint8_t reply_hdr[REPLY_HDR_LEN] = { 'l', 2 };
 	int ep = -1;
-	if (g_callee_epoll) {
-		struct epoll_event ev = { .events = EPOLLIN };
-		ep = epoll_create1(EPOLL_CLOEXEC);
-		if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev) < 0)
-			die("epoll_ctl");
-	}
+	if (g_wait_epoll)
+		ep = epoll_set(c.fd);
 	uint64_t sink = 0;
 	for (;;) {
 		wait_readable(c.fd, ep);
@@ -501,11 +508,10 @@ static void receiver(int index)
 	if (kd_ioctl(c.fd, KD_CMD_MATCH_ADD, m) < 0)
 		die("MATCH_ADD");
 	peer_ready();
+	int ep = g_wait_epoll ? epoll_set(c.fd) : -1;
 	uint64_t sink = 0;
 	for (;;) {
-		struct pollfd p = { .fd = c.fd, .events = POLLIN };
-		if (poll(&p, 1, -1) < 0 && errno != EINTR)
-			die("poll");
+		wait_readable(c.fd, ep);
 		for (;;) {
 			struct kd_cmd_recv r = { .size = sizeof r };
 			if (kd_ioctl(c.fd, KD_CMD_RECV, &r) < 0) {
@@ -575,7 +581,7 @@ int main(int argc, char **argv)
 		int use_memfd = size >= MEMFD_MIN_SIZE;
 		if (argc >= 6)
 			use_memfd = strcmp(argv[5], "memfd") == 0;
-		g_callee_epoll = argc >= 7 && strcmp(argv[6], "epoll") == 0;
+		g_wait_epoll = argc >= 7 && strcmp(argv[6], "epoll") == 0;
 		run_call(size, atol(argv[4]), use_memfd);
 	} else if (argc >= 5 && strcmp(argv[1], "dcall") == 0) {
 		g_bus = argv[2];
@@ -584,13 +590,14 @@ int main(int argc, char **argv)
 		run_memfd_floor((size_t)atol(argv[2]), atol(argv[3]));
 	} else if (argc >= 5 && strcmp(argv[1], "fanout") == 0) {
 		g_bus = argv[2];
+		g_wait_epoll = argc >= 6 && strcmp(argv[5], "epoll") == 0;
 		run_fanout(atoi(argv[3]), atol(argv[4]));
 	} else {
 		fprintf(stderr,
 			"usage: %s rtt <bus> <iterations>\n"
 			"       %s call <bus> <payload-bytes> <iterations> [vec|memfd] [poll|epoll]\n"
 			"       %s dcall <bus> <payload-bytes> <iterations>\n"
-			"       %s fanout <bus> <receivers> <iterations>\n"
+			"       %s fanout <bus> <receivers> <iterations> [poll|epoll]\n"
 			"       %s memfd <payload-bytes> <iterations>\n", argv[0], argv[0], argv[0], argv[0], argv[0]);
 		return 2;
 	}

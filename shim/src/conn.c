@@ -1,5 +1,6 @@
 /* Connections and the descriptors that belong to them (see conn.h). */
 #include "conn.h"
+#include "cuse-epoll.h"
 #include "request.h"
 #include "reserve.h"
 #include "self.h"
@@ -74,6 +75,10 @@ static int *field_of(struct kc_conn *c, int fd, const struct kc_ident **id)
 		*id = &c->wake_id;
 		return &c->wake;
 	}
+	if (c->ready == fd) {
+		*id = &c->ready_id;
+		return &c->ready;
+	}
 	return NULL;
 }
 
@@ -105,7 +110,7 @@ static struct kc_conn *drop_ref_locked(struct kc_conn *c, bool user_fd)
 			break;
 		}
 	}
-	int own[] = { c->sock, c->pool, c->wake };
+	int own[] = { c->sock, c->pool, c->wake, c->ready };
 	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
 		if (own[i] >= 0)
 			kc_fd_clear(own[i]);
@@ -124,7 +129,7 @@ static void finish(struct kc_conn *c)
 		if (kc_request_bare(c, c->sock, KC_FRAME_CLOSE, &in, &r) == 0)
 			kc_inbound_release(&in);
 	}
-	int own[] = { c->sock, c->pool, c->wake };
+	int own[] = { c->sock, c->pool, c->wake, c->ready };
 	for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
 		if (own[i] >= 0)
 			kc_sys_close(own[i]);
@@ -145,7 +150,10 @@ static struct kc_conn *clear_entry_locked(int fd)
 	case KC_FD_NONE:
 		return NULL;
 	case KC_FD_USER:
+		kc_fd_clear(fd);
+		return drop_ref_locked(e.owner, true);
 	case KC_FD_CUSE:
+		kc_cuse_epoll_forget_locked(fd);
 		kc_fd_clear(fd);
 		return drop_ref_locked(e.owner, true);
 	case KC_FD_INTERNAL:
@@ -157,6 +165,8 @@ static struct kc_conn *clear_entry_locked(int fd)
 		field = field_of(e.owner, fd, &id);
 		if (field)
 			*field = -1;
+		else
+			kc_cuse_epoll_lost_locked(fd);
 		return NULL;
 	}
 	return NULL;
@@ -169,7 +179,7 @@ struct kc_conn *kc_conn_create(int user_fd, struct kc_mux *mux, bool counted)
 		return NULL;
 	c->refs = c->user_fds = 1;
 	c->counted = counted;
-	c->pool = c->wake = -1;
+	c->pool = c->wake = c->ready = -1;
 	c->mux = mux;
 	if (!ident_of(user_fd, &c->sock_id))
 		goto fail;
@@ -221,7 +231,7 @@ struct kc_conn *kc_conn_create_cuse(int fd)
 		goto out;
 	c->refs = c->user_fds = 1;
 	c->cuse = true;
-	c->sock = c->pool = c->wake = -1;
+	c->sock = c->pool = c->wake = c->ready = -1;
 	c->dev_id.dev = st.st_dev;
 	c->dev_id.ino = st.st_ino;
 	kc_lock();
@@ -316,7 +326,7 @@ enum kc_fd_kind kc_fd_check(int fd)
 	if (e.kind == KC_FD_USER || e.kind == KC_FD_CUSE)
 		valid = still_is(fd, user_ident(e.owner));
 	else if (e.kind == KC_FD_INTERNAL && e.owner)
-		valid = field_of(e.owner, fd, &id) && still_is(fd, id);
+		valid = (field_of(e.owner, fd, &id) || kc_cuse_epoll_standin_locked(fd, &id)) && still_is(fd, id);
 	else if (e.kind == KC_FD_INTERNAL)
 		valid = kc_reserve_holds(fd);
 	if (!valid) {
@@ -419,6 +429,8 @@ void kc_conn_evict_locked(int newfd)
 	if (e.kind != KC_FD_INTERNAL)
 		return;
 	if (e.owner) {
+		if (kc_cuse_epoll_evict_locked(newfd))
+			return;
 		const struct kc_ident *id;
 		int *field = field_of(e.owner, newfd, &id);
 		if (field && still_is(newfd, id)) {

@@ -39,9 +39,11 @@ struct kc_conn {
 	int pool;            /* the read-only pool; -1 until HELLO or POOL brought it */
 	/* cuse: the eventfd that wakes the file's pollers (side-channel.h); -1 without one */
 	int wake;
+	/* cuse: the eventfd the daemon keeps to the file's readiness, for epoll (cuse-epoll.h); -1 until asked */
+	int ready;
 	uint64_t pool_size;
 	bool shortcuts;      /* HELLO here said the daemon's WAKEs are exact, and this is no policy holder */
-	struct kc_ident sock_id, pool_id, wake_id;
+	struct kc_ident sock_id, pool_id, wake_id, ready_id;
 	struct kc_mux *mux;
 	struct kc_conn *next; /* this process's connections, for fork */
 	bool cuse;

@@ -35,6 +35,7 @@ enum kc_frame_type {
 	KC_FRAME_INSTALL = 12,
 	KC_FRAME_EMPTY = 13,
 	KC_FRAME_HEAD = 14,
+	KC_FRAME_READY = 15,
 };
 
 /*

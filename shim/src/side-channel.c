@@ -249,11 +249,16 @@ static void close_fds(struct frame *f)
 	f->n_fds = 0;
 }
 
-static int send_frame(int sock, const uint8_t *frame, size_t len)
+static int send_frame_fds(int sock, const uint8_t *frame, size_t len, const int *fds, unsigned n_fds)
 {
 	struct iovec iov = { (void *)frame, len };
-	int rc = kc_send_all(sock, &iov, 1, NULL, 0);
+	int rc = kc_send_all(sock, &iov, 1, fds, n_fds);
 	return rc == -EPIPE || rc == -ECONNRESET ? -ESHUTDOWN : rc;
+}
+
+static int send_frame(int sock, const uint8_t *frame, size_t len)
+{
+	return send_frame_fds(sock, frame, len, NULL, 0);
 }
 
 /* Reads one whole frame, whose first bytes are there or coming. 0 or -errno. */
@@ -363,9 +368,10 @@ static int read_available(struct kc_conn *c, int sock)
 }
 
 /* Sends a request and reads up to its RESULT, applying INSTALLs on the way. Under the page lock. */
-static int request(struct kc_conn *c, int sock, const uint8_t *frame, size_t len, struct frame *result)
+static int request(struct kc_conn *c, int sock, const uint8_t *frame, size_t len, const int *fds, unsigned n_fds,
+		   struct frame *result)
 {
-	int rc = send_frame(sock, frame, len);
+	int rc = send_frame_fds(sock, frame, len, fds, n_fds);
 	while (rc == 0) {
 		rc = read_frame(sock, result);
 		__atomic_add_fetch(&c->side.page->frames, 1, __ATOMIC_SEQ_CST);
@@ -436,11 +442,11 @@ static void detach(struct kc_conn *c)
 }
 
 /*
- * The eventfd that wakes the file's pollers, recorded as the shim's own (3 or above,
- * close-on-exec, non-blocking), with its identity; -1 if none could be made: the kernel's
- * poll then serves the file.
+ * An eventfd for the shim's own use (3 or above, close-on-exec, non-blocking), with its
+ * identity; -1 if none could be made. The file's pollers' (wake) and its epoll stand-ins'
+ * (ready) are such.
  */
-static int make_wake(struct kc_ident *id)
+static int make_eventfd(struct kc_ident *id)
 {
 	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	struct stat st;
@@ -470,7 +476,7 @@ static int attach(struct kc_conn *c, int fd)
 		return sock;
 	}
 	struct kc_ident wake_id;
-	int wake = make_wake(&wake_id);
+	int wake = make_eventfd(&wake_id);
 	kc_lock();
 	bool ok = kc_fd_set(sock, KC_FD_INTERNAL, c) == 0;
 	if (ok) {
@@ -497,7 +503,7 @@ static int attach(struct kc_conn *c, int fd)
 	struct frame result;
 	struct kc_result r;
 	page_lock(page);
-	int rc = request(c, sock, frame, len, &result);
+	int rc = request(c, sock, frame, len, NULL, 0, &result);
 	page_unlock(c, page);
 	if (rc == 0) {
 		rc = result_of(&result, &r);
@@ -641,7 +647,7 @@ int kc_side_fetch_pool(struct kc_conn *c)
 	int cancel_state;
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
 	page_lock(page);
-	rc = request(c, sock, frame, sizeof frame, &result);
+	rc = request(c, sock, frame, sizeof frame, NULL, 0, &result);
 	page_unlock(c, page);
 	pthread_setcancelstate(cancel_state, NULL);
 	if (rc == 0) {
@@ -657,6 +663,66 @@ int kc_side_fetch_pool(struct kc_conn *c)
 			return rc;
 	}
 	broke(c, -rc);
+	return rc;
+}
+
+int kc_side_ready(struct kc_conn *c)
+{
+	int sock, rc;
+	struct kc_side_page *page;
+	kc_lock();
+	int fd = c->ready;
+	kc_unlock();
+	if (fd >= 0)
+		return fd;
+	if (!ready(c, &sock, &page, &rc))
+		return rc;
+	state_lock(page);
+	bool exact = page->exact;
+	state_unlock(page);
+	if (!exact)
+		return -EOPNOTSUPP;
+	struct kc_ident id;
+	if ((fd = make_eventfd(&id)) < 0)
+		return -EMFILE;
+	uint8_t frame[KC_FRAME_HEADER];
+	kc_bare_encode(frame, KC_FRAME_READY, REQUEST_SEQ);
+	struct frame result;
+	struct kc_result r;
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	page_lock(page);
+	kc_lock();
+	int made = c->ready;
+	kc_unlock();
+	/* Another thread of this process asked first: one eventfd serves them all. */
+	rc = made >= 0 ? 0 : request(c, sock, frame, sizeof frame, &fd, 1, &result);
+	page_unlock(c, page);
+	pthread_setcancelstate(cancel_state, NULL);
+	if (made >= 0) {
+		kc_sys_close(fd);
+		return made;
+	}
+	if (rc == 0) {
+		rc = result_of(&result, &r);
+		close_fds(&result);
+		if (rc == -EPROTO)
+			broke(c, EPROTO);
+	} else {
+		broke(c, -rc);
+	}
+	kc_lock();
+	if (rc == 0 && kc_fd_set(fd, KC_FD_INTERNAL, c) == 0) {
+		c->ready = fd;
+		c->ready_id = id;
+		rc = fd;
+		fd = -1;
+	} else if (rc == 0) {
+		rc = -EMFILE;
+	}
+	kc_unlock();
+	if (fd >= 0)
+		kc_sys_close(fd);
 	return rc;
 }
 
@@ -810,6 +876,36 @@ static void unlock_caught_up(struct kc_conn *c, struct caught_up *u)
 		broke(c, u->rc == -EPIPE || u->rc == -ECONNRESET ? ESHUTDOWN : -u->rc);
 }
 
+/*
+ * The channel says the queue is empty, and the daemon empties the readiness eventfd only
+ * once it reads the RECV that emptied it: an epoll waiter would spin until then, so this
+ * process's eventfd is emptied here. A wake-up this takes came after its WAKE or HEAD was
+ * on the channel (the daemon writes them in that order), so reading the channel again
+ * finds that frame, and the count goes back; an empty count needs no second look. Under
+ * the page lock (lock_caught_up).
+ */
+static void lower_ready(struct kc_conn *c, struct caught_up *u)
+{
+	uint64_t count = 1;
+	kc_lock();
+	bool took = c->ready >= 0 && kc_sys_read(c->ready, &count, sizeof count) == sizeof count;
+	kc_unlock();
+	if (!took)
+		return;
+	if (u->rc == 0)
+		u->rc = read_available(c, u->sock);
+	state_lock(u->page);
+	bool again = u->rc != 0 || u->page->readable || u->page->hup;
+	state_unlock(u->page);
+	if (!again)
+		return;
+	count = 1;
+	kc_lock();
+	if (c->ready >= 0)
+		(void)!kc_sys_write(c->ready, &count, sizeof count);
+	kc_unlock();
+}
+
 bool kc_side_queue_empty(struct kc_conn *c)
 {
 	struct caught_up u;
@@ -818,6 +914,8 @@ bool kc_side_queue_empty(struct kc_conn *c)
 	state_lock(u.page);
 	bool empty = u.rc == 0 && u.page->exact && !u.page->readable && !u.page->hup;
 	state_unlock(u.page);
+	if (empty)
+		lower_ready(c, &u);
 	unlock_caught_up(c, &u);
 	return empty;
 }
@@ -859,7 +957,10 @@ bool kc_side_take_head(struct kc_conn *c, uint64_t *offset, uint64_t *size, stru
 		u.rc = kc_send_all(u.sock, iov, iovcnt, NULL, 0);
 		taken = u.rc == 0;
 	}
+	bool emptied = taken && !page->readable;
 	state_unlock(page);
+	if (emptied)
+		lower_ready(c, &u);
 	unlock_caught_up(c, &u);
 	return taken;
 }

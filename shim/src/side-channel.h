@@ -94,6 +94,15 @@ void kc_side_withdraw(struct kc_conn *c, const struct kc_side_offer *offer);
 /* Asks for the pool (POOL) and keeps it in c; 0 or -errno (EBADFD before HELLO). */
 int kc_side_fetch_pool(struct kc_conn *c);
 
+/*
+ * The eventfd the daemon keeps to c's readiness (READY, docs/socket-protocol.md), made and
+ * handed over at the first call in this process: non-zero while the file polls readable or
+ * hung up, one more at each wake-up. It stands for the file in epoll sets (cuse-epoll.h).
+ * The number (the shim's own) or -errno: -EOPNOTSUPP where the channel does not follow the
+ * queue, and what attaching failed with.
+ */
+int kc_side_ready(struct kc_conn *c);
+
 /* Applies the INSTALL frames that have arrived; does not wait, nor read when another thread does. */
 void kc_side_drain(struct kc_conn *c);
 

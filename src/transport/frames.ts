@@ -17,6 +17,8 @@ export const enum FrameType {
   INSTALL = 12,
   EMPTY = 13,
   HEAD = 14,
+  /** Shim → daemon on a side channel, with one eventfd: keep it to the CUSE handle's readiness (READY). */
+  READY = 15,
 }
 
 /** OPEN's features word, bit 0: the shim takes HEAD frames instead of bare WAKEs (Poll). */

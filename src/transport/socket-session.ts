@@ -28,6 +28,7 @@ import {
   decodeSegments, encodeFrame, FRAME_HEADER, FrameReader, FrameType, OPEN_FEATURE_HEADS, ProtocolError, type Frame, type Segment,
 } from './frames';
 import { ClientSocket, MAX_FDS_PER_READ } from './client-socket';
+import { ReadinessEventfd } from './readiness-eventfd';
 import { IoctlContext, ReceivedFiles, ReservedInstaller } from './ioctl-context';
 import { NeedMemory, SegmentMemory } from './segment-memory';
 import { accessFor, MAY_EXEC, permitted } from './node-access';
@@ -62,6 +63,8 @@ const RESULT_HEAD = 16;
 /** RESERVE's list flag: the numbers are for the next command of the handle alone. */
 const RESERVE_TRANSIENT = 1;
 const NO_FDS: readonly number[] = [];
+/** READY eventfds one side channel keeps: one per process sharing it that waits in epoll. */
+const MAX_READINESS_FDS = 8;
 const WAKE_FRAME = encodeFrame(FrameType.WAKE, 0n);
 const HUP_FRAME = encodeFrame(FrameType.HUP, 0n);
 const EMPTY_FRAME = encodeFrame(FrameType.EMPTY, 0n);
@@ -139,6 +142,8 @@ export class SocketSession {
 
   /** The CUSE handle this socket is the side channel of (ATTACH), if it is one. */
   private sideOf: AttachTarget | undefined;
+  /** On a side channel that follows the queue: the eventfds the shim polls for the handle (READY). */
+  private readonly readiness: ReadinessEventfd[] = [];
   private readonly side: SideChannel = {
     install: (files) => this.installForCuse(files),
     catchUp: () => this.readPending(),
@@ -260,6 +265,8 @@ export class SocketSession {
         return this.releaseNow(f.seq);
       case FrameType.ATTACH:
         return this.attach(f);
+      case FrameType.READY:
+        return this.takeReadiness(f);
       case FrameType.RESERVE:
         if (!this.sideOf) throw new ProtocolError('RESERVE on a socket that is not a side channel');
         if (f.payload.length >= 8 && f.payload.readUInt32LE(4) & RESERVE_TRANSIENT) {
@@ -364,10 +371,41 @@ export class SocketSession {
     const conn = target.handle.connection;
     const exact = conn !== undefined && !conn.isPolicyHolder;
     this.heads = exact && (features & OPEN_FEATURE_HEADS) !== 0;
-    if (exact) this.stopWake = target.handle.onWake(() => this.maybeWake());
+    if (exact) {
+      this.stopWake = target.handle.onWake(() => {
+        this.maybeWake();
+        // After the frame, so a shim that empties the eventfd and then reads the channel finds it.
+        this.updateReadiness(true);
+      });
+    }
     this.sendResult(f.seq, 0, [], NO_FDS, exact ? RESULT_EXACT_WAKES : 0);
     // The shim takes the queue for empty from that RESULT on, until a WAKE says otherwise.
     if (exact) this.maybeWake();
+  }
+
+  /**
+   * READY: an eventfd that stands for the CUSE handle in the program's epoll sets, kept to
+   * its readiness from now on (readiness-eventfd.ts). Only a channel that follows the queue
+   * can keep one. Each process sharing the channel (fork) brings its own, up to a few.
+   */
+  private takeReadiness(f: Frame): void {
+    if (!this.sideOf) throw new ProtocolError('READY on a socket that is not a side channel');
+    const fd = this.inFds.shift();
+    if (fd === undefined) throw new ProtocolError('READY came without its eventfd');
+    let errno = 0;
+    if (!this.stopWake || this.readiness.length >= MAX_READINESS_FDS) {
+      closeFd(fd);
+      errno = this.stopWake ? Errno.EMFILE : Errno.EOPNOTSUPP;
+    } else {
+      const readiness = ReadinessEventfd.adopt(fd);
+      if (readiness) {
+        this.readiness.push(readiness);
+        readiness.update(this.servedReady(), false);
+      } else {
+        errno = Errno.EBADF;
+      }
+    }
+    this.sendResult(f.seq, errno, [], NO_FDS, 0);
   }
 
   /**
@@ -787,6 +825,7 @@ export class SocketSession {
     } else if (this.sideOf && announced && handle?.connection && !(handle.poll() & Poll.HUP)) {
       this.send(EMPTY_FRAME, EMPTY_FRAME.length, NO_FDS, undefined);
     }
+    this.updateReadiness(false);
   }
 
   private unpin(): void {
@@ -867,10 +906,24 @@ export class SocketSession {
    * queue it had a WAKE for is empty now, so the shim answers the next RECV itself.
    */
   private maybeEmpty(): void {
+    this.updateReadiness(false);
     const handle = this.served;
     if (!this.wakeOutstanding || this.closed || !handle || handle.poll() & (Poll.IN | Poll.HUP)) return;
     this.wakeOutstanding = false;
     this.send(EMPTY_FRAME, EMPTY_FRAME.length, NO_FDS, undefined);
+  }
+
+  /** Whether the handle this socket reports polls readable or hung up (its READY eventfds' level). */
+  private servedReady(): boolean {
+    const handle = this.served;
+    return handle !== undefined && (handle.poll() & (Poll.IN | Poll.HUP)) !== 0;
+  }
+
+  /** The READY eventfds after the handle's state may have changed; wake: a wake-up, an edge. */
+  private updateReadiness(wake: boolean): void {
+    if (this.readiness.length === 0) return;
+    const ready = this.servedReady();
+    for (const r of this.readiness) r.update(ready, wake);
   }
 
   /** The handle whose queue this socket reports: its own, or the CUSE handle it is the side channel of. */
@@ -955,6 +1008,7 @@ export class SocketSession {
     this.unpin();
     this.sideOf?.detach(this.side);
     this.sideOf = undefined;
+    for (const r of this.readiness.splice(0)) r.close();
     this.handle?.release();
     this.handle = undefined;
     for (const fd of this.inFds.splice(0)) closeFd(fd);

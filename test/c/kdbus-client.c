@@ -1521,6 +1521,21 @@ struct readiness {
 	int readable, writable, hangup, error;
 };
 
+/* The descriptors the epoll instance ep watches (the "tfd:" lines of its fdinfo), up to max; how many. */
+static int epoll_targets(int ep, int *tfds, int max)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", ep);
+	FILE *f = fopen(path, "re");
+	CHECK(f, "cannot read %s: %s", path, strerror(errno));
+	int n = 0, tfd;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "tfd: %d", &tfd) == 1 && n < max)
+			tfds[n++] = tfd;
+	fclose(f);
+	return n;
+}
+
 static struct readiness wait_ready(enum waiter_kind kind, int fd, int ep, int timeout_ms)
 {
 	struct readiness r = { 0 };
@@ -1641,6 +1656,20 @@ static void scenario_readiness(const char *bus)
 	TRY(epoll_ctl(ep_edge, EPOLL_CTL_ADD, rx.fd, &ev));
 	expect_ready(&rx, ep, 0, "on an idle connection");
 	CHECK(!wait_ready(WAIT_EPOLL, rx.fd, ep_edge, 0).readable, "edge-triggered epoll reported an idle connection");
+	struct stat st;
+	TRY(fstat(rx.fd, &st));
+	int device = S_ISCHR(st.st_mode);
+	int targets[8];
+	if (device) {
+		/* The kernel would ask the daemon (FUSE_POLL) at every wake-up; the shim's stand-ins do not. */
+		step("receiver: the epoll sets watch the shim's stand-ins, not the CUSE device");
+		for (int e = 0; e < 2; e++) {
+			int n = epoll_targets(e ? ep_edge : ep, targets, 8);
+			CHECK(n >= 1, "epoll instance %d watches nothing", e);
+			for (int k = 0; k < n; k++)
+				CHECK(targets[k] != rx.fd, "epoll instance %d watches the CUSE device %d itself", e, rx.fd);
+		}
+	}
 
 	step("receiver: one thread each blocks in epoll_wait, select, pselect and ppoll");
 	struct blocked_waiter w[4];
@@ -1683,21 +1712,51 @@ static void scenario_readiness(const char *bus)
 	expect_empty(&rx);
 	expect_ready(&rx, ep, 0, "after both messages were received");
 
+	step("receiver: EPOLL_CTL_MOD to EPOLLOUT and back; a second ADD fails with EEXIST");
+	struct epoll_event got[2];
+	ev.events = EPOLLOUT;
+	TRY(epoll_ctl(ep, EPOLL_CTL_MOD, rx.fd, &ev));
+	int n = epoll_wait(ep, got, 2, 0);
+	CHECK(n == 1 && got[0].events == EPOLLOUT && got[0].data.u64 == EPOLL_TAG,
+	      "after MOD to EPOLLOUT: %d events, the first %#x", n, n > 0 ? got[0].events : 0);
+	ev.events = EPOLLIN;
+	TRY(epoll_ctl(ep, EPOLL_CTL_MOD, rx.fd, &ev));
+	EXPECT_ERRNO(EEXIST, epoll_ctl(ep, EPOLL_CTL_ADD, rx.fd, &ev));
+	expect_ready(&rx, ep, 0, "after MOD back to EPOLLIN");
+
+	step("receiver: EPOLL_CTL_DEL from the edge-triggered set; a second DEL fails with ENOENT");
+	TRY(epoll_ctl(ep_edge, EPOLL_CTL_DEL, rx.fd, NULL));
+	EXPECT_ERRNO(ENOENT, epoll_ctl(ep_edge, EPOLL_CTL_DEL, rx.fd, NULL));
+	CHECK(epoll_targets(ep_edge, targets, 8) == 0, "the set still watches something after DEL");
+	send_numbered(&tx, &rx, 3);
+	CHECK(epoll_wait(ep_edge, got, 2, 0) == 0, "the set the connection left reported message 3");
+
+	step("receiver: a forked child closes its copy of the descriptor; the set still reports message 3");
+	pid_t child = fork();
+	TRY(child);
+	if (child == 0)
+		_exit(close(rx.fd) == 0 ? 0 : 1);
+	int status;
+	TRY(waitpid(child, &status, 0));
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child could not close its copy");
+	expect_ready(&rx, ep, 1, "after a forked child closed its copy");
+	recv_numbered(&rx, 3);
+	expect_ready(&rx, ep, 0, "after message 3 was received");
+	ev.events = EPOLLIN | EPOLLET;
+	TRY(epoll_ctl(ep_edge, EPOLL_CTL_ADD, rx.fd, &ev));
+
 	step("receiver: BYEBYE on the empty queue");
 	struct kd_cmd bye = { .size = sizeof bye };
 	TRY(kd_ioctl(rx.fd, KD_CMD_BYEBYE, &bye));
 	/*
-	 * The socket transport's descriptor is a unix socket: epoll sees it as the kernel does,
-	 * readable once the connection is gone, and the RECV that follows fails
-	 * (docs/socket-protocol.md, Poll). poll and ppoll report what kdbus did.
+	 * epoll sees the socket transport's descriptor (a unix socket) and a CUSE device's
+	 * stand-in readable once the connection is gone, and the RECV that follows fails
+	 * (docs/socket-protocol.md, Poll and READY). poll and ppoll report what kdbus did.
 	 */
-	struct stat st;
-	TRY(fstat(rx.fd, &st));
-	int device = S_ISCHR(st.st_mode);
 	for (int k = WAIT_EPOLL; k <= WAIT_PPOLL; k++) {
 		step("receiver: %s reports the connection gone after BYEBYE", waiter_names[k]);
 		struct readiness r = wait_ready(k, rx.fd, ep, 0);
-		if (k == WAIT_SELECT || k == WAIT_PSELECT || (k == WAIT_EPOLL && !device))
+		if (k == WAIT_SELECT || k == WAIT_PSELECT || k == WAIT_EPOLL)
 			/* select counts POLLERR and POLLHUP as readable. */
 			CHECK(r.readable, "%s after BYEBYE: not readable", waiter_names[k]);
 		else
@@ -1710,9 +1769,12 @@ static void scenario_readiness(const char *bus)
 	EXPECT_ERRNO(ESHUTDOWN, kd_ioctl(rx.fd, KD_CMD_RECV, &recv_cmd));
 	EXPECT_ERRNO(ESHUTDOWN, kd_ioctl(rx.fd, KD_CMD_BYEBYE, &bye));
 
+	conn_close(&rx);
+	step("receiver: closing the connection took it out of both epoll sets");
+	CHECK(epoll_targets(ep, targets, 8) == 0 && epoll_targets(ep_edge, targets, 8) == 0,
+	      "an epoll set still watches something for the closed connection");
 	TRY(close(ep_edge));
 	TRY(close(ep));
-	conn_close(&rx);
 	conn_close(&tx);
 }
 

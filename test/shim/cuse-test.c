@@ -11,6 +11,7 @@
 
 #include "../../shim/src/conn.h"
 #include "../../shim/src/cuse.h"
+#include "../../shim/src/cuse-epoll.h"
 #include "../../shim/src/cuse-poll.h"
 #include "../../shim/src/fd-table.h"
 #include "../../shim/src/kdbus-abi.h"
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -765,6 +767,104 @@ static void test_poll(struct kc_conn *c, int dev)
 	      "%d, revents %x", n, rev);
 }
 
+/* The descriptors the epoll instance ep watches (its fdinfo's "tfd:" lines), up to max; how many. */
+static int epoll_targets(int ep, int *tfds, int max)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", ep);
+	FILE *f = fopen(path, "re");
+	int n = 0, tfd;
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "tfd: %d", &tfd) == 1 && n < max)
+			tfds[n++] = tfd;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+#define EPOLL_TAG 0x6b64627573ULL
+
+/* What epoll_wait reports at once: the number of events, the first one's mask and data. */
+static int epoll_now(int ep, uint32_t *events, uint64_t *data)
+{
+	struct epoll_event e = { 0 };
+	int n = epoll_wait(ep, &e, 1, 0);
+	*events = e.events;
+	*data = e.data.u64;
+	return n;
+}
+
+static void test_epoll(struct kc_conn *c, int dev)
+{
+	const uint8_t *token = fake_last_token(dev);
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EPOLL_TAG };
+	int rc = kc_cuse_epoll_ctl(ep, EPOLL_CTL_ADD, dev, &ev, epoll_ctl);
+	int t[4];
+	int n = epoll_targets(ep, t, 4);
+	CHECK(rc == 0 && c->ready >= 3 && n == 2 && t[0] != dev && t[1] != dev,
+	      "EPOLL_CTL_ADD registers two stand-ins (the READY eventfd and the channel), not the device",
+	      "rc %d, ready %d, %d targets", rc, c->ready, n);
+	uint32_t got;
+	uint64_t data;
+	n = epoll_now(ep, &got, &data);
+	CHECK(n == 0, "an empty queue: epoll_wait reports nothing", "%d events, %#x", n, got);
+	n = mock_queue(token, 1) ? epoll_now(ep, &got, &data) : -1;
+	CHECK(n == 1 && got == EPOLLIN && data == EPOLL_TAG, "after a WAKE: EPOLLIN, with the program's data",
+	      "%d events, %#x, data %#llx", n, got, (unsigned long long)data);
+	n = mock_queue(token, 0) ? epoll_now(ep, &got, &data) : -1;
+	CHECK(n == 0, "after EMPTY: nothing again", "%d events, %#x", n, got);
+
+	uint64_t one = 1;
+	bool empty = write(c->ready, &one, sizeof one) == sizeof one && kc_side_queue_empty(c);
+	n = epoll_now(ep, &got, &data);
+	CHECK(empty && n == 0, "the channel saying the queue is empty, the shim empties a count the daemon left",
+	      "empty %d, %d events", empty, n);
+	bool woken = mock_queue(token, 1) && write(c->ready, &one, sizeof one) == sizeof one;
+	uint64_t count = 0;
+	empty = kc_side_queue_empty(c);
+	n = read(c->ready, &count, sizeof count) == sizeof count ? 1 : 0;
+	CHECK(woken && !empty && n == 1 && count == 2, "after a WAKE it leaves the count alone", "empty %d, count %llu",
+	      empty, (unsigned long long)count);
+	mock_queue(token, 0);
+
+	ev.events = EPOLLOUT;
+	rc = kc_cuse_epoll_ctl(ep, EPOLL_CTL_MOD, dev, &ev, epoll_ctl);
+	n = epoll_now(ep, &got, &data);
+	CHECK(rc == 0 && n == 1 && got == EPOLLOUT && data == EPOLL_TAG, "EPOLL_CTL_MOD to EPOLLOUT: writable at once",
+	      "rc %d, %d events, %#x", rc, n, got);
+	ev.events = EPOLLIN;
+	rc = kc_cuse_epoll_ctl(ep, EPOLL_CTL_MOD, dev, &ev, epoll_ctl);
+	errno = 0;
+	int again = kc_cuse_epoll_ctl(ep, EPOLL_CTL_ADD, dev, &ev, epoll_ctl);
+	CHECK(rc == 0 && again == -1 && errno == EEXIST, "MOD back; a second ADD fails with EEXIST", "rc %d, %d, %s", rc,
+	      again, strerror(errno));
+	rc = kc_cuse_epoll_ctl(ep, EPOLL_CTL_DEL, dev, NULL, epoll_ctl);
+	errno = 0;
+	again = kc_cuse_epoll_ctl(ep, EPOLL_CTL_DEL, dev, NULL, epoll_ctl);
+	n = epoll_targets(ep, t, 4);
+	/* The second goes to the kernel with the device, which here is /dev/null: no poll, so EPERM. */
+	CHECK(rc == 0 && again == -1 && errno == EPERM && n == 0, "DEL takes both stand-ins out; a second DEL is the kernel's",
+	      "rc %d, %d (%s), %d targets", rc, again, strerror(errno), n);
+
+	rc = kc_cuse_epoll_ctl(ep, EPOLL_CTL_ADD, dev, &ev, epoll_ctl);
+	n = mock_queue(token, 2) ? epoll_now(ep, &got, &data) : -1;
+	CHECK(rc == 0 && n == 1 && got == EPOLLIN, "after a HUP: readable (the RECV that follows fails)", "rc %d, %d events, %#x",
+	      rc, n, got);
+	shutdown(c->sock, SHUT_RDWR);
+	struct epoll_event evs[2];
+	n = epoll_wait(ep, evs, 2, 0);
+	bool hup = false;
+	for (int k = 0; k < n; k++)
+		hup |= (evs[k].events & EPOLLHUP) && evs[k].data.u64 == EPOLL_TAG;
+	CHECK(hup, "a channel the daemon closed reports EPOLLHUP, with the program's data", "%d events", n);
+	kc_conn_closing(dev);
+	close(dev);
+	n = epoll_targets(ep, t, 4);
+	CHECK(n == 0, "closing the device takes its stand-ins out of the set", "%d targets", n);
+	close(ep);
+}
+
 static void test_refused(void)
 {
 	int dev = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -827,6 +927,9 @@ int main(int argc, char **argv)
 		struct kc_conn *polled = attach_device(&dev);
 		if (polled)
 			test_poll(polled, dev);
+		struct kc_conn *epolled = attach_device(&dev);
+		if (epolled)
+			test_epoll(epolled, dev);
 		test_refused();
 	}
 	if (mock > 0) {

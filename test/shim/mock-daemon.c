@@ -48,6 +48,8 @@
  *   POOL      that pool
  *   IOCTL     only a FREE with seq 0, its offset kept, or a RECV with seq 0 and no segments
  *             (else a complaint on stderr): counted
+ *   READY     its eventfd is kept (RESULT 0): MOCK_QUEUE writes 1 to it after each WAKE, HEAD
+ *             and HUP, and empties it with EMPTY
  *   (ATTACH's RESULT has flags bit 1: the channel carries the queue's state, which the test
  *   sets with MOCK_QUEUE)
  *   MOCK_QUEUE (type 102: token, u32 what, u32 seq) sends WAKE (what 1), EMPTY (0), HUP (2)
@@ -88,7 +90,7 @@
 #define MAX_PENDING 16
 #define NEVER 0xffffffffu
 
-enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE, ATTACH, RESERVE, INSTALL, EMPTY, HEAD };
+enum { OPEN = 1, IOCTL, FETCH, MEM, RESULT, WAKE, HUP, POOL, CLOSE, ATTACH, RESERVE, INSTALL, EMPTY, HEAD, READY };
 enum { MOCK_RECV = 100, MOCK_MESSAGE = 101, MOCK_QUEUE = 102, MOCK_FREES = 103 };
 
 struct frame {
@@ -118,6 +120,8 @@ struct client {
 	unsigned messages;
 	/* "0-exact/bus": the queue, the slices published, and what came. */
 	bool exact, heads;
+	/* A side channel's READY eventfd, kept to the queue MOCK_QUEUE sets; -1 without one. */
+	int ready;
 	unsigned queued, slices, n_published;
 	uint64_t published[8];
 	uint64_t recvs, unanswered_frees, bad_unanswered_frees;
@@ -766,7 +770,28 @@ static void do_mock_queue(struct client *asker, struct frame *f)
 		send_frame(c, HEAD, get32(f->payload + 20), slice, sizeof slice, NULL, 0);
 	else if (c)
 		send_frame(c, what == 1 ? WAKE : what == 2 ? HUP : EMPTY, 0, NULL, 0, NULL, 0);
+	/* After the frame, as the daemon does: one more at each wake-up, empty with the queue. */
+	uint64_t count = 1;
+	if (c && c->ready >= 0 && what != 0 && write(c->ready, &count, sizeof count) != sizeof count)
+		fprintf(stderr, "mock: writing the READY eventfd failed\n");
+	if (c && c->ready >= 0 && what == 0 && read(c->ready, &count, sizeof count) < 0 && errno != EAGAIN)
+		fprintf(stderr, "mock: emptying the READY eventfd failed\n");
 	send_frame(asker, MOCK_MESSAGE, f->seq, NULL, 0, NULL, 0);
+}
+
+/* READY on a side channel: its eventfd, kept from now on (the last one only; the tests use one). */
+static void do_ready(struct client *c, struct frame *f)
+{
+	if (!c->side || f->n_fds != 1) {
+		fprintf(stderr, "mock: READY off a side channel, or without one eventfd\n");
+		send_result(c, f->seq, EILSEQ, NULL, 0, NULL, 0, 0);
+		return;
+	}
+	if (c->ready >= 0)
+		close(c->ready);
+	c->ready = f->fds[0];
+	f->n_fds = 0;
+	send_result(c, f->seq, 0, NULL, 0, NULL, 0, 0);
 }
 
 static void do_mock_frees(struct client *asker, struct frame *f)
@@ -902,8 +927,10 @@ static void close_client(struct client *c)
 		c->backlog = f->next;
 		free_frame(f);
 	}
+	if (c->ready >= 0)
+		close(c->ready);
 	memset(c, 0, sizeof *c);
-	c->sock = c->pool = -1;
+	c->sock = c->pool = c->ready = -1;
 }
 
 /* The descriptors that came with an IOCTL frame (taken over by k) and the sender's pid. */
@@ -1068,6 +1095,9 @@ static void handle(struct client *c, struct frame *f)
 	case RESERVE:
 		do_reserve(c, f);
 		break;
+	case READY:
+		do_ready(c, f);
+		break;
 	case MOCK_RECV:
 		do_mock_recv(c, f);
 		break;
@@ -1099,7 +1129,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < MAX_CLIENTS; i++)
-		clients[i].sock = clients[i].pool = -1;
+		clients[i].sock = clients[i].pool = clients[i].ready = -1;
 	for (;;) {
 		struct pollfd p[MAX_CLIENTS + 1];
 		int idx[MAX_CLIENTS + 1], n = 0;
