@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -23,7 +24,7 @@
 #define RUNS 5
 
 static int g_pipe[2];
-static int g_memfd;
+static int g_memfd, g_epoll;
 static char g_file[4096], g_bus_like[4096];
 
 static void fail(const char *what)
@@ -50,6 +51,13 @@ static void op_poll(void)
 	struct pollfd p[2] = { { g_pipe[0], POLLIN, 0 }, { g_pipe[1], POLLOUT, 0 } };
 	if (poll(p, 2, 0) != 1)
 		fail("poll");
+}
+
+static void op_epoll_ctl(void)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	if (epoll_ctl(g_epoll, EPOLL_CTL_ADD, g_pipe[0], &ev) < 0 || epoll_ctl(g_epoll, EPOLL_CTL_DEL, g_pipe[0], NULL) < 0)
+		fail("epoll_ctl");
 }
 
 static void op_pipe_rw(void)
@@ -108,6 +116,7 @@ static const struct op OPS[] = {
 	{ "fcntl_getfl", op_fcntl, 100000 },
 	{ "pipe_write_read", op_pipe_rw, 50000 },
 	{ "poll_pipe", op_poll, 100000 },
+	{ "epoll_ctl_add_del", op_epoll_ctl, 50000 },
 	{ "dup_close", op_dup_close, 50000 },
 	{ "mmap_munmap", op_mmap, 25000 },
 	{ "open_read_close", op_open_file, 15000 },
@@ -134,6 +143,9 @@ int main(int argc, char **argv)
 	g_memfd = memfd_create("interpose-cost", MFD_CLOEXEC);
 	if (g_memfd < 0 || ftruncate(g_memfd, 4096) < 0)
 		fail("memfd");
+	g_epoll = epoll_create1(EPOLL_CLOEXEC);
+	if (g_epoll < 0)
+		fail("epoll_create1");
 
 	printf("{");
 	for (size_t k = 0; k < sizeof OPS / sizeof OPS[0]; k++) {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -142,6 +143,18 @@ static void descriptors(void)
 	SHOW("__ppoll_chk a pipe", __ppoll_chk(pf, 2, &none, NULL, sizeof pf));
 	printf("__ppoll_chk revents %x %x\n", pf[0].revents, pf[1].revents);
 #endif
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 7 }, got = { 0 };
+	SHOW("epoll_ctl ADD a pipe", epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev));
+	SHOW("epoll_ctl ADD it again", epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev));
+	SHOW("epoll_wait", epoll_wait(ep, &got, 1, 0));
+	printf("epoll_wait events %x data %llu\n", got.events, (unsigned long long)got.data.u64);
+	ev.events = EPOLLOUT;
+	SHOW("epoll_ctl MOD", epoll_ctl(ep, EPOLL_CTL_MOD, p[0], &ev));
+	SHOW("epoll_ctl DEL", epoll_ctl(ep, EPOLL_CTL_DEL, p[0], NULL));
+	SHOW("epoll_ctl DEL it again", epoll_ctl(ep, EPOLL_CTL_DEL, p[0], NULL));
+	SHOW("epoll_ctl a closed descriptor", epoll_ctl(ep, EPOLL_CTL_ADD, 100000, &ev));
+	close(ep);
 	SHOW("mmap a pipe", mmap(NULL, 4096, PROT_READ, MAP_SHARED, p[0], 0) == MAP_FAILED ? -1 : 0);
 	void *anon = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	SHOW("mmap anonymous", anon == MAP_FAILED ? -1 : 0);
