@@ -17,6 +17,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/select.h>
 #include <unistd.h>
 
 #include "stats.h"
@@ -51,6 +52,18 @@ static void op_poll(void)
 	struct pollfd p[2] = { { g_pipe[0], POLLIN, 0 }, { g_pipe[1], POLLOUT, 0 } };
 	if (poll(p, 2, 0) != 1)
 		fail("poll");
+}
+
+static void op_select(void)
+{
+	fd_set r, w;
+	FD_ZERO(&r);
+	FD_ZERO(&w);
+	FD_SET(g_pipe[0], &r);
+	FD_SET(g_pipe[1], &w);
+	struct timeval none = { 0, 0 };
+	if (select(g_pipe[1] + 1, &r, &w, NULL, &none) != 1)
+		fail("select");
 }
 
 static void op_epoll_ctl(void)
@@ -116,6 +129,7 @@ static const struct op OPS[] = {
 	{ "fcntl_getfl", op_fcntl, 100000 },
 	{ "pipe_write_read", op_pipe_rw, 50000 },
 	{ "poll_pipe", op_poll, 100000 },
+	{ "select_pipe", op_select, 100000 },
 	{ "epoll_ctl_add_del", op_epoll_ctl, 50000 },
 	{ "dup_close", op_dup_close, 50000 },
 	{ "mmap_munmap", op_mmap, 25000 },

@@ -13,6 +13,7 @@
 #include "../../shim/src/cuse.h"
 #include "../../shim/src/cuse-epoll.h"
 #include "../../shim/src/cuse-poll.h"
+#include "../../shim/src/cuse-select.h"
 #include "../../shim/src/fd-table.h"
 #include "../../shim/src/kdbus-abi.h"
 #include "../../shim/src/reserve.h"
@@ -865,6 +866,63 @@ static void test_epoll(struct kc_conn *c, int dev)
 	close(ep);
 }
 
+/* select() of the device alone, or with a pipe, for up to ms; what stayed set comes back in *readable. */
+static int select_dev(int dev, int extra, int ms, bool *readable, bool *extra_readable, long *took_ms)
+{
+	fd_set r;
+	FD_ZERO(&r);
+	FD_SET(dev, &r);
+	if (extra >= 0)
+		FD_SET(extra, &r);
+	struct timespec t = { ms / 1000, (long)(ms % 1000) * 1000000 };
+	long start = now_ms();
+	int n = kc_cuse_select((dev > extra ? dev : extra) + 1, &r, NULL, NULL, &t, NULL, ppoll);
+	*took_ms = now_ms() - start;
+	*readable = FD_ISSET(dev, &r);
+	*extra_readable = extra >= 0 && FD_ISSET(extra, &r);
+	return n;
+}
+
+static void test_select(struct kc_conn *c, int dev)
+{
+	(void)c;
+	const uint8_t *token = fake_last_token(dev);
+	bool readable, other;
+	long took;
+	fd_set w;
+	FD_ZERO(&w);
+	FD_SET(dev, &w);
+	bool with = kc_cuse_select_wanted(dev + 1, NULL, &w, NULL), below = kc_cuse_select_wanted(dev, NULL, &w, NULL);
+	CHECK(with && !below, "sets with the device are served here, sets without it go to libc", "%d %d", with, below);
+	int n = select_dev(dev, -1, 100, &readable, &other, &took);
+	CHECK(n == 0 && !readable && took >= 90, "on an empty queue select waits on the side channel, not on the device",
+	      "%d, readable %d after %ld ms", n, readable, took);
+	n = mock_queue(token, 1) ? select_dev(dev, -1, 1000, &readable, &other, &took) : -1;
+	CHECK(n == 1 && readable && took < 500, "after a WAKE, readable at once", "%d, readable %d after %ld ms", n, readable,
+	      took);
+	struct timespec zero = { 0, 0 };
+	n = kc_cuse_select(dev + 1, NULL, &w, NULL, &zero, NULL, ppoll);
+	CHECK(n == 1 && FD_ISSET(dev, &w), "always writable", "%d", n);
+	int p[2];
+	if (pipe(p) == 0 && write(p[1], "x", 1) == 1) {
+		n = mock_queue(token, 0) ? select_dev(dev, p[0], 1000, &readable, &other, &took) : -1;
+		CHECK(n == 1 && !readable && other, "after EMPTY the device is cleared, a readable pipe in the set stays",
+		      "%d, device %d, pipe %d", n, readable, other);
+		close(p[0]);
+		close(p[1]);
+	}
+	fd_set bad;
+	FD_ZERO(&bad);
+	FD_SET(dev, &bad);
+	FD_SET(dev + 100, &bad);
+	errno = 0;
+	n = kc_cuse_select(dev + 101, &bad, NULL, NULL, &zero, NULL, ppoll);
+	CHECK(n == -1 && errno == EBADF, "a descriptor that is not open in the sets: EBADF", "%d, %s", n, strerror(errno));
+	n = mock_queue(token, 2) ? select_dev(dev, -1, 1000, &readable, &other, &took) : -1;
+	CHECK(n == 1 && readable, "after a HUP, readable (as select reports POLLERR and POLLHUP)", "%d, readable %d", n,
+	      readable);
+}
+
 static void test_refused(void)
 {
 	int dev = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -927,6 +985,9 @@ int main(int argc, char **argv)
 		struct kc_conn *polled = attach_device(&dev);
 		if (polled)
 			test_poll(polled, dev);
+		struct kc_conn *selected = attach_device(&dev);
+		if (selected)
+			test_select(selected, dev);
 		struct kc_conn *epolled = attach_device(&dev);
 		if (epolled)
 			test_epoll(epolled, dev);

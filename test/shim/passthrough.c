@@ -17,6 +17,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -143,6 +144,21 @@ static void descriptors(void)
 	SHOW("__ppoll_chk a pipe", __ppoll_chk(pf, 2, &none, NULL, sizeof pf));
 	printf("__ppoll_chk revents %x %x\n", pf[0].revents, pf[1].revents);
 #endif
+	fd_set rs, ws;
+	FD_ZERO(&rs);
+	FD_ZERO(&ws);
+	FD_SET(p[0], &rs);
+	FD_SET(p[1], &ws);
+	struct timeval tv0 = { 0, 0 };
+	SHOW("select a pipe", select(p[1] + 1, &rs, &ws, NULL, &tv0));
+	printf("select readable %d writable %d\n", FD_ISSET(p[0], &rs), FD_ISSET(p[1], &ws));
+	FD_SET(p[0], &rs);
+	SHOW("pselect a pipe", pselect(p[0] + 1, &rs, NULL, NULL, &none, NULL));
+	int closed = dup(p[0]);
+	close(closed);
+	FD_ZERO(&rs);
+	FD_SET(closed, &rs);
+	SHOW("select a closed descriptor", select(closed + 1, &rs, NULL, NULL, &tv0));
 	int ep = epoll_create1(EPOLL_CLOEXEC);
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 7 }, got = { 0 };
 	SHOW("epoll_ctl ADD a pipe", epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev));
