@@ -634,22 +634,30 @@ void kc_side_withdraw(struct kc_conn *c, const struct kc_side_offer *offer)
 		kc_sys_close(unused[i]);
 }
 
+/* A request of a frame with no payload (and fds on it), taking the page lock; as request(). */
+static int bare_request(struct kc_conn *c, int sock, struct kc_side_page *page, uint32_t type, const int *fds,
+			unsigned n_fds, struct frame *result)
+{
+	uint8_t frame[KC_FRAME_HEADER];
+	kc_bare_encode(frame, type, REQUEST_SEQ);
+	int cancel_state;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+	page_lock(page);
+	int rc = request(c, sock, frame, sizeof frame, fds, n_fds, result);
+	page_unlock(c, page);
+	pthread_setcancelstate(cancel_state, NULL);
+	return rc;
+}
+
 int kc_side_fetch_pool(struct kc_conn *c)
 {
 	int sock, rc;
 	struct kc_side_page *page;
 	if (!ready(c, &sock, &page, &rc))
 		return rc;
-	uint8_t frame[KC_FRAME_HEADER];
-	kc_bare_encode(frame, KC_FRAME_POOL, REQUEST_SEQ);
 	struct frame result;
 	struct kc_result r;
-	int cancel_state;
-	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
-	page_lock(page);
-	rc = request(c, sock, frame, sizeof frame, NULL, 0, &result);
-	page_unlock(c, page);
-	pthread_setcancelstate(cancel_state, NULL);
+	rc = bare_request(c, sock, page, KC_FRAME_POOL, NULL, 0, &result);
 	if (rc == 0) {
 		rc = result_of(&result, &r);
 		if (rc == 0 && (!(r.flags & KC_RESULT_POOL) || result.n_fds == 0))
@@ -685,24 +693,9 @@ int kc_side_ready(struct kc_conn *c)
 	struct kc_ident id;
 	if ((fd = make_eventfd(&id)) < 0)
 		return -EMFILE;
-	uint8_t frame[KC_FRAME_HEADER];
-	kc_bare_encode(frame, KC_FRAME_READY, REQUEST_SEQ);
 	struct frame result;
 	struct kc_result r;
-	int cancel_state;
-	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
-	page_lock(page);
-	kc_lock();
-	int made = c->ready;
-	kc_unlock();
-	/* Another thread of this process asked first: one eventfd serves them all. */
-	rc = made >= 0 ? 0 : request(c, sock, frame, sizeof frame, &fd, 1, &result);
-	page_unlock(c, page);
-	pthread_setcancelstate(cancel_state, NULL);
-	if (made >= 0) {
-		kc_sys_close(fd);
-		return made;
-	}
+	rc = bare_request(c, sock, page, KC_FRAME_READY, &fd, 1, &result);
 	if (rc == 0) {
 		rc = result_of(&result, &r);
 		close_fds(&result);
@@ -712,7 +705,10 @@ int kc_side_ready(struct kc_conn *c)
 		broke(c, -rc);
 	}
 	kc_lock();
-	if (rc == 0 && kc_fd_set(fd, KC_FD_INTERNAL, c) == 0) {
+	if (rc == 0 && c->ready >= 0) {
+		/* Another thread of this process was first: its eventfd serves them all (the daemon keeps both). */
+		rc = c->ready;
+	} else if (rc == 0 && kc_fd_set(fd, KC_FD_INTERNAL, c) == 0) {
 		c->ready = fd;
 		c->ready_id = id;
 		rc = fd;
