@@ -182,6 +182,13 @@ export class ProtocolClient {
     return this.result(seq);
   }
 
+  /** READY with a descriptor, which only a side channel may send. */
+  async ready(fd: number): Promise<Result> {
+    const seq = this.seq++;
+    this.send(FrameType.READY, seq, Buffer.alloc(0), [fd]);
+    return this.result(seq);
+  }
+
   async pool(): Promise<Result> {
     const seq = this.seq++;
     this.send(FrameType.POOL, seq, Buffer.alloc(0));

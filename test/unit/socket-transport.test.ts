@@ -20,6 +20,7 @@ import { FrameType, OPEN_FEATURE_HEADS } from '../../src/transport/frames';
 import { memfd_create } from '../../src/os/libc';
 import { fcntl } from '../../src/os/libc';
 import { ProtocolClient, type Result } from '../helpers/socket-client';
+import { closeFd, SOCK_STREAM, socketpair } from '../../src/os/unix-socket';
 import { spawn, spawnSync } from 'node:child_process';
 
 const F_ADD_SEALS = 1033;
@@ -301,6 +302,21 @@ describe('socket transport (daemon side)', function () {
     assert.equal(await b.client.event(), FrameType.WAKE, 'no HEAD for a client that did not ask');
     b.client.ioctlUnanswered(Cmd.RECV, 0x60000n, []);
     await assert.rejects(b.recv(), /daemon closed the connection/);
+    assert.equal((await a.send(a.id, 'the daemon still serves others')).errno, 0);
+    a.close();
+    b.close();
+  });
+
+  it('disconnects a client that sends READY on a socket that is no side channel', async () => {
+    const a = await Peer.connect(sock, bus);
+    const b = await Peer.connect(sock, bus);
+    const [x, y] = socketpair(SOCK_STREAM);
+    try {
+      await assert.rejects(b.client.ready(x), /daemon closed the connection/);
+    } finally {
+      closeFd(x);
+      closeFd(y);
+    }
     assert.equal((await a.send(a.id, 'the daemon still serves others')).errno, 0);
     a.close();
     b.close();
