@@ -17,7 +17,10 @@ const TESTS = path.join(ROOT, 'shim', 'build', 'test');
 type Libc = 'glibc' | 'musl';
 
 /** The functions the shim interposes; glibc has more entry points for the same calls. */
-const COMMON = ['close', 'dup', 'dup2', 'dup3', 'fcntl', 'ioctl', 'mmap', 'open', 'openat', 'poll', 'ppoll', 'pread', 'pwrite', 'read', 'readv', 'write', 'writev'];
+const COMMON = [
+  'close', 'dup', 'dup2', 'dup3', 'epoll_ctl', 'fcntl', 'ioctl', 'mmap', 'open', 'openat', 'poll', 'ppoll', 'pread', 'pselect', 'pwrite',
+  'read', 'readv', 'select', 'write', 'writev',
+];
 const GLIBC_ONLY = ['__open64_2', '__open_2', '__openat64_2', '__openat_2', '__poll_chk', '__ppoll_chk', 'close_range', 'closefrom', 'fcntl64', 'mmap64', 'open64', 'openat64', 'pread64', 'pwrite64'];
 
 function run(cmd: string, args: string[], env: Record<string, string> = {}): SpawnSyncReturns<string> {
@@ -121,7 +124,7 @@ function suite(libc: Libc, compiler: string): void {
       assert.match(out, /after exec: descriptors pass with an ioctl/);
     });
 
-    it('serves CUSE devices through the side channel, poll included (mock daemon)', () => {
+    it('serves CUSE devices through the side channel, poll, select and epoll included (mock daemon)', () => {
       const out = succeeds(run(path.join(TESTS, libc, 'cuse-test'), [path.join(TESTS, libc, 'mock-daemon')]), 'cuse-test');
       checkLines(out, [
         'after RECV the files are on the numbers the message names (FDS and memfd)',
@@ -132,6 +135,13 @@ function suite(libc: Libc, compiler: string): void {
         'a WAKE another thread reads off the channel wakes the poller too (20 rounds)',
         'a thread cancelled in poll leaves the file as it was',
         'after a HUP, POLLERR and POLLHUP as kdbus gave them',
+        'on an empty queue select waits on the side channel, not on the device',
+        'a descriptor that is not open in the sets: EBADF',
+        'EPOLL_CTL_ADD registers two stand-ins (the READY eventfd and the channel), not the device',
+        'the channel saying the queue is empty, the shim empties a count the daemon left',
+        'after a WAKE it leaves the count alone',
+        'a channel the daemon closed reports EPOLLHUP, with the program\'s data',
+        'closing the device takes its stand-ins out of the set',
       ]);
     });
 
