@@ -20,26 +20,27 @@ static bool in(const fd_set *s, int fd)
 #define WORD_BITS (8 * (int)sizeof(unsigned long))
 #define WORDS (FD_SETSIZE / WORD_BITS)
 
-/* Adds the words of s (an array of longs in both libcs) to any. */
-static void add_words(unsigned long *any, const fd_set *s)
+/* Adds the first n words of s (an array of longs in both libcs) to any. */
+static void add_words(unsigned long *any, const fd_set *s, int n)
 {
 	unsigned long words[WORDS];
 	if (!s)
 		return;
-	memcpy(words, s, sizeof words);
-	for (int i = 0; i < WORDS; i++)
+	memcpy(words, s, sizeof words[0] * (size_t)n);
+	for (int i = 0; i < n; i++)
 		any[i] |= words[i];
 }
 
 bool kc_cuse_select_wanted(int nfds, const fd_set *r, const fd_set *w, const fd_set *e)
 {
-	/* Every select of every program asks: a word at a time, the table only for numbers set. */
-	unsigned long any[WORDS] = { 0 };
-	add_words(any, r);
-	add_words(any, w);
-	add_words(any, e);
-	int n = limit(nfds);
-	for (int i = 0; i * WORD_BITS < n; i++) {
+	/* Every select of every program asks: the words below nfds, the table only for numbers set. */
+	int n = limit(nfds), words = (n + WORD_BITS - 1) / WORD_BITS;
+	unsigned long any[WORDS];
+	memset(any, 0, sizeof any[0] * (size_t)words);
+	add_words(any, r, words);
+	add_words(any, w, words);
+	add_words(any, e, words);
+	for (int i = 0; i < words; i++) {
 		for (unsigned long bits = any[i]; bits; bits &= bits - 1) {
 			int fd = i * WORD_BITS + __builtin_ctzl(bits);
 			if (fd < n && kc_fd_get(fd).kind == KC_FD_CUSE)
