@@ -231,14 +231,7 @@ bool kc_cuse_epoll_evict_locked(int fd)
 				kc_sys_close(moved);
 			}
 			r->standin[k] = -1;
-			for (int j = 0; j < STANDINS; j++) {
-				if (r->standin[j] >= 0) {
-					(void)sys_epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->standin[j], NULL);
-					kc_fd_clear(r->standin[j]);
-					kc_sys_close(r->standin[j]);
-				}
-			}
-			r->c = NULL;
+			remove_locked(r);
 			return true;
 		}
 	}

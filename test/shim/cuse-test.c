@@ -810,6 +810,22 @@ static void test_epoll(struct kc_conn *c, int dev)
 	uint64_t data;
 	n = epoll_now(ep, &got, &data);
 	CHECK(n == 0, "an empty queue: epoll_wait reports nothing", "%d events, %#x", n, got);
+
+	/* The program's dup2 onto a stand-in's number (fd-ops.c evicts the shim's file first). */
+	int taken = t[0], other = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	kc_lock();
+	kc_conn_evict_locked(taken);
+	kc_unlock();
+	int dup_rc = dup2(other, taken);
+	close(other);
+	int t2[4];
+	int n2 = epoll_targets(ep, t2, 4);
+	bool moved = dup_rc == taken && n2 == 2 && t2[0] != taken && t2[1] != taken;
+	n = mock_queue(token, 1) ? epoll_now(ep, &got, &data) : -1;
+	CHECK(moved && n == 1 && got == EPOLLIN, "a dup2 onto a stand-in's number moves it, in the set too",
+	      "dup2 %d, %d targets, %d events", dup_rc, n2, n);
+	close(taken);
+	mock_queue(token, 0);
 	n = mock_queue(token, 1) ? epoll_now(ep, &got, &data) : -1;
 	CHECK(n == 1 && got == EPOLLIN && data == EPOLL_TAG, "after a WAKE: EPOLLIN, with the program's data",
 	      "%d events, %#x, data %#llx", n, got, (unsigned long long)data);

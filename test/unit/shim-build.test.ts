@@ -141,6 +141,7 @@ function suite(libc: Libc, compiler: string): void {
         'the channel saying the queue is empty, the shim empties a count the daemon left',
         'after a WAKE it leaves the count alone',
         'a channel the daemon closed reports EPOLLHUP, with the program\'s data',
+        'a dup2 onto a stand-in\'s number moves it, in the set too',
         'closing the device takes its stand-ins out of the set',
       ]);
     });
