@@ -183,6 +183,24 @@ void kc_cuse_epoll_forget_locked(int fd)
 	}
 }
 
+void kc_cuse_epoll_fall_back_locked(struct kc_conn *c)
+{
+	pid_t self = kc_self_pid();
+	for (int i = 0; i < REGISTRATIONS; i++) {
+		struct registration *r = &regs[i];
+		if (r->c != c)
+			continue;
+		if (r->pid != self) {
+			drop_standins_locked(r);
+			continue;
+		}
+		int err = errno;
+		remove_locked(r);
+		(void)sys_epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->fd, &r->event);
+		errno = err;
+	}
+}
+
 bool kc_cuse_epoll_standin_locked(int fd, const struct kc_ident **id)
 {
 	for (int i = 0; i < REGISTRATIONS; i++) {

@@ -14,9 +14,10 @@
  * A connection that is gone (BYEBYE, bus gone) polls readable then, not POLLERR|POLLHUP as on
  * kdbus: its next RECV fails with ESHUTDOWN, as on the socket transport. Where the side
  * channel does not follow the queue, or a table is full, the descriptor itself is registered
- * and the kernel serves it as before. The stand-ins leave the set when the program removes
- * the descriptor or closes it; a process that forked hands its registrations to nobody, so
- * a child's close leaves the parent's set alone, as the kernel does for a shared file.
+ * and the kernel serves it as before; so it is, in place of the stand-ins, once the channel
+ * breaks. The stand-ins leave the set when the program removes the descriptor or closes it;
+ * a process that forked hands its registrations to nobody, so a child's close leaves the
+ * parent's set alone, as the kernel does for a shared file.
  */
 #ifndef KC_CUSE_EPOLL_H
 #define KC_CUSE_EPOLL_H
@@ -40,6 +41,13 @@ void kc_cuse_epoll_forget_locked(int fd);
  * kc_lock.
  */
 bool kc_cuse_epoll_standin_locked(int fd, const struct kc_ident **id);
+
+/*
+ * c's side channel broke: its readiness eventfd will not move again. This process's
+ * registrations of c's descriptors leave their sets, and the descriptors themselves take
+ * their place (the kernel's poll, FUSE_POLL, serves them). Under kc_lock.
+ */
+void kc_cuse_epoll_fall_back_locked(struct kc_conn *c);
 
 /* fd, a stand-in, is no longer the shim's file (closed behind its back): it is forgotten. Under kc_lock. */
 void kc_cuse_epoll_lost_locked(int fd);

@@ -2,6 +2,7 @@
 #include "side-channel.h"
 #include "config.h"
 #include "conn.h"
+#include "cuse-epoll.h"
 #include "cuse-token.h"
 #include "fd-table.h"
 #include "frame.h"
@@ -195,6 +196,8 @@ static void broke(struct kc_conn *c, int err)
 	if (c->side.state == KC_SIDE_READY) {
 		c->side.state = KC_SIDE_FAILED;
 		c->side.err = err;
+		/* Nothing keeps the readiness eventfd any more: the kernel's poll serves epoll again. */
+		kc_cuse_epoll_fall_back_locked(c);
 	}
 	kc_unlock();
 	warn(c, "the side channel of a CUSE kdbus descriptor broke (%s); files received from now on are lost",

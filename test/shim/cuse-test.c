@@ -875,11 +875,25 @@ static void test_epoll(struct kc_conn *c, int dev)
 	for (int k = 0; k < n; k++)
 		hup |= (evs[k].events & EPOLLHUP) && evs[k].data.u64 == EPOLL_TAG;
 	CHECK(hup, "a channel the daemon closed reports EPOLLHUP, with the program's data", "%d events", n);
+	/* The shim finds the channel broken when it next reads it. */
+	kc_side_drain(c);
+	n = epoll_targets(ep, t, 4);
+	CHECK(kc_side_state(c) == KC_SIDE_FAILED && n == 0 && c->ready >= 0,
+	      "a channel that broke takes its stand-ins out; the device itself goes back to the kernel (here /dev/null, which it refuses)",
+	      "state %d, %d targets", (int)kc_side_state(c), n);
 	kc_conn_closing(dev);
 	close(dev);
-	n = epoll_targets(ep, t, 4);
-	CHECK(n == 0, "closing the device takes its stand-ins out of the set", "%d targets", n);
 	close(ep);
+
+	int again_dev;
+	struct kc_conn *d = attach_device(&again_dev);
+	int ep2 = epoll_create1(EPOLL_CLOEXEC);
+	rc = d ? kc_cuse_epoll_ctl(ep2, EPOLL_CTL_ADD, again_dev, &ev, epoll_ctl) : -1;
+	kc_conn_closing(again_dev);
+	close(again_dev);
+	n = epoll_targets(ep2, t, 4);
+	CHECK(rc == 0 && n == 0, "closing the device takes its stand-ins out of the set", "rc %d, %d targets", rc, n);
+	close(ep2);
 }
 
 /* select() of the device alone, or with a pipe, for up to ms; what stayed set comes back in *readable. */
