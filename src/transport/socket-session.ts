@@ -392,10 +392,12 @@ export class SocketSession {
     if (!this.sideOf) throw new ProtocolError('READY on a socket that is not a side channel');
     const fd = this.inFds.shift();
     if (fd === undefined) throw new ProtocolError('READY came without its eventfd');
+    // A side channel follows its handle's wake-ups (stopWake) exactly when it follows the queue.
+    const follows = this.stopWake !== undefined;
     let errno = 0;
-    if (!this.stopWake || this.readiness.length >= MAX_READINESS_FDS) {
+    if (!follows || this.readiness.length >= MAX_READINESS_FDS) {
       closeFd(fd);
-      errno = this.stopWake ? Errno.EMFILE : Errno.EOPNOTSUPP;
+      errno = follows ? Errno.EMFILE : Errno.EOPNOTSUPP;
     } else {
       const readiness = ReadinessEventfd.adopt(fd);
       if (readiness) {
