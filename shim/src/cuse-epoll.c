@@ -169,36 +169,35 @@ int kc_cuse_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event, kc_ep
 	return r ? rc : next(epfd, op, fd, event);
 }
 
+/*
+ * Ends r: out of its set if this process made it (a forked child's copy is the parent's
+ * registration), with the program's descriptor put in its place if asked. errno is kept.
+ */
+static void end_locked(struct registration *r, bool device_instead)
+{
+	int err = errno;
+	if (r->pid != kc_self_pid()) {
+		drop_standins_locked(r);
+	} else {
+		remove_locked(r);
+		if (device_instead)
+			(void)sys_epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->fd, &r->event);
+	}
+	errno = err;
+}
+
 void kc_cuse_epoll_forget_locked(int fd)
 {
-	pid_t self = kc_self_pid();
-	for (int i = 0; i < REGISTRATIONS; i++) {
-		struct registration *r = &regs[i];
-		if (!r->c || r->fd != fd)
-			continue;
-		if (r->pid == self)
-			remove_locked(r);
-		else
-			drop_standins_locked(r);
-	}
+	for (int i = 0; i < REGISTRATIONS; i++)
+		if (regs[i].c && regs[i].fd == fd)
+			end_locked(&regs[i], false);
 }
 
 void kc_cuse_epoll_fall_back_locked(struct kc_conn *c)
 {
-	pid_t self = kc_self_pid();
-	for (int i = 0; i < REGISTRATIONS; i++) {
-		struct registration *r = &regs[i];
-		if (r->c != c)
-			continue;
-		if (r->pid != self) {
-			drop_standins_locked(r);
-			continue;
-		}
-		int err = errno;
-		remove_locked(r);
-		(void)sys_epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->fd, &r->event);
-		errno = err;
-	}
+	for (int i = 0; i < REGISTRATIONS; i++)
+		if (regs[i].c == c)
+			end_locked(&regs[i], true);
 }
 
 bool kc_cuse_epoll_standin_locked(int fd, const struct kc_ident **id)

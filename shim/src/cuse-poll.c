@@ -35,7 +35,7 @@ bool kc_cuse_poll_wanted(const struct pollfd *fds, nfds_t nfds)
 	return false;
 }
 
-static int64_t now_ns(void)
+int64_t kc_monotonic_ns(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
@@ -47,7 +47,7 @@ static const struct timespec *remaining(int64_t deadline, struct timespec *left)
 {
 	if (deadline < 0)
 		return NULL;
-	int64_t ns = deadline - now_ns();
+	int64_t ns = deadline - kc_monotonic_ns();
 	if (ns < 0)
 		ns = 0;
 	left->tv_sec = ns / 1000000000;
@@ -167,7 +167,7 @@ int kc_cuse_poll(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout
 		ws[k++].c = kc_cuse_acquire(fds[i].fd);
 	}
 	n = call.n = k;
-	int64_t deadline = timeout ? now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
+	int64_t deadline = timeout ? kc_monotonic_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
 	const struct timespec zero = { 0, 0 };
 	int result;
 	for (;;) {

@@ -12,9 +12,13 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <time.h>
 
 typedef int (*kc_ppoll_fn)(struct pollfd *fds, nfds_t nfds, const struct timespec *timeout, const sigset_t *sigmask);
+
+/* CLOCK_MONOTONIC in ns: what timeouts of waits that start over are measured against. */
+int64_t kc_monotonic_ns(void);
 
 /* Whether fds has a descriptor the table knows as a CUSE device (then kc_cuse_poll serves it). */
 bool kc_cuse_poll_wanted(const struct pollfd *fds, nfds_t nfds);

@@ -15,13 +15,6 @@ KC_NEXT_SLOT(select);
 KC_NEXT_SLOT(pselect);
 KC_NEXT_SLOT(ppoll);
 
-static int64_t now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
 KC_EXPORT int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv)
 {
 	int (*next)(int, fd_set *, fd_set *, fd_set *, struct timeval *) = KC_NEXT(select);
@@ -35,11 +28,11 @@ KC_EXPORT int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *
 		return -1;
 	}
 	struct timespec t = { tv ? tv->tv_sec : 0, tv ? tv->tv_usec * 1000 : 0 };
-	int64_t start = now_ns();
+	int64_t start = kc_monotonic_ns();
 	int rc = kc_cuse_select(nfds, r, w, e, tv ? &t : NULL, NULL, next_ppoll);
 	if (tv) {
 		/* Linux's select leaves the time it did not wait in the timeout. */
-		int64_t left = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec - (now_ns() - start);
+		int64_t left = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec - (kc_monotonic_ns() - start);
 		if (left < 0)
 			left = 0;
 		tv->tv_sec = left / 1000000000;

@@ -62,6 +62,9 @@ const fcntlVariadic = libc.func('int fcntl(int fd, int cmd, ...)');
 
 /** fcntl's command to duplicate a descriptor onto the lowest free number ≥ arg, close-on-exec. */
 export const F_DUPFD_CLOEXEC = 1030;
+/** fcntl's commands for a file's status flags (O_NONBLOCK, O_PATH...). */
+export const F_GETFL = 3;
+export const F_SETFL = 4;
 
 /** fcntl with an int argument: F_ADD_SEALS / F_GET_SEALS on memfds; Node has no fcntl. */
 export function fcntl(fd: number, cmd: number, arg: number): number {

@@ -12,12 +12,10 @@
  * skip a wake-up's write.
  */
 import fs from 'node:fs';
-import { fcntl, read, write } from '../os/libc';
+import { F_GETFL, F_SETFL, fcntl, read, write } from '../os/libc';
 import { closeFd } from '../os/unix-socket';
 
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
-const F_GETFL = 3;
-const F_SETFL = 4;
 const O_NONBLOCK = 0o4000;
 
 export class ReadinessEventfd {
