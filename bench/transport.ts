@@ -25,6 +25,10 @@ import { buildPrograms, C_BUILD, KDBUS_PINGPONG, PROJECT, SDBUS_PINGPONG } from 
 const DGRAM_SINK = path.join(C_BUILD, 'dgram-sink');
 const SOCKET_RTT = path.join(C_BUILD, 'socket-rtt');
 const CUSE_RTT = path.join(C_BUILD, 'cuse-rtt');
+const SOCKET_RELAY = path.join(C_BUILD, 'socket-relay');
+const NODE_RELAY = path.join(__dirname, 'socket-relay.js');
+/** Relayed floors run this often, alternating C and Node; the best run of each counts. */
+const RELAY_RUNS = 3;
 const SESSION_CONF = '/usr/share/dbus-1/session.conf';
 const KIB = 1024;
 const MIB = 1024 * 1024;
@@ -333,6 +337,12 @@ interface Floors {
   socket: Outcome;
   /** One ioctl answered by a minimal C CUSE server (every CUSE ioctl); VM only. */
   cuse?: Outcome;
+  /**
+   * One round trip through a relay that forwards and does nothing else (a call's path
+   * through a bus), the relay in C and in Node with the daemon's own socket I/O.
+   */
+  relayC: Outcome;
+  relayNode: Outcome;
   /** Making, filling and sealing a memfd of the largest payload, then mapping and touching it. */
   memfd: Outcome;
 }
@@ -340,11 +350,23 @@ interface Floors {
 async function measureFloors(where: Where, p: Plan): Promise<Floors> {
   progress(`${where}: floors`);
   const big = p.calls[p.calls.length - 1]!;
+  const relayed: Array<[Outcome[], string[]]> = [[[], [SOCKET_RELAY]], [[], [process.execPath, NODE_RELAY]]];
+  for (let i = 0; i < RELAY_RUNS; i++) {
+    for (const [runs, relay] of relayed) runs.push(await runClient(SOCKET_RTT, [String(p.rtt), ...relay], process.env, p.clientTimeoutMs));
+  }
   return {
     socket: await runClient(SOCKET_RTT, [String(p.rtt)], process.env, p.clientTimeoutMs),
     cuse: where === 'vm' ? await runClient(CUSE_RTT, [String(p.rtt)], process.env, p.clientTimeoutMs) : undefined,
+    relayC: best(relayed[0]![0]),
+    relayNode: best(relayed[1]![0]),
     memfd: await runClient(KDBUS_PINGPONG, ['memfd', String(big.size), String(big.iterations)], process.env, p.clientTimeoutMs),
   };
+}
+
+/** The run with the lowest mean; a failure only when all failed. */
+function best(runs: Outcome[]): Outcome {
+  const ok = runs.filter((r): r is Stats => !failed(r));
+  return ok.length === 0 ? runs[0]! : ok.reduce((a, b) => (b.mean_us < a.mean_us ? b : a));
 }
 
 /**
@@ -502,6 +524,8 @@ function resultTables(where: Where, p: Plan, run: RunOutput): string {
     ),
     floorLine('one unix-socket round trip between two C processes (64 bytes each way)', run.floors.socket),
     ...(run.floors.cuse ? [floorLine('one ioctl (EAGAIN) on a minimal single-threaded C CUSE server', run.floors.cuse)] : []),
+    floorLine(`the same round trip through a relay in C that only forwards (a call's path through a bus), best of ${RELAY_RUNS}`, run.floors.relayC),
+    floorLine(`the same relay in Node, with the daemon's socket I/O (FdWatch, recvmsg/sendmsg, SO_PASSCRED), best of ${RELAY_RUNS}`, run.floors.relayNode),
     '',
   );
 

@@ -13,6 +13,7 @@ import { openHandle, type KdbusNode } from '../bus/handle';
 import { PidfdFiles, type KdbusFilePredicate } from '../os/pidfd-files';
 import { ProcessMemory, ProcessMemoryDenied } from '../os/process-memory';
 import { logger } from '../log/logger';
+import { afterContinuations } from '../os/fd-watch';
 import { NeedMemory, SegmentMemory } from '../transport/segment-memory';
 import { ATTACH_STRUCT_SIZE, KDBUS_CUSE_CMD_ATTACH, type AttachmentRegistry } from '../transport/attachments';
 import type { ChannelHandler, CuseChannel } from './cuse-channel';
@@ -190,7 +191,7 @@ export class CuseNode implements ChannelHandler {
         files.close();
         // A SEND that completed another client's synchronous call resumed that call in a
         // promise continuation: its answer, which a caller waits on, goes out first.
-        if (waitingSends > 0 && cmd === Cmd.SEND) setImmediate(done, 0);
+        if (waitingSends > 0 && cmd === Cmd.SEND) afterContinuations(() => done(0));
         else done(0);
         return;
       }

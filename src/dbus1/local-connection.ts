@@ -29,6 +29,7 @@ import { nowNs } from '../bus/deadline';
 import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
 import { SparseStorage } from '../bus/pool-storage';
 import { logger } from '../log/logger';
+import { afterContinuations } from '../os/fd-watch';
 import { FileKeeper, LocalCaller } from './local-caller';
 import {
   decodeBloomParameter, decodeInfo, decodeList, decodeReceived, type InfoRecord, type KdbusMessage, type ListEntry,
@@ -115,8 +116,9 @@ const NAME_ITEM: Record<'name-add' | 'name-remove' | 'name-change', ItemType> = 
 
 /**
  * Drains run as microtasks, right after the command that queued the message, but at most
- * this many per turn of the event loop: two local connections answering each other would
- * otherwise keep the loop from ever reaching a socket.
+ * this many before the event loop gets its turn (the budget is refilled once the work of
+ * the callback or turn that spent it is done): two local connections answering each other
+ * would otherwise keep the loop from ever reaching a socket.
  */
 const MICROTASK_DRAINS = 1024;
 let microtaskDrains = MICROTASK_DRAINS;
@@ -136,7 +138,7 @@ function scheduleDrain(drain: () => void): void {
   microtaskDrains--;
   if (!refillScheduled) {
     refillScheduled = true;
-    setImmediate(refillDrains);
+    afterContinuations(refillDrains);
   }
   // A reaction on a settled promise rather than queueMicrotask, which makes an AsyncResource
   // for every drain; the order is the same (one microtask queue).

@@ -32,12 +32,64 @@ export class FdWatchError extends Error {}
 /**
  * Readiness callbacks come from libuv outside Node's callback scope, so promise
  * continuations, queueMicrotask and nextTick callbacks queued in them would wait for some
- * unrelated event. One immediate per loop turn runs them right after the poll phase.
+ * unrelated event. Node's own drain of both queues runs them right after each callback:
+ * process._tickCallback, never documented but kept for embedders (DEP0134 deprecates it in
+ * the documentation only). An immediate per loop turn would do the same after the poll
+ * phase, at several microseconds per wake-up: a relay of 64-byte messages between two
+ * processes through two FdWatches took 71–79 µs per round trip that way, 48–51 µs with the
+ * drain. A Node without the drain gets the immediate.
  */
+type Drain = () => void;
+const tickDrain = (process as unknown as { _tickCallback?: Drain })._tickCallback;
 let checkpointQueued = false;
 const checkpoint = (): void => {
   checkpointQueued = false;
 };
+
+/** Whether continuations queued in a readiness callback run before it returns (see above). */
+export const drainsAfterEachCallback = typeof tickDrain === 'function';
+
+/** Work that waits for the continuations of the callback running now (afterContinuations). */
+let afterQueue: Array<() => void> = [];
+let inCallback = false;
+
+/**
+ * Runs `fn` once the promise continuations queued so far have run: at the end of the
+ * readiness callback running now, after its drain, or on an immediate outside one.
+ */
+export function afterContinuations(fn: () => void): void {
+  if (inCallback && drainsAfterEachCallback) afterQueue.push(fn);
+  else setImmediate(fn);
+}
+
+function drainAfterCallback(): void {
+  if (!drainsAfterEachCallback) {
+    if (!checkpointQueued) {
+      checkpointQueued = true;
+      setImmediate(checkpoint);
+    }
+    return;
+  }
+  tickDrain!.call(process);
+  // What waited for the continuations may queue more; each round runs what the last queued.
+  while (afterQueue.length > 0) {
+    const run = afterQueue;
+    afterQueue = [];
+    for (const fn of run) {
+      try {
+        fn();
+      } catch (e) {
+        bug('work after a readiness callback', e);
+      }
+    }
+    tickDrain!.call(process);
+  }
+}
+
+/** An exception must not unwind through libuv's C frames, nor one client's trouble end the daemon. */
+function bug(what: string, e: unknown): void {
+  logger.error(`${what} failed: ${(e as Error).stack ?? String(e)}`);
+}
 
 /**
  * One callback each for every watch (koffi has a bounded number of trampolines, and a
@@ -88,16 +140,24 @@ export class FdWatch {
 
   /** @internal called from libuv through the shared trampoline. */
   ready(status: number, events: number): void {
-    if (!checkpointQueued) {
-      checkpointQueued = true;
-      setImmediate(checkpoint);
-    }
+    inCallback = true;
     try {
       this.onReady(status, events);
     } catch (e) {
-      // An exception must not unwind through libuv's C frames, and one client's trouble
-      // must not end the daemon: it is a bug to log, and the loop goes on.
-      logger.error(`handler of descriptor ${this.fd} failed: ${(e as Error).stack ?? String(e)}`);
+      bug(`handler of descriptor ${this.fd}`, e);
+    }
+    try {
+      drainAfterCallback();
+    } catch (e) {
+      bug(`continuations after the handler of descriptor ${this.fd}`, e);
+    } finally {
+      inCallback = false;
+    }
+    // Left by a continuation that threw: it still runs, a turn later.
+    if (afterQueue.length > 0) {
+      const rest = afterQueue;
+      afterQueue = [];
+      for (const fn of rest) setImmediate(fn);
     }
   }
 

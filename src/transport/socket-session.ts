@@ -17,7 +17,7 @@ import { idMapped, inDaemonUserNamespace, readIdMap } from '../os/namespaces';
 import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../os/unix-socket';
-import { FdWatch } from '../os/fd-watch';
+import { afterContinuations, FdWatch } from '../os/fd-watch';
 import { logger } from '../log/logger';
 import type { Connection } from '../bus/connection';
 import type { QueueEntry } from '../bus/queue';
@@ -94,7 +94,7 @@ const pad8 = (n: number): number => (n + 7) & ~7;
 
 /** Commands of all sessions that are waiting (a synchronous SEND) or fetching memory. */
 let waitingCommands = 0;
-/** Sessions with answers held back, flushed by one immediate. */
+/** Sessions with answers held back, flushed together once this turn's continuations have run. */
 const deferredSessions: SocketSession[] = [];
 let flushQueued = false;
 
@@ -595,8 +595,7 @@ export class SocketSession {
       deferredSessions.push(this);
       if (!flushQueued) {
         flushQueued = true;
-        // Immediates run after the microtasks queued before them (fd-watch.ts's checkpoint).
-        setImmediate(flushDeferred);
+        afterContinuations(flushDeferred);
       }
     }
     this.deferred.push(answer);

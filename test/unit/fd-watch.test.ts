@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { FdWatch, FdWatchError, UV_READABLE, UV_WRITABLE } from '../../src/os/fd-watch';
+import { afterContinuations, drainsAfterEachCallback, FdWatch, FdWatchError, UV_READABLE, UV_WRITABLE } from '../../src/os/fd-watch';
 import { closeFd, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';
 
 const pair = (): [number, number] => socketpair(SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -102,6 +102,59 @@ describe('FdWatch: readiness of any descriptor on the main loop', () => {
       w.watch(UV_READABLE | UV_WRITABLE);
       await new Promise((r) => setTimeout(r, 30));
       assert.deepEqual(seen, [UV_WRITABLE, UV_WRITABLE]);
+    } finally {
+      w.close();
+      closeFd(a);
+      closeFd(b);
+    }
+  });
+
+  it('runs what a callback queued (nextTick, microtasks, then afterContinuations) before the next callback', async () => {
+    // Node's drain is what makes this hold without an immediate per loop turn; the Node the
+    // daemon runs on must have it, or every wake-up pays for an immediate again.
+    assert.equal(drainsAfterEachCallback, true);
+    const pairs = [pair(), pair()];
+    const log: string[] = [];
+    const watches = pairs.map(([a], i) => new FdWatch(a, () => {
+      drain(a);
+      log.push(`callback ${i}`);
+      afterContinuations(() => log.push(`after ${i}`));
+      void Promise.resolve().then(() => log.push(`promise ${i}`));
+      process.nextTick(() => log.push(`tick ${i}`));
+    }));
+    try {
+      // Both readable before the loop polls again: libuv calls both back in one poll phase.
+      for (const [, b] of pairs) fs.writeSync(b, Buffer.from('x'));
+      await new Promise((r) => setTimeout(r, 30));
+      const first = log[0] === 'callback 0' ? 0 : 1;
+      const second = 1 - first;
+      assert.deepEqual(log, [first, second].flatMap((i) => [`callback ${i}`, `tick ${i}`, `promise ${i}`, `after ${i}`]));
+    } finally {
+      for (const w of watches) w.close();
+      for (const [a, b] of pairs) {
+        closeFd(a);
+        closeFd(b);
+      }
+    }
+  });
+
+  it('still runs what a failing callback queued, and afterContinuations outside a callback on an immediate', async () => {
+    const [a, b] = pair();
+    const log: string[] = [];
+    const w = new FdWatch(a, () => {
+      drain(a);
+      void Promise.resolve().then(() => log.push('promise'));
+      afterContinuations(() => log.push('after'));
+      throw new Error('a bug in a handler (expected in this test)');
+    });
+    try {
+      fs.writeSync(b, Buffer.from('x'));
+      await new Promise((r) => setTimeout(r, 30));
+      assert.deepEqual(log, ['promise', 'after']);
+      afterContinuations(() => log.push('outside'));
+      assert.deepEqual(log, ['promise', 'after']);
+      await turn();
+      assert.deepEqual(log, ['promise', 'after', 'outside']);
     } finally {
       w.close();
       closeFd(a);
