@@ -97,6 +97,7 @@ static int start_relay(char **argv, int argc, pid_t *relay, char *dir, char *pat
 	*relay = fork();
 	if (*relay < 0) {
 		perror("fork");
+		free(args);
 		return -1;
 	}
 	if (*relay == 0) {

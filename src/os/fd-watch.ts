@@ -34,11 +34,11 @@ export class FdWatchError extends Error {}
  * continuations, queueMicrotask and nextTick callbacks queued in them would wait for some
  * unrelated event. Node's own drain of both queues runs them right after each callback:
  * process._tickCallback, never documented but kept for embedders (DEP0134 deprecates it in
- * the documentation only). An immediate per loop turn does the same after the poll phase, a
- * Node without the drain gets that, but it costs: a relay of 64-byte messages between two
- * processes through two FdWatches took 75–82 µs per round trip with it and 51–80 µs with the
- * drain (six runs each); a 0-byte call over CUSE in the VM 6031 µs against 5558 (means of
- * twelve runs each).
+ * the documentation only). A Node without it gets an immediate per loop turn instead, which
+ * runs them after the poll phase but costs more: a relay of 64-byte messages between two
+ * processes through two FdWatches took 75–82 µs per round trip that way and 51–80 µs with
+ * the drain (six runs each); a 0-byte call over CUSE in the VM 6031 µs against 5558 (means
+ * of twelve runs each).
  */
 type Drain = () => void;
 const tickDrain = (process as unknown as { _tickCallback?: Drain })._tickCallback;
