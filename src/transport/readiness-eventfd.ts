@@ -16,7 +16,6 @@ import { F_GETFL, F_SETFL, fcntl, read, write } from '../os/libc';
 import { closeFd } from '../os/unix-socket';
 
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
-const O_NONBLOCK = 0o4000;
 
 export class ReadinessEventfd {
   private raised = false;
@@ -34,7 +33,7 @@ export class ReadinessEventfd {
     }
     // Its status flags are the client's too: a blocking one would stop the daemon on an empty count.
     const flags = target === 'anon_inode:[eventfd]' ? fcntl(fd, F_GETFL, 0) : -1;
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | fs.constants.O_NONBLOCK) < 0) {
       closeFd(fd);
       return undefined;
     }
