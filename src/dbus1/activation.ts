@@ -601,13 +601,14 @@ export class Activation {
     return { file: setpriv, args: [`--reuid=${pw.uid}`, `--regid=${pw.gid}`, '--init-groups', '--', file, ...args], argv0: 'setpriv' };
   }
 
+  /** Built from entries: a variable a client named "__proto__" is a variable like any other. */
   private childEnv(): Record<string, string> {
-    const env: Record<string, string> = { ...this.baseEnv };
-    for (const [k, v] of this.updates) env[k] = v;
-    env['DBUS_STARTER_ADDRESS'] = this.busAddress;
-    env['DBUS_STARTER_BUS_TYPE'] = this.busType;
-    env[this.busType === 'system' ? 'DBUS_SYSTEM_BUS_ADDRESS' : 'DBUS_SESSION_BUS_ADDRESS'] = this.busAddress;
-    return env;
+    const env = new Map(Object.entries(this.baseEnv));
+    for (const [k, v] of this.updates) env.set(k, v);
+    env.set('DBUS_STARTER_ADDRESS', this.busAddress);
+    env.set('DBUS_STARTER_BUS_TYPE', this.busType);
+    env.set(this.busType === 'system' ? 'DBUS_SYSTEM_BUS_ADDRESS' : 'DBUS_SESSION_BUS_ADDRESS', this.busAddress);
+    return Object.fromEntries(env);
   }
 }
 

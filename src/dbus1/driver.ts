@@ -330,7 +330,7 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     Get: (_c, _bus, m) => {
       const [iface, prop] = args(m, 'ss') as [string, string];
       knownPropertyInterface(iface);
-      const get = PROPERTIES[prop];
+      const get = own(PROPERTIES, prop);
       if (!get) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
       return ['v', [get()]];
     },
@@ -342,7 +342,7 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     Set: (_c, _bus, m) => {
       const [iface, prop] = args(m, 'ssv') as [string, string, Variant];
       knownPropertyInterface(iface);
-      if (!PROPERTIES[prop]) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
+      if (!own(PROPERTIES, prop)) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
       throw new DriverError(DBusError.PropertyReadOnly, `Property "${prop}" of "${iface}" is read-only`);
     },
   },
@@ -378,13 +378,13 @@ export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
   const wantsReply = !(m.flags & 1);
   let answer: Promise<[string, Value[]]> | [string, Value[]];
   try {
-    const byIface = m.interface === undefined ? findMethod(m.member!) : HANDLERS[m.interface];
+    const byIface = m.interface === undefined ? findMethod(m.member!) : own(HANDLERS, m.interface);
     if (!byIface) throw new DriverError(DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
     if ((byIface === HANDLERS['org.freedesktop.DBus.Properties'] || byIface === HANDLERS['org.freedesktop.DBus.Monitoring']) && m.path !== DRIVER_PATH) {
       // As with dbus-daemon, these interfaces exist only at the driver's own path.
       throw new DriverError(DBusError.UnknownInterface, `Interface "${m.interface ?? ''}" is only available at the canonical object path '${DRIVER_PATH}'`);
     }
-    const handler = byIface[m.member!];
+    const handler = own(byIface, m.member!);
     if (!handler) throw new DriverError(DBusError.UnknownMethod, `org.freedesktop.DBus does not understand message ${m.member}`);
     answer = handler(c, bus, m);
   } catch (e) {
@@ -392,22 +392,37 @@ export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
     if (wantsReply) c.send(refusal);
     return;
   }
+  const refuse = (e: unknown): void => {
+    const refusal = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
+    if (wantsReply) c.send(refusal);
+  };
   // Without an async function: the common, synchronous answer needs no promise of its own.
-  void Promise.resolve(answer).then(
-    ([signature, body]) => {
+  // A reply that cannot be made (a bug) is refused like a failed handler, never left unhandled.
+  void Promise.resolve(answer)
+    .then(([signature, body]) => {
       const reply = driverReply(m, signature, body);
       if (wantsReply) c.send(reply);
-    },
-    (e: unknown) => {
-      const refusal = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
-      if (wantsReply) c.send(refusal);
-    },
-  );
+    }, refuse)
+    .catch((e: unknown) => {
+      try {
+        refuse(e);
+      } catch (again) {
+        logger.error(`driver: cannot answer ${m.member ?? ''} from ${c.uniqueName}: ${(again as Error).stack ?? String(again)}`);
+      }
+    });
+}
+
+/**
+ * A table entry by a name the client chose: only the table's own entries, so that names like
+ * "constructor" or "__proto__" find nothing instead of what every object inherits.
+ */
+function own<T>(table: Readonly<Record<string, T>>, name: string): T | undefined {
+  return Object.hasOwn(table, name) ? table[name] : undefined;
 }
 
 /** A call without an interface goes to the first interface with that method, as dbus-daemon does. */
 function findMethod(member: string): Record<string, Handler> | undefined {
-  return Object.values(HANDLERS).find((h) => member in h);
+  return Object.values(HANDLERS).find((h) => Object.hasOwn(h, member));
 }
 
 export function driverErrorOf(e: unknown): [string, string] {

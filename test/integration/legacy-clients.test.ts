@@ -593,6 +593,19 @@ for (const kind of BUS_KINDS) {
         assert.match(g.stderr, /GDBus\.Error:org\.kdbuscuse\.Test\.Error\.Custom: custom failure/);
       });
 
+      it('driver methods and properties named like what every object inherits do not exist', async () => {
+        // Debian's dbus-broker spells this error name its own way.
+        const unknownProperty = `org.freedesktop.DBus.Error.${kind === 'dbus-broker' ? 'UnkonwnProperty' : 'UnknownProperty'}`;
+        for (const member of ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'valueOf']) {
+          const call = dbusSendError(await driverCall(bus, member));
+          assert.equal(call, 'org.freedesktop.DBus.Error.UnknownMethod', `${member}: ${call}`);
+          const get = dbusSendError(await driverCall(bus, 'Properties.Get', ['string:org.freedesktop.DBus', `string:${member}`]));
+          assert.equal(get, unknownProperty, `Get ${member}: ${get}`);
+        }
+        assert.equal(bus.alive(), true, `${kind} ended`);
+        ok('GetId after the calls', await driverCall(bus, 'GetId'));
+      });
+
       it('a call never answered ends in NoReply after the client timeout (1 s)', async () => {
         const r = await run('dbus-send', [`--bus=${bus.address}`, '--print-reply', '--reply-timeout=1000', `--dest=${SERVICE}`, OBJ, `${IFACE}.Never`]);
         assert.equal(dbusSendError(r), 'org.freedesktop.DBus.Error.NoReply');

@@ -363,11 +363,13 @@ describe('dbus1 activation', () => {
         env: { PATH: '/usr/bin:/bin', FROM_OPTS: 'opts', NOTIFY_SOCKET: '/run/systemd/notify', DBUS_STARTER_ADDRESS: 'not this' },
       });
       m.updateEnvironment({ FROM_UPDATE: 'two words', FROM_OPTS: 'updated' });
+      m.updateEnvironment(Object.fromEntries([['__proto__', 'a name like any other']]));
       await m.start('org.example.Env', marker);
       assert.equal(fs.readFileSync(args, 'utf8'), 'a  b\nc\\d\ne"f\n');
       const env = envFile();
       assert.equal(env.get('FROM_OPTS'), 'updated');
       assert.equal(env.get('FROM_UPDATE'), 'two words');
+      assert.equal(env.get('__proto__'), 'a name like any other');
       assert.equal(env.get('DBUS_STARTER_ADDRESS'), 'unix:path=/run/test-bus');
       assert.equal(env.get('DBUS_STARTER_BUS_TYPE'), 'session');
       assert.equal(env.get('DBUS_SESSION_BUS_ADDRESS'), 'unix:path=/run/test-bus');
