@@ -6,7 +6,8 @@
  */
 import fs from 'node:fs';
 import * as koffi from 'koffi';
-import { FdWatch } from './fd-watch';
+import { logger } from '../log/logger';
+import { FdWatch, UV_READABLE } from './fd-watch';
 import { AF_UNIX, closeFd, peerCred, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SyscallError, type PeerCred } from './unix-socket';
 
 const libc = koffi.load(null);
@@ -24,6 +25,16 @@ const ENFILE = 23;
 /** sun_path's size in struct sockaddr_un. */
 const SUN_PATH = 108;
 const BACKLOG = 128;
+/**
+ * How long accepting pauses when the daemon is out of descriptors. Meanwhile the socket
+ * stays readable, and a level-triggered watch would call back at once, over and over.
+ */
+const OUT_OF_FDS_PAUSE_MS = 250;
+/**
+ * Connections accepted per readiness: a burst of connections is taken in turns with the
+ * reads of those already accepted, instead of all before any of them is served.
+ */
+const ACCEPT_BATCH = 16;
 
 export type ListenAddress = { kind: 'path'; path: string; mode?: number } | { kind: 'abstract'; name: string };
 
@@ -42,6 +53,9 @@ export class UnixListener {
   readonly fd: number;
   private readonly watch: FdWatch;
   private closed = false;
+  /** Set while accepting pauses for want of descriptors. */
+  private retry: NodeJS.Timeout | undefined;
+  private outOfFds = false;
 
   constructor(readonly address: ListenAddress, private readonly onConnection: (fd: number, peer: PeerCred) => void) {
     const fd = socketFn(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -52,7 +66,7 @@ export class UnixListener {
       if (bindFn(fd, addr, len) < 0) throw new SyscallError(`bind ${describe(address)}`, koffi.errno());
       if (address.kind === 'path' && address.mode !== undefined) fs.chmodSync(address.path, address.mode);
       if (listenFn(fd, BACKLOG) < 0) throw new SyscallError('listen', koffi.errno());
-      this.watch = new FdWatch(fd, () => this.acceptAll());
+      this.watch = new FdWatch(fd, () => this.acceptSome());
     } catch (e) {
       closeFd(fd);
       throw e;
@@ -60,14 +74,22 @@ export class UnixListener {
     this.fd = fd;
   }
 
-  private acceptAll(): void {
-    while (!this.closed) {
+  private acceptSome(): void {
+    for (let n = 0; n < ACCEPT_BATCH && !this.closed; n++) {
       const client = accept4Fn(this.fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (client < 0) {
         const err = koffi.errno();
         if (err === EINTR || err === ECONNABORTED) continue;
-        // Out of descriptors: the connection waits in the backlog; the next readiness retries.
-        if (err === EAGAIN || err === EMFILE || err === ENFILE) return;
+        if (err === EAGAIN) {
+          // The backlog is empty: whoever waited while descriptors ran out is in.
+          if (this.outOfFds) logger.info(`${describe(this.address)}: accepting connections again`);
+          this.outOfFds = false;
+          return;
+        }
+        if (err === EMFILE || err === ENFILE) {
+          this.pause(err);
+          return;
+        }
         throw new SyscallError('accept4', err);
       }
       let peer: PeerCred;
@@ -81,9 +103,25 @@ export class UnixListener {
     }
   }
 
+  /** Out of descriptors: the connections wait in the backlog until some close. */
+  private pause(err: number): void {
+    if (!this.outOfFds) {
+      const which = err === EMFILE ? "EMFILE, the daemon's limit" : "ENFILE, the system's";
+      logger.warn(`${describe(this.address)}: out of file descriptors (${which}); new connections wait in the backlog, tried again every ${OUT_OF_FDS_PAUSE_MS} ms`);
+    }
+    this.outOfFds = true;
+    this.watch.watch(0);
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      this.watch.watch(UV_READABLE);
+      this.acceptSome();
+    }, OUT_OF_FDS_PAUSE_MS);
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.retry);
     this.watch.close();
     closeFd(this.fd);
     if (this.address.kind === 'path') fs.rmSync(this.address.path, { force: true });
