@@ -20,6 +20,7 @@ import { ImportedFd } from '../os/pidfd-files';
 import { readTask } from '../os/proc';
 import { closeFd, type PeerCred } from '../os/unix-socket';
 import { Bloom } from './bloom';
+import type { HeldFdBudget } from './held-fds';
 import { callDriver, DBusError, DriverError, driverErrorOf, type DriverBus, type DriverClient } from './driver';
 import { LocalConnection, type MatchRule as KdbusRule } from './local-connection';
 import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';
@@ -41,6 +42,8 @@ export interface LegacyEndpointContext {
   /** uid of the bus's owner: with root, the only one who may monitor or change activation. */
   readonly ownerUid: number;
   readonly limits: LegacyLimits;
+  /** Descriptors of unfinished messages, counted over all clients (held-fds.ts). */
+  readonly heldFds: HeldFdBudget;
   /** Current owners of the bus's names, for match rules. */
   readonly owners: NameOwners;
   /** Whether a well-known name has a primary owner now (owners' answer without its unique name). */
@@ -52,16 +55,25 @@ export interface LegacyEndpointContext {
   readonly monitors: Set<LegacyClient>;
   /** Kdbus ids of the legacy clients: their name changes they show monitors themselves. */
   readonly legacyIds: Set<bigint>;
+  /** The client said Hello: it is a connection of the bus now, no longer an incomplete one. */
+  registered(client: LegacyClient): void;
   forget(client: LegacyClient): void;
 }
 
 /** dbus-daemon's session-bus defaults, except where noted. */
 export interface LegacyLimits {
+  /** From connecting to the reply to Hello, as dbus-daemon's auth_timeout. */
   authTimeoutMs: number;
   maxMessageBytes: number;
   maxOutgoingBytes: number;
   maxFdsPerMessage: number;
   maxMatchRules: number;
+  /**
+   * Connections of one user that have not said Hello yet; a newer one closes the oldest.
+   * dbus-daemon's max_incomplete_connections counts all users' together (64 on a system
+   * bus); counted per user, one user's connections cannot push out another's.
+   */
+  maxIncompletePerUser: number;
 }
 
 export const DEFAULT_LEGACY_LIMITS: LegacyLimits = {
@@ -70,6 +82,7 @@ export const DEFAULT_LEGACY_LIMITS: LegacyLimits = {
   maxOutgoingBytes: 128 * 1024 * 1024,
   maxFdsPerMessage: 16,
   maxMatchRules: 512,
+  maxIncompletePerUser: 64,
 };
 
 const NAME_IN_QUEUE = NameFlags.IN_QUEUE;
@@ -91,6 +104,7 @@ export class LegacyClient implements DriverClient {
   private readonly sasl: SaslServer;
   private authTimer: NodeJS.Timeout | undefined;
   private unixFds = false;
+  private authenticated = false;
   private connection: LocalConnection | undefined;
   private monitorConn: LocalConnection | undefined;
   private monitorRules: MatchRule[] = [];
@@ -113,9 +127,18 @@ export class LegacyClient implements DriverClient {
       maxMessageBytes: ctx.limits.maxMessageBytes,
       maxOutgoingBytes: ctx.limits.maxOutgoingBytes,
       maxQueuedFds: ctx.limits.maxFdsPerMessage * 4,
+      held: ctx.heldFds.account(peer.uid),
     });
-    this.authTimer = setTimeout(() => this.close('authentication timed out'), ctx.limits.authTimeoutMs);
+    this.authTimer = setTimeout(() => {
+      const stage = this.authenticated ? 'no Hello' : 'authentication not done';
+      this.close(`${stage} within ${ctx.limits.authTimeoutMs} ms of connecting`);
+    }, ctx.limits.authTimeoutMs);
     this.authTimer.unref();
+  }
+
+  /** Who connected, as the kernel said (SO_PEERCRED). */
+  get uid(): number {
+    return this.peer.uid;
   }
 
   get conn(): LocalConnection {
@@ -137,8 +160,7 @@ export class LegacyClient implements DriverClient {
       return;
     }
     if (step.done) {
-      clearTimeout(this.authTimer);
-      this.authTimer = undefined;
+      this.authenticated = true;
       this.unixFds = step.done.unixFds;
       this.stream.startMessages(step.done.rest, step.done.unixFds);
     }
@@ -212,6 +234,9 @@ export class LegacyClient implements DriverClient {
       this.close(`Hello refused: ${text}`);
       return;
     }
+    clearTimeout(this.authTimer);
+    this.authTimer = undefined;
+    this.ctx.registered(this);
     this.connection = conn;
     this.uniqueName = uniqueName(conn.id);
     this.ctx.legacyIds.add(conn.id);

@@ -8,11 +8,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Bus } from '../bus/bus';
 import { logger } from '../log/logger';
+import { openFileLimit } from '../os/libc';
 import { UnixListener, type ListenAddress } from '../os/unix-listener';
 import type { PeerCred } from '../os/unix-socket';
 import { Activation, defaultServiceDirs, waitForName } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
+import { HeldFdBudget, sharesOf } from './held-fds';
 import { LocalConnection } from './local-connection';
 import { DRIVER_NAME, nameOwnersOf } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
@@ -33,6 +35,8 @@ function busType(bus: Bus): 'system' | 'session' {
 export class LegacyEndpoint {
   private readonly listeners: UnixListener[] = [];
   private readonly clients = new Set<LegacyClient>();
+  /** Per user, the clients that have not said Hello yet, oldest first. */
+  private readonly incomplete = new Map<number, Set<LegacyClient>>();
   private readonly ctx: LegacyEndpointContext;
   private activation: Activation | undefined;
   /** Watches for activated services taking their names (one connection for every start). */
@@ -41,18 +45,24 @@ export class LegacyEndpoint {
   readonly clientAddresses: string[] = [];
 
   constructor(readonly bus: Bus, private readonly opts: LegacyEndpointOptions) {
+    const limits = { ...DEFAULT_LEGACY_LIMITS, ...opts.limits };
     this.ctx = {
       node: { kind: 'endpoint', ep: bus.defaultEndpoint },
       // dbus-daemon's GetId answers the server GUID; kdbus's bus id serves as both.
       guid: bus.id128.toString('hex'),
       bus: this.driverBus(),
       ownerUid: bus.uid,
-      limits: { ...DEFAULT_LEGACY_LIMITS, ...opts.limits },
+      limits,
+      heldFds: new HeldFdBudget(sharesOf(openFileLimit(), limits.maxFdsPerMessage)),
       owners: nameOwnersOf(bus),
       isOwned: (name) => name === DRIVER_NAME || bus.names.primaryOwner(name) !== undefined,
       monitors: new Set(),
       legacyIds: new Set(),
-      forget: (c) => this.clients.delete(c),
+      registered: (c) => this.complete(c),
+      forget: (c) => {
+        this.clients.delete(c);
+        this.complete(c);
+      },
     };
   }
 
@@ -115,11 +125,29 @@ export class LegacyEndpoint {
   }
 
   private accept(fd: number, peer: PeerCred): void {
+    let client: LegacyClient;
     try {
-      this.clients.add(new LegacyClient(this.ctx, fd, peer));
+      client = new LegacyClient(this.ctx, fd, peer);
     } catch (e) {
       logger.warn(`legacy endpoint: refusing pid ${peer.pid} (uid ${peer.uid}): ${(e as Error).message}`);
+      return;
     }
+    this.clients.add(client);
+    let waiting = this.incomplete.get(peer.uid);
+    if (!waiting) this.incomplete.set(peer.uid, (waiting = new Set()));
+    waiting.add(client);
+    const max = this.ctx.limits.maxIncompletePerUser;
+    if (waiting.size > max) {
+      const oldest = waiting.values().next().value!;
+      oldest.close(`uid ${peer.uid} has more than ${max} connections that have not said Hello; the oldest goes`);
+    }
+  }
+
+  /** The client is no longer an incomplete connection: it said Hello, or it is gone. */
+  private complete(client: LegacyClient): void {
+    const waiting = this.incomplete.get(client.uid);
+    if (!waiting?.delete(client)) return;
+    if (waiting.size === 0) this.incomplete.delete(client.uid);
   }
 
   get clientCount(): number {

@@ -22,6 +22,7 @@ import {
 import { closeFd } from '../os/unix-socket';
 import { payloadBuffers, POOLED_PAYLOAD_MIN } from '../bus/payload-buffers';
 import { DBUS1_PREFIX_SIZE, messageLength } from './message';
+import type { HeldFdAccount } from './held-fds';
 
 
 const EINTR = 4;
@@ -74,6 +75,11 @@ export interface MessageStreamLimits {
   maxOutgoingBytes: number;
   /** Received descriptors not yet taken beyond which the client is disconnected. */
   maxQueuedFds: number;
+  /**
+   * Where the descriptors not yet taken are counted with other streams' (held-fds.ts); a
+   * read it refuses disconnects the client.
+   */
+  held?: HeldFdAccount;
 }
 
 /** Bytes still to write, and the descriptors to send with the first of them. */
@@ -216,6 +222,7 @@ export class MessageStream {
       this.fdQueue.length = 0;
       this.fdHead = 0;
     }
+    this.limits.held?.hold(this.queuedFds);
     return taken;
   }
 
@@ -270,6 +277,7 @@ export class MessageStream {
     closeAll(this.fdQueue, this.fdHead);
     this.fdQueue = [];
     this.fdHead = 0;
+    this.limits.held?.hold(0);
     this.dropOutput();
     // Not given back: a handler that closes the stream may still be reading its message.
     this.buf = EMPTY;
@@ -367,6 +375,11 @@ export class MessageStream {
     }
     if (this.queuedFds > this.limits.maxQueuedFds) {
       this.close(`${this.peer} sent more descriptors than the ${this.limits.maxQueuedFds} its messages may hold`);
+      return false;
+    }
+    const held = this.limits.held;
+    if (held && !held.hold(this.queuedFds)) {
+      this.close(`${this.peer} sent descriptors the daemon may not hold: ${held.refusal}`);
       return false;
     }
     return true;

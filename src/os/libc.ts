@@ -126,3 +126,17 @@ const ioctlVariadic = libc.func('int ioctl(int fd, unsigned long request, ...)')
 export function ioctl(fd: number, request: number, out?: Uint8Array): number {
   return (out ? ioctlVariadic(fd, request, 'void *', out) : ioctlVariadic(fd, request)) as number;
 }
+
+const getrlimit = libc.func('int getrlimit(int resource, void *rlim)') as (resource: number, rlim: Uint8Array) => number;
+const RLIMIT_NOFILE = 7;
+
+/**
+ * How many descriptors the daemon may have open (RLIMIT_NOFILE's soft limit, which Node
+ * raises to the hard one at start-up); "unlimited" reads as 2^31.
+ */
+export function openFileLimit(): number {
+  const rlim = Buffer.alloc(16);
+  if (getrlimit(RLIMIT_NOFILE, rlim) < 0) throw new Error(`getrlimit(RLIMIT_NOFILE) failed: errno ${errno()}`);
+  const soft = rlim.readBigUInt64LE(0);
+  return soft > 0x8000_0000n ? 0x8000_0000 : Number(soft);
+}

@@ -229,6 +229,8 @@ export interface StartOptions {
   nodeOptions?: string;
   /** kdbus-cuse: --log-level. */
   logLevel?: string;
+  /** kdbus-cuse: its RLIMIT_NOFILE, soft and hard (prlimit). */
+  maxOpenFiles?: number;
   /** dbus-daemon, dbus-broker: the configuration file, instead of the session bus's. */
   configFile?: string;
 }
@@ -320,12 +322,15 @@ function brokerPid(launcherGroup: number): number | undefined {
 async function startKdbusCuse(dir: string, opts: StartOptions): Promise<LegacyBus> {
   const socketPath = path.join(dir, 'legacy.sock');
   const env = opts.nodeOptions === undefined ? process.env : { ...process.env, NODE_OPTIONS: opts.nodeOptions };
-  const proc = new Proc('kdbus-cuse', process.execPath, [
-    path.join(PROJECT, 'bin', 'kdbus-cuse'), 'serve', '--transport', 'socket',
+  const command = [
+    process.execPath, path.join(PROJECT, 'bin', 'kdbus-cuse'), 'serve', '--transport', 'socket',
     '--socket', path.join(dir, 'kdbus.sock'), '--kdbus-root', path.join(dir, 'kdbus'),
     '--bus', `${process.getuid!()}-legacy`, '--listen', `unix:path=${socketPath}`,
     ...(opts.logLevel ? ['--log-level', opts.logLevel] : []),
-  ], env);
+  ];
+  const limit = opts.maxOpenFiles;
+  const [file, ...args] = limit === undefined ? command : ['prlimit', `--nofile=${limit}:${limit}`, '--', ...command];
+  const proc = new Proc('kdbus-cuse', file!, args, env);
   await proc.waitFor('its legacy socket', () => fs.existsSync(socketPath), 30_000);
   return busOf('kdbus-cuse', socketPath, proc, () => (proc.exited ? undefined : proc.pid));
 }

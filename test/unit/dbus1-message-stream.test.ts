@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { decodeMessage, encodeMessage, Message, MessageType } from '../../src/dbus1/message';
+import { HeldFdBudget } from '../../src/dbus1/held-fds';
 import { MessageStream, MessageStreamLimits } from '../../src/dbus1/message-stream';
 import { SaslServer } from '../../src/dbus1/sasl';
 import { closeFd, recvWithFds, sendWithFds, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';
@@ -369,6 +370,39 @@ describe('dbus1 MessageStream: one legacy client socket', () => {
       for (const f of fs3) closeFd(f.fd);
       files.remove();
     }
+  });
+
+  it("counts held descriptors in a budget shared by streams; the read beyond the user's share closes its stream only", async () => {
+    const files = new TempFiles();
+    const before = openFds();
+    const budget = new HeldFdBudget({ perUser: 3, total: 100 });
+    const a = new Harness({ ...LIMITS, held: budget.account(1000) }).messagesMode(true);
+    const b = new Harness({ ...LIMITS, held: budget.account(1000) }).messagesMode(true);
+    const other = new Harness({ ...LIMITS, held: budget.account(1001) }).messagesMode(true);
+    const f = [files.open(), files.open(), files.open(), files.open(), files.open()];
+    // A message's first bytes with its descriptors; the rest never comes.
+    const unfinished = (n: number): Buffer => call(1, 'unfinished', n).subarray(0, 20);
+    try {
+      sendWithFds(a.peer, unfinished(2), [f[0]!.fd, f[1]!.fd]);
+      await until("a's descriptors", () => a.stream.queuedFds === 2);
+      assert.equal(budget.held(1000), 2);
+      sendWithFds(other.peer, unfinished(2), [f[2]!.fd, f[3]!.fd]);
+      await until("the other user's descriptors", () => other.stream.queuedFds === 2);
+      sendWithFds(b.peer, unfinished(2), [f[3]!.fd, f[4]!.fd]);
+      await until("b's close", () => b.closed.length === 1);
+      assert.match(b.closed[0]!, /uid 1000\) would hold 4 descriptors of unfinished messages, more than the 3 one user may/);
+      assert.deepEqual([a.closed, other.closed], [[], []], 'the other streams go on');
+      assert.deepEqual([budget.held(1000), budget.held(1001), budget.held()], [2, 2, 4]);
+      a.stream.close();
+      assert.deepEqual([budget.held(1000), budget.held()], [0, 2], 'a closed stream holds nothing');
+      other.stream.takeFds(2)!.forEach(closeFd);
+      assert.equal(budget.held(), 0, 'taken descriptors are no longer held');
+    } finally {
+      for (const h of [a, b, other]) h.finish();
+      for (const x of f) closeFd(x.fd);
+      files.remove();
+    }
+    assert.equal(openFds(), before, 'every descriptor held was closed');
   });
 
   it('closes on a declared length over maxMessageBytes, judged from the prefix alone', async () => {

@@ -1,0 +1,115 @@
+/**
+ * The legacy endpoint's hold on connections that have not said Hello: the handshake
+ * timeout runs until Hello (as dbus-daemon's auth_timeout), and a user's incomplete
+ * connections beyond maxIncompletePerUser close the oldest. Real sockets on an in-process
+ * endpoint of an in-process bus.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { type LegacyLimits } from '../../src/dbus1/legacy-client';
+import { LegacyEndpoint } from '../../src/dbus1/legacy-endpoint';
+import { encodeMessage, MessageType } from '../../src/dbus1/message';
+import { TestBus } from '../helpers/kdbus-client';
+
+const AUTH = Buffer.from(`\0AUTH EXTERNAL ${Buffer.from(String(process.getuid!())).toString('hex')}\r\nBEGIN\r\n`, 'latin1');
+const HELLO = encodeMessage({
+  type: MessageType.MethodCall, flags: 0, serial: 1n, path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus',
+  member: 'Hello', destination: 'org.freedesktop.DBus', signature: '', body: [],
+});
+
+interface Client {
+  sock: net.Socket;
+  received: () => string;
+  /** Resolves with the ms from connecting to the endpoint's closing it. */
+  closed: Promise<number>;
+  isClosed: () => boolean;
+}
+
+function connect(socketPath: string, ...chunks: Buffer[]): Promise<Client> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    let data = '';
+    let ended = false;
+    const sock = net.createConnection(socketPath);
+    const closed = new Promise<number>((done) => sock.on('close', () => {
+      ended = true;
+      done(Date.now() - started);
+    }));
+    sock.on('data', (d) => (data += d.toString('latin1')));
+    sock.on('error', () => undefined);
+    sock.once('connect', () => {
+      for (const c of chunks) sock.write(c);
+      resolve({ sock, received: () => data, closed, isClosed: () => ended });
+    });
+    sock.once('error', reject);
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('dbus1 LegacyEndpoint: connections that have not said Hello', function () {
+  this.timeout(10_000);
+  let dir: string;
+  let tb: TestBus;
+  let endpoint: LegacyEndpoint;
+  let socketPath: string;
+  const clients: Client[] = [];
+
+  function start(limits: Partial<LegacyLimits>): void {
+    endpoint = new LegacyEndpoint(tb.bus, { addresses: [`unix:path=${socketPath}`], serviceDirs: [], limits });
+    endpoint.start();
+  }
+
+  async function client(...chunks: Buffer[]): Promise<Client> {
+    const c = await connect(socketPath, ...chunks);
+    clients.push(c);
+    return c;
+  }
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'legacy-endpoint-'));
+    socketPath = path.join(dir, 'bus');
+    tb = await TestBus.create();
+  });
+
+  afterEach(() => {
+    for (const c of clients.splice(0)) c.sock.destroy();
+    endpoint.stop();
+    tb.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('closes a connection that authenticated but did not say Hello in time, and keeps one that did', async () => {
+    start({ authTimeoutMs: 300 });
+    const silent = await client(AUTH);
+    const registered = await client(AUTH, HELLO);
+    const ms = await silent.closed;
+    assert.ok(ms >= 250, `closed after ${ms} ms, before the timeout`);
+    assert.match(silent.received(), /^OK [0-9a-f]{32}\r\n$/, 'authenticated, then closed');
+    await sleep(300);
+    assert.equal(registered.isClosed(), false, 'a connection that said Hello stays');
+    assert.match(registered.received(), /NameAcquired/);
+  });
+
+  it("closes a user's oldest incomplete connection when one more comes, and counts Hello'd ones no more", async () => {
+    start({ maxIncompletePerUser: 2 });
+    const first = await client();
+    await sleep(50);
+    const second = await client(AUTH);
+    await sleep(50);
+    assert.deepEqual([first.isClosed(), second.isClosed()], [false, false]);
+    const third = await client();
+    await first.closed;
+    await sleep(100);
+    assert.deepEqual([second.isClosed(), third.isClosed()], [false, false], 'only the oldest goes');
+    second.sock.write(HELLO);
+    await sleep(100);
+    const fourth = await client();
+    await sleep(100);
+    assert.deepEqual([second.isClosed(), third.isClosed(), fourth.isClosed()], [false, false, false], 'two incomplete and one registered');
+    assert.equal(endpoint.clientCount, 3);
+  });
+});
