@@ -20,7 +20,7 @@ import { ImportedFd } from '../os/pidfd-files';
 import { readTask } from '../os/proc';
 import { closeFd, type PeerCred } from '../os/unix-socket';
 import { Bloom } from './bloom';
-import type { HeldFdBudget } from './held-fds';
+import type { HeldFdBudget } from '../os/held-fds';
 import { callDriver, DBusError, DriverError, driverErrorOf, type DriverBus, type DriverClient } from './driver';
 import { LocalConnection, type MatchRule as KdbusRule } from './local-connection';
 import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';

@@ -14,7 +14,7 @@ import type { PeerCred } from '../os/unix-socket';
 import { Activation, defaultServiceDirs, waitForName } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
-import { HeldFdBudget, sharesOf } from './held-fds';
+import { HeldFdBudget, sharesOf } from '../os/held-fds';
 import { LocalConnection } from './local-connection';
 import { DRIVER_NAME, nameOwnersOf } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';

@@ -22,7 +22,7 @@ import {
 import { closeFd } from '../os/unix-socket';
 import { payloadBuffers, POOLED_PAYLOAD_MIN } from '../bus/payload-buffers';
 import { DBUS1_PREFIX_SIZE, messageLength } from './message';
-import type { HeldFdAccount } from './held-fds';
+import type { HeldFdAccount } from '../os/held-fds';
 
 
 const EINTR = 4;

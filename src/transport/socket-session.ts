@@ -14,6 +14,7 @@ import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
 import { Interruption } from '../bus/interruption';
 import { readTask } from '../os/proc';
 import { idMapped, inDaemonUserNamespace, readIdMap } from '../os/namespaces';
+import type { HeldFdAccount, HeldFdBudget } from '../os/held-fds';
 import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../os/unix-socket';
@@ -112,6 +113,8 @@ export class SocketSession {
   private readonly reader = new FrameReader();
   /** Descriptors that came with frames not dispatched yet, in order of arrival. */
   private readonly inFds: number[] = [];
+  /** inFds as counted with the other sessions' (held-fds.ts). */
+  private readonly held: HeldFdAccount;
   private handle: Handle | undefined;
   private readonly fetches = new Map<bigint, (r: { errno: number; data: Buffer }) => void>();
   private readonly aborts = new Set<Interruption>();
@@ -177,11 +180,13 @@ export class SocketSession {
     private readonly socket: net.Socket,
     private readonly onClose: (s: SocketSession) => void,
     private readonly attachments: AttachmentRegistry,
+    heldFds: HeldFdBudget,
   ) {
     const fd = fcntl((socket as unknown as { _handle: { fd: number } })._handle.fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) throw new Error('cannot duplicate the client socket: the daemon is out of file descriptors');
     try {
       this.peer = peerCred(fd);
+      this.held = heldFds.account(this.peer.uid);
       // Every read then says which process wrote its bytes; the kernel never mixes writers in one read.
       setPassCred(fd);
       this.io = new ClientSocket(fd);
@@ -220,6 +225,10 @@ export class SocketSession {
         }
         for (const fd of io.fds) this.inFds.push(fd);
         if (io.truncated) throw new ProtocolError(`more than ${MAX_FDS_PER_READ} descriptors came with one frame`);
+        // Those of a frame still arriving and of the next at most: a read ends after the
+        // bytes that brought descriptors.
+        if (this.inFds.length > 2 * MAX_FDS_PER_READ) throw new ProtocolError(`${this.inFds.length} descriptors wait for frames that have not arrived`);
+        if (!this.held.hold(this.inFds.length)) throw new ProtocolError(this.held.refusal);
         reader.received(n, io.pid, io.uid, io.gid);
         for (frame = reader.next(); frame && !this.closed; frame = reader.next()) {
           this.dispatch(frame);
@@ -391,6 +400,7 @@ export class SocketSession {
   private takeReadiness(f: Frame): void {
     if (!this.sideOf) throw new ProtocolError('READY on a socket that is not a side channel');
     const fd = this.inFds.shift();
+    this.held.hold(this.inFds.length);
     if (fd === undefined) throw new ProtocolError('READY came without its eventfd');
     // A side channel follows its handle's wake-ups (stopWake) exactly when it follows the queue.
     const follows = this.stopWake !== undefined;
@@ -536,6 +546,7 @@ export class SocketSession {
       throw new ProtocolError(`IOCTL announced ${expected} fds, ${this.inFds.length} came with it`);
     }
     const received = expected === 0 ? numbers.map(() => -1) : numbers.map((n) => (n >= 0 ? this.inFds.shift()! : -1));
+    this.held.hold(this.inFds.length);
     this.runIoctl(f.seq, handle, cmd, arg, tid, f, segments, new ReceivedFiles(numbers, received), reserved);
   }
 
@@ -1013,6 +1024,7 @@ export class SocketSession {
     this.handle?.release();
     this.handle = undefined;
     for (const fd of this.inFds.splice(0)) closeFd(fd);
+    this.held.hold(0);
     this.watch.close();
     closeFd(this.fd);
     this.socket.destroy();

@@ -5,6 +5,10 @@
       descriptors sent with the first bytes of messages that never finish: a connection
       holding SHARE of them, then another of the same user sending one more; prints
       "<what> closed|open" for each connection as the bus left it.
+  limits.py SOCKET_PATH frames SHARE
+      the same on the socket transport's socket, with frames that never finish: a session
+      over the cap of one session, then one holding SHARE, then another of the same user
+      sending one more.
   limits.py ADDRESS_PATH flood N
       N connections that authenticate and say Hello in one write each, without reading;
       prints "SENT N", then holds them until a line comes on stdin, and closes them.
@@ -80,6 +84,30 @@ def held(path, share):
     sys.stdout.flush()
 
 
+def partial_frame(s, n_bytes, n_fds):
+    """Bytes of a frame header that never completes, with n_fds descriptors."""
+    fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(n_fds)]
+    socket.send_fds(s, [b'\0' * n_bytes], fds)
+    for fd in fds:
+        os.close(fd)
+
+
+def frames(path, share):
+    greedy = connect(path)
+    partial_frame(greedy, 4, 64)
+    partial_frame(greedy, 4, 64)
+    partial_frame(greedy, 4, 1)
+    print('over-the-session-cap', state(greedy, 3))
+    holder = connect(path)
+    for _ in range(share // 64):
+        partial_frame(holder, 2, 64)
+    over = connect(path)
+    partial_frame(over, 2, 1)
+    print('over-the-share', state(over, 3))
+    print('holder', state(holder, 0.5))
+    sys.stdout.flush()
+
+
 def flood(path, n):
     conns = []
     for _ in range(n):
@@ -96,5 +124,7 @@ if __name__ == '__main__':
     address, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == 'held':
         held(address, count)
+    elif mode == 'frames':
+        frames(address, count)
     else:
         flood(address, count)

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { decodeMessage, encodeMessage, Message, MessageType } from '../../src/dbus1/message';
-import { HeldFdBudget } from '../../src/dbus1/held-fds';
+import { HeldFdBudget } from '../../src/os/held-fds';
 import { MessageStream, MessageStreamLimits } from '../../src/dbus1/message-stream';
 import { SaslServer } from '../../src/dbus1/sasl';
 import { closeFd, recvWithFds, sendWithFds, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';

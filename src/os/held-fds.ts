@@ -1,17 +1,18 @@
 /**
- * Descriptors the legacy endpoint holds for messages that have not arrived whole. A client
- * sends a message's descriptors with its first bytes; until the last byte comes, the
- * daemon keeps them open. One connection may hold only a few messages' worth, but a user
- * with hundreds of connections could fill the daemon's descriptor table that way, and then
- * nobody could connect any more. So the endpoint counts them per user and in all, against
- * shares of the daemon's own limit (RLIMIT_NOFILE); the connection whose read would go
- * beyond a share is closed, and only that user's traffic suffers.
+ * Descriptors the daemon holds for messages that have not arrived whole. A client sends a
+ * message's descriptors with its first bytes (a dbus1 message on the legacy endpoint, a
+ * frame on the socket transport); until the last byte comes, the daemon keeps them open.
+ * One connection may hold only a few messages' worth, but a user with hundreds of
+ * connections could fill the daemon's descriptor table that way, and then nobody could
+ * connect any more. So a listener counts them per user and in all, against shares of the
+ * daemon's own limit (RLIMIT_NOFILE); the connection whose read would go beyond a share is
+ * closed, and only that user's traffic suffers.
  */
 
 export interface HeldFdShares {
   /** Descriptors all the connections of one user may hold at once. */
   perUser: number;
-  /** Descriptors all legacy connections together may hold at once. */
+  /** Descriptors all connections together may hold at once. */
   total: number;
 }
 
@@ -52,7 +53,7 @@ export class HeldFdBudget {
     }
     const total = this.heldTotal + delta;
     if (total > this.shares.total) {
-      return `legacy clients would hold ${total} descriptors of unfinished messages, more than the ${this.shares.total} all may`;
+      return `all clients would hold ${total} descriptors of unfinished messages, more than the ${this.shares.total} all may`;
     }
     return undefined;
   }

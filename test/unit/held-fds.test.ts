@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { HeldFdBudget, sharesOf } from '../../src/dbus1/held-fds';
+import { HeldFdBudget, sharesOf } from '../../src/os/held-fds';
 
-describe('dbus1 HeldFdBudget: descriptors of unfinished messages, per user and in all', () => {
+describe('HeldFdBudget: descriptors of unfinished messages, per user and in all', () => {
   it('derives its shares from the file limit, never below one message of the most descriptors', () => {
     assert.deepEqual(sharesOf(20000, 16), { perUser: 1250, total: 5000 });
     assert.deepEqual(sharesOf(1024, 16), { perUser: 64, total: 256 });
@@ -32,7 +32,7 @@ describe('dbus1 HeldFdBudget: descriptors of unfinished messages, per user and i
     assert.equal(users[0]!.hold(3), true);
     assert.equal(users[1]!.hold(3), true);
     assert.equal(users[2]!.hold(1), false);
-    assert.match(users[2]!.refusal, /legacy clients would hold 7 descriptors .* than the 6 all may/);
+    assert.match(users[2]!.refusal, /all clients would hold 7 descriptors .* than the 6 all may/);
     assert.equal(users[0]!.hold(2), true);
     assert.equal(users[2]!.hold(1), true);
     assert.deepEqual([budget.held(1), budget.held(2), budget.held(3), budget.held()], [2, 3, 1, 6]);
