@@ -15,6 +15,7 @@
  */
 import * as koffi from 'koffi';
 import { FdWatch, UV_READABLE, UV_WRITABLE } from '../os/fd-watch';
+import type { HeldFdAccount } from '../os/held-fds';
 import {
   addressOf, CMSG_HEADER, IOVEC_SIZE, MSG_CMSG_CLOEXEC, MSG_CONTROL, MSG_CONTROLLEN, MSG_CTRUNC, MSG_DONTWAIT, MSG_FLAGS,
   MSG_IOV, MSG_IOVLEN, MSG_NOSIGNAL, MSGHDR_SIZE, recvmsg, SCM_RIGHTS, sendmsg, setRights, SOL_SOCKET, writeAddress,
@@ -22,7 +23,6 @@ import {
 import { closeFd } from '../os/unix-socket';
 import { payloadBuffers, POOLED_PAYLOAD_MIN } from '../bus/payload-buffers';
 import { DBUS1_PREFIX_SIZE, messageLength } from './message';
-import type { HeldFdAccount } from '../os/held-fds';
 
 
 const EINTR = 4;
