@@ -17,9 +17,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { closing, failed, machineLines, progress, table, us, type Outcome, type Stats } from './report';
-import { Proc, busUnavailable, run, type LegacyBus } from '../test/helpers/legacy-bus';
+import { Proc, busUnavailable, run, shimPath, type LegacyBus } from '../test/helpers/legacy-bus';
 import { buildPrograms, KDBUS_PINGPONG, SDBUS_PINGPONG } from './c-programs';
-import { UPSTREAM_KINDS, shimPath, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
+import { UPSTREAM_KINDS, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
 
 const KIB = 1024;
 const CLIENT_TIMEOUT_MS = 120_000;

@@ -3,7 +3,10 @@
  * kdbus-cuse's legacy endpoint, dbus-daemon and dbus-broker, in one run, side by side:
  * call/reply latency between a legacy caller and a legacy service (0 B, 1 KiB, 64 KiB),
  * signal fan-out to 10 receivers, and the bus's memory per idle legacy client (its RSS with
- * 0 and with 200 connected, idle clients). Targets are reported, never asserted.
+ * 0 and with 200 connected, idle clients). On kdbus-cuse also the same calls across its two
+ * kinds of client: a legacy caller to a kdbus service (`kdbus-pingpong dserve`) and a kdbus
+ * caller (`kdbus-pingpong dcall`) to a legacy service, the kdbus side through the preload
+ * shim over the socket transport. Targets are reported, never asserted.
  *
  *   node dist/bench/legacy.js            full run
  *   node dist/bench/legacy.js --quick    a tenth of the iterations (a smoke run)
@@ -17,9 +20,9 @@ import path from 'node:path';
 import * as dbus from 'dbus-next';
 import { closing, cpuModel, failed, progress, type Outcome, type Stats } from './report';
 import {
-  BUS_KINDS, busUnavailable, driverCall, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
+  BUS_KINDS, busUnavailable, driverCall, Proc, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
 } from '../test/helpers/legacy-bus';
-import { buildPrograms, SDBUS_PINGPONG } from './c-programs';
+import { buildPrograms, KDBUS_PINGPONG, SDBUS_PINGPONG } from './c-programs';
 
 const KIB = 1024;
 const IDLE_CLIENTS = 200;
@@ -42,13 +45,52 @@ function cases(quick: boolean): Case[] {
   ];
 }
 
-async function pingpong(bus: LegacyBus, args: string[]): Promise<Outcome> {
-  const [mode, ...rest] = args;
-  const r = await run(SDBUS_PINGPONG, [mode!, bus.address, ...rest], { timeoutMs: CLIENT_TIMEOUT_MS });
+/** One client program's run: its JSON line of statistics, or what went wrong. */
+async function client(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Outcome> {
+  const r = await run(file, args, { timeoutMs: CLIENT_TIMEOUT_MS, env });
   const line = r.stdout.trim().split('\n').pop() ?? '';
   if (r.code === 0 && line.startsWith('{')) return JSON.parse(line) as Stats;
   const how = r.timedOut ? `timed out after ${CLIENT_TIMEOUT_MS / 1000} s` : r.signal ? `killed by ${r.signal}` : `exit code ${r.code}`;
-  return { error: `sdbus-pingpong ${mode}: ${how}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` };
+  return { error: `${path.basename(file)} ${args[0]}: ${how}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` };
+}
+
+function pingpong(bus: LegacyBus, args: string[]): Promise<Outcome> {
+  const [mode, ...rest] = args;
+  return client(SDBUS_PINGPONG, [mode!, bus.address, ...rest]);
+}
+
+/** Calls across kdbus-cuse's two kinds of client, per call case, keyed "<direction> <case key>". */
+async function crossCalls(bus: LegacyBus, calls: Case[], into: Map<string, Outcome>): Promise<void> {
+  const kdbus = bus.kdbus!;
+  const directions = [
+    {
+      key: 'legacy-to-kdbus',
+      service: (): Proc => new Proc('kdbus-pingpong dserve', KDBUS_PINGPONG, ['dserve', kdbus.busNode], kdbus.clientEnv()),
+      call: (c: Case): Promise<Outcome> => client(SDBUS_PINGPONG, ['caller', bus.address, ...c.args.slice(1)]),
+    },
+    {
+      key: 'kdbus-to-legacy',
+      service: (): Proc => new Proc('sdbus-pingpong serve', SDBUS_PINGPONG, ['serve', bus.address]),
+      call: (c: Case): Promise<Outcome> => client(KDBUS_PINGPONG, ['dcall', kdbus.busNode, ...c.args.slice(1)], kdbus.clientEnv()),
+    },
+  ];
+  for (const d of directions) {
+    const service = d.service();
+    try {
+      await service.waitForLine(/^ready$/, 30_000);
+      // Other code paths than the legacy calls' warm up first, unmeasured.
+      progress(`kdbus-cuse: ${d.key} warm-up (${calls[0]!.key}, not measured)`);
+      await d.call(calls[0]!);
+      for (const c of calls) {
+        progress(`kdbus-cuse: ${d.key} ${c.key}`);
+        into.set(`${d.key} ${c.key}`, await d.call(c));
+      }
+    } catch (e) {
+      for (const c of calls) into.set(`${d.key} ${c.key}`, { error: e instanceof Error ? e.message.split('\n')[0]! : String(e) });
+    } finally {
+      await service.stop();
+    }
+  }
 }
 
 /** Whether a bus answers a driver call (the kdbus-cuse endpoint may not yet). */
@@ -123,6 +165,7 @@ async function measure(kind: BusKind, dir: string, all: Case[]): Promise<Column>
       progress(`${kind}: ${c.key}`);
       col.results.set(c.key, await pingpong(bus, c.args));
     }
+    if (bus.kdbus) await crossCalls(bus, all.filter((c) => c.key.startsWith('call')), col.results);
   } catch (e) {
     return { ...col, unavailable: kind === 'kdbus-cuse' ? 'n/a (endpoint not available)' : `n/a (${e instanceof Error ? e.message.split('\n')[0] : String(e)})` };
   } finally {
@@ -158,6 +201,7 @@ function meanOf(col: Column | undefined, key: string): number | undefined {
 
 function report(columns: Column[], all: Case[], seconds: number): string {
   const byKind = new Map(columns.map((c) => [c.kind, c]));
+  const kc = byKind.get('kdbus-cuse');
   const cell = (col: Column, key: string, field: 'mean_us' | 'p99_us'): string => {
     if (col.unavailable) return field === 'mean_us' ? col.unavailable : '';
     const o = col.results.get(key);
@@ -173,6 +217,11 @@ function report(columns: Column[], all: Case[], seconds: number): string {
   const calls = all.filter((c) => c.key.startsWith('call'));
   const fan = all.filter((c) => c.key.startsWith('fanout'));
 
+  const crossHead = ['payload', 'legacy to legacy mean µs', 'p99', 'legacy to kdbus mean µs', 'p99', 'kdbus to legacy mean µs', 'p99'];
+  const crossRows = kc?.unavailable ? [] : calls.map((c) => [
+    c.label, ...['', 'legacy-to-kdbus ', 'kdbus-to-legacy '].flatMap((d) => [cell(kc!, `${d}${c.key}`, 'mean_us'), cell(kc!, `${d}${c.key}`, 'p99_us')]),
+  ]);
+
   const memHead = ['', ...columns.map((c) => c.kind)];
   const mem = (f: (m: Memory) => string): string[] =>
     columns.map((c) => (c.unavailable ? c.unavailable : !c.memory ? '' : 'error' in c.memory ? `failed: ${c.memory.error}` : f(c.memory)));
@@ -184,7 +233,6 @@ function report(columns: Column[], all: Case[], seconds: number): string {
 
   const verdict = (ok: boolean | undefined): string => (ok === undefined ? 'not measured' : ok ? 'met' : 'NOT met');
   const targets: string[] = ['Targets (reported, not asserted):'];
-  const kc = byKind.get('kdbus-cuse');
   for (const c of calls) {
     const a = meanOf(kc, c.key);
     const broker = meanOf(byKind.get('dbus-broker'), c.key);
@@ -208,6 +256,10 @@ function report(columns: Column[], all: Case[], seconds: number): string {
     'Signal fan-out, µs from sending until the last of the receivers (each a process) has the signal',
     table(head, fan.map(rowOf)),
     '',
+    'Across kdbus-cuse\'s two kinds of client, call/reply µs per call (the same calls; the kdbus side a C client on raw ioctls',
+    'with sd-bus\'s GVariant messages, through the preload shim over the socket transport)',
+    crossRows.length > 0 ? table(crossHead, crossRows) : kc?.unavailable ?? 'kdbus-cuse not measured',
+    '',
     `Memory of the bus process (VmRSS) with no client and with ${IDLE_CLIENTS} idle dbus-next clients (Hello done)`,
     table(memHead, memRows),
     '',
@@ -219,7 +271,7 @@ function report(columns: Column[], all: Case[], seconds: number): string {
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const started = Date.now();
-  buildPrograms('sdbus-pingpong');
+  buildPrograms('sdbus-pingpong', 'kdbus-pingpong');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-legacy-bench-'));
   const all = cases(quick);
   const columns: Column[] = [];

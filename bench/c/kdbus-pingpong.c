@@ -5,6 +5,7 @@
  *   kdbus-pingpong rtt    <bus-node> <iterations>
  *   kdbus-pingpong call   <bus-node> <payload-bytes> <iterations> [vec|memfd] [poll|epoll]
  *   kdbus-pingpong dcall  <bus-node> <payload-bytes> <iterations>
+ *   kdbus-pingpong dserve <bus-node>
  *   kdbus-pingpong fanout <bus-node> <receivers> <iterations> [poll|epoll]
  *   kdbus-pingpong memfd  <payload-bytes> <iterations>
  *
@@ -15,6 +16,9 @@
  *   smaller ones as a PAYLOAD_VEC; the fifth argument overrides that. The callee touches
  *   every page of the payload, then replies with a header only. It waits for the call in
  *   poll(), or with "epoll" in a level-triggered epoll_wait() as sd-event did.
+ * dserve: only a callee, answering each call with a D-Bus method return (GVariant) until
+ *   killed, for callers elsewhere (sdbus-pingpong caller through the legacy endpoint);
+ *   prints "ready" once it owns the name.
  * dcall: the same call as a real D-Bus message (sd-bus's version-2 GVariant form,
  *   test/c/gvariant-message.h): org.kdbuscuse.Bench.Call(ay) at /org/kdbuscuse/Bench of
  *   BENCH_NAME, which a service elsewhere owns (sdbus-pingpong serve on an upstream bus,
@@ -274,9 +278,13 @@ static void wait_readable(int fd, int ep)
 		die("poll");
 }
 
-static void callee(int index)
+/*
+ * Owns BENCH_NAME and answers every call that expects a reply, after touching every page of
+ * its payload: with a header only, or (dbus_replies) with a D-Bus method return as sd-bus
+ * built it, which legacy callers get translated. Calls ready() once the name is owned.
+ */
+static void serve_calls(int dbus_replies, void (*ready)(void))
 {
-	(void)index;
 	struct conn c;
 	conn_open(&c);
 	_Alignas(8) uint8_t nbuf[sizeof(struct kd_cmd) + KD_ITEM_HEADER + 64];
@@ -289,9 +297,10 @@ static void callee(int index)
 	k->size = sizeof *k + KD_ALIGN8(it->size);
 	if (kd_ioctl(c.fd, KD_CMD_NAME_ACQUIRE, k) < 0)
 		die("NAME_ACQUIRE %s", BENCH_NAME);
-	peer_ready();
+	ready();
 
 	static const uint8_t reply_hdr[REPLY_HDR_LEN] = { 'l', 2 };
+	uint8_t wire[256];
 	int ep = -1;
 	if (g_wait_epoll)
 		ep = epoll_set(c.fd);
@@ -313,13 +322,40 @@ static void callee(int index)
 				continue;
 			struct msg b;
 			struct kd_cmd_send cmd;
-			msg_start(&b, src, 0, cookie);
-			msg_vec(&b, reply_hdr, sizeof reply_hdr);
+			struct kd_msg *out = msg_start(&b, src, 0, cookie);
+			if (dbus_replies) {
+				char dest[32];
+				snprintf(dest, sizeof dest, ":1.%llu", (unsigned long long)src);
+				struct gv_msg g = {
+					.type = GV_METHOD_RETURN, .flags = GV_NO_REPLY_EXPECTED, .cookie = out->cookie,
+					.has_reply_cookie = 1, .reply_cookie = cookie, .destination = dest,
+				};
+				size_t body;
+				size_t len = gv_encode(&g, wire, sizeof wire, &body);
+				if (len == 0)
+					die("the method return does not fit %zu bytes", sizeof wire);
+				msg_vec(&b, wire, body);
+				msg_vec(&b, wire + body, len - body);
+			} else {
+				msg_vec(&b, reply_hdr, sizeof reply_hdr);
+			}
 			if (msg_send(&c, &b, 0, &cmd) < 0)
 				die("callee SEND reply");
 		}
 	}
 	(void)sink;
+}
+
+static void callee(int index)
+{
+	(void)index;
+	serve_calls(0, peer_ready);
+}
+
+static void say_ready(void)
+{
+	printf("ready\n");
+	fflush(stdout);
 }
 
 /* A sealed memfd holding data[0, len), as sd-bus built large body parts. */
@@ -586,6 +622,9 @@ int main(int argc, char **argv)
 	} else if (argc >= 5 && strcmp(argv[1], "dcall") == 0) {
 		g_bus = argv[2];
 		run_dbus_call((size_t)atol(argv[3]), atol(argv[4]));
+	} else if (argc >= 3 && strcmp(argv[1], "dserve") == 0) {
+		g_bus = argv[2];
+		serve_calls(1, say_ready);
 	} else if (argc >= 4 && strcmp(argv[1], "memfd") == 0) {
 		run_memfd_floor((size_t)atol(argv[2]), atol(argv[3]));
 	} else if (argc >= 5 && strcmp(argv[1], "fanout") == 0) {
@@ -597,8 +636,9 @@ int main(int argc, char **argv)
 			"usage: %s rtt <bus> <iterations>\n"
 			"       %s call <bus> <payload-bytes> <iterations> [vec|memfd] [poll|epoll]\n"
 			"       %s dcall <bus> <payload-bytes> <iterations>\n"
+			"       %s dserve <bus>\n"
 			"       %s fanout <bus> <receivers> <iterations> [poll|epoll]\n"
-			"       %s memfd <payload-bytes> <iterations>\n", argv[0], argv[0], argv[0], argv[0], argv[0]);
+			"       %s memfd <payload-bytes> <iterations>\n", argv[0], argv[0], argv[0], argv[0], argv[0], argv[0]);
 		return 2;
 	}
 	return 0;

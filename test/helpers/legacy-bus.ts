@@ -211,6 +211,19 @@ function signalGroup(group: number, signal: NodeJS.Signals): void {
 }
 
 /** A running bus that legacy clients reach at `address`. */
+export type Libc = 'glibc' | 'musl';
+
+/** The preload shim kdbus clients load, as `npm run build` leaves it. */
+export function shimPath(libc: Libc = 'glibc'): string {
+  return path.join(PROJECT, 'shim', 'build', libc, 'libkdbus-cuse-shim.so');
+}
+
+/** kdbus-cuse's kdbus side of the same bus: its node, and the environment of a client through the shim. */
+export interface KdbusSide {
+  busNode: string;
+  clientEnv(libc?: Libc): NodeJS.ProcessEnv;
+}
+
 export interface LegacyBus {
   kind: BusKind;
   /** unix:path=... */
@@ -222,6 +235,8 @@ export interface LegacyBus {
   /** Whether the bus process is still running (after bad input, say). */
   alive(): boolean;
   stop(): Promise<void>;
+  /** kdbus-cuse only. */
+  kdbus?: KdbusSide;
 }
 
 export interface StartOptions {
@@ -332,7 +347,12 @@ async function startKdbusCuse(dir: string, opts: StartOptions): Promise<LegacyBu
   const [file, ...args] = limit === undefined ? command : ['prlimit', `--nofile=${limit}:${limit}`, '--', ...command];
   const proc = new Proc('kdbus-cuse', file!, args, env);
   await proc.waitFor('its legacy socket', () => fs.existsSync(socketPath), 30_000);
-  return busOf('kdbus-cuse', socketPath, proc, () => (proc.exited ? undefined : proc.pid));
+  const root = path.join(dir, 'kdbus');
+  const kdbus: KdbusSide = {
+    busNode: path.join(root, `${process.getuid!()}-legacy`, 'bus'),
+    clientEnv: (libc = 'glibc') => ({ ...process.env, LD_PRELOAD: shimPath(libc), KDBUS_CUSE_ROOT: root, KDBUS_CUSE_SOCKET: path.join(dir, 'kdbus.sock') }),
+  };
+  return { ...busOf('kdbus-cuse', socketPath, proc, () => (proc.exited ? undefined : proc.pid)), kdbus };
 }
 
 /** Resident set size of a process in KiB (VmRSS), undefined when it is gone. */

@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { PROJECT, Proc, startBus, type LegacyBus } from './legacy-bus';
+import { PROJECT, Proc, shimPath, startBus, type LegacyBus, type Libc } from './legacy-bus';
 
 export type UpstreamKind = 'dbus-daemon' | 'dbus-broker';
 export const UPSTREAM_KINDS: readonly UpstreamKind[] = ['dbus-daemon', 'dbus-broker'];
@@ -69,7 +69,6 @@ export async function startUpstream(kind: UpstreamKind, dir: string, opts: Upstr
   return bus;
 }
 
-export type Libc = 'glibc' | 'musl';
 
 export interface Bridge {
   daemon: Proc;
@@ -93,10 +92,6 @@ export interface BridgeOptions {
   /** NODE_OPTIONS of the daemon alone. */
   nodeOptions?: string;
   readyMs?: number;
-}
-
-export function shimPath(libc: Libc = 'glibc'): string {
-  return path.join(PROJECT, 'shim', 'build', libc, 'libkdbus-cuse-shim.so');
 }
 
 /**

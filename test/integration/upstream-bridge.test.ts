@@ -15,11 +15,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  LEGACY_SCRIPTS, PROJECT, PYTHON, Proc, busUnavailable, driverCall, describeRun, hasCommand, pythonHas, run, sleep,
+  LEGACY_SCRIPTS, PROJECT, PYTHON, Proc, busUnavailable, driverCall, describeRun, hasCommand, pythonHas, run, shimPath, sleep,
   type LegacyBus, type RunResult,
 } from '../helpers/legacy-bus';
 import { requireOrSkip } from '../helpers/require';
-import { UPSTREAM_KINDS, shimPath, startBridge, startUpstream, type Bridge, type Denial } from '../helpers/upstream-bridge';
+import { UPSTREAM_KINDS, startBridge, startUpstream, type Bridge, type Denial } from '../helpers/upstream-bridge';
 
 const C_DIR = path.join(PROJECT, 'test/c');
 const PEER_BIN = path.join(C_DIR, 'build/glibc/kdbus-dbus-peer');
