@@ -16,7 +16,7 @@ import { nowNs } from '../bus/deadline';
 import type { KdbusNode } from '../bus/handle';
 import { logger } from '../log/logger';
 import { callerIdentity } from '../os/caller-identity';
-import type { HeldFdBudget } from '../os/held-fds';
+import type { HeldBudget } from '../os/held-budget';
 import { ImportedFd } from '../os/pidfd-files';
 import { readTask } from '../os/proc';
 import { closeFd, type PeerCred } from '../os/unix-socket';
@@ -42,8 +42,9 @@ export interface LegacyEndpointContext {
   /** uid of the bus's owner: with root, the only one who may monitor or change activation. */
   readonly ownerUid: number;
   readonly limits: LegacyLimits;
-  /** Descriptors of unfinished messages, counted over all clients (held-fds.ts). */
-  readonly heldFds: HeldFdBudget;
+  /** Descriptors and bytes of unfinished messages, counted over all clients (held-budget.ts). */
+  readonly heldFds: HeldBudget;
+  readonly heldBytes: HeldBudget;
   /** Current owners of the bus's names, for match rules. */
   readonly owners: NameOwners;
   /** Whether a well-known name has a primary owner now (owners' answer without its unique name). */
@@ -127,7 +128,8 @@ export class LegacyClient implements DriverClient {
       maxMessageBytes: ctx.limits.maxMessageBytes,
       maxOutgoingBytes: ctx.limits.maxOutgoingBytes,
       maxQueuedFds: ctx.limits.maxFdsPerMessage * 4,
-      held: ctx.heldFds.account(peer.uid),
+      heldFds: ctx.heldFds.account(peer.uid),
+      heldBytes: ctx.heldBytes.account(peer.uid),
     });
     this.authTimer = setTimeout(() => {
       const stage = this.authenticated ? 'no Hello' : 'authentication not done';

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Bus } from '../bus/bus';
 import { logger } from '../log/logger';
-import { HeldFdBudget, sharesOf } from '../os/held-fds';
+import { byteShares, descriptorShares, HeldBudget } from '../os/held-budget';
 import { openFileLimit } from '../os/libc';
 import { UnixListener, type ListenAddress } from '../os/unix-listener';
 import type { PeerCred } from '../os/unix-socket';
@@ -53,7 +53,8 @@ export class LegacyEndpoint {
       bus: this.driverBus(),
       ownerUid: bus.uid,
       limits,
-      heldFds: new HeldFdBudget(sharesOf(openFileLimit(), limits.maxFdsPerMessage)),
+      heldFds: new HeldBudget('descriptors', descriptorShares(openFileLimit(), limits.maxFdsPerMessage)),
+      heldBytes: new HeldBudget('bytes', byteShares(limits.maxMessageBytes)),
       owners: nameOwnersOf(bus),
       isOwned: (name) => name === DRIVER_NAME || bus.names.primaryOwner(name) !== undefined,
       monitors: new Set(),

@@ -15,7 +15,7 @@
  */
 import * as koffi from 'koffi';
 import { FdWatch, UV_READABLE, UV_WRITABLE } from '../os/fd-watch';
-import type { HeldFdAccount } from '../os/held-fds';
+import type { HeldAccount } from '../os/held-budget';
 import {
   addressOf, CMSG_HEADER, IOVEC_SIZE, MSG_CMSG_CLOEXEC, MSG_CONTROL, MSG_CONTROLLEN, MSG_CTRUNC, MSG_DONTWAIT, MSG_FLAGS,
   MSG_IOV, MSG_IOVLEN, MSG_NOSIGNAL, MSGHDR_SIZE, recvmsg, SCM_RIGHTS, sendmsg, setRights, SOL_SOCKET, writeAddress,
@@ -76,10 +76,12 @@ export interface MessageStreamLimits {
   /** Received descriptors not yet taken beyond which the client is disconnected. */
   maxQueuedFds: number;
   /**
-   * Where the descriptors not yet taken are counted with other streams' (held-fds.ts); a
-   * read it refuses disconnects the client.
+   * Where the descriptors not yet taken, and the length of a message not yet whole, are
+   * counted with other streams' (held-budget.ts); a read either refuses disconnects the
+   * client.
    */
-  held?: HeldFdAccount;
+  heldFds?: HeldAccount;
+  heldBytes?: HeldAccount;
 }
 
 /** Bytes still to write, and the descriptors to send with the first of them. */
@@ -222,7 +224,7 @@ export class MessageStream {
       this.fdQueue.length = 0;
       this.fdHead = 0;
     }
-    this.limits.held?.hold(this.queuedFds);
+    this.limits.heldFds?.hold(this.queuedFds);
     return taken;
   }
 
@@ -277,7 +279,8 @@ export class MessageStream {
     closeAll(this.fdQueue, this.fdHead);
     this.fdQueue = [];
     this.fdHead = 0;
-    this.limits.held?.hold(0);
+    this.limits.heldFds?.hold(0);
+    this.limits.heldBytes?.hold(0);
     this.dropOutput();
     // Not given back: a handler that closes the stream may still be reading its message.
     this.buf = EMPTY;
@@ -377,7 +380,7 @@ export class MessageStream {
       this.close(`${this.peer} sent more descriptors than the ${this.limits.maxQueuedFds} its messages may hold`);
       return false;
     }
-    const held = this.limits.held;
+    const held = this.limits.heldFds;
     if (held && !held.hold(this.queuedFds)) {
       this.close(`${this.peer} sent descriptors the daemon may not hold: ${held.refusal}`);
       return false;
@@ -405,10 +408,15 @@ export class MessageStream {
         }
         this.need = length;
       }
-      if (available < this.need) break;
+      if (available < this.need) {
+        const held = this.limits.heldBytes;
+        if (held && !held.hold(this.need)) this.close(`${this.peer} announced a message the daemon may not hold: ${held.refusal}`);
+        break;
+      }
       const raw = this.buf.subarray(this.start, this.start + this.need);
       this.start += this.need;
       this.need = 0;
+      this.limits.heldBytes?.hold(0);
       this.handlers.message(raw);
     }
     this.settle();

@@ -136,6 +136,11 @@ export class FrameReader {
     this.chunkGid = gid;
   }
 
+  /** Length of a frame still arriving into a buffer of its own (larger than the read buffer); 0 if none. */
+  get unfinishedLength(): number {
+    return this.big ? this.bigLength : 0;
+  }
+
   /** Whether bytes of an incomplete frame are waiting for more. */
   get partial(): boolean {
     return this.big !== undefined || this.start < this.end;

@@ -14,7 +14,7 @@ import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
 import { Interruption } from '../bus/interruption';
 import { readTask } from '../os/proc';
 import { idMapped, inDaemonUserNamespace, readIdMap } from '../os/namespaces';
-import type { HeldFdAccount, HeldFdBudget } from '../os/held-fds';
+import type { HeldAccount, HeldBudget } from '../os/held-budget';
 import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../os/unix-socket';
@@ -113,8 +113,9 @@ export class SocketSession {
   private readonly reader = new FrameReader();
   /** Descriptors that came with frames not dispatched yet, in order of arrival. */
   private readonly inFds: number[] = [];
-  /** inFds as counted with the other sessions' (held-fds.ts). */
-  private readonly held: HeldFdAccount;
+  /** inFds, and a large frame still arriving, as counted with the other sessions' (held-budget.ts). */
+  private readonly heldFds: HeldAccount;
+  private readonly heldBytes: HeldAccount;
   private handle: Handle | undefined;
   private readonly fetches = new Map<bigint, (r: { errno: number; data: Buffer }) => void>();
   private readonly aborts = new Set<Interruption>();
@@ -180,13 +181,14 @@ export class SocketSession {
     private readonly socket: net.Socket,
     private readonly onClose: (s: SocketSession) => void,
     private readonly attachments: AttachmentRegistry,
-    heldFds: HeldFdBudget,
+    held: { fds: HeldBudget; bytes: HeldBudget },
   ) {
     const fd = fcntl((socket as unknown as { _handle: { fd: number } })._handle.fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) throw new Error('cannot duplicate the client socket: the daemon is out of file descriptors');
     try {
       this.peer = peerCred(fd);
-      this.held = heldFds.account(this.peer.uid);
+      this.heldFds = held.fds.account(this.peer.uid);
+      this.heldBytes = held.bytes.account(this.peer.uid);
       // Every read then says which process wrote its bytes; the kernel never mixes writers in one read.
       setPassCred(fd);
       this.io = new ClientSocket(fd);
@@ -228,7 +230,7 @@ export class SocketSession {
         // Those of a frame still arriving and of the next at most: a read ends after the
         // bytes that brought descriptors.
         if (this.inFds.length > 2 * MAX_FDS_PER_READ) throw new ProtocolError(`${this.inFds.length} descriptors wait for frames that have not arrived`);
-        if (!this.held.hold(this.inFds.length)) throw new ProtocolError(this.held.refusal);
+        if (!this.heldFds.hold(this.inFds.length)) throw new ProtocolError(this.heldFds.refusal);
         reader.received(n, io.pid, io.uid, io.gid);
         for (frame = reader.next(); frame && !this.closed; frame = reader.next()) {
           this.dispatch(frame);
@@ -236,6 +238,7 @@ export class SocketSession {
           if (frame.own && frame.type !== FrameType.IOCTL) FrameReader.recycle(frame.own);
         }
         frame = undefined;
+        if (!this.heldBytes.hold(reader.unfinishedLength)) throw new ProtocolError(this.heldBytes.refusal);
         if (this.inFds.length > 0 && !reader.partial) throw new ProtocolError(`${this.inFds.length} descriptors came with no frame that announced them`);
         // A read that did not fill the buffer most likely took all there was; if not, the
         // watch calls again, which costs less than a read that finds nothing each time.
@@ -400,7 +403,7 @@ export class SocketSession {
   private takeReadiness(f: Frame): void {
     if (!this.sideOf) throw new ProtocolError('READY on a socket that is not a side channel');
     const fd = this.inFds.shift();
-    this.held.hold(this.inFds.length);
+    this.heldFds.hold(this.inFds.length);
     if (fd === undefined) throw new ProtocolError('READY came without its eventfd');
     // A side channel follows its handle's wake-ups (stopWake) exactly when it follows the queue.
     const follows = this.stopWake !== undefined;
@@ -546,7 +549,7 @@ export class SocketSession {
       throw new ProtocolError(`IOCTL announced ${expected} fds, ${this.inFds.length} came with it`);
     }
     const received = expected === 0 ? numbers.map(() => -1) : numbers.map((n) => (n >= 0 ? this.inFds.shift()! : -1));
-    this.held.hold(this.inFds.length);
+    this.heldFds.hold(this.inFds.length);
     this.runIoctl(f.seq, handle, cmd, arg, tid, f, segments, new ReceivedFiles(numbers, received), reserved);
   }
 
@@ -1024,7 +1027,8 @@ export class SocketSession {
     this.handle?.release();
     this.handle = undefined;
     for (const fd of this.inFds.splice(0)) closeFd(fd);
-    this.held.hold(0);
+    this.heldFds.hold(0);
+    this.heldBytes.hold(0);
     this.watch.close();
     closeFd(this.fd);
     this.socket.destroy();

@@ -9,12 +9,13 @@ import path from 'node:path';
 import type { Domain } from '../bus/domain';
 import { StartupError } from '../daemon/startup-error';
 import type { Transport } from '../daemon/transport';
-import { HeldFdBudget, sharesOf } from '../os/held-fds';
+import { byteShares, descriptorShares, HeldBudget } from '../os/held-budget';
 import { openFileLimit } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { logger } from '../log/logger';
 import { PlaceholderTree } from './placeholder-tree';
 import { MAX_FDS_PER_READ } from './client-socket';
+import { MAX_FRAME } from './frames';
 import { SocketSession } from './socket-session';
 import { AttachmentRegistry } from './attachments';
 
@@ -34,8 +35,14 @@ export class SocketTransport implements Transport {
   private domain: Domain | undefined;
   private readonly sessions = new Set<SocketSession>();
   private readonly attachments: AttachmentRegistry;
-  /** Descriptors sessions hold for frames still arriving: two frames' worth each at most. */
-  private readonly heldFds = new HeldFdBudget(sharesOf(openFileLimit(), 2 * MAX_FDS_PER_READ));
+  /**
+   * Descriptors sessions hold for frames still arriving (two frames' worth each at most), and
+   * large frames' buffers.
+   */
+  private readonly held = {
+    fds: new HeldBudget('descriptors', descriptorShares(openFileLimit(), 2 * MAX_FDS_PER_READ)),
+    bytes: new HeldBudget('bytes', byteShares(MAX_FRAME)),
+  };
 
   constructor(readonly opts: SocketTransportOptions) {
     this.attachments = opts.attachments ?? new AttachmentRegistry();
@@ -75,7 +82,7 @@ export class SocketTransport implements Transport {
 
   private accept(socket: net.Socket): void {
     try {
-      const s = new SocketSession(this.domain!, socket, (gone) => this.sessions.delete(gone), this.attachments, this.heldFds);
+      const s = new SocketSession(this.domain!, socket, (gone) => this.sessions.delete(gone), this.attachments, this.held);
       this.sessions.add(s);
     } catch (e) {
       logger.warn(`socket transport: refusing a client: ${(e as Error).message}`);

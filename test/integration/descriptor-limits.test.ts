@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { sharesOf } from '../../src/os/held-fds';
+import { descriptorShares } from '../../src/os/held-budget';
 import { MAX_FDS_PER_READ } from '../../src/transport/client-socket';
 import { DEFAULT_LEGACY_LIMITS } from '../../src/dbus1/legacy-client';
 import { busUnavailable, driverCall, hasCommand, LEGACY_SCRIPTS, Proc, PYTHON, pythonHas, run, sleep, startBus, type LegacyBus } from '../helpers/legacy-bus';
@@ -47,7 +47,7 @@ describe('descriptor limits (kdbus-cuse with 256 descriptors)', function () {
   });
 
   it("legacy endpoint: closes the connection whose descriptors of unfinished messages exceed its user's share, and only that one", async () => {
-    const share = sharesOf(MAX_OPEN_FILES, DEFAULT_LEGACY_LIMITS.maxFdsPerMessage).perUser;
+    const share = descriptorShares(MAX_OPEN_FILES, DEFAULT_LEGACY_LIMITS.maxFdsPerMessage).perUser;
     const r = await run(PYTHON, [SCRIPT, bus.socketPath, 'held', String(share)], { timeoutMs: 30_000 });
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split('\n'), ['over-the-share closed', 'holder open', 'after-release open']);
@@ -55,7 +55,7 @@ describe('descriptor limits (kdbus-cuse with 256 descriptors)', function () {
   });
 
   it('socket transport: closes a session holding more than two frames of descriptors, and one over its user\'s share', async () => {
-    const share = sharesOf(MAX_OPEN_FILES, 2 * MAX_FDS_PER_READ).perUser;
+    const share = descriptorShares(MAX_OPEN_FILES, 2 * MAX_FDS_PER_READ).perUser;
     const r = await run(PYTHON, [SCRIPT, path.join(dir, 'kdbus.sock'), 'frames', String(share)], { timeoutMs: 30_000 });
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split('\n'), ['over-the-session-cap closed', 'over-the-share closed', 'holder open']);

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { decodeMessage, encodeMessage, Message, MessageType } from '../../src/dbus1/message';
-import { HeldFdBudget } from '../../src/os/held-fds';
+import { HeldBudget } from '../../src/os/held-budget';
 import { MessageStream, MessageStreamLimits } from '../../src/dbus1/message-stream';
 import { SaslServer } from '../../src/dbus1/sasl';
 import { closeFd, recvWithFds, sendWithFds, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';
@@ -375,10 +375,10 @@ describe('dbus1 MessageStream: one legacy client socket', () => {
   it("counts held descriptors in a budget shared by streams; the read beyond the user's share closes its stream only", async () => {
     const files = new TempFiles();
     const before = openFds();
-    const budget = new HeldFdBudget({ perUser: 3, total: 100 });
-    const a = new Harness({ ...LIMITS, held: budget.account(1000) }).messagesMode(true);
-    const b = new Harness({ ...LIMITS, held: budget.account(1000) }).messagesMode(true);
-    const other = new Harness({ ...LIMITS, held: budget.account(1001) }).messagesMode(true);
+    const budget = new HeldBudget('descriptors', { perUser: 3, total: 100 });
+    const a = new Harness({ ...LIMITS, heldFds: budget.account(1000) }).messagesMode(true);
+    const b = new Harness({ ...LIMITS, heldFds: budget.account(1000) }).messagesMode(true);
+    const other = new Harness({ ...LIMITS, heldFds: budget.account(1001) }).messagesMode(true);
     const f = [files.open(), files.open(), files.open(), files.open(), files.open()];
     // A message's first bytes with its descriptors; the rest never comes.
     const unfinished = (n: number): Buffer => call(1, 'unfinished', n).subarray(0, 20);
@@ -403,6 +403,30 @@ describe('dbus1 MessageStream: one legacy client socket', () => {
       files.remove();
     }
     assert.equal(openFds(), before, 'every descriptor held was closed');
+  });
+
+  it('counts the announced length of a message still arriving, and closes the stream that would go beyond its share', async () => {
+    const budget = new HeldBudget('bytes', { perUser: 1000, total: 100_000 });
+    const a = new Harness({ ...LIMITS, heldBytes: budget.account(1000) }).messagesMode(true);
+    const b = new Harness({ ...LIMITS, heldBytes: budget.account(1000) }).messagesMode(true);
+    const big = call(1, Buffer.alloc(600, 7));
+    try {
+      fs.writeSync(a.peer, call(2, 'whole'));
+      await until('a whole message', () => a.messages.length === 1);
+      assert.equal(budget.held(), 0, 'a message that came whole was never held');
+      fs.writeSync(a.peer, big.subarray(0, 100));
+      await until("a's unfinished message", () => budget.held(1000) === big.length);
+      fs.writeSync(b.peer, big.subarray(0, 100));
+      await until("b's close", () => b.closed.length === 1);
+      assert.match(b.closed[0]!, new RegExp(`uid 1000\\) would hold ${2 * big.length} bytes of unfinished messages, more than the 1000 one user may`));
+      fs.writeSync(a.peer, big.subarray(100));
+      await until("a's message, whole", () => a.messages.length === 2);
+      assert.equal(budget.held(), 0, 'a message no longer held once whole');
+      assert.deepEqual(a.closed, []);
+    } finally {
+      a.finish();
+      b.finish();
+    }
   });
 
   it('closes on a declared length over maxMessageBytes, judged from the prefix alone', async () => {

@@ -60,6 +60,18 @@ describe('socket transport: frames read in place', () => {
     assert.deepEqual(got.map((f) => f.own !== undefined), [false, true, false], 'only the large one has a buffer of its own');
   });
 
+  it('tells the length of a large frame while it arrives, and nothing for a small one', () => {
+    const r = new FrameReader();
+    const big = encodeFrame(FrameType.IOCTL, 3n, payload(200 * 1024, 4));
+    assert.deepEqual(feed(r, encodeFrame(FrameType.POOL, 4n).subarray(0, 8), 40), []);
+    assert.equal(r.unfinishedLength, 0, 'a small frame waits in the read buffer');
+    assert.deepEqual(feed(r, encodeFrame(FrameType.POOL, 4n).subarray(8), 40).length, 1);
+    assert.deepEqual(feed(r, big.subarray(0, 100 * 1024), 40), []);
+    assert.equal(r.unfinishedLength, big.length);
+    assert.equal(feed(r, big.subarray(100 * 1024), 40).length, 1);
+    assert.equal(r.unfinishedLength, 0);
+  });
+
   it('gives a large frame the buffer the last one gave back', () => {
     // As large as frames get, so no buffer given back before can be preferred to it.
     const largest = encodeFrame(FrameType.IOCTL, 5n, payload(MAX_FRAME - 16, 5));
