@@ -113,6 +113,7 @@ export function fromKdbus(k: KdbusMessage, self: string, borrow = true): Message
   // The payload is part of the record's own copy of its pool slice (pool-records.ts): large
   // byte arrays may stay views of it, unless the message outlives a transient record.
   const m = decodeGVariantMessage(payloadBytes(k), borrow);
+  checkHeaderAgainstKdbus(m, k);
   if (m.serial > U32_MAX) throw new Untranslatable(`cookie ${m.serial} does not fit a dbus1 serial`);
   if (m.replySerial !== undefined && m.replySerial > U32_MAX) throw new Untranslatable(`reply cookie ${m.replySerial} does not fit a dbus1 serial`);
   m.sender = k.srcId === 0n ? DRIVER_NAME : uniqueName(k.srcId);
@@ -120,6 +121,25 @@ export function fromKdbus(k: KdbusMessage, self: string, borrow = true): Message
   else if (k.dstId === KDBUS_DST_ID_BROADCAST) m.destination = undefined;
   else m.destination = self;
   return m;
+}
+
+/**
+ * What sd-bus checked of every message it received from kdbus, dropping the message
+ * otherwise (sdbus-kdbus-client.md §2.4): the GVariant header agrees with the kdbus one. A
+ * legacy client would else take a plain message for the reply to one of its calls (the
+ * bus tracks replies by the kdbus cookies), or get a descriptor count that does not match
+ * the descriptors, on which libdbus disconnects.
+ */
+function checkHeaderAgainstKdbus(m: Message, k: KdbusMessage): void {
+  const disagree = (what: string): never => {
+    throw new Untranslatable(`its GVariant header disagrees with its kdbus header: ${what}`);
+  };
+  if (m.serial !== k.cookie) disagree(`cookie ${m.serial}, kdbus cookie ${k.cookie}`);
+  const expectsReply = (k.flags & MsgFlags.EXPECT_REPLY) !== 0n;
+  if (expectsReply === ((m.flags & MessageFlag.NoReplyExpected) !== 0)) disagree(`NO_REPLY_EXPECTED ${!expectsReply ? 'unset' : 'set'}, EXPECT_REPLY ${expectsReply ? 'set' : 'unset'}`);
+  if (!expectsReply && (m.replySerial ?? 0n) !== k.cookieReply) disagree(`reply cookie ${m.replySerial ?? 0n}, kdbus cookie_reply ${k.cookieReply}`);
+  if (((k.flags & MsgFlags.NO_AUTO_START) !== 0n) !== ((m.flags & MessageFlag.NoAutoStart) !== 0)) disagree('NO_AUTO_START');
+  if ((m.unixFds ?? 0) !== k.fds.length) disagree(`UNIX_FDS ${m.unixFds ?? 0}, ${k.fds.length} descriptors`);
 }
 
 let driverSerial = 0n;
