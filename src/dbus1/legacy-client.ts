@@ -42,9 +42,13 @@ export interface LegacyEndpointContext {
   /** uid of the bus's owner: with root, the only one who may monitor or change activation. */
   readonly ownerUid: number;
   readonly limits: LegacyLimits;
-  /** Descriptors and bytes of unfinished messages, counted over all clients (held-budget.ts). */
+  /**
+   * Descriptors and bytes of unfinished messages, and bytes queued for clients that do not
+   * read, counted over all clients (held-budget.ts).
+   */
   readonly heldFds: HeldBudget;
   readonly heldBytes: HeldBudget;
+  readonly unsentBytes: HeldBudget;
   /** Current owners of the bus's names, for match rules. */
   readonly owners: NameOwners;
   /** Whether a well-known name has a primary owner now (owners' answer without its unique name). */
@@ -130,6 +134,7 @@ export class LegacyClient implements DriverClient {
       maxQueuedFds: ctx.limits.maxFdsPerMessage * 4,
       heldFds: ctx.heldFds.account(peer.uid),
       heldBytes: ctx.heldBytes.account(peer.uid),
+      unsentBytes: ctx.unsentBytes.account(peer.uid),
     });
     this.authTimer = setTimeout(() => {
       const stage = this.authenticated ? 'no Hello' : 'authentication not done';

@@ -82,6 +82,8 @@ export interface MessageStreamLimits {
    */
   heldFds?: HeldAccount;
   heldBytes?: HeldAccount;
+  /** Where unsent bytes are counted with other streams'; send() refuses what would exceed it. */
+  unsentBytes?: HeldAccount;
 }
 
 /** Bytes still to write, and the descriptors to send with the first of them. */
@@ -262,7 +264,11 @@ export class MessageStream {
       return true;
     }
     if (this.outBytes > 0 && this.outBytes + raw.length > this.limits.maxOutgoingBytes) return false;
+    const unsent = this.limits.unsentBytes;
+    // Judged as if none of it went out: what stays queued cannot be taken back.
+    if (unsent && !unsent.fits(raw.length)) return false;
     this.enqueueOrSend(raw, fds);
+    unsent?.hold(this.outBytes);
     return true;
   }
 
@@ -282,6 +288,7 @@ export class MessageStream {
     this.limits.heldFds?.hold(0);
     this.limits.heldBytes?.hold(0);
     this.dropOutput();
+    this.limits.unsentBytes?.hold(0);
     // Not given back: a handler that closes the stream may still be reading its message.
     this.buf = EMPTY;
     this.pooled = false;
@@ -301,7 +308,10 @@ export class MessageStream {
       this.finish(`the socket cannot be polled (libuv error ${status})`);
       return;
     }
-    if ((events & UV_WRITABLE) !== 0) this.flush();
+    if ((events & UV_WRITABLE) !== 0) {
+      this.flush();
+      this.limits.unsentBytes?.hold(this.outBytes);
+    }
     // One read per readiness: the watch is level-triggered, and other clients get their turn.
     if ((events & UV_READABLE) !== 0 && !this.closedFlag) this.readOnce();
   }

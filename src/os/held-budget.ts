@@ -1,14 +1,14 @@
 /**
- * What the daemon holds for messages that have not arrived whole. A client sends a
- * message's descriptors with its first bytes, and announces its length in them (a dbus1
- * message on the legacy endpoint, a frame on the socket transport); until the last byte
- * comes, the daemon keeps the descriptors open and a buffer for the whole message. One
- * connection may hold only one message's worth or a few, but a user with hundreds of
- * connections could fill the daemon's descriptor table or its memory that way, and then
- * nobody could connect any more, or the kernel would end the daemon. So a listener counts
- * both per user and in all, against shares of what the daemon may have (RLIMIT_NOFILE, the
- * machine's or the cgroup's memory); the connection whose read would go beyond a share is
- * closed, and only that user's traffic suffers.
+ * What the daemon holds on behalf of a user's connections. A client sends a message's
+ * descriptors with its first bytes, and announces its length in them (a dbus1 message on
+ * the legacy endpoint, a frame on the socket transport); until the last byte comes, the
+ * daemon keeps the descriptors open and a buffer for the whole message. A client that does
+ * not read leaves the messages for it queued in the daemon. One connection may hold only so
+ * much, but a user with hundreds of connections could fill the daemon's descriptor table or
+ * its memory that way, and then nobody could connect any more, or the kernel would end the
+ * daemon. So a listener counts what they hold per user and in all, against shares of what
+ * the daemon may have (RLIMIT_NOFILE, the machine's or the cgroup's memory); what would go
+ * beyond a share is refused, and only that user's traffic suffers.
  */
 import os from 'node:os';
 
@@ -47,7 +47,7 @@ export class HeldBudget {
   private readonly byUser = new Map<number, number>();
   private heldTotal = 0;
 
-  /** `what` names the unit in refusals: "descriptors", "bytes". */
+  /** `what` names what is counted, in refusals: "descriptors of unfinished messages". */
   constructor(readonly what: string, readonly shares: HeldShares) {}
 
   /** Held now: by one user's connections, or by all. */
@@ -65,11 +65,11 @@ export class HeldBudget {
     if (delta <= 0) return undefined;
     const user = this.held(uid) + delta;
     if (user > this.shares.perUser) {
-      return `its user (uid ${uid}) would hold ${user} ${this.what} of unfinished messages, more than the ${this.shares.perUser} one user may`;
+      return `its user (uid ${uid}) would hold ${user} ${this.what}, more than the ${this.shares.perUser} one user may`;
     }
     const total = this.heldTotal + delta;
     if (total > this.shares.total) {
-      return `all clients would hold ${total} ${this.what} of unfinished messages, more than the ${this.shares.total} all may`;
+      return `all clients would hold ${total} ${this.what}, more than the ${this.shares.total} all may`;
     }
     return undefined;
   }
@@ -90,6 +90,11 @@ export class HeldAccount {
   refusal = '';
 
   constructor(private readonly budget: HeldBudget, readonly uid: number) {}
+
+  /** Whether `extra` more than the connection holds now would stay within the shares. */
+  fits(extra: number): boolean {
+    return this.budget.excess(this.uid, extra) === undefined;
+  }
 
   /**
    * The connection holds `n` from now on. False, with nothing recorded, when an increase

@@ -40,8 +40,8 @@ export class SocketTransport implements Transport {
    * large frames' buffers.
    */
   private readonly held = {
-    fds: new HeldBudget('descriptors', descriptorShares(openFileLimit(), 2 * MAX_FDS_PER_READ)),
-    bytes: new HeldBudget('bytes', byteShares(MAX_FRAME)),
+    fds: new HeldBudget('descriptors of unfinished messages', descriptorShares(openFileLimit(), 2 * MAX_FDS_PER_READ)),
+    bytes: new HeldBudget('bytes of unfinished messages', byteShares(MAX_FRAME)),
   };
 
   constructor(readonly opts: SocketTransportOptions) {

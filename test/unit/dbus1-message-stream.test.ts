@@ -375,7 +375,7 @@ describe('dbus1 MessageStream: one legacy client socket', () => {
   it("counts held descriptors in a budget shared by streams; the read beyond the user's share closes its stream only", async () => {
     const files = new TempFiles();
     const before = openFds();
-    const budget = new HeldBudget('descriptors', { perUser: 3, total: 100 });
+    const budget = new HeldBudget('descriptors of unfinished messages', { perUser: 3, total: 100 });
     const a = new Harness({ ...LIMITS, heldFds: budget.account(1000) }).messagesMode(true);
     const b = new Harness({ ...LIMITS, heldFds: budget.account(1000) }).messagesMode(true);
     const other = new Harness({ ...LIMITS, heldFds: budget.account(1001) }).messagesMode(true);
@@ -406,7 +406,7 @@ describe('dbus1 MessageStream: one legacy client socket', () => {
   });
 
   it('counts the announced length of a message still arriving, and closes the stream that would go beyond its share', async () => {
-    const budget = new HeldBudget('bytes', { perUser: 1000, total: 100_000 });
+    const budget = new HeldBudget('bytes of unfinished messages', { perUser: 1000, total: 100_000 });
     const a = new Harness({ ...LIMITS, heldBytes: budget.account(1000) }).messagesMode(true);
     const b = new Harness({ ...LIMITS, heldBytes: budget.account(1000) }).messagesMode(true);
     const big = call(1, Buffer.alloc(600, 7));
@@ -426,6 +426,37 @@ describe('dbus1 MessageStream: one legacy client socket', () => {
     } finally {
       a.finish();
       b.finish();
+    }
+  });
+
+  it("refuses a message that would take a user's unsent bytes beyond its share, until its clients read", async () => {
+    const budget = new HeldBudget('bytes not yet sent', { perUser: 400_000, total: 10_000_000 });
+    const a = new Harness({ ...LIMITS, unsentBytes: budget.account(1000) }).messagesMode();
+    const b = new Harness({ ...LIMITS, unsentBytes: budget.account(1000) }).messagesMode();
+    const other = new Harness({ ...LIMITS, unsentBytes: budget.account(1001) }).messagesMode();
+    const m = call(1, Buffer.alloc(60000, 1));
+    try {
+      // Neither peer reads: what the sockets do not take stays queued, counted for uid 1000.
+      let refused = false;
+      for (let i = 0; i < 100 && !refused; i++) refused = !(i % 2 === 0 ? a : b).stream.send(m);
+      assert.ok(refused, 'a send was refused');
+      const queued = a.stream.outgoingBytes + b.stream.outgoingBytes;
+      assert.equal(budget.held(1000), queued);
+      assert.ok(queued > 0 && queued + m.length > 400_000, `queued ${queued}`);
+      assert.equal(other.stream.send(m), true, "another user's client is not affected");
+      assert.equal(b.stream.send(m), false, 'the user is at its share');
+      // a's peer reads until the stream has sent all it queued.
+      await until("a's queue to empty", () => {
+        while (recvWithFds(a.peer, 256 * 1024) !== undefined) { /* read what is there */ }
+        return a.stream.outgoingBytes === 0;
+      });
+      assert.equal(budget.held(1000), b.stream.outgoingBytes, "a's bytes are no longer held");
+      assert.equal(b.stream.send(m), true, 'room again');
+      b.stream.close();
+      assert.equal(budget.held(1000), 0, 'a closed stream holds nothing');
+      assert.deepEqual([a.closed, other.closed], [[], []]);
+    } finally {
+      for (const h of [a, b, other]) h.finish();
     }
   });
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import os from 'node:os';
 import { byteShares, descriptorShares, HeldBudget } from '../../src/os/held-budget';
 
-describe('HeldBudget: what unfinished messages hold, per user and in all', () => {
+describe('HeldBudget: what connections hold, per user and in all', () => {
   it('derives descriptor shares from the file limit, never below one message of the most descriptors', () => {
     assert.deepEqual(descriptorShares(20000, 16), { perUser: 1250, total: 5000 });
     assert.deepEqual(descriptorShares(1024, 16), { perUser: 64, total: 256 });
@@ -19,7 +19,7 @@ describe('HeldBudget: what unfinished messages hold, per user and in all', () =>
   });
 
   it("refuses an increase beyond the user's share, recording nothing, and lets decreases through", () => {
-    const budget = new HeldBudget('descriptors', { perUser: 4, total: 10 });
+    const budget = new HeldBudget('descriptors of unfinished messages', { perUser: 4, total: 10 });
     const a = budget.account(7);
     const b = budget.account(7);
     assert.equal(a.hold(3), true);
@@ -36,7 +36,7 @@ describe('HeldBudget: what unfinished messages hold, per user and in all', () =>
   });
 
   it('refuses an increase beyond the share of all users, whoever asks', () => {
-    const budget = new HeldBudget('descriptors', { perUser: 4, total: 6 });
+    const budget = new HeldBudget('descriptors of unfinished messages', { perUser: 4, total: 6 });
     const users = [1, 2, 3].map((uid) => budget.account(uid));
     assert.equal(users[0]!.hold(3), true);
     assert.equal(users[1]!.hold(3), true);
