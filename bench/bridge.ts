@@ -75,11 +75,15 @@ async function measure(kind: UpstreamKind, dir: string, all: Size[]): Promise<Co
     service = new Proc('sdbus-pingpong serve', SDBUS_PINGPONG, ['serve', upstream.address]);
     await service.waitForLine(/^ready$/, 20_000);
     bridge = await startBridge(path.join(dir, kind, 'bridge'), upstream.address);
-    // A fresh daemon runs its first thousands of calls unoptimized: the first size once, unmeasured, both ways.
-    const warm = [String(all[0]!.bytes), String(all[0]!.iterations)];
-    progress(`${kind}: warm-up (${all[0]!.label}, not measured)`);
-    await client(SDBUS_PINGPONG, ['caller', upstream.address, ...warm]);
-    await client(KDBUS_PINGPONG, ['dcall', bridge.busNode, ...warm], bridge.clientEnv());
+    // A fresh daemon runs its first thousands of calls unoptimized: every size once, unmeasured,
+    // both ways. Warmed with the first size alone (3000 calls), the bridge's next runs of 3000
+    // 0 B calls took 445, 307 and 268 µs per call in a row (p99 3431, 596, 425).
+    for (const size of all) {
+      const warm = [String(size.bytes), String(size.iterations)];
+      progress(`${kind}: warm-up (${size.label}, not measured)`);
+      await client(SDBUS_PINGPONG, ['caller', upstream.address, ...warm]);
+      await client(KDBUS_PINGPONG, ['dcall', bridge.busNode, ...warm], bridge.clientEnv());
+    }
     const rows: Row[] = [];
     for (const size of all) {
       const n = [String(size.bytes), String(size.iterations)];

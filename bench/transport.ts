@@ -44,10 +44,16 @@ interface Plan {
   fanout: Array<{ receivers: number; iterations: number }>;
   /** Unmeasured 0-byte calls each bus makes before the first case. */
   warmUpCalls: number;
+  /**
+   * Whether every case also runs once, unmeasured, before the measured ones: natively, the
+   * first case's calls alone left later cases on paths the daemon had not optimized yet
+   * (see bench/bridge.ts). Under TCG that would double a run of several minutes.
+   */
+  warmUpEveryCase: boolean;
   clientTimeoutMs: number;
 }
 
-/** Sized so a native run stays under 2 minutes and a VM run (TCG) under 5. */
+/** Sized so a native run stays under 2 minutes and a VM run (TCG) under 5, warm-ups included. */
 function plan(where: Where, quick: boolean): Plan {
   const q = (n: number): number => (quick ? Math.max(5, Math.round(n / 10)) : n);
   if (where === 'native') {
@@ -64,6 +70,7 @@ function plan(where: Where, quick: boolean): Plan {
         { receivers: 100, iterations: q(60) },
       ],
       warmUpCalls: q(3000),
+      warmUpEveryCase: true,
       clientTimeoutMs: 60_000,
     };
   }
@@ -82,6 +89,7 @@ function plan(where: Where, quick: boolean): Plan {
     // V8 needs as many calls to optimize the daemon as natively, each one slower under TCG:
     // the 400 of the first call case left it well short of its steady pace.
     warmUpCalls: q(3000),
+    warmUpEveryCase: false,
     clientTimeoutMs: 120_000,
   };
 }
@@ -401,6 +409,10 @@ async function runAll(where: Where, p: Plan, daemon: DaemonOptions): Promise<Run
     const warmUp: Case = { key: 'warm-up', mode: 'call', args: () => ['0', String(p.warmUpCalls)], ops: p.warmUpCalls };
     progress(`${where}: warm-up (${p.warmUpCalls} calls, not measured)`);
     for (const peer of peers) await runCase(peer, warmUp, p.clientTimeoutMs);
+    for (const c of p.warmUpEveryCase ? all : []) {
+      progress(`${where}: warm-up (${c.key}, not measured)`);
+      for (const peer of peers) await runCase(peer, c, p.clientTimeoutMs);
+    }
     for (const c of all) {
       progress(`${where}: ${c.key}`);
       const row = new Map<string, Outcome>();
