@@ -16,13 +16,12 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { closing, failed, machineLines, progress, table, us, type Outcome, type Stats } from './report';
-import { Proc, busUnavailable, run, shimPath, type LegacyBus } from '../test/helpers/legacy-bus';
-import { buildPrograms, KDBUS_PINGPONG, SDBUS_PINGPONG } from './c-programs';
+import { closing, failed, machineLines, progress, table, us, type Outcome } from './report';
+import { Proc, busUnavailable, shimPath, type LegacyBus } from '../test/helpers/legacy-bus';
+import { buildPrograms, KDBUS_PINGPONG, runProgram, SDBUS_PINGPONG } from './c-programs';
 import { UPSTREAM_KINDS, startBridge, startUpstream, type Bridge, type UpstreamKind } from '../test/helpers/upstream-bridge';
 
 const KIB = 1024;
-const CLIENT_TIMEOUT_MS = 120_000;
 const TARGET_RATIO = 1.5;
 
 
@@ -39,15 +38,6 @@ function sizes(quick: boolean): Size[] {
     { bytes: KIB, label: '1 KiB', iterations: q(3000) },
     { bytes: 64 * KIB, label: '64 KiB', iterations: q(1000) },
   ];
-}
-
-/** Runs a bench/c client to its end; its last stdout line is the JSON of stats.h. */
-async function client(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Outcome> {
-  const r = await run(file, args, { env, timeoutMs: CLIENT_TIMEOUT_MS });
-  const line = r.stdout.trim().split('\n').pop() ?? '';
-  if (r.code === 0 && line.startsWith('{')) return JSON.parse(line) as Stats;
-  const how = r.timedOut ? `timed out after ${CLIENT_TIMEOUT_MS / 1000} s` : r.signal ? `killed by ${r.signal}` : `exit code ${r.code}`;
-  return { error: `${path.basename(file)} ${args[0]}: ${how}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` };
 }
 
 interface Row {
@@ -81,16 +71,16 @@ async function measure(kind: UpstreamKind, dir: string, all: Size[]): Promise<Co
     for (const size of all) {
       const warm = [String(size.bytes), String(size.iterations)];
       progress(`${kind}: warm-up (${size.label}, not measured)`);
-      await client(SDBUS_PINGPONG, ['caller', upstream.address, ...warm]);
-      await client(KDBUS_PINGPONG, ['dcall', bridge.busNode, ...warm], bridge.clientEnv());
+      await runProgram(SDBUS_PINGPONG, ['caller', upstream.address, ...warm]);
+      await runProgram(KDBUS_PINGPONG, ['dcall', bridge.busNode, ...warm], bridge.clientEnv());
     }
     const rows: Row[] = [];
     for (const size of all) {
       const n = [String(size.bytes), String(size.iterations)];
       progress(`${kind}: ${size.label} direct`);
-      const direct = await client(SDBUS_PINGPONG, ['caller', upstream.address, ...n]);
+      const direct = await runProgram(SDBUS_PINGPONG, ['caller', upstream.address, ...n]);
       progress(`${kind}: ${size.label} bridged`);
-      const bridged = await client(KDBUS_PINGPONG, ['dcall', bridge.busNode, ...n], bridge.clientEnv());
+      const bridged = await runProgram(KDBUS_PINGPONG, ['dcall', bridge.busNode, ...n], bridge.clientEnv());
       rows.push({ kind, size, direct, bridged });
     }
     return { kind, rows };

@@ -18,15 +18,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as dbus from 'dbus-next';
-import { closing, cpuModel, failed, progress, type Outcome, type Stats } from './report';
+import { closing, cpuModel, failed, progress, type Outcome } from './report';
 import {
-  BUS_KINDS, busUnavailable, driverCall, Proc, rssKiB, run, sleep, startBus, type BusKind, type LegacyBus,
+  BUS_KINDS, busUnavailable, driverCall, Proc, rssKiB, sleep, startBus, type BusKind, type LegacyBus,
 } from '../test/helpers/legacy-bus';
-import { buildPrograms, KDBUS_PINGPONG, SDBUS_PINGPONG } from './c-programs';
+import { buildPrograms, KDBUS_PINGPONG, runProgram, SDBUS_PINGPONG } from './c-programs';
 
 const KIB = 1024;
 const IDLE_CLIENTS = 200;
-const CLIENT_TIMEOUT_MS = 120_000;
 
 
 interface Case {
@@ -45,18 +44,9 @@ function cases(quick: boolean): Case[] {
   ];
 }
 
-/** One client program's run: its JSON line of statistics, or what went wrong. */
-async function client(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Outcome> {
-  const r = await run(file, args, { timeoutMs: CLIENT_TIMEOUT_MS, env });
-  const line = r.stdout.trim().split('\n').pop() ?? '';
-  if (r.code === 0 && line.startsWith('{')) return JSON.parse(line) as Stats;
-  const how = r.timedOut ? `timed out after ${CLIENT_TIMEOUT_MS / 1000} s` : r.signal ? `killed by ${r.signal}` : `exit code ${r.code}`;
-  return { error: `${path.basename(file)} ${args[0]}: ${how}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` };
-}
-
 function pingpong(bus: LegacyBus, args: string[]): Promise<Outcome> {
   const [mode, ...rest] = args;
-  return client(SDBUS_PINGPONG, [mode!, bus.address, ...rest]);
+  return runProgram(SDBUS_PINGPONG, [mode!, bus.address, ...rest]);
 }
 
 /** Calls across kdbus-cuse's two kinds of client, per call case, keyed "<direction> <case key>". */
@@ -66,12 +56,12 @@ async function crossCalls(bus: LegacyBus, calls: Case[], into: Map<string, Outco
     {
       key: 'legacy-to-kdbus',
       service: (): Proc => new Proc('kdbus-pingpong dserve', KDBUS_PINGPONG, ['dserve', kdbus.busNode], kdbus.clientEnv()),
-      call: (c: Case): Promise<Outcome> => client(SDBUS_PINGPONG, ['caller', bus.address, ...c.args.slice(1)]),
+      call: (c: Case): Promise<Outcome> => runProgram(SDBUS_PINGPONG, ['caller', bus.address, ...c.args.slice(1)]),
     },
     {
       key: 'kdbus-to-legacy',
       service: (): Proc => new Proc('sdbus-pingpong serve', SDBUS_PINGPONG, ['serve', bus.address]),
-      call: (c: Case): Promise<Outcome> => client(KDBUS_PINGPONG, ['dcall', kdbus.busNode, ...c.args.slice(1)], kdbus.clientEnv()),
+      call: (c: Case): Promise<Outcome> => runProgram(KDBUS_PINGPONG, ['dcall', kdbus.busNode, ...c.args.slice(1)], kdbus.clientEnv()),
     },
   ];
   for (const d of directions) {

@@ -548,8 +548,13 @@ export class SocketSession {
     if (this.inFds.length < expected) {
       throw new ProtocolError(`IOCTL announced ${expected} fds, ${this.inFds.length} came with it`);
     }
-    const received = expected === 0 ? numbers.map(() => -1) : numbers.map((n) => (n >= 0 ? this.inFds.shift()! : -1));
-    this.heldFds.hold(this.inFds.length);
+    let received: number[];
+    if (expected === 0) {
+      received = numbers.map(() => -1);
+    } else {
+      received = numbers.map((n) => (n >= 0 ? this.inFds.shift()! : -1));
+      this.heldFds.hold(this.inFds.length);
+    }
     this.runIoctl(f.seq, handle, cmd, arg, tid, f, segments, new ReceivedFiles(numbers, received), reserved);
   }
 
