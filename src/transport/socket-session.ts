@@ -18,7 +18,7 @@ import type { HeldAccount, HeldBudget } from '../os/held-budget';
 import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../os/unix-socket';
-import { afterContinuations, FdWatch } from '../os/fd-watch';
+import { afterContinuations, FdWatch, UV_READABLE } from '../os/fd-watch';
 import { logger } from '../log/logger';
 import type { Connection } from '../bus/connection';
 import type { QueueEntry } from '../bus/queue';
@@ -124,6 +124,8 @@ export class SocketSession {
   private readonly out: Pending[] = [];
   private retry: NodeJS.Timeout | undefined;
   private retryMs = RETRY_MS;
+  /** Frames are not read while answers wait for room in the socket (pauseReading). */
+  private readPaused = false;
   private wakeOutstanding = false;
   /** A HUP the client has not read yet: like WAKE, re-sent after each RESULT while it holds. */
   private hupOutstanding = false;
@@ -208,6 +210,7 @@ export class SocketSession {
 
   /** Reads what the client sent and runs each frame as soon as it is complete. */
   private onReadable(status: number, untilEmpty = false): void {
+    if (this.readPaused) return;
     if (status < 0) {
       logger.verbose(`${this.label}: polling the socket failed (${status})`);
       this.close();
@@ -240,6 +243,10 @@ export class SocketSession {
         frame = undefined;
         if (!this.heldBytes.hold(reader.unfinishedLength)) throw new ProtocolError(this.heldBytes.refusal);
         if (this.inFds.length > 0 && !reader.partial) throw new ProtocolError(`${this.inFds.length} descriptors came with no frame that announced them`);
+        if (this.out.length > 0) {
+          this.pauseReading();
+          break;
+        }
         // A read that did not fill the buffer most likely took all there was; if not, the
         // watch calls again, which costs less than a read that finds nothing each time.
         if (n < reader.targetLength && !untilEmpty) break;
@@ -1010,6 +1017,23 @@ export class SocketSession {
       this.out.shift();
       item.after?.();
     }
+    if (this.out.length === 0 && this.readPaused && !this.closed) {
+      this.readPaused = false;
+      this.watch.watch(UV_READABLE);
+    }
+  }
+
+  /**
+   * Stops reading frames until the client has read what it was sent: a client that sends
+   * requests and never reads the answers would otherwise make the daemon queue answers
+   * without bound. The shim reads each answer before its next request, so only such a
+   * client ever waits here; what it sends meanwhile stays in its socket.
+   */
+  private pauseReading(): void {
+    if (this.readPaused) return;
+    this.readPaused = true;
+    this.watch.watch(0);
+    logger.verbose(`${this.label}: the client does not read its answers; its requests wait until it does`);
   }
 
   private lost(e: Error): void {

@@ -403,6 +403,22 @@ describe('socket transport (daemon side)', function () {
     b.close();
   });
 
+  it('stops reading a client that does not read its answers, and answers every request once it does', async () => {
+    const c = ProtocolClient.connect(sock);
+    assert.equal((await c.open('control')).errno, 0);
+    // Each is answered at once (ENOTTY); a daemon that kept reading would queue the answers
+    // it cannot send, and the client could go on writing for as long as it liked.
+    const max = 200_000;
+    const seqs = await c.pipeline(0xdead, max);
+    assert.ok(seqs.length < max, `the daemon took all ${max} requests of a client that read none of the answers`);
+    const other = await Peer.connect(sock, bus);
+    assert.equal((await other.recv()).r.errno, Errno.EAGAIN, 'others are served meanwhile');
+    for (const seq of seqs) assert.equal((await c.result(seq)).errno, Errno.ENOTTY);
+    assert.equal((await c.ioctl(0xdead, 0n, [])).errno, Errno.ENOTTY, 'the session goes on');
+    other.close();
+    c.close();
+  });
+
   it('disconnects a client that sends garbage and keeps serving others', async () => {
     const bad = net.createConnection(sock);
     await new Promise((res) => bad.once('connect', res));
