@@ -45,6 +45,13 @@ export class SegmentMemory implements CallerMemory {
     }
   }
 
+  /** Bytes of caller memory the segments hold: what a command in progress keeps. */
+  get bytes(): number {
+    let n = 0;
+    for (const s of this.segments) n += s.data.length;
+    return n;
+  }
+
   /** Starts a new attempt: the previous attempt's writes are void. */
   resetWrites(): void {
     this.writes = [];

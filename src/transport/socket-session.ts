@@ -118,6 +118,8 @@ export class SocketSession {
   private readonly heldBytes: HeldAccount;
   private handle: Handle | undefined;
   private readonly fetches = new Map<bigint, (r: { errno: number; data: Buffer }) => void>();
+  /** The caller memory of commands that wait or fetch: it stays in the daemon until they end. */
+  private readonly inProgress = new Set<SegmentMemory>();
   private readonly aborts = new Set<Interruption>();
   private readonly identities = new Map<string, Credentials>();
   private lastIdentity: { pid: number; uid: number; gid: number; creds: Credentials } | undefined;
@@ -241,7 +243,7 @@ export class SocketSession {
           if (frame.own && frame.type !== FrameType.IOCTL) FrameReader.recycle(frame.own);
         }
         frame = undefined;
-        if (!this.heldBytes.hold(reader.unfinishedLength)) throw new ProtocolError(this.heldBytes.refusal);
+        if (!this.heldBytes.hold(this.bytesHeld())) throw new ProtocolError(this.heldBytes.refusal);
         if (this.inFds.length > 0 && !reader.partial) throw new ProtocolError(`${this.inFds.length} descriptors came with no frame that announced them`);
         if (this.out.length > 0) {
           this.pauseReading();
@@ -641,12 +643,27 @@ export class SocketSession {
     own: Buffer | undefined,
   ): Promise<void> {
     waitingCommands++;
+    this.inProgress.add(mem);
     try {
+      if (!this.heldBytes.hold(this.bytesHeld())) this.protocolError(this.heldBytes.refusal);
       await this.continueIoctl(seq, handle, cmd, arg, ctx, mem, installer, files, abort, next);
     } finally {
       waitingCommands--;
+      this.inProgress.delete(mem);
+      if (!this.closed) this.heldBytes.hold(this.bytesHeld());
       if (own) FrameReader.recycle(own);
     }
+  }
+
+  /**
+   * Bytes held for the client, counted against its user's share (held-budget.ts): a frame
+   * still arriving, and the memory of commands in progress (their frames, what FETCH brought).
+   * A client that sends requests whose memory it never supplies is closed when they go past it.
+   */
+  private bytesHeld(): number {
+    let n = this.reader.unfinishedLength;
+    for (const mem of this.inProgress) n += mem.bytes;
+    return n;
   }
 
   /** Waits for the command, or FETCHes what it needs and runs it again; then answers. */
@@ -659,9 +676,15 @@ export class SocketSession {
     try {
       for (;;) {
         if (next instanceof NeedMemory) {
+          if (this.closed) break;
           const r = await this.fetch(seq, next.address, next.length);
+          if (this.closed) break;
           if (r.errno !== 0 || r.data.length !== next.length) mem.addFault(next.address, next.length);
           else mem.add(next.address, r.data);
+          if (!this.heldBytes.hold(this.bytesHeld())) {
+            this.protocolError(this.heldBytes.refusal);
+            break;
+          }
           mem.resetWrites();
           installer.reset();
           try {
@@ -1045,6 +1068,9 @@ export class SocketSession {
     if (this.closed) return;
     this.closed = true;
     for (const a of this.aborts) a.abort();
+    // Commands waiting for memory end (and stop counting as waiting): no MEM will come.
+    for (const resolve of this.fetches.values()) resolve({ errno: Errno.EIO, data: Buffer.alloc(0) });
+    this.fetches.clear();
     for (const item of this.out.splice(0)) item.after?.();
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;

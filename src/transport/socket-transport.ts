@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Domain } from '../bus/domain';
 import { StartupError } from '../daemon/startup-error';
 import type { Transport } from '../daemon/transport';
-import { byteShares, descriptorShares, HeldBudget } from '../os/held-budget';
+import { byteShares, descriptorShares, HeldBudget, type HeldShares } from '../os/held-budget';
 import { openFileLimit } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { logger } from '../log/logger';
@@ -26,6 +26,8 @@ export interface SocketTransportOptions {
   placeholders: boolean;
   /** Tokens of CUSE handles whose shim attaches a side channel here. */
   attachments?: AttachmentRegistry;
+  /** What clients may make the daemon hold in bytes; by default shares of the machine's memory. */
+  heldBytes?: HeldShares;
 }
 
 export class SocketTransport implements Transport {
@@ -37,15 +39,16 @@ export class SocketTransport implements Transport {
   private readonly attachments: AttachmentRegistry;
   /**
    * Descriptors sessions hold for frames still arriving (two frames' worth each at most), and
-   * large frames' buffers.
+   * bytes: large frames' buffers, and the memory of commands that wait or fetch.
    */
-  private readonly held = {
-    fds: new HeldBudget('descriptors of unfinished messages', descriptorShares(openFileLimit(), 2 * MAX_FDS_PER_READ)),
-    bytes: new HeldBudget('bytes of unfinished messages', byteShares(MAX_FRAME)),
-  };
+  private readonly held: { fds: HeldBudget; bytes: HeldBudget };
 
   constructor(readonly opts: SocketTransportOptions) {
     this.attachments = opts.attachments ?? new AttachmentRegistry();
+    this.held = {
+      fds: new HeldBudget('descriptors of unfinished messages', descriptorShares(openFileLimit(), 2 * MAX_FDS_PER_READ)),
+      bytes: new HeldBudget('bytes of unfinished requests', opts.heldBytes ?? byteShares(MAX_FRAME)),
+    };
   }
 
   async start(domain: Domain): Promise<void> {

@@ -187,6 +187,26 @@ export class ProtocolClient {
     return seqs;
   }
 
+  /** An ioctl whose answer nobody waits for here; returns its seq. */
+  ioctlNoWait(cmd: number, arg: bigint, segments: Segment[]): bigint {
+    const seq = this.seq++;
+    this.sendIoctl(seq, cmd, arg, segments, [], []);
+    return seq;
+  }
+
+  /** The next frame's type and seq, whatever it is (FETCHes are not answered). */
+  async nextFrame(): Promise<{ type: number; seq: bigint }> {
+    const f = await this.readFrame();
+    return { type: f.type, seq: f.seq };
+  }
+
+  /** Answers the FETCH of `seq` as memory the client cannot read (EFAULT). */
+  refuseFetch(seq: bigint): void {
+    const p = Buffer.alloc(8);
+    p.writeInt32LE(14, 0);
+    this.send(FrameType.MEM, seq, p);
+  }
+
   /** An ioctl with seq 0, which wants no RESULT. */
   ioctlUnanswered(cmd: number, arg: bigint, segments: Segment[]): void {
     this.sendIoctl(0n, cmd, arg, segments, [], []);

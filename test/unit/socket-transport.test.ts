@@ -419,6 +419,44 @@ describe('socket transport (daemon side)', function () {
     c.close();
   });
 
+  it('closes a client whose commands waiting for memory hold more than its user may, and counts what they free', async () => {
+    const small = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-sock-held-'));
+    const smallSock = path.join(small, 'kdbus.sock');
+    const smallRoot = path.join(small, 'kdbus');
+    const d = new Daemon({ ...defaults(), buses: [bus], socket: smallSock, kdbusRoot: smallRoot });
+    const heldBytes = { perUser: 64 * 1024, total: 1024 * 1024 };
+    d.addTransport(new SocketTransport({ socketPath: smallSock, kdbusRoot: smallRoot, placeholders: true, heldBytes }));
+    await d.start();
+    try {
+      const c = ProtocolClient.connect(smallSock);
+      assert.equal((await c.open(`${bus}/bus`)).errno, 0);
+      // HELLOs whose struct did not come along: each waits for memory the client never
+      // sends, keeping the 20 KiB it did send.
+      const piece = { address: 0x100000n, data: Buffer.alloc(20 * 1024) };
+      const waitForMemory = async (): Promise<bigint> => {
+        const seq = c.ioctlNoWait(Cmd.HELLO, 0x1000n, [piece]);
+        assert.deepEqual(await c.nextFrame(), { type: FrameType.FETCH, seq });
+        return seq;
+      };
+      const first = await waitForMemory();
+      await waitForMemory();
+      await waitForMemory();
+      // A command that ends gives its memory back: the first fails (EFAULT) and a fourth fits.
+      c.refuseFetch(first);
+      assert.deepEqual(await c.nextFrame(), { type: FrameType.RESULT, seq: first });
+      await waitForMemory();
+      c.ioctlNoWait(Cmd.HELLO, 0x1000n, [piece]);
+      await assert.rejects(c.nextFrame(), /daemon closed the connection/);
+      const other = await Peer.connect(smallSock, bus);
+      assert.equal((await other.recv()).r.errno, Errno.EAGAIN, 'others of the user are served');
+      other.close();
+      c.close();
+    } finally {
+      await d.stop();
+      fs.rmSync(small, { recursive: true, force: true });
+    }
+  });
+
   it('disconnects a client that sends garbage and keeps serving others', async () => {
     const bad = net.createConnection(sock);
     await new Promise((res) => bad.once('connect', res));
