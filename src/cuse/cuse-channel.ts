@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { Errno } from '../abi/errno';
 import { logger } from '../log/logger';
-import { FdWatch } from '../os/fd-watch';
+import { FdWatch, pollFailure } from '../os/fd-watch';
 import { errno, read, write } from '../os/libc';
 import {
   cuseInitReply, IN_HEADER, Opcode, parseInHeader, READ_BUFFER, reply, type InHeader,
@@ -42,7 +42,7 @@ export class CuseChannel {
     });
     this.fd = fs.openSync(cusePath, fs.constants.O_RDWR | fs.constants.O_NONBLOCK | 0o2000000);
     try {
-      this.watch = new FdWatch(this.fd, (status) => (status < 0 ? this.fail(`${this.devname}: polling the channel failed (${status})`) : this.drain()));
+      this.watch = new FdWatch(this.fd, (status) => (status < 0 ? this.fail(`${this.devname}: ${pollFailure(status)}`) : this.drain()));
     } catch (e) {
       fs.closeSync(this.fd);
       throw e;

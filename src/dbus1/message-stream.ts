@@ -14,7 +14,7 @@
  * than it keeps) closes the stream here, with the reason.
  */
 import * as koffi from 'koffi';
-import { FdWatch, UV_READABLE, UV_WRITABLE } from '../os/fd-watch';
+import { FdWatch, pollFailure, UV_READABLE, UV_WRITABLE } from '../os/fd-watch';
 import type { HeldAccount } from '../os/held-budget';
 import {
   addressOf, CMSG_HEADER, IOVEC_SIZE, MSG_CMSG_CLOEXEC, MSG_CONTROL, MSG_CONTROLLEN, MSG_CTRUNC, MSG_DONTWAIT, MSG_FLAGS,
@@ -305,7 +305,7 @@ export class MessageStream {
 
   private ready(status: number, events: number): void {
     if (status < 0) {
-      this.finish(`the socket cannot be polled (libuv error ${status})`);
+      this.finish(pollFailure(status));
       return;
     }
     if ((events & UV_WRITABLE) !== 0) {

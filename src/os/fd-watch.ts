@@ -29,6 +29,18 @@ const POLL_SIZE = Number(uvHandleSize(UV_POLL));
 
 export class FdWatchError extends Error {}
 
+const UV_EBADF = -9;
+
+/**
+ * What a negative status of a readiness callback means, for a log line. libuv reports the
+ * descriptor's POLLERR as UV_EBADF; on a unix socket that is a peer that closed its end with
+ * data unread (the kernel resets the connection then).
+ */
+export function pollFailure(status: number): string {
+  if (status === UV_EBADF) return 'the descriptor reports an error (POLLERR; a socket whose peer closed it with data unread)';
+  return `polling it failed: ${uvStrerror(status) as string}`;
+}
+
 /**
  * Readiness callbacks come from libuv outside Node's callback scope, so promise
  * continuations, queueMicrotask and nextTick callbacks queued in them would wait for some

@@ -18,7 +18,7 @@ import type { HeldAccount, HeldBudget } from '../os/held-budget';
 import { F_DUPFD_CLOEXEC, fcntl } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { closeFd, peerCred, setPassCred, SyscallError, type PeerCred } from '../os/unix-socket';
-import { afterContinuations, FdWatch, UV_READABLE } from '../os/fd-watch';
+import { afterContinuations, FdWatch, pollFailure, UV_READABLE } from '../os/fd-watch';
 import { logger } from '../log/logger';
 import type { Connection } from '../bus/connection';
 import type { QueueEntry } from '../bus/queue';
@@ -214,7 +214,7 @@ export class SocketSession {
   private onReadable(status: number, untilEmpty = false): void {
     if (this.readPaused) return;
     if (status < 0) {
-      logger.verbose(`${this.label}: polling the socket failed (${status})`);
+      logger.verbose(`${this.label}: connection closed: ${pollFailure(status)}`);
       this.close();
       return;
     }

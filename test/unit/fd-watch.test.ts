@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { afterContinuations, drainsAfterEachCallback, FdWatch, FdWatchError, UV_READABLE, UV_WRITABLE } from '../../src/os/fd-watch';
+import { afterContinuations, drainsAfterEachCallback, FdWatch, FdWatchError, pollFailure, UV_READABLE, UV_WRITABLE } from '../../src/os/fd-watch';
 import { closeFd, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';
 
 const pair = (): [number, number] => socketpair(SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -159,6 +159,24 @@ describe('FdWatch: readiness of any descriptor on the main loop', () => {
       w.close();
       closeFd(a);
       closeFd(b);
+    }
+  });
+
+  it('reports a socket whose peer closed it with data unread as a failure that says so', async () => {
+    const [a, b] = pair();
+    const seen: string[] = [];
+    const w = new FdWatch(a, (status) => {
+      if (status < 0) seen.push(pollFailure(status));
+      else drain(a);
+    });
+    try {
+      fs.writeSync(a, Buffer.from('never read'));
+      closeFd(b);
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(seen, ['the descriptor reports an error (POLLERR; a socket whose peer closed it with data unread)']);
+    } finally {
+      w.close();
+      closeFd(a);
     }
   });
 
