@@ -87,6 +87,21 @@ interface Pending {
   after: (() => void) | undefined;
 }
 
+/**
+ * The daemon's descriptors one session takes: Node's socket and the duplicate the session
+ * reads, and the pool's memfd once the client is a connection. kdbus charged an open file to
+ * the client's own descriptor limit; here they come out of the daemon's, which all users
+ * share, so each user gets a share of them (held-budget.ts).
+ */
+export const SESSION_DESCRIPTORS = 3;
+
+/** A client refused at accept: its user's sessions already take their share of descriptors. */
+export class SessionRefused extends Error {
+  constructor(readonly uid: number, reason: string) {
+    super(reason);
+  }
+}
+
 /** How long to wait before trying a full socket again, at first and at most. */
 const RETRY_MS = 1;
 const RETRY_MAX_MS = 50;
@@ -116,6 +131,8 @@ export class SocketSession {
   /** inFds, and a large frame still arriving, as counted with the other sessions' (held-budget.ts). */
   private readonly heldFds: HeldAccount;
   private readonly heldBytes: HeldAccount;
+  /** The daemon's own descriptors this session costs, counted with the user's other sessions. */
+  private readonly files: HeldAccount;
   private handle: Handle | undefined;
   private readonly fetches = new Map<bigint, (r: { errno: number; data: Buffer }) => void>();
   /** The caller memory of commands that wait or fetch: it stays in the daemon until they end. */
@@ -185,12 +202,16 @@ export class SocketSession {
     private readonly socket: net.Socket,
     private readonly onClose: (s: SocketSession) => void,
     private readonly attachments: AttachmentRegistry,
-    held: { fds: HeldBudget; bytes: HeldBudget },
+    held: { fds: HeldBudget; bytes: HeldBudget; files: HeldBudget },
   ) {
     const fd = fcntl((socket as unknown as { _handle: { fd: number } })._handle.fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) throw new Error('cannot duplicate the client socket: the daemon is out of file descriptors');
+    let files: HeldAccount | undefined;
     try {
       this.peer = peerCred(fd);
+      files = held.files.account(this.peer.uid);
+      if (!files.hold(SESSION_DESCRIPTORS)) throw new SessionRefused(this.peer.uid, files.refusal);
+      this.files = files;
       this.heldFds = held.fds.account(this.peer.uid);
       this.heldBytes = held.bytes.account(this.peer.uid);
       // Every read then says which process wrote its bytes; the kernel never mixes writers in one read.
@@ -198,6 +219,7 @@ export class SocketSession {
       this.io = new ClientSocket(fd);
       this.watch = new FdWatch(fd, (status) => this.onReadable(status));
     } catch (e) {
+      files?.hold(0);
       closeFd(fd);
       throw e;
     }
@@ -1084,6 +1106,7 @@ export class SocketSession {
     for (const fd of this.inFds.splice(0)) closeFd(fd);
     this.heldFds.hold(0);
     this.heldBytes.hold(0);
+    this.files.hold(0);
     this.watch.close();
     closeFd(this.fd);
     this.socket.destroy();

@@ -16,7 +16,7 @@ import { logger } from '../log/logger';
 import { PlaceholderTree } from './placeholder-tree';
 import { MAX_FDS_PER_READ } from './client-socket';
 import { MAX_FRAME } from './frames';
-import { SocketSession } from './socket-session';
+import { SESSION_DESCRIPTORS, SessionRefused, SocketSession } from './socket-session';
 import { AttachmentRegistry } from './attachments';
 
 export interface SocketTransportOptions {
@@ -28,6 +28,8 @@ export interface SocketTransportOptions {
   attachments?: AttachmentRegistry;
   /** What clients may make the daemon hold in bytes; by default shares of the machine's memory. */
   heldBytes?: HeldShares;
+  /** The daemon's descriptors open kdbus files (sessions) may take; by default shares of its file limit. */
+  sessionDescriptors?: HeldShares;
 }
 
 export class SocketTransport implements Transport {
@@ -41,13 +43,16 @@ export class SocketTransport implements Transport {
    * Descriptors sessions hold for frames still arriving (two frames' worth each at most), and
    * bytes: large frames' buffers, and the memory of commands that wait or fetch.
    */
-  private readonly held: { fds: HeldBudget; bytes: HeldBudget };
+  private readonly held: { fds: HeldBudget; bytes: HeldBudget; files: HeldBudget };
+  /** Users refused a session since one of theirs last closed: warned about once. */
+  private readonly refused = new Set<number>();
 
   constructor(readonly opts: SocketTransportOptions) {
     this.attachments = opts.attachments ?? new AttachmentRegistry();
     this.held = {
       fds: new HeldBudget('descriptors of unfinished messages', descriptorShares(openFileLimit(), 2 * MAX_FDS_PER_READ)),
       bytes: new HeldBudget('bytes of unfinished requests', opts.heldBytes ?? byteShares(MAX_FRAME)),
+      files: new HeldBudget('descriptors of open kdbus files', opts.sessionDescriptors ?? descriptorShares(openFileLimit(), SESSION_DESCRIPTORS)),
     };
   }
 
@@ -85,12 +90,24 @@ export class SocketTransport implements Transport {
 
   private accept(socket: net.Socket): void {
     try {
-      const s = new SocketSession(this.domain!, socket, (gone) => this.sessions.delete(gone), this.attachments, this.held);
+      const s = new SocketSession(this.domain!, socket, (gone) => this.closed(gone), this.attachments, this.held);
       this.sessions.add(s);
     } catch (e) {
-      logger.warn(`socket transport: refusing a client: ${(e as Error).message}`);
       socket.destroy();
+      if (!(e instanceof SessionRefused)) {
+        logger.warn(`socket transport: refusing a client: ${(e as Error).message}`);
+      } else if (!this.refused.has(e.uid)) {
+        this.refused.add(e.uid);
+        logger.warn(`socket transport: refusing clients of uid ${e.uid} until one of its files closes: ${e.message}`);
+      } else {
+        logger.verbose(`socket transport: refusing a client of uid ${e.uid}: ${e.message}`);
+      }
     }
+  }
+
+  private closed(s: SocketSession): void {
+    this.sessions.delete(s);
+    this.refused.delete(s.peer.uid);
   }
 
   async stop(): Promise<void> {

@@ -16,6 +16,7 @@ import { ItemWriter } from '../../src/abi/items';
 import { Daemon } from '../../src/daemon/daemon';
 import { defaults } from '../../src/config/config';
 import { SocketTransport } from '../../src/transport/socket-transport';
+import { SESSION_DESCRIPTORS } from '../../src/transport/socket-session';
 import { FrameType, OPEN_FEATURE_HEADS } from '../../src/transport/frames';
 import { memfd_create } from '../../src/os/libc';
 import { fcntl } from '../../src/os/libc';
@@ -451,6 +452,54 @@ describe('socket transport (daemon side)', function () {
       assert.equal((await other.recv()).r.errno, Errno.EAGAIN, 'others of the user are served');
       other.close();
       c.close();
+    } finally {
+      await d.stop();
+      fs.rmSync(small, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses a user more open files than its share of the daemon's descriptors, and no other user", async function () {
+    if (process.getuid!() !== 0) this.skip();
+    const small = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-sock-files-'));
+    fs.chmodSync(small, 0o755);
+    const smallSock = path.join(small, 'kdbus.sock');
+    const smallRoot = path.join(small, 'kdbus');
+    const d = new Daemon({ ...defaults(), buses: [bus], socket: smallSock, kdbusRoot: smallRoot });
+    const sessionDescriptors = { perUser: 3 * SESSION_DESCRIPTORS, total: 100 * SESSION_DESCRIPTORS };
+    d.addTransport(new SocketTransport({ socketPath: smallSock, kdbusRoot: smallRoot, placeholders: true, sessionDescriptors }));
+    await d.start();
+    const openAs = (uid: number): Promise<string> =>
+      new Promise((resolve) => {
+        const script = [
+          'import socket, struct, sys',
+          's = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); p = sys.argv[2].encode()',
+          "body = struct.pack('<IIII', 2, 0, len(p), 0) + p; body += bytes(-len(body) % 8)",
+          "s.sendall(struct.pack('<IIQ', 16 + len(body), 1, 1) + body)",
+          "d = s.recv(64); print(struct.unpack_from('<i', d, 16)[0] if len(d) >= 20 else 'closed')",
+        ].join('\n');
+        const child = spawn('python3', ['-c', script, smallSock, `${bus}/bus`], { uid, gid: uid });
+        let out = '';
+        child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+        child.on('close', () => resolve(out.trim()));
+      });
+    try {
+      const mine: ProtocolClient[] = [];
+      for (let i = 0; i < 3; i++) {
+        const c = ProtocolClient.connect(smallSock);
+        assert.equal((await c.open(`${bus}/bus`)).errno, 0);
+        mine.push(c);
+      }
+      const fourth = ProtocolClient.connect(smallSock);
+      // Closed at once: its OPEN unread, the client sees the connection reset.
+      await assert.rejects(fourth.open(`${bus}/bus`), /daemon closed the connection|errno 104/);
+      fourth.close();
+      assert.equal(await openAs(65534), '0', 'another user opens the bus');
+      mine.shift()!.close();
+      await new Promise((r) => setTimeout(r, 50));
+      const again = ProtocolClient.connect(smallSock);
+      assert.equal((await again.open(`${bus}/bus`)).errno, 0, 'a file that closed makes room');
+      mine.push(again);
+      for (const c of mine) c.close();
     } finally {
       await d.stop();
       fs.rmSync(small, { recursive: true, force: true });
