@@ -9,6 +9,7 @@ import { Daemon } from '../daemon/daemon';
 import { ServiceLifecycle } from '../daemon/lifecycle';
 import { StartupError } from '../daemon/startup-error';
 import { logger, setLogLevel } from '../log/logger';
+import { openFileLimit, raiseFileLimit } from '../os/libc';
 import { SdNotifier } from '../os/sd-notify';
 import { parseArgs, UsageError } from './args';
 import { monitor, status } from './control-client';
@@ -102,6 +103,23 @@ export function serveConfig(argv: readonly string[]): Config | undefined {
   return validate(c, file ? `${file} and command line` : 'command line');
 }
 
+/**
+ * The descriptors the daemon may open, raised as dbus-daemon raises its own (to 65536, where
+ * it may): a kdbus file costs the daemon descriptors that it cost the client before, and each
+ * user's clients get a share of them (held-budget.ts), so an inherited 1024 or 4096 would
+ * leave a user few connections.
+ */
+const DAEMON_FILE_LIMIT = 65536;
+
+function raiseDescriptorLimit(): void {
+  const before = openFileLimit();
+  const after = raiseFileLimit(DAEMON_FILE_LIMIT);
+  if (after > before) logger.verbose(`descriptor limit raised from ${before} to ${after}`);
+  if (after < DAEMON_FILE_LIMIT) {
+    logger.info(`descriptor limit ${after} (not ${DAEMON_FILE_LIMIT}: no CAP_SYS_RESOURCE); each user's clients may take ${Math.floor(after / 16)} of them`);
+  }
+}
+
 async function serve(argv: readonly string[]): Promise<number> {
   const config = serveConfig(argv);
   if (!config) {
@@ -113,6 +131,7 @@ async function serve(argv: readonly string[]): Promise<number> {
     return 0;
   }
   setLogLevel(config.logLevel);
+  raiseDescriptorLimit();
   const daemon = new Daemon(config, pkg.version);
   const lifecycle = new ServiceLifecycle(daemon, { notifier: SdNotifier.fromEnvironment(), readConfig: () => serveConfig(argv)! });
   for (const t of await selectTransports(config)) daemon.addTransport(t);

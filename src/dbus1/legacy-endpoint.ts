@@ -8,10 +8,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Bus } from '../bus/bus';
 import { logger } from '../log/logger';
-import { byteShares, descriptorShares, HeldBudget } from '../os/held-budget';
+import { byteShares, descriptorShares, HeldBudget, type HeldAccount, type HeldShares } from '../os/held-budget';
 import { openFileLimit } from '../os/libc';
 import { UnixListener, type ListenAddress } from '../os/unix-listener';
-import type { PeerCred } from '../os/unix-socket';
+import { closeFd, type PeerCred } from '../os/unix-socket';
 import { Activation, defaultServiceDirs, waitForName } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
@@ -25,6 +25,8 @@ export interface LegacyEndpointOptions {
   /** Directories of D-Bus service files; default: dbus-daemon's for this kind of bus. */
   serviceDirs?: string[];
   limits?: Partial<LegacyLimits>;
+  /** The daemon's descriptors legacy connections may take; by default shares of its file limit. */
+  connectionDescriptors?: HeldShares;
 }
 
 /** A bus named <uid>-system of root is a system bus to legacy clients; any other a session bus. */
@@ -37,6 +39,14 @@ export class LegacyEndpoint {
   private readonly clients = new Set<LegacyClient>();
   /** Per user, the clients that have not said Hello yet, oldest first. */
   private readonly incomplete = new Map<number, Set<LegacyClient>>();
+  /**
+   * The daemon's descriptor each connection takes, out of the limit all users share: each
+   * user gets a share (held-budget.ts), as on the socket transport.
+   */
+  private readonly files: HeldBudget;
+  private readonly accounts = new Map<LegacyClient, HeldAccount>();
+  /** Users refused a connection since one of theirs last closed: warned about once. */
+  private readonly refused = new Set<number>();
   private readonly ctx: LegacyEndpointContext;
   private activation: Activation | undefined;
   /** Watches for activated services taking their names (one connection for every start). */
@@ -46,6 +56,7 @@ export class LegacyEndpoint {
 
   constructor(readonly bus: Bus, private readonly opts: LegacyEndpointOptions) {
     const limits = { ...DEFAULT_LEGACY_LIMITS, ...opts.limits };
+    this.files = new HeldBudget('descriptors of legacy connections', opts.connectionDescriptors ?? descriptorShares(openFileLimit(), 1));
     this.ctx = {
       node: { kind: 'endpoint', ep: bus.defaultEndpoint },
       // dbus-daemon's GetId answers the server GUID; kdbus's bus id serves as both.
@@ -64,6 +75,9 @@ export class LegacyEndpoint {
       forget: (c) => {
         this.clients.delete(c);
         this.complete(c);
+        this.accounts.get(c)?.hold(0);
+        this.accounts.delete(c);
+        this.refused.delete(c.uid);
       },
     };
   }
@@ -127,13 +141,24 @@ export class LegacyEndpoint {
   }
 
   private accept(fd: number, peer: PeerCred): void {
+    const account = this.files.account(peer.uid);
+    if (!account.hold(1)) {
+      closeFd(fd);
+      const line = `legacy endpoint: refusing clients of uid ${peer.uid} until one of its connections closes: ${account.refusal}`;
+      if (this.refused.has(peer.uid)) logger.verbose(line);
+      else logger.warn(line);
+      this.refused.add(peer.uid);
+      return;
+    }
     let client: LegacyClient;
     try {
       client = new LegacyClient(this.ctx, fd, peer);
     } catch (e) {
+      account.hold(0);
       logger.warn(`legacy endpoint: refusing pid ${peer.pid} (uid ${peer.uid}): ${(e as Error).message}`);
       return;
     }
+    this.accounts.set(client, account);
     this.clients.add(client);
     let waiting = this.incomplete.get(peer.uid);
     if (!waiting) this.incomplete.set(peer.uid, (waiting = new Set()));

@@ -128,6 +128,7 @@ export function ioctl(fd: number, request: number, out?: Uint8Array): number {
 }
 
 const getrlimit = libc.func('int getrlimit(int resource, void *rlim)') as (resource: number, rlim: Uint8Array) => number;
+const setrlimit = libc.func('int setrlimit(int resource, const void *rlim)') as (resource: number, rlim: Uint8Array) => number;
 const RLIMIT_NOFILE = 7;
 
 /**
@@ -139,4 +140,24 @@ export function openFileLimit(): number {
   if (getrlimit(RLIMIT_NOFILE, rlim) < 0) throw new Error(`getrlimit(RLIMIT_NOFILE) failed: errno ${errno()}`);
   const soft = rlim.readBigUInt64LE(0);
   return soft > 0x8000_0000n ? 0x8000_0000 : Number(soft);
+}
+
+/**
+ * Raises RLIMIT_NOFILE (soft and hard) to `wanted` where it is lower and the daemon may
+ * (CAP_SYS_RESOURCE); returns the soft limit in force afterwards. Never lowers it.
+ */
+export function raiseFileLimit(wanted: number): number {
+  const now = openFileLimit();
+  if (now >= wanted) return now;
+  const rlim = Buffer.alloc(16);
+  rlim.writeBigUInt64LE(BigInt(wanted), 0);
+  rlim.writeBigUInt64LE(BigInt(wanted), 8);
+  if (setrlimit(RLIMIT_NOFILE, rlim) < 0) {
+    // Not privileged: the hard limit stays, and the soft one goes as far as it allows.
+    const cur = Buffer.alloc(16);
+    if (getrlimit(RLIMIT_NOFILE, cur) < 0) return now;
+    cur.writeBigUInt64LE(cur.readBigUInt64LE(8), 0);
+    setrlimit(RLIMIT_NOFILE, cur);
+  }
+  return openFileLimit();
 }

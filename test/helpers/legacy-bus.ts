@@ -244,7 +244,7 @@ export interface StartOptions {
   nodeOptions?: string;
   /** kdbus-cuse: --log-level. */
   logLevel?: string;
-  /** kdbus-cuse: its RLIMIT_NOFILE, soft and hard (prlimit). */
+  /** kdbus-cuse: its RLIMIT_NOFILE, soft and hard (prlimit), which it may not raise (setpriv). */
   maxOpenFiles?: number;
   /** dbus-daemon, dbus-broker: the configuration file, instead of the session bus's. */
   configFile?: string;
@@ -344,7 +344,9 @@ async function startKdbusCuse(dir: string, opts: StartOptions): Promise<LegacyBu
     ...(opts.logLevel ? ['--log-level', opts.logLevel] : []),
   ];
   const limit = opts.maxOpenFiles;
-  const [file, ...args] = limit === undefined ? command : ['prlimit', `--nofile=${limit}:${limit}`, '--', ...command];
+  // Without CAP_SYS_RESOURCE, as a daemon that may not raise the limit it was given.
+  const held = ['prlimit', `--nofile=${limit}:${limit}`, '--', 'setpriv', '--bounding-set', '-sys_resource', '--inh-caps', '-sys_resource', '--'];
+  const [file, ...args] = limit === undefined ? command : [...held, ...command];
   const proc = new Proc('kdbus-cuse', file!, args, env);
   await proc.waitFor('its legacy socket', () => fs.existsSync(socketPath), 30_000);
   const root = path.join(dir, 'kdbus');

@@ -11,7 +11,10 @@
       sending one more.
   limits.py ADDRESS_PATH flood N
       N connections that authenticate and say Hello in one write each, without reading;
-      prints "SENT N", then holds them until a line comes on stdin, and closes them.
+      prints "SENT N" and "OPEN k" (how many the bus kept), then holds them until a line
+      comes on stdin, and closes them.
+  limits.py ADDRESS_PATH hello 0
+      one connection that says Hello; prints "registered" once the bus answered.
 """
 import os
 import socket
@@ -68,6 +71,8 @@ def state(s, seconds):
                 return 'closed'
     except socket.timeout:
         return 'open'
+    except ConnectionResetError:
+        return 'closed'
 
 
 def held(path, share):
@@ -115,6 +120,7 @@ def flood(path, n):
         s.sendall(auth_lines(False) + hello_blob())
         conns.append(s)
     print('SENT', n, flush=True)
+    print('OPEN', sum(state(s, 0.05) == 'open' for s in conns), flush=True)
     sys.stdin.readline()
     for s in conns:
         s.close()
@@ -126,5 +132,8 @@ if __name__ == '__main__':
         held(address, count)
     elif mode == 'frames':
         frames(address, count)
+    elif mode == 'hello':
+        registered(address)
+        print('registered')
     else:
         flood(address, count)

@@ -13,6 +13,8 @@ import { type LegacyLimits } from '../../src/dbus1/legacy-client';
 import { LegacyEndpoint } from '../../src/dbus1/legacy-endpoint';
 import { encodeMessage, MessageType } from '../../src/dbus1/message';
 import { TestBus } from '../helpers/kdbus-client';
+import type { HeldShares } from '../../src/os/held-budget';
+import { spawn } from 'node:child_process';
 
 const AUTH = Buffer.from(`\0AUTH EXTERNAL ${Buffer.from(String(process.getuid!())).toString('hex')}\r\nBEGIN\r\n`, 'latin1');
 const HELLO = encodeMessage({
@@ -58,8 +60,8 @@ describe('dbus1 LegacyEndpoint: connections that have not said Hello', function 
   let socketPath: string;
   const clients: Client[] = [];
 
-  function start(limits: Partial<LegacyLimits>): void {
-    endpoint = new LegacyEndpoint(tb.bus, { addresses: [`unix:path=${socketPath}`], serviceDirs: [], limits });
+  function start(limits: Partial<LegacyLimits>, connectionDescriptors?: HeldShares): void {
+    endpoint = new LegacyEndpoint(tb.bus, { addresses: [`unix:path=${socketPath}`], serviceDirs: [], limits, connectionDescriptors });
     endpoint.start();
   }
 
@@ -111,5 +113,39 @@ describe('dbus1 LegacyEndpoint: connections that have not said Hello', function 
     await sleep(100);
     assert.deepEqual([second.isClosed(), third.isClosed(), fourth.isClosed()], [false, false, false], 'two incomplete and one registered');
     assert.equal(endpoint.clientCount, 3);
+  });
+
+  it("refuses a user more connections than its share of the daemon's descriptors, and no other user", async function () {
+    if (process.getuid!() !== 0) this.skip();
+    fs.chmodSync(dir, 0o755);
+    start({}, { perUser: 2, total: 100 });
+    const first = await client(AUTH, HELLO);
+    const second = await client(AUTH, HELLO);
+    const third = await client(AUTH, HELLO);
+    const closedAfter = await Promise.race([third.closed, sleep(2000).then(() => -1)]);
+    assert.notEqual(closedAfter, -1, "the user's third connection stays open");
+    assert.equal(third.received(), '', 'closed before the handshake');
+    assert.deepEqual([first.isClosed(), second.isClosed()], [false, false]);
+    // Another user authenticates meanwhile.
+    const other = await new Promise<string>((resolve) => {
+      const script = [
+        'import os, socket, sys',
+        's = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])',
+        "s.sendall(b'\\0AUTH EXTERNAL ' + str(os.getuid()).encode().hex().encode() + b'\\r\\n')",
+        'print(s.recv(64)[:3])',
+      ].join('\n');
+      const child = spawn('python3', ['-c', script, socketPath], { uid: 65534, gid: 65534 });
+      let out = '';
+      child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+      child.on('close', () => resolve(out.trim()));
+    });
+    assert.equal(other, "b'OK '");
+    first.sock.destroy();
+    await first.closed;
+    await sleep(50);
+    const fourth = await client(AUTH, HELLO);
+    await sleep(100);
+    assert.equal(fourth.isClosed(), false, 'a connection that closed makes room');
+    assert.match(fourth.received(), /NameAcquired/);
   });
 });

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { UnixListener } from '../../src/os/unix-listener';
 import { closeFd, type PeerCred } from '../../src/os/unix-socket';
 
@@ -68,5 +68,57 @@ describe('UnixListener: accepted clients as descriptors with their credentials',
     fs.writeFileSync(file, 'not a socket');
     assert.throws(() => new UnixListener({ kind: 'path', path: file }, closeFd), /not a socket/);
     assert.equal(fs.readFileSync(file, 'utf8'), 'not a socket');
+  });
+
+  it('out of descriptors, stops accepting without spinning, says so once, and takes the waiting clients once some close', async function () {
+    this.timeout(30_000);
+    const file = path.join(dir, 'bus');
+    // A process of its own, held to 64 descriptors and then filling its table with /dev/null.
+    const script = `
+      const fs = require('fs');
+      const { UnixListener } = require(${JSON.stringify(require.resolve('../../src/os/unix-listener'))});
+      let accepted = 0;
+      new UnixListener({ kind: 'path', path: process.argv[1] }, () => accepted++);
+      const fillers = [];
+      try { for (;;) fillers.push(fs.openSync('/dev/null', 'r')); } catch {}
+      console.log('FULL');
+      process.stdin.on('data', (d) => {
+        if (String(d).startsWith('free')) for (const f of fillers.splice(0, 16)) fs.closeSync(f);
+        else console.log('ACCEPTED ' + accepted);
+      });`;
+    const child = spawn('prlimit', ['--nofile=64:64', process.execPath, '-e', script, file], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+    const until = async (re: RegExp, what: string): Promise<void> => {
+      for (let i = 0; i < 200 && !re.test(out); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.match(out, re, `${what}; the listener said:\n${out}`);
+    };
+    const ticks = (): number => {
+      const f = fs.readFileSync(`/proc/${child.pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+      return Number(f[11]) + Number(f[12]);
+    };
+    const clients: net.Socket[] = [];
+    try {
+      await until(/FULL/, 'the child filled its descriptors');
+      for (let i = 0; i < 5; i++) {
+        const c = net.createConnection(file);
+        c.on('error', () => undefined);
+        clients.push(c);
+      }
+      await until(/out of file descriptors \(EMFILE/, 'a warning when accept fails');
+      const before = ticks();
+      await new Promise((r) => setTimeout(r, 2000));
+      const used = ticks() - before;
+      assert.ok(used < 50, `the listener used ${used} ticks of CPU in 2 s while out of descriptors`);
+      child.stdin.write('free\n');
+      await until(/accepting connections again/, 'accepting once descriptors are free');
+      child.stdin.write('count\n');
+      await until(/ACCEPTED 5/, 'every waiting client accepted');
+      assert.equal(out.match(/out of file descriptors/g)!.length, 1, 'one warning for the episode');
+    } finally {
+      for (const c of clients) c.destroy();
+      child.kill();
+    }
   });
 });
