@@ -116,7 +116,7 @@ function raiseDescriptorLimit(): void {
   const after = raiseFileLimit(DAEMON_FILE_LIMIT);
   if (after > before) logger.verbose(`descriptor limit raised from ${before} to ${after}`);
   if (after < DAEMON_FILE_LIMIT) {
-    logger.info(`descriptor limit ${after} (not ${DAEMON_FILE_LIMIT}: no CAP_SYS_RESOURCE); each user's clients may take ${Math.floor(after / 16)} of them`);
+    logger.verbose(`descriptor limit ${after} (not ${DAEMON_FILE_LIMIT}: no CAP_SYS_RESOURCE); each user's clients may take ${Math.floor(after / 16)} of them`);
   }
 }
 
