@@ -103,14 +103,14 @@ export function serveConfig(argv: readonly string[]): Config | undefined {
   return validate(c, file ? `${file} and command line` : 'command line');
 }
 
-/**
- * The descriptors the daemon may open, raised as dbus-daemon raises its own (to 65536, where
- * it may): a kdbus file costs the daemon descriptors that it cost the client before, and each
- * user's clients get a share of them (held-budget.ts), so an inherited 1024 or 4096 would
- * leave a user few connections.
- */
+/** The descriptor limit dbus-daemon raises itself to where it may. */
 const DAEMON_FILE_LIMIT = 65536;
 
+/**
+ * A kdbus file costs the daemon descriptors that it cost the client before, and each user's
+ * clients get a share of them (held-budget.ts): an inherited 1024 or 4096 would leave a user
+ * few connections, so the daemon raises its limit as dbus-daemon does.
+ */
 function raiseDescriptorLimit(): void {
   const before = openFileLimit();
   const after = raiseFileLimit(DAEMON_FILE_LIMIT);
