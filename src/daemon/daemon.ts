@@ -3,7 +3,7 @@
  * PID 1 did for kdbus's system bus), and the transports that carry clients to them.
  */
 import fs from 'node:fs';
-import { ItemType } from '../abi/constants';
+import { Attach, ItemType } from '../abi/constants';
 import { KdbusError } from '../abi/errno';
 import { ItemWriter } from '../abi/items';
 import { LocalMemory } from '../abi/local-memory';
@@ -45,6 +45,9 @@ export class Daemon {
     const w = new ItemWriter(128);
     w.u64(0).u64(MAKE_ACCESS_WORLD).u64(0);
     w.itemU64(ItemType.BLOOM_PARAMETER, DEFAULT_BLOOM.size, DEFAULT_BLOOM.nHash);
+    // systemd made its buses so ("provide all metadata via bus-owner queries"): clients see
+    // who made the bus in BUS_CREATOR_INFO (busctl status, sd_bus_get_owner_creds).
+    w.itemU64(ItemType.ATTACH_FLAGS_SEND, Attach.ANY);
     w.string(ItemType.MAKE_NAME, name);
     const cmd = Buffer.from(w.finish());
     cmd.writeBigUInt64LE(BigInt(cmd.length), 0);

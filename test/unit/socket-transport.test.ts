@@ -178,6 +178,27 @@ describe('socket transport (daemon side)', function () {
     assert.equal(fs.existsSync(sock), false);
   });
 
+  it("makes its buses with the creator's metadata for BUS_CREATOR_INFO, as systemd made them", async () => {
+    const a = await Peer.connect(sock, bus);
+    const cmd = Buffer.alloc(56);
+    cmd.writeBigUInt64LE(56n, 0);
+    cmd.writeBigUInt64LE(Attach.ALL, Off.info_cmd.attach_flags);
+    const r = await a.client.ioctl(Cmd.BUS_CREATOR_INFO, 0x80000n, [{ address: 0x80000n, data: cmd }]);
+    assert.equal(r.errno, 0);
+    const out = apply(cmd, 0x80000n, r);
+    const info = readPool(a.pool, Number(out.readBigUInt64LE(Off.info_cmd.offset)), Number(out.readBigUInt64LE(Off.info_cmd.info_size)));
+    const items = new Map<number, Buffer>();
+    for (let at = 24; at + 16 <= info.length; at += (Number(info.readBigUInt64LE(at)) + 7) & ~7) {
+      const size = Number(info.readBigUInt64LE(at));
+      items.set(Number(info.readBigUInt64LE(at + 8)), info.subarray(at + 16, at + size));
+    }
+    assert.equal(items.get(ItemType.MAKE_NAME)!.toString('latin1'), `${bus}\0`);
+    assert.equal(items.get(ItemType.CREDS)!.readBigUInt64LE(0), BigInt(process.getuid!()), 'the creator is the daemon');
+    assert.equal(items.get(ItemType.PIDS)!.readBigUInt64LE(0), BigInt(process.pid));
+    for (const t of [ItemType.PID_COMM, ItemType.EXE, ItemType.CMDLINE, ItemType.CAPS]) assert.ok(items.has(t), `item ${t}`);
+    a.close();
+  });
+
   it('answers OPEN of a missing node with ENOENT', async () => {
     const c = ProtocolClient.connect(sock);
     assert.equal((await c.open(`${bus}/nope`)).errno, Errno.ENOENT);
