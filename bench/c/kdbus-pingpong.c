@@ -372,8 +372,16 @@ static int payload_memfd(const uint8_t *data, size_t len)
 			die("pwrite memfd");
 		done += (size_t)n;
 	}
-	if (fcntl(fd, F_ADD_SEALS, ALL_SEALS) < 0)
-		die("seal memfd");
+	/*
+	 * The kernel refuses F_SEAL_WRITE with EBUSY while something else holds a reference to a
+	 * page for longer than it waits (tens of ms; it ended one benchmark run here): try again
+	 * rather than lose the whole run to it.
+	 */
+	for (int tries = 0; fcntl(fd, F_ADD_SEALS, ALL_SEALS) < 0; tries++) {
+		if (errno != EBUSY || tries == 4)
+			die("seal memfd");
+		usleep(1000);
+	}
 	return fd;
 }
 
