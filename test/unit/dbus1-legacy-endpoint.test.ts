@@ -13,6 +13,7 @@ import { type LegacyLimits } from '../../src/dbus1/legacy-client';
 import { LegacyEndpoint } from '../../src/dbus1/legacy-endpoint';
 import { encodeMessage, MessageType } from '../../src/dbus1/message';
 import { TestBus } from '../helpers/kdbus-client';
+import { requireOrSkip } from '../helpers/require';
 import type { HeldShares } from '../../src/os/held-budget';
 import { spawn } from 'node:child_process';
 
@@ -116,7 +117,7 @@ describe('dbus1 LegacyEndpoint: connections that have not said Hello', function 
   });
 
   it("refuses a user more connections than its share of the daemon's descriptors, and no other user", async function () {
-    if (process.getuid!() !== 0) this.skip();
+    requireOrSkip(this, process.getuid!() === 0, 'root, to connect as another uid');
     fs.chmodSync(dir, 0o755);
     start({}, { perUser: 2, total: 100 });
     const first = await client(AUTH, HELLO);
