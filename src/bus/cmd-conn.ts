@@ -71,7 +71,7 @@ export function cmdMatchAdd(conn: Connection, ctx: CallContext, arg: bigint): vo
   if (cmd.negotiate) return;
   try {
     const rules = parseMatchRules(cmd.items, conn.bus.bloom.size);
-    conn.bus.matches.add(conn, cmd.u64(Off.match.cookie), rules, (cmd.flags & MatchFlags.REPLACE) !== 0n);
+    conn.bus.matches.add(conn, cmd.u64(Off.match.cookie), rules, (cmd.flags & MatchFlags.REPLACE) !== 0n, (bytes) => conn.holdMatchBytes(bytes));
   } finally {
     writeReturnFlags(ctx.mem, cmd, 0n);
   }
@@ -86,6 +86,7 @@ export function cmdMatchRemove(conn: Connection, ctx: CallContext, arg: bigint):
   if (cmd.negotiate) return;
   try {
     conn.bus.matches.remove(conn, cmd.u64(Off.match.cookie));
+    conn.holdMatchBytes(conn.bus.matches.db(conn)?.bytes ?? 0);
   } finally {
     writeReturnFlags(ctx.mem, cmd, 0n);
   }

@@ -22,6 +22,7 @@ import { notifyIdChange, notifyReply, applyNameChanges, flushNotifications } fro
 import { logger } from '../log/logger';
 import { DAEMON_VIEW, type NamespaceView } from '../os/namespaces';
 import { delayUntil, nowNs } from './deadline';
+import type { HeldAccount } from '../os/held-budget';
 
 export const enum ConnKind {
   ORDINARY,
@@ -65,6 +66,8 @@ export class Connection implements NameOwner {
   readonly user: KdbusUser;
   /** Credentials of the opener of the file: what policy decisions use for this connection. */
   readonly cred: Credentials;
+  /** What its match entries cost the daemon, counted with its user's (the opener's uid). */
+  private readonly matchBytes: HeldAccount;
   readonly privileged: boolean;
   readonly owner: boolean;
   readonly pid: number;
@@ -100,6 +103,7 @@ export class Connection implements NameOwner {
     this.bus = init.ep.bus;
     this.user = init.user;
     this.cred = init.opener.creds;
+    this.matchBytes = this.bus.domain.matchBytes.account(init.opener.creds.uid);
     this.privileged = init.ep.isPrivileged(init.opener);
     this.owner = init.ep.isOwner(init.opener);
     this.pid = init.pid;
@@ -153,6 +157,14 @@ export class Connection implements NameOwner {
   /** POLLIN condition of kdbus: queued messages or lost ones to report. */
   get readable(): boolean {
     return !this.queue.empty || this.lostCount > 0;
+  }
+
+  /**
+   * Its match entries would cost `bytes` from now on: recorded, or ENOMEM with nothing
+   * recorded when that is more than its user's share (held-budget.ts). Less always fits.
+   */
+  holdMatchBytes(bytes: number): void {
+    if (!this.matchBytes.hold(bytes)) throw fail('ENOMEM', `match entries of connection ${this.id}: ${this.matchBytes.refusal}`);
   }
 
   lostMessage(): void {
@@ -343,6 +355,7 @@ export class Connection implements NameOwner {
     bus.monitors.delete(this);
     this.ep.connections.delete(this);
     bus.matches.removeConnection(this);
+    this.matchBytes.hold(0);
 
     // kdbus_conn_release() tells the caller of every queued call, answered or timed out,
     // sync or not, without unlinking its tracker: a caller whose request is still linked

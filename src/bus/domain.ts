@@ -7,6 +7,8 @@ import type { NodeHost } from './node-host';
 import type { PoolStorage } from './pool-storage';
 import { SparseStorage } from './pool-storage';
 import { KdbusUser } from './user';
+import { Limits } from '../abi/constants';
+import { byteShares, HeldBudget } from '../os/held-budget';
 
 export class Domain {
   readonly buses = new Map<string, Bus>();
@@ -20,6 +22,13 @@ export class Domain {
    * keep the sparse in-memory default.
    */
   poolStorage: (size: number) => PoolStorage = (size) => new SparseStorage(size);
+
+  /**
+   * The daemon's memory that connections' match entries take, by the opener's uid: kdbus
+   * bounded them by count alone (4096 entries of up to 32 KiB each, per connection), which
+   * in a daemon's heap is hundreds of MB per connection.
+   */
+  matchBytes = new HeldBudget('bytes of match entries', byteShares(Limits.CMD_MAX_SIZE));
 
   nextId(): bigint {
     return ++this.lastId;

@@ -265,9 +265,9 @@ export class MatchIndex<C> {
     return this.owners.get(conn)?.db;
   }
 
-  /** MATCH_ADD for `conn` (EMFILE past KDBUS_MATCH_MAX entries). */
-  add(conn: C, cookie: bigint, rules: readonly MatchRule[], replace: boolean): void {
-    this.connect(conn).add(cookie, rules, replace);
+  /** MATCH_ADD for `conn` (EMFILE past KDBUS_MATCH_MAX entries; `afford` may refuse the bytes they would cost). */
+  add(conn: C, cookie: bigint, rules: readonly MatchRule[], replace: boolean, afford?: (bytesAfter: number) => void): void {
+    this.connect(conn).add(cookie, rules, replace, afford);
   }
 
   /** MATCH_REMOVE for `conn` (EBADSLT if it has no entry with that cookie). */

@@ -227,10 +227,14 @@ export class MatchEntry {
   /** For User scope: the rules, ordered for an early and cheap mismatch. */
   private readonly userChecks: readonly MatchRule[];
 
+  /** What the entry costs the daemon (matchEntryCost). */
+  readonly cost: number;
+
   constructor(
     readonly cookie: bigint,
     readonly rules: readonly MatchRule[],
   ) {
+    this.cost = matchEntryCost(rules);
     let user = 0;
     let notification = 0;
     let type = -1;
@@ -306,16 +310,38 @@ export interface MatchDbObserver {
   entryRemoved(entry: MatchEntry): void;
 }
 
+/**
+ * What an entry costs the daemon, roughly, in bytes: the entry, each rule with what it
+ * carries, and for a bloom mask the index's place for each of its generations (about 250
+ * bytes each, measured: a mask of 511 generations cost 130 KB). kdbus bounded entries by
+ * count only (KDBUS_MATCH_MAX); the daemon's memory needs a bound in bytes too.
+ */
+export function matchEntryCost(rules: readonly MatchRule[]): number {
+  let n = 256;
+  for (const r of rules) {
+    n += 64;
+    if (r.type === ItemType.BLOOM_MASK) n += r.words.byteLength + 256 * r.generations;
+    else if (r.type === ItemType.NAME) n += 2 * r.name.length;
+  }
+  return n;
+}
+
 /** The match entries of one connection. */
 export class MatchDb {
   private readonly byCookie = new Map<bigint, MatchEntry[]>();
   private entryCount = 0;
   private messageEntryCount = 0;
+  private cost = 0;
 
   constructor(private readonly observer?: MatchDbObserver) {}
 
   get count(): number {
     return this.entryCount;
+  }
+
+  /** What the entries cost the daemon (matchEntryCost). */
+  get bytes(): number {
+    return this.cost;
   }
 
   /** Entries that can take messages (not only notifications): what a bridge subscribes upstream for. */
@@ -327,18 +353,22 @@ export class MatchDb {
    * Adds one entry. With `replace`, the entries carrying the same cookie go first, but only
    * if the new one then fits: more than KDBUS_MATCH_MAX entries is EMFILE and changes nothing.
    */
-  add(cookie: bigint, rules: readonly MatchRule[], replace: boolean): void {
+  add(cookie: bigint, rules: readonly MatchRule[], replace: boolean, afford?: (bytesAfter: number) => void): void {
     const replaced = replace ? this.byCookie.get(cookie) : undefined;
     const after = this.entryCount - (replaced?.length ?? 0) + 1;
     if (after > Limits.MATCH_MAX) {
       throw fail('EMFILE', `a connection can hold at most ${Limits.MATCH_MAX} match entries; remove some before adding more`);
     }
-    if (replaced !== undefined) this.drop(cookie, replaced);
     const entry = new MatchEntry(cookie, rules);
+    let freed = 0;
+    for (const e of replaced ?? []) freed += e.cost;
+    afford?.(this.cost - freed + entry.cost);
+    if (replaced !== undefined) this.drop(cookie, replaced);
     const list = this.byCookie.get(cookie);
     if (list === undefined) this.byCookie.set(cookie, [entry]);
     else list.push(entry);
     this.entryCount++;
+    this.cost += entry.cost;
     if (takesMessages(entry)) this.messageEntryCount++;
     this.observer?.entryAdded(entry);
   }
@@ -372,6 +402,7 @@ export class MatchDb {
   private drop(cookie: bigint, list: MatchEntry[]): void {
     this.byCookie.delete(cookie);
     this.entryCount -= list.length;
+    for (const e of list) this.cost -= e.cost;
     for (const e of list) if (takesMessages(e)) this.messageEntryCount--;
     if (this.observer !== undefined) for (const e of list) this.observer.entryRemoved(e);
   }

@@ -11,6 +11,10 @@ import {
 } from '../../src/abi/constants';
 import type { ItemWriter } from '../../src/abi/items';
 import { TestBus, type TestClient, type ReceivedMessage, credsOf, expectOk } from '../helpers/kdbus-client';
+import { Domain } from '../../src/bus/domain';
+import { matchEntryCost } from '../../src/bus/match';
+import { HeldBudget } from '../../src/os/held-budget';
+import { OTHER_UID, UNPRIV_UID } from './bus-fixtures';
 
 const ANY = KDBUS_MATCH_ID_ANY;
 const BLOOM = 64;
@@ -352,5 +356,44 @@ describe('bus matches: broadcasts and unicast signals', () => {
     c.close();
     await expectOk(signal(s, 1n));
     assert.equal(tb.bus.matches.db(conn), undefined);
+  });
+});
+
+describe('bus matches: the memory match entries cost the daemon', () => {
+  const buses: TestBus[] = [];
+  afterEach(() => {
+    for (const b of buses.splice(0)) b.destroy();
+  });
+
+  // One entry: a bloom mask of 100 generations (each costs the index a place).
+  const generations = 100;
+  const big = (w: ItemWriter): void => {
+    const at = w.beginItem(ItemType.BLOOM_MASK);
+    w.zeros(BLOOM * generations);
+    w.endItem(at);
+  };
+
+  it("refuses with ENOMEM the entry that would cost more than its user's share, and gives it back on remove and disconnect", async () => {
+    const one = matchEntryCost([{ type: ItemType.BLOOM_MASK, generations, blockWords: BLOOM / 4, words: new Int32Array((BLOOM * generations) / 4) }]);
+    assert.ok(one > BLOOM * generations, `an entry costs ${one} bytes, more than its mask`);
+    const domain = new Domain();
+    domain.matchBytes = new HeldBudget('bytes of match entries', { perUser: 3 * one, total: 100 * one });
+    const tb = await TestBus.create({ bloomSize: BLOOM, domain });
+    buses.push(tb);
+    const c = await tb.conn({}, { creds: credsOf(UNPRIV_UID, UNPRIV_UID), privileged: false });
+    const other = await tb.conn({}, { creds: credsOf(OTHER_UID, OTHER_UID), privileged: false });
+    for (const cookie of [1n, 2n, 3n]) await expectOk(c.addMatch(cookie, big));
+    assert.equal(tb.bus.matches.db(c.conn)!.bytes, 3 * one);
+    assert.equal(name((await c.addMatch(4n, big)).errno), 'ENOMEM');
+    assert.equal(tb.bus.matches.db(c.conn)!.count, 3, 'nothing was added');
+    assert.equal(domain.matchBytes.held(UNPRIV_UID), 3 * one);
+    await expectOk(other.addMatch(1n, big));
+    await expectOk(c.removeMatch(2n));
+    await expectOk(c.addMatch(4n, big));
+    // A replacement costs only the difference.
+    await expectOk(c.addMatch(4n, big, MatchFlags.REPLACE));
+    c.close();
+    assert.equal(domain.matchBytes.held(UNPRIV_UID), 0);
+    assert.equal(domain.matchBytes.held(OTHER_UID), one);
   });
 });
