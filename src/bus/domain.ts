@@ -30,6 +30,13 @@ export class Domain {
    */
   matchBytes = new HeldBudget('bytes of match entries', byteShares(Limits.CMD_MAX_SIZE));
 
+  /**
+   * The daemon's memory that pools' slices in use take, by the opener's uid: kdbus's pools
+   * were charged to their clients; here a client that receives and never FREEs fills pools
+   * of up to 4 GiB each in the daemon.
+   */
+  poolBytes = new HeldBudget('bytes of pool slices in use', byteShares(Limits.MSG_MAX_PAYLOAD_VEC_SIZE));
+
   nextId(): bigint {
     return ++this.lastId;
   }

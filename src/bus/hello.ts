@@ -79,7 +79,7 @@ export function cmdHello(ep: Endpoint, opener: Opener, ctx: CallContext, arg: bi
     user.chargeConnection();
     charged = user;
 
-    const pool = new Pool((opener.poolStorage ?? bus.domain.poolStorage)(Number(poolSize)));
+    const pool = new Pool((opener.poolStorage ?? bus.domain.poolStorage)(Number(poolSize)), bus.domain.poolBytes.account(opener.creds.uid));
     conn = new Connection({
       id,
       ep,

@@ -22,6 +22,7 @@
  * the bus drops its reference, even if the client has not freed it yet.
  */
 import { fail } from '../abi/errno';
+import type { HeldAccount } from '../os/held-budget';
 import type { PoolStorage } from './pool-storage';
 
 /** Where something lives in the pool, as the ABI reports it. */
@@ -127,9 +128,16 @@ export class Pool {
   /** Slices with a reference, by offset: FREE looks them up here. */
   private readonly busy = new Map<number, SliceNode>();
   private accounted = 0;
+  /** Bytes in slices that are not free: what the pool's storage may hold. */
+  private inUse = 0;
   private readonly empty: PoolExtent;
 
-  constructor(readonly storage: PoolStorage) {
+  /**
+   * `account`: the daemon's memory the pool's slices take, counted with the other pools of
+   * the same user (held-budget.ts). kdbus's pools were the clients' own memory; here every
+   * pool is the daemon's, and a client that never FREEs could fill all of its pools.
+   */
+  constructor(readonly storage: PoolStorage, private readonly account?: HeldAccount) {
     this.freeTree.insert(new SliceNode(this, 0, storage.size));
     this.empty = Object.freeze({ offset: storage.size, size: 0 });
   }
@@ -172,6 +180,10 @@ export class Pool {
     if (!found) {
       throw fail('EXFULL', `no free ${want}-byte range left in the ${this.size}-byte pool; the client must FREE what it received`);
     }
+    if (this.account && !this.account.hold(this.inUse + want)) {
+      throw fail('EXFULL', `the pool's ${want} more bytes are refused: ${this.account.refusal}; the client must FREE what it received`);
+    }
+    this.inUse += want;
     if (!exact) {
       // Order matters for the tree's shape: the remainder goes in while `found` is still there.
       const rest = new SliceNode(this, found.offset + want, found.size - want);
@@ -214,6 +226,7 @@ export class Pool {
 
   close(): void {
     this.storage.close();
+    this.account?.hold(0);
   }
 
   /** @internal A slice's bus reference went away while it was accounted. */
@@ -224,6 +237,8 @@ export class Pool {
   /** @internal Both references are gone: merge with free neighbours and make it allocatable. */
   reclaim(slice: SliceNode): void {
     this.busy.delete(slice.offset);
+    this.inUse -= slice.size;
+    this.account?.hold(this.inUse);
     const next = slice.next;
     if (next && next.free) {
       this.freeTree.erase(next);

@@ -10,6 +10,8 @@ import { Errno } from '../../src/abi/errno';
 import { HelloFlags, ItemType, KDBUS_MATCH_ID_ANY, MsgFlags, NameFlags, PolicyAccess, PolicyAccessType, RecvReturn } from '../../src/abi/constants';
 import type { ItemWriter } from '../../src/abi/items';
 import { FakeFile, TestBus, type TestClient, credsOf, expectOk, memfd } from '../helpers/kdbus-client';
+import { Domain } from '../../src/bus/domain';
+import { HeldBudget } from '../../src/os/held-budget';
 
 const MiB = 1024 * 1024;
 const MAX_MSGS = 256;
@@ -315,5 +317,36 @@ describe('bus quota: activators (test-message activator_quota)', () => {
     await expectOk(conn.acquire(NAME, NameFlags.REPLACE_EXISTING));
     r = await conn.recv();
     assert.deepEqual([r.errno, r.dropped], [0, 10n]);
+  });
+});
+
+describe("bus: the daemon's memory in a user's pools", () => {
+  it('refuses delivery into a pool whose user holds its share of slices, and counts FREE and disconnect', async () => {
+    const domain = new Domain();
+    domain.poolBytes = new HeldBudget('bytes of pool slices in use', { perUser: 64 * 1024, total: 1024 * 1024 });
+    const tb = await TestBus.create({ domain });
+    try {
+      const opener = { creds: credsOf(1000), privileged: false };
+      const receiver = await tb.conn({}, opener);
+      const sender = await tb.conn({}, opener);
+      const afterHello = domain.poolBytes.held(1000);
+      // Received and never freed: each keeps its slice.
+      const offsets: number[] = [];
+      let refused = '';
+      for (let i = 0; i < 32 && !refused; i++) {
+        const r = await sender.send({ dst: receiver.id, payload: [Buffer.alloc(8192)] });
+        if (r.errno) refused = name(r.errno);
+        else offsets.push((await receiver.recv()).msg!.offset);
+      }
+      assert.equal(refused, 'EXFULL', 'the sender sees a full pool');
+      assert.ok(offsets.length >= 6 && offsets.length < 8, `${offsets.length} messages of 8 KiB went into a 64 KiB share (${afterHello} bytes of it after HELLO)`);
+      await expectOk(receiver.free(BigInt(offsets[0]!)));
+      await expectOk(sender.send({ dst: receiver.id, payload: [Buffer.alloc(8192)] }));
+      receiver.close();
+      sender.close();
+      assert.equal(domain.poolBytes.held(1000), 0);
+    } finally {
+      tb.destroy();
+    }
   });
 });

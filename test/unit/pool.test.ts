@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { Errno, KdbusError } from '../../src/abi/errno';
 import { Pool, type Slice } from '../../src/bus/pool';
 import { SparseStorage } from '../../src/bus/pool-storage';
+import { HeldBudget } from '../../src/os/held-budget';
 
 const PAGE = 4096;
 
@@ -427,3 +428,27 @@ const TRACE = [
   'r504=0 r112=0 a5=1192/960 f152=0 f1976=0 a5+=336/968 a8=1016/968 p944=0 r1136=0 a40=-54/936',
   'r1192=0 a32+=504/968 a16+=480/984 a8+=1192/992 f408=0 f944=0 r88=0 a32=1136/992',
 ];
+
+describe("Pool: the daemon's memory its slices take", () => {
+  it("refuses with EXFULL the slice that would take its user past its share, and counts FREE and close", () => {
+    const budget = new HeldBudget('bytes of pool slices in use', { perUser: 3 * PAGE, total: 100 * PAGE });
+    const a = new Pool(new SparseStorage(16 * PAGE), budget.account(1000));
+    const b = new Pool(new SparseStorage(16 * PAGE), budget.account(1000));
+    const other = new Pool(new SparseStorage(16 * PAGE), budget.account(1001));
+    const first = received(a, PAGE);
+    received(a, PAGE);
+    received(b, 1);
+    assert.equal(budget.held(1000), 2 * PAGE + 8, 'sizes as allocated, rounded up to 8');
+    assert.equal(errnoOf(() => b.alloc(PAGE, true)), Errno.EXFULL);
+    assert.equal(budget.held(1000), 2 * PAGE + 8, 'a refused slice counts nothing');
+    received(other, 2 * PAGE);
+    a.freeByOffset(first);
+    received(b, PAGE);
+    assert.equal(budget.held(1000), 2 * PAGE + 8);
+    a.close();
+    assert.equal(budget.held(1000), PAGE + 8);
+    b.close();
+    assert.equal(budget.held(1000), 0);
+    assert.equal(budget.held(1001), 2 * PAGE);
+  });
+});
