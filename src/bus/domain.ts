@@ -37,6 +37,14 @@ export class Domain {
    */
   poolBytes = new HeldBudget('bytes of pool slices in use', byteShares(Limits.MSG_MAX_PAYLOAD_VEC_SIZE));
 
+  /**
+   * The daemon's descriptors that files in messages take from SEND until their receiver
+   * takes them, by the sender's uid. kdbus held them as references in the kernel; a daemon
+   * holds open descriptors, out of a limit all users share. Set by whoever knows that limit
+   * (the daemon); unbounded here.
+   */
+  messageFds: HeldBudget | undefined;
+
   nextId(): bigint {
     return ++this.lastId;
   }

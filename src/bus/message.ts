@@ -443,7 +443,17 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
     throw e;
   }
 
-  const gaps = fds.length > 0 || memfds.length > 0 ? new Gaps(fds, memfds, fdOffset, memfdOffsets) : undefined;
+  let gaps: Gaps | undefined;
+  if (fds.length > 0 || memfds.length > 0) {
+    const account = bus.domain.messageFds?.account(ctx.creds.uid);
+    if (account && !account.hold(fds.length + memfds.length)) {
+      for (const f of fds) f.close();
+      for (const f of memfds) f.close();
+      if (pooled) payloadBuffers.give(pooled);
+      throw fail('EMFILE', `the files of this message are refused: ${account.refusal}`);
+    }
+    gaps = new Gaps(fds, memfds, fdOffset, memfdOffsets, account);
+  }
   const bloom = bloomItem
     ? { generation: bloomItem.payload.readBigUInt64LE(0), data: Buffer.from(bloomItem.payload.subarray(8)) }
     : undefined;

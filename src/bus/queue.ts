@@ -4,6 +4,7 @@
  * the quota charge that pays for it, so freeing an entry releases both.
  */
 import type { ImportedFile } from './caller';
+import type { HeldAccount } from '../os/held-budget';
 import type { Slice } from './pool';
 import type { QuotaCharge } from './quota';
 import type { ReplyTracker } from './reply';
@@ -22,6 +23,8 @@ export class Gaps {
     readonly fdOffset: number,
     /** Offsets of each PAYLOAD_MEMFD item's fd field inside the kdbus_msg. */
     readonly memfdOffsets: readonly number[],
+    /** Where the files count as the daemon's descriptors (Domain.messageFds), until they close. */
+    private readonly account?: HeldAccount,
   ) {}
 
   ref(): this {
@@ -33,6 +36,7 @@ export class Gaps {
     if (--this.refs > 0) return;
     for (const f of this.fds) f.close();
     for (const f of this.memfds) f.close();
+    this.account?.hold(0);
   }
 }
 

@@ -3,7 +3,7 @@
  * PID 1 did for kdbus's system bus), and the transports that carry clients to them.
  */
 import fs from 'node:fs';
-import { Attach, ItemType } from '../abi/constants';
+import { Attach, ItemType, Limits } from '../abi/constants';
 import { KdbusError } from '../abi/errno';
 import { ItemWriter } from '../abi/items';
 import { LocalMemory } from '../abi/local-memory';
@@ -14,6 +14,8 @@ import { controlPath, listenAddresses, type Config } from '../config/config';
 import { LegacyEndpoint } from '../dbus1/legacy-endpoint';
 import { UpstreamBridge } from '../dbus1/upstream-bridge';
 import { logger } from '../log/logger';
+import { descriptorShares, HeldBudget } from '../os/held-budget';
+import { openFileLimit } from '../os/libc';
 import { CreatedDirs, runtimeDirs } from './runtime-dirs';
 import { ControlSocket } from './control-socket';
 import { StartupError } from './startup-error';
@@ -32,7 +34,9 @@ export class Daemon {
   private createdDirs: CreatedDirs | undefined;
   private control: ControlSocket | undefined;
 
-  constructor(readonly config: Config, private readonly version = '') {}
+  constructor(readonly config: Config, private readonly version = '') {
+    this.domain.messageFds = new HeldBudget('descriptors in queued messages', descriptorShares(openFileLimit(), 2 * Limits.MSG_MAX_FDS));
+  }
 
   /** Creates a bus through BUS_MAKE, as its owner; the bus lives as long as the daemon. */
   async createBus(name: string): Promise<void> {

@@ -350,3 +350,31 @@ describe("bus: the daemon's memory in a user's pools", () => {
     }
   });
 });
+
+describe("bus: the daemon's descriptors that files in messages hold", () => {
+  it("refuses with EMFILE the message whose files would take its sender's user past its share, until a receiver takes them", async () => {
+    const domain = new Domain();
+    domain.messageFds = new HeldBudget('descriptors in queued messages', { perUser: 20, total: 100 });
+    const tb = await TestBus.create({ domain });
+    try {
+      const a = await tb.conn();
+      const b = await tb.conn({ attachRecv: 0n });
+      const c = await tb.conn({ attachRecv: 0n });
+      const files = (n: number) => Array.from({ length: n }, () => a.fds.add(new FakeFile('other')));
+      const memfds = (n: number) => Array.from({ length: n }, (_, i) => ({ fd: a.fds.add(memfd(`memfd-${i}`)) }));
+      await expectOk(a.send({ dst: b.id, fds: files(8), memfds: memfds(8) }));
+      assert.equal(name((await a.send({ dst: c.id, fds: files(5) })).errno), 'EMFILE', 'fds and memfds count, to any receiver');
+      await expectOk(a.send({ dst: c.id, fds: files(4) }));
+      assert.equal(domain.messageFds.held(process.getuid!()), 20);
+      await b.mustRecv();
+      assert.equal(domain.messageFds.held(process.getuid!()), 4, 'RECV gives them back');
+      await expectOk(a.send({ dst: c.id, fds: files(12) }));
+      assert.equal(domain.messageFds.held(process.getuid!()), 16);
+      c.close();
+      assert.equal(domain.messageFds.held(process.getuid!()), 0, 'a receiver that goes drops them');
+    } finally {
+      tb.destroy();
+    }
+  });
+});
+
