@@ -18,6 +18,7 @@ import { Errno, fail, KdbusError } from '../abi/errno';
 import type { Item, ParsedCommand } from '../abi/command';
 import { isValidWellKnownName } from '../abi/names';
 import type { CallContext, ImportedFile } from './caller';
+import type { HeldAccount } from '../os/held-budget';
 import type { Bus } from './bus';
 import type { Connection } from './connection';
 import { collectProcMetadata, effectiveMask, encodeMetadata, IMPLICIT_ATTACH, metadataSize, type MetadataParts, type ProcMetadata } from './metadata';
@@ -384,6 +385,7 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
   const memfds: ImportedFile[] = [];
   const memfdOffsets: number[] = [];
   let fdOffset = 0;
+  let account: HeldAccount | undefined;
   try {
     for (const it of msg.items) {
       switch (it.type) {
@@ -436,6 +438,10 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
         }
       }
     }
+    account = fds.length + memfds.length > 0 ? bus.domain.messageFds?.account(ctx.creds.uid) : undefined;
+    if (account && !account.hold(fds.length + memfds.length)) {
+      throw fail('EMFILE', `the files of this message are refused: ${account.refusal}`);
+    }
   } catch (e) {
     for (const f of fds) f.close();
     for (const f of memfds) f.close();
@@ -443,17 +449,7 @@ function importMessage(bus: Bus, src: Connection, msg: ParsedCommand, ctx: CallC
     throw e;
   }
 
-  let gaps: Gaps | undefined;
-  if (fds.length > 0 || memfds.length > 0) {
-    const account = bus.domain.messageFds?.account(ctx.creds.uid);
-    if (account && !account.hold(fds.length + memfds.length)) {
-      for (const f of fds) f.close();
-      for (const f of memfds) f.close();
-      if (pooled) payloadBuffers.give(pooled);
-      throw fail('EMFILE', `the files of this message are refused: ${account.refusal}`);
-    }
-    gaps = new Gaps(fds, memfds, fdOffset, memfdOffsets, account);
-  }
+  const gaps = fds.length > 0 || memfds.length > 0 ? new Gaps(fds, memfds, fdOffset, memfdOffsets, account) : undefined;
   const bloom = bloomItem
     ? { generation: bloomItem.payload.readBigUInt64LE(0), data: Buffer.from(bloomItem.payload.subarray(8)) }
     : undefined;
