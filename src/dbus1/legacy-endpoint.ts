@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Bus } from '../bus/bus';
 import { logger } from '../log/logger';
-import { byteShares, descriptorShares, HeldBudget, type HeldAccount, type HeldShares } from '../os/held-budget';
+import { byteShares, descriptorShares, HeldBudget, Refusals, type HeldAccount, type HeldShares } from '../os/held-budget';
 import { openFileLimit } from '../os/libc';
 import { UnixListener, type ListenAddress } from '../os/unix-listener';
 import { closeFd, type PeerCred } from '../os/unix-socket';
@@ -45,8 +45,7 @@ export class LegacyEndpoint {
    */
   private readonly files: HeldBudget;
   private readonly accounts = new Map<LegacyClient, HeldAccount>();
-  /** Users refused a connection since one of theirs last closed: warned about once. */
-  private readonly refused = new Set<number>();
+  private readonly refusals = new Refusals();
   private readonly ctx: LegacyEndpointContext;
   private activation: Activation | undefined;
   /** Watches for activated services taking their names (one connection for every start). */
@@ -77,7 +76,7 @@ export class LegacyEndpoint {
         this.complete(c);
         this.accounts.get(c)?.hold(0);
         this.accounts.delete(c);
-        this.refused.delete(c.uid);
+        this.refusals.forget(c.uid);
       },
     };
   }
@@ -144,10 +143,7 @@ export class LegacyEndpoint {
     const account = this.files.account(peer.uid);
     if (!account.hold(1)) {
       closeFd(fd);
-      const line = `legacy endpoint: refusing clients of uid ${peer.uid} until one of its connections closes: ${account.refusal}`;
-      if (this.refused.has(peer.uid)) logger.verbose(line);
-      else logger.warn(line);
-      this.refused.add(peer.uid);
+      this.refusals.note(peer.uid, `legacy endpoint: refusing clients of uid ${peer.uid} until one of its connections closes: ${account.refusal}`);
       return;
     }
     let client: LegacyClient;

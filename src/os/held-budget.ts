@@ -11,6 +11,7 @@
  * beyond a share is refused, and only that user's traffic suffers.
  */
 import os from 'node:os';
+import { logger } from '../log/logger';
 
 export interface HeldShares {
   /** What all the connections of one user may hold at once. */
@@ -110,5 +111,27 @@ export class HeldAccount {
     this.mine = n;
     if (delta !== 0) this.budget.move(this.uid, delta);
     return true;
+  }
+}
+
+/**
+ * The log of clients refused at accept because their user is over a share: one warning per
+ * user and episode, later refusals at verbose, until one of that user's connections closes.
+ */
+export class Refusals {
+  private readonly warned = new Set<number>();
+
+  note(uid: number, line: string): void {
+    if (this.warned.has(uid)) {
+      logger.verbose(line);
+      return;
+    }
+    this.warned.add(uid);
+    logger.warn(line);
+  }
+
+  /** A connection of the user closed: its next refusal starts a new episode. */
+  forget(uid: number): void {
+    this.warned.delete(uid);
   }
 }

@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Domain } from '../bus/domain';
 import { StartupError } from '../daemon/startup-error';
 import type { Transport } from '../daemon/transport';
-import { byteShares, descriptorShares, HeldBudget, type HeldShares } from '../os/held-budget';
+import { byteShares, descriptorShares, HeldBudget, Refusals, type HeldShares } from '../os/held-budget';
 import { openFileLimit } from '../os/libc';
 import { MemfdStorage } from '../os/memfd-storage';
 import { logger } from '../log/logger';
@@ -44,8 +44,7 @@ export class SocketTransport implements Transport {
    * bytes: large frames' buffers, and the memory of commands that wait or fetch.
    */
   private readonly held: { fds: HeldBudget; bytes: HeldBudget; files: HeldBudget };
-  /** Users refused a session since one of theirs last closed: warned about once. */
-  private readonly refused = new Set<number>();
+  private readonly refusals = new Refusals();
 
   constructor(readonly opts: SocketTransportOptions) {
     this.attachments = opts.attachments ?? new AttachmentRegistry();
@@ -94,20 +93,17 @@ export class SocketTransport implements Transport {
       this.sessions.add(s);
     } catch (e) {
       socket.destroy();
-      if (!(e instanceof SessionRefused)) {
-        logger.warn(`socket transport: refusing a client: ${(e as Error).message}`);
-      } else if (!this.refused.has(e.uid)) {
-        this.refused.add(e.uid);
-        logger.warn(`socket transport: refusing clients of uid ${e.uid} until one of its files closes: ${e.message}`);
+      if (e instanceof SessionRefused) {
+        this.refusals.note(e.uid, `socket transport: refusing clients of uid ${e.uid} until one of its files closes: ${e.message}`);
       } else {
-        logger.verbose(`socket transport: refusing a client of uid ${e.uid}: ${e.message}`);
+        logger.warn(`socket transport: refusing a client: ${(e as Error).message}`);
       }
     }
   }
 
   private closed(s: SocketSession): void {
     this.sessions.delete(s);
-    this.refused.delete(s.peer.uid);
+    this.refusals.forget(s.peer.uid);
   }
 
   async stop(): Promise<void> {
