@@ -1,11 +1,11 @@
 /**
  * A kdbus node served as a CUSE device (control, or an endpoint): FUSE requests become
  * Handle calls. Ioctls reach caller memory with process_vm_readv/writev when the daemon
- * may; otherwise through the FUSE ioctl retry protocol, running the command again each
- * round until everything it reads has been copied in (commands change nothing before they
- * have read all they need).
+ * may; otherwise through the FUSE ioctl retry protocol (ioctl-retry.ts), running the
+ * command again each round until everything it reads has been copied in (commands change
+ * nothing before they have read all they need).
  */
-import { Off, Cmd } from '../abi/constants';
+import { Cmd } from '../abi/constants';
 import { Errno, KdbusError } from '../abi/errno';
 import type { CallContext, Interruptible } from '../bus/caller';
 import { Interruption } from '../bus/interruption';
@@ -14,23 +14,23 @@ import { PidfdFiles, type KdbusFilePredicate } from '../os/pidfd-files';
 import { ProcessMemory, ProcessMemoryDenied } from '../os/process-memory';
 import { logger } from '../log/logger';
 import { afterContinuations } from '../os/fd-watch';
-import { NeedMemory, SegmentMemory } from '../transport/segment-memory';
+import type { HeldBudget } from '../os/held-budget';
+import { NeedMemory } from '../transport/segment-memory';
 import { ATTACH_STRUCT_SIZE, KDBUS_CUSE_CMD_ATTACH, type AttachmentRegistry } from '../transport/attachments';
 import type { ChannelHandler, CuseChannel } from './cuse-channel';
 import { callerIdentity } from '../os/caller-identity';
 import { CuseFile } from './cuse-file';
+import { RetriedIoctl, type RetryAsk, type RetryRefusal } from './ioctl-retry';
 import {
-  IOCTL_MAX_BYTES, IOCTL_MAX_IOV, ioctlResultReply, ioctlRetryReply, Opcode, openReply, parseIoctlIn,
-  pollNotify, pollReply, POLL_SCHEDULE_NOTIFY, readCounter, reply, type InHeader, type IoctlIn, type Iovec,
+  IOCTL_MAX_BYTES, ioctlResultReply, ioctlRetryReply, Opcode, openReply, parseIoctlIn,
+  pollNotify, pollReply, POLL_SCHEDULE_NOTIFY, readCounter, reply, type InHeader, type IoctlIn,
 } from './fuse-abi';
 
 /** How the transport reaches caller memory; switches to 'retry' once process_vm is refused. */
 export interface MemoryMode {
   mode: 'process_vm' | 'retry';
-}
-
-interface RetryState {
-  ins: Iovec[];
+  /** Caller memory the retry protocol has copied in for ioctls still going on, per user. */
+  readonly copiedIn: HeldBudget;
 }
 
 /** Synchronous SENDs of all CUSE nodes that are waiting for their reply. */
@@ -39,7 +39,7 @@ let waitingSends = 0;
 export class CuseNode implements ChannelHandler {
   private readonly files = new Map<number, CuseFile>();
   private nextFh = 1;
-  private readonly retries = new Map<string, RetryState>();
+  private readonly retries = new Map<string, RetriedIoctl>();
 
   constructor(
     readonly node: KdbusNode,
@@ -95,6 +95,7 @@ export class CuseNode implements ChannelHandler {
       // FREEs the shim sent on the side channel before the last close belong to the handle.
       f.side?.catchUp();
       this.files.delete(fh);
+      this.endRetries(fh);
       for (const a of f.inFlight.values()) a.abort();
       f.stopWake?.();
       this.attachments.revoke(f);
@@ -111,6 +112,7 @@ export class CuseNode implements ChannelHandler {
       f.handle.release();
     }
     this.files.clear();
+    this.endRetries();
   }
 
   private poll(ch: CuseChannel, hdr: InHeader, p: Buffer): void {
@@ -182,7 +184,7 @@ export class CuseNode implements ChannelHandler {
         files.close();
         if (e instanceof ProcessMemoryDenied) {
           this.memory.mode = 'retry';
-          logger.warn(`process_vm access to callers is refused (errno ${e.errno}); using the FUSE ioctl retry protocol, limited to ${IOCTL_MAX_BYTES} bytes per ioctl`);
+          logger.warn(`process_vm access to callers is refused (errno ${e.errno}); using the FUSE ioctl retry protocol (a round trip for each piece of caller memory an ioctl reads, up to ${IOCTL_MAX_BYTES} bytes each)`);
           return this.retryIoctl(ch, hdr, f, io, new PidfdFiles(identity.tgid, this.isKdbus), identity.tgid, identity.creds, abort);
         }
         return done(-errnoOf(e));
@@ -217,45 +219,61 @@ export class CuseNode implements ChannelHandler {
     ch: CuseChannel, hdr: InHeader, f: CuseFile, io: IoctlIn, files: PidfdFiles, pid: number, creds: CallContext['creds'], signal: Interruptible | undefined,
   ): void {
     const key = `${io.fh}:${hdr.pid}:${io.cmd}:${io.arg}`;
-    const state = io.inSize > 0 ? this.retries.get(key) : undefined;
-    // The request's bytes are a view of the channel's buffer; a waiting command outlives it.
-    const data = state ? Buffer.from(io.data) : io.data;
-    const segments = [];
-    let at = 0;
-    for (const v of state?.ins ?? []) {
-      segments.push({ address: v.base, data: data.subarray(at, at + v.len) });
-      at += v.len;
+    let state = this.retries.get(key);
+    // A first round copies nothing in; a later one brings what the last answer asked for.
+    if (state && (io.inSize === 0 || !state.absorb(io.data))) {
+      state.end();
+      state = undefined;
     }
-    const mem = new SegmentMemory(segments);
-    const outs = structRanges(io.cmd, io.arg, mem);
+    if (!state) {
+      state = new RetriedIoctl(io.fh, io.cmd, io.arg, this.memory.copiedIn.account(hdr.uid));
+      this.retries.set(key, state);
+    }
+    const retried = state;
     const installs = io.cmd === Cmd.RECV || io.cmd === Cmd.SEND;
-    const finish = (result: number): void => {
+    const end = (): void => {
       this.retries.delete(key);
+      retried.end();
       f.inFlight.delete(hdr.unique);
       if (installs) f.side?.commandDone(io.cmd === Cmd.RECV);
       files.close();
-      ch.send(ioctlResultReply(hdr.unique, result, outData(outs, mem)));
+    };
+    const answer = (next: RetryAsk | RetryRefusal): void => {
+      if ('errno' in next) {
+        end();
+        logger.warn(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid} cannot go on through the FUSE retry protocol: ${next.why}` +
+          (next.errno === 'EMSGSIZE' ? '; give the daemon ptrace-level access (CAP_SYS_PTRACE) to lift the limit' : ''));
+        return ch.send(ioctlResultReply(hdr.unique, -Errno[next.errno]));
+      }
+      f.inFlight.delete(hdr.unique);
+      files.close();
+      ch.send(ioctlRetryReply(hdr.unique, next.ins, next.outs));
+    };
+    const mem = retried.memory();
+    if (!mem) return answer(retried.nextPiece());
+    const finish = (result: number): void => {
+      end();
+      ch.send(ioctlResultReply(hdr.unique, result, retried.result(mem)));
     };
     const ctx: CallContext = { mem, files, installer: f.installer, pid, tid: hdr.pid, creds, signal };
     try {
       settle(f.handle.ioctl(io.cmd, io.arg, ctx), () => finish(0), (errno) => finish(-errno));
     } catch (e) {
       if (!(e instanceof NeedMemory)) return finish(-errnoOf(e));
-      files.close();
-      f.inFlight.delete(hdr.unique);
-      const ins = [...(state?.ins ?? []), { base: e.address, len: e.length }];
-      const inBytes = ins.reduce((n, v) => n + v.len, 0);
-      const wantOuts = structRanges(io.cmd, io.arg, new SegmentMemory([...segments, { address: e.address, data: Buffer.alloc(e.length) }]));
-      const outBytes = wantOuts.reduce((n, v) => n + v.len, 0);
-      if (ins.length + wantOuts.length > IOCTL_MAX_IOV || inBytes > IOCTL_MAX_BYTES || outBytes > IOCTL_MAX_BYTES) {
-        this.retries.delete(key);
-        if (installs) f.side?.commandDone(io.cmd === Cmd.RECV);
-        logger.warn(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid} needs ${inBytes} bytes of caller memory: more than the FUSE retry protocol carries; give the daemon ptrace-level access (CAP_SYS_PTRACE) to lift the limit`);
-        return ch.send(ioctlResultReply(hdr.unique, -Errno.EMSGSIZE));
-      }
-      this.retries.set(key, { ins });
-      logger.debug(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid}: retry round ${ins.length} asks ${inBytes} bytes in, ${outBytes} out`);
-      ch.send(ioctlRetryReply(hdr.unique, ins, wantOuts));
+      logger.debug(`ioctl 0x${io.cmd.toString(16)} of pid ${hdr.pid}: needs ${e.length} bytes at 0x${e.address.toString(16)}, holds ${retried.bytes}`);
+      answer(retried.askFor(e));
+    }
+  }
+
+  /**
+   * Drops the retry rounds of a file's ioctls, or of all: a caller killed between two rounds
+   * never sends the next one, and what its ioctl copied in would stay held.
+   */
+  private endRetries(fh?: number): void {
+    for (const [key, r] of this.retries) {
+      if (fh !== undefined && r.fh !== fh) continue;
+      r.end();
+      this.retries.delete(key);
     }
   }
 
@@ -300,49 +318,4 @@ function settle(r: void | Promise<void>, ok: () => void, err: (errno: number) =>
     return;
   }
   r.then(ok, (e: unknown) => err(errnoOf(e)));
-}
-
-/**
- * The caller memory a kdbus command writes back into: its own struct, and for SEND the
- * message (negotiation answers). Known once the struct's size has been read.
- */
-function structRanges(cmd: number, arg: bigint, mem: SegmentMemory): Iovec[] {
-  const out: Iovec[] = [];
-  let size: number;
-  try {
-    size = Number(mem.read(arg, 8).readBigUInt64LE(0));
-  } catch {
-    return out;
-  }
-  if (size < 8 || size > 32768) return out;
-  out.push({ base: arg, len: size });
-  if (cmd === Cmd.SEND) {
-    try {
-      const msgAddr = mem.read(arg + BigInt(Off.send.msg_address), 8).readBigUInt64LE(0);
-      const msgSize = Number(mem.read(msgAddr, 8).readBigUInt64LE(0));
-      if (msgSize >= 8 && msgSize <= 32768) out.push({ base: msgAddr, len: msgSize });
-    } catch {
-      // The message has not been read yet; it becomes an out range in a later round.
-    }
-  }
-  return out;
-}
-
-/** The final data for the out iovecs: the caller's bytes as read, with the command's writes applied. */
-function outData(outs: readonly Iovec[], mem: SegmentMemory): Buffer {
-  const parts: Buffer[] = [];
-  for (const o of outs) {
-    let b: Buffer;
-    try {
-      b = mem.read(o.base, o.len);
-    } catch {
-      b = Buffer.alloc(o.len);
-    }
-    for (const w of mem.writes) {
-      const start = Number(w.address - o.base);
-      if (start >= 0 && start + w.data.length <= o.len) w.data.copy(b, start);
-    }
-    parts.push(b);
-  }
-  return Buffer.concat(parts);
 }

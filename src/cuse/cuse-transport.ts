@@ -6,12 +6,14 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { Limits } from '../abi/constants';
 import type { Domain } from '../bus/domain';
 import type { Endpoint } from '../bus/endpoint';
 import type { NodeHost } from '../bus/node-host';
 import { StartupError } from '../daemon/startup-error';
 import type { Transport } from '../daemon/transport';
 import { logger } from '../log/logger';
+import { byteShares, HeldBudget } from '../os/held-budget';
 import { MemfdStorage } from '../os/memfd-storage';
 import type { AttachmentRegistry } from '../transport/attachments';
 import { busDirMode } from '../transport/placeholder-tree';
@@ -49,7 +51,10 @@ export class CuseTransport implements Transport, NodeHost {
    * process_vm until the kernel refuses it. KDBUS_CUSE_IOCTL_MEMORY=retry starts with the
    * FUSE retry protocol instead (to test it, or where process_vm is known to be blocked).
    */
-  private readonly memory: MemoryMode = { mode: process.env['KDBUS_CUSE_IOCTL_MEMORY'] === 'retry' ? 'retry' : 'process_vm' };
+  private readonly memory: MemoryMode = {
+    mode: process.env['KDBUS_CUSE_IOCTL_MEMORY'] === 'retry' ? 'retry' : 'process_vm',
+    copiedIn: new HeldBudget('bytes of caller memory copied in for ioctls in progress', byteShares(Limits.MSG_MAX_PAYLOAD_VEC_SIZE + Limits.CMD_MAX_SIZE)),
+  };
   private readonly channels = new Map<string, { ch: CuseChannel; node: CuseNode }>();
   /** Device numbers of the nodes this transport made (kernel-assigned, never reused while open). */
   private readonly rdevs = new Set<number>();

@@ -9,6 +9,8 @@ import { fail } from '../abi/errno';
 import type { CallerMemory } from '../abi/memory';
 import type { Segment } from './frames';
 
+const EMPTY = Buffer.alloc(0);
+
 export class NeedMemory extends Error {
   constructor(readonly address: bigint, readonly length: number) {
     super(`need ${length} bytes of caller memory at 0x${address.toString(16)}`);
@@ -69,8 +71,13 @@ export class SegmentMemory implements CallerMemory {
     s.data.copy(target, offset, at, at + length);
   }
 
-  /** The segment that holds [address, address + length); EFAULT or NeedMemory if none does. */
+  /**
+   * The segment that holds [address, address + length); EFAULT or NeedMemory if none does.
+   * Nothing is read for no bytes, as copy_from_user reads nothing for them: a client's
+   * memory is never asked for zero bytes, which neither transport could carry.
+   */
   private locate(address: bigint, length: number): Segment {
+    if (length === 0) return { address, data: EMPTY };
     const end = address + BigInt(length);
     for (const s of this.segments) {
       if (address >= s.address && end <= s.address + BigInt(s.data.length)) return s;
