@@ -28,7 +28,7 @@ import { Errno, KdbusError } from '../abi/errno';
 import { logger } from '../log/logger';
 import type { LocalConnection } from './local-connection';
 import { isValidWellKnownName } from './names';
-import type { Received } from './pool-records';
+import { closeMessageFiles, type Received } from './pool-records';
 
 // --- errors ----------------------------------------------------------------------------
 
@@ -792,8 +792,7 @@ class NameWaits {
   private readonly receive = (r: Received): void => {
     if (r.kind === 'message') {
       // Not meant for this connection; its files are ours to close.
-      for (const f of r.fds) f?.close();
-      for (const part of r.payload) if (!Buffer.isBuffer(part)) part.file?.close();
+      closeMessageFiles(r);
       return;
     }
     if (r.kind !== 'name-add' && r.kind !== 'name-change') return;

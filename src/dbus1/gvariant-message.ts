@@ -104,17 +104,24 @@ export function encodeGVariantMessage(m: Message): Buffer {
   return encode(m, m.flags, true);
 }
 
+/** Where an encoded message's body lies: [begin, end), after the header fields' padding, before the footer. */
+export interface BodyRange {
+  begin: number;
+  end: number;
+}
+
 /**
  * m as a kdbus payload of its sender: without a SENDER field (the bus's source id says who
  * sent it) and with `flags` for m.flags, without a copy of m. `decoded` as for
- * encodeDecodedMessage: only sender and destination are checked again.
+ * encodeDecodedMessage: only sender and destination are checked again. `body`, if given,
+ * is set to where the body lies in the result.
  */
-export function encodeGVariantPayload(m: Message, flags: number, decoded = false, out?: OutputBuffer): Buffer {
+export function encodeGVariantPayload(m: Message, flags: number, decoded = false, out?: OutputBuffer, body?: BodyRange): Buffer {
   if (!Number.isInteger(flags) || flags < 0 || flags > 0xff) throw new ValueError(`flags ${flags} are not a byte`);
-  return encode(m, flags, false, decoded, out);
+  return encode(m, flags, false, decoded, out, body);
 }
 
-function encode(m: Message, flags: number, withSender: boolean, decoded = false, out = new OutputBuffer(256)): Buffer {
+function encode(m: Message, flags: number, withSender: boolean, decoded = false, out = new OutputBuffer(256), body?: BodyRange): Buffer {
   const problem = decoded ? addressProblem(m) : headerProblem(m);
   if (problem !== undefined) throw new ValueError(problem);
   if (m.serial > 0xffff_ffff_ffff_ffffn) throw new ValueError(`cookie ${m.serial} does not fit 64 bits`);
@@ -131,7 +138,12 @@ function encode(m: Message, flags: number, withSender: boolean, decoded = false,
   writeHeaderFields(out, m, withSender);
   const fieldsEnd = out.pos;
   out.align(8);
+  const bodyBegin = out.pos;
   writeGVariantBody(out, types, m.body);
+  if (body) {
+    body.begin = bodyBegin;
+    body.end = out.pos;
+  }
   out.u8(0);
   out.u8(0x28); // '('
   out.ascii(m.signature);

@@ -27,7 +27,7 @@ import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from '.
 import { decodeMessage, encodeDecodedMessage, encodeMessage, MessageFlag, MessageType, type Message } from './message';
 import { MessageStream } from './message-stream';
 import { withReusedOutput } from './output-buffer';
-import type { KdbusMessage, Received } from './pool-records';
+import { closeMessageFiles, closePayloadFiles, type KdbusMessage, type Received } from './pool-records';
 import { SaslServer } from './sasl';
 import {
   DRIVER_NAME, driverReply, driverSignal, errorReply, fromKdbus, matchView, nameOwnerChanged, toKdbus, uniqueName,
@@ -384,6 +384,8 @@ export class LegacyClient implements DriverClient {
       // from a kdbus client: the legacy client never sees it.
       return this.drop(k, (e as Error).message);
     }
+    // The payload's memfds were read in.
+    closePayloadFiles(k);
     if (k.dstId === KDBUS_DST_ID_BROADCAST && !this.wants(m)) return this.drop(k, 'no match rule of the client takes it');
     if (fds.includes(-1)) return this.drop(k, 'a descriptor of it could not be received');
     if (!this.sendToClient(m, fds, false, true)) {
@@ -393,7 +395,7 @@ export class LegacyClient implements DriverClient {
   }
 
   private drop(k: KdbusMessage, why: string): void {
-    for (const f of k.fds) f?.close();
+    closeMessageFiles(k);
     logger.debug(`${this.uniqueName}: a message from :1.${k.srcId} was dropped: ${why}`);
   }
 
@@ -495,7 +497,7 @@ export class LegacyClient implements DriverClient {
       } catch (e) {
         logger.debug(`${this.uniqueName}: a monitored message could not be shown: ${(e as Error).message}`);
       }
-      for (const f of r.fds) f?.close();
+      closeMessageFiles(r);
       if (m && m.destination === '') m.destination = undefined;
     } else if (r.kind === 'name-add' || r.kind === 'name-change' || r.kind === 'name-remove') {
       if (this.ctx.legacyIds.has(r.newId) || this.ctx.legacyIds.has(r.oldId)) return;

@@ -30,6 +30,7 @@ import { openHandle, Poll, type Handle, type KdbusNode } from '../bus/handle';
 import { SparseStorage } from '../bus/pool-storage';
 import { logger } from '../log/logger';
 import { afterContinuations } from '../os/fd-watch';
+import { sealedMemfd } from '../os/sealed-memfd';
 import { FileKeeper, LocalCaller } from './local-caller';
 import {
   decodeBloomParameter, decodeInfo, decodeList, decodeReceived, type InfoRecord, type KdbusMessage, type ListEntry,
@@ -75,6 +76,11 @@ export interface OutgoingMemfd {
   size: number;
 }
 
+/** Bytes the connection puts into a sealed memfd of its own, sent as a PAYLOAD_MEMFD. */
+export interface OutgoingSealed {
+  sealed: Buffer;
+}
+
 export interface OutgoingMessage {
   /** A connection id, KDBUS_DST_ID_BROADCAST, or a well-known name. */
   dst: bigint | string;
@@ -89,7 +95,7 @@ export interface OutgoingMessage {
   /** Default KDBUS_PAYLOAD_DBUS. */
   payloadType?: bigint;
   /** PAYLOAD_VEC (buffers, read in place by the bus) and PAYLOAD_MEMFD items, in order. Empty buffers are skipped. */
-  payload?: ReadonlyArray<Buffer | OutgoingMemfd>;
+  payload?: ReadonlyArray<Buffer | OutgoingMemfd | OutgoingSealed>;
   /** FDS. The bus takes these and the memfds over: they are closed once delivered, or when sending fails. */
   fds?: readonly ImportedFile[];
   /** Signal's bloom filter (generation 0), exactly the bus's bloom size. */
@@ -206,6 +212,8 @@ export class LocalConnection {
   private disconnectHandler: (() => void) | undefined;
   /** Addresses mapped for the message being sent. */
   private readonly staged: bigint[] = [];
+  /** The file numbers of the message being sent's payload parts (-1: a vector). */
+  private readonly fileNos: number[] = [];
   private scheduled = false;
   private closed = false;
   private disconnectReported = false;
@@ -340,16 +348,23 @@ export class LocalConnection {
       else w.string(ItemType.DST_NAME, name);
     }
 
-    // Files are offered before anything can fail, so that every one of them is consumed.
+    // Files are offered before anything can fail, so that every one of them is consumed;
+    // a memfd made here is offered as soon as it exists.
     const payload = msg.payload ?? NO_PARTS;
+    const fds = msg.fds ?? NO_FILES;
+    const fileNos = this.fileNos;
+    fileNos.length = 0;
     for (let i = 0; i < payload.length; i++) {
       const part = payload[i]!;
-      if (!Buffer.isBuffer(part)) caller.offerFile(part.file);
+      fileNos.push(Buffer.isBuffer(part) || 'sealed' in part ? -1 : caller.offerFile(part.file));
     }
-    const fds = msg.fds ?? NO_FILES;
-    for (let i = 0; i < fds.length; i++) caller.offerFile(fds[i]!);
+    const firstFd = fds.length > 0 ? caller.offerFile(fds[0]!) : 0;
+    for (let i = 1; i < fds.length; i++) caller.offerFile(fds[i]!);
+    for (let i = 0; i < payload.length; i++) {
+      const part = payload[i]!;
+      if (!Buffer.isBuffer(part) && 'sealed' in part) fileNos[i] = caller.offerFile(sealedMemfd(part.sealed));
+    }
 
-    let fileNo = 0;
     for (let i = 0; i < payload.length; i++) {
       const part = payload[i]!;
       if (Buffer.isBuffer(part)) {
@@ -359,12 +374,13 @@ export class LocalConnection {
         w.itemU64(ItemType.PAYLOAD_VEC, part.length, Number(addr));
       } else {
         const at = w.beginItem(ItemType.PAYLOAD_MEMFD);
-        w.u64(part.start).u64(part.size).i32(fileNo++).u32(0).endItem(at);
+        const size = 'sealed' in part ? part.sealed.length : part.size;
+        w.u64('sealed' in part ? 0 : part.start).u64(size).i32(fileNos[i]!).u32(0).endItem(at);
       }
     }
     if (fds.length > 0) {
       const at = w.beginItem(ItemType.FDS);
-      for (let i = 0; i < fds.length; i++) w.i32(fileNo++);
+      for (let i = 0; i < fds.length; i++) w.i32(firstFd + i);
       w.endItem(at);
     }
     if (msg.bloom) {

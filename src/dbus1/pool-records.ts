@@ -448,6 +448,17 @@ export function decodeBloomParameter(b: Buffer): { size: number; nHash: number }
   return found;
 }
 
+/** Closes what a received message holds open: its FDS and the memfds of its payload. */
+export function closeMessageFiles(msg: KdbusMessage): void {
+  for (const f of msg.fds) f?.close();
+  closePayloadFiles(msg);
+}
+
+/** Closes the memfds of a message's payload: once its bytes are read, nothing needs them. */
+export function closePayloadFiles(msg: KdbusMessage): void {
+  for (const part of msg.payload) if (!Buffer.isBuffer(part)) part.file?.close();
+}
+
 /**
  * The message's payload bytes, memfd ranges read in, as one buffer: no copy when the data
  * parts lie back to back in one buffer, as kdbus packs a message's data vectors in its slice.

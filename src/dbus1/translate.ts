@@ -8,7 +8,7 @@ import { KDBUS_DST_ID_BROADCAST, KDBUS_PAYLOAD_DBUS, MsgFlags } from '../abi/con
 import type { Bus } from '../bus/bus';
 import type { ImportedFile } from '../bus/caller';
 import type { Bloom } from './bloom';
-import { decodeGVariantMessage, encodeGVariantPayload } from './gvariant-message';
+import { type BodyRange, decodeGVariantMessage, encodeGVariantPayload } from './gvariant-message';
 import { kdbusIdOfUniqueName, type MatchMessage, type MessageType as RuleType, type NameOwners } from './match-rule';
 import { MessageFlag, MessageType, type Message } from './message';
 import type { OutputBuffer } from './output-buffer';
@@ -89,17 +89,32 @@ export function toKdbus(
   // dbus1 does not require the flag on replies, errors and signals, so it is set here.
   const headerFlags = expectReply ? m.flags : m.flags | MessageFlag.NoReplyExpected;
   // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
-  const payload = encodeGVariantPayload(m, headerFlags, decoded, bytes);
+  const body: BodyRange = { begin: 0, end: 0 };
+  const payload = encodeGVariantPayload(m, headerFlags, decoded, bytes, body);
   let flags = 0n;
   if (expectReply) flags |= MsgFlags.EXPECT_REPLY;
   if (m.flags & MessageFlag.NoAutoStart) flags |= MsgFlags.NO_AUTO_START;
-  const out: OutgoingMessage = { dst, flags, cookie: m.serial, payloadType: KDBUS_PAYLOAD_DBUS, payload: [payload] };
+  const out: OutgoingMessage = { dst, flags, cookie: m.serial, payloadType: KDBUS_PAYLOAD_DBUS, payload: payloadParts(payload, body) };
   if (expectReply) out.timeoutNs = nowNs + LEGACY_REPLY_TIMEOUT_NS;
   else if (m.replySerial !== undefined) out.cookieReply = m.replySerial;
   if (files.length > 0) out.fds = files;
   // sd-bus attaches a bloom filter to every signal, unicast ones included.
   if (signal) out.bloom = bloom.filter(matchView(m), 'union');
   return out;
+}
+
+/** Bodies from this size on travel in a sealed memfd, as sd-bus sent them (MEMFD_MIN_SIZE). */
+export const MEMFD_MIN_SIZE = 512 * 1024;
+
+/**
+ * One vector, or for a large body sd-bus's layout: a vector with the header and its fields,
+ * the body in a sealed memfd, and a vector with the footer. kdbus takes at most 2 MiB of
+ * vectors in a message, where dbus1 messages may have up to 128 MiB; sd-bus expects the
+ * header in the first vector and the footer in the last.
+ */
+function payloadParts(payload: Buffer, body: BodyRange): OutgoingMessage['payload'] {
+  if (body.end - body.begin < MEMFD_MIN_SIZE) return [payload];
+  return [payload.subarray(0, body.begin), { sealed: payload.subarray(body.begin, body.end) }, payload.subarray(body.end)];
 }
 
 export class Untranslatable extends Error {}

@@ -36,7 +36,7 @@ import { ClientLink, RequestNameReply, type PendingCall } from './client-link';
 import { DBusError } from './driver';
 import { LocalConnection, type LocalIdentity } from './local-connection';
 import { MessageFlag, MessageType, type Message } from './message';
-import type { KdbusMessage, Received } from './pool-records';
+import { closeMessageFiles, closePayloadFiles, type KdbusMessage, type Received } from './pool-records';
 import { DRIVER_NAME, fromKdbus, toKdbus, uniqueName } from './translate';
 import { UpstreamConnection } from './upstream-connection';
 import { UpstreamPeer, type PeerCredentials } from './upstream-peer';
@@ -369,7 +369,7 @@ export class UpstreamBridge implements BusBridge {
     if (r.kind !== 'message') return;
     const call = r.flags & MsgFlags.EXPECT_REPLY ? { cookie: r.cookie, via, deadlineNs: r.timeoutNs } : undefined;
     const refuse = (why: string): void => {
-      closeFiles(r);
+      closeMessageFiles(r);
       if (call) this.answerUnreachable(call, r.srcId, why);
       else logger.debug(`:1.${r.srcId}: a message to ${via.upstreamName} was dropped: ${why}`);
     };
@@ -382,6 +382,8 @@ export class UpstreamBridge implements BusBridge {
     } catch (e) {
       return refuse(`it cannot go upstream: ${(e as Error).message}`);
     }
+    // The payload's memfds were read in.
+    closePayloadFiles(r);
     m.sender = undefined;
     m.destination = r.dstName ?? via.upstreamName;
     if (!link.send(m, fdsOf(r), call) && call) this.answerUnreachable(call, r.srcId, 'the upstream link of the caller is closed');
@@ -389,7 +391,17 @@ export class UpstreamBridge implements BusBridge {
 
   /** Broadcasts on the bus: what a client broadcasts is published upstream as its signal. */
   private fromTap(r: Received): void {
-    if (r.kind !== 'message' || r.dstId !== KDBUS_DST_ID_BROADCAST || this.ownIds.has(r.srcId)) return;
+    if (r.kind !== 'message') return;
+    // The tap's copy is only read: what it holds open is closed whatever becomes of it.
+    try {
+      this.publish(r);
+    } finally {
+      closeMessageFiles(r);
+    }
+  }
+
+  private publish(r: KdbusMessage): void {
+    if (r.dstId !== KDBUS_DST_ID_BROADCAST || this.ownIds.has(r.srcId)) return;
     const link = this.linkFor(r.srcId);
     if (!link) return;
     let m: Message;
@@ -621,10 +633,6 @@ export class UpstreamBridge implements BusBridge {
 
 function fdsOf(r: KdbusMessage): number[] {
   return r.fds.map((f) => f!.fd);
-}
-
-function closeFiles(r: KdbusMessage): void {
-  for (const f of r.fds) f?.close();
 }
 
 /** An error reply to `to`, for its sender upstream. */

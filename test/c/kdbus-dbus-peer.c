@@ -9,13 +9,20 @@
  *   kdbus-dbus-peer [-v] BUS-NODE serve NAME
  *       own NAME, print "ready <unique name>", answer org.example.Peer calls on any path:
  *       Echo(s) -> s + "!", EchoFd(h) -> the descriptor's content, Fail(s) -> the error
- *       org.example.Peer.Error.Failed with s as message, Quit() -> () and exit. Each call
- *       prints "call sender=<unique> member=<member> arg=<argument>".
+ *       org.example.Peer.Error.Failed with s as message, Quit() -> () and exit, Digest(ay)
+ *       -> "<length> <CRC-32 in hex>", Bytes(u n) -> big_pattern(n) (ay). Each call prints
+ *       "call sender=<unique> member=<member> arg=<argument>" (for Digest "<N bytes, M in a
+ *       memfd>").
  *   kdbus-dbus-peer [-v] BUS-NODE call DEST PATH IFACE MEMBER [STRING]
  *   kdbus-dbus-peer [-v] BUS-NODE call-fd DEST PATH IFACE MEMBER STRING
  *       a synchronous call, with STRING as argument or (call-fd) with the read end of a pipe
  *       that holds STRING; prints "reply sender=<unique> arg=<string>" or
  *       "error sender=<unique> name=<error name> message=<text>".
+ *   kdbus-dbus-peer [-v] BUS-NODE call-big DEST PATH IFACE N
+ *       Digest(ay) with big_pattern(N), then Bytes(u N), both synchronous; bodies of 512 KiB
+ *       and more travel in a sealed memfd, as sd-bus sent them. Prints "big n=N sent=match
+ *       received=match (M in a memfd)" (MISMATCH where the answer was not what was sent or
+ *       asked for; M: the reply's payload parts that came in a memfd).
  *   kdbus-dbus-peer [-v] BUS-NODE emit PATH IFACE MEMBER STRING
  *       broadcast a signal with sd-bus's bloom filter.
  *   kdbus-dbus-peer [-v] BUS-NODE listen N [--sender NAME] [--bloom KEY:VALUE]...
@@ -69,6 +76,9 @@
 #define SERVE_WATCHDOG_S 300
 #define MAX_FDS 16
 #define MAX_BODY 4000
+/* sd-bus sent body parts of this size and more in a sealed memfd (MEMFD_MIN_SIZE). */
+#define MEMFD_MIN_SIZE (512 * 1024)
+#define MAX_BIG (64 * 1024 * 1024)
 
 static const char *g_mode = "setup";
 static int g_verbose;
@@ -257,6 +267,50 @@ struct out {
 	const struct sd_bloom *bloom;
 };
 
+/* n bytes that differ from one position to the next: byte i is i % 251. */
+static uint8_t *big_pattern(size_t n)
+{
+	uint8_t *p = malloc(n ? n : 1);
+	if (!p)
+		die("out of memory for %zu bytes", n);
+	for (size_t i = 0; i < n; i++)
+		p[i] = (uint8_t)(i % 251);
+	return p;
+}
+
+/* CRC-32 as zlib computes it (reflected, polynomial 0xEDB88320). */
+static uint32_t crc32_of(const uint8_t *p, size_t n)
+{
+	static uint32_t table[256];
+	if (!table[1])
+		for (uint32_t i = 0; i < 256; i++) {
+			uint32_t c = i;
+			for (int k = 0; k < 8; k++)
+				c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+			table[i] = c;
+		}
+	uint32_t c = 0xffffffffu;
+	for (size_t i = 0; i < n; i++)
+		c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+	return c ^ 0xffffffffu;
+}
+
+/* The body in a memfd of its own with all four seals, as kdbus requires of PAYLOAD_MEMFD. */
+static int sealed_memfd(const uint8_t *p, size_t n)
+{
+	int fd = memfd_create("kdbus-dbus-peer-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		die_errno(errno, "memfd_create");
+	for (size_t done = 0; done < n;) {
+		ssize_t w = write(fd, p + done, n - done);
+		if (w < 0)
+			die_errno(errno, "write to the memfd");
+		done += (size_t)w;
+	}
+	TRY(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL));
+	return fd;
+}
+
 struct builder {
 	_Alignas(8) uint8_t buf[1024 + SD_BLOOM_MAX_BYTES];
 	size_t end;
@@ -280,12 +334,23 @@ static void *add_item(struct builder *b, uint64_t type, size_t payload)
  * FDS. Returns the ioctl's result; cmd holds the reply's slice after a SYNC_REPLY call. */
 static int send_msg(const struct conn *c, const struct out *o, uint64_t send_flags, struct kd_cmd_send *cmd)
 {
-	static _Alignas(8) uint8_t payload[MAX_BODY + 512];
+	static _Alignas(8) uint8_t small[MAX_BODY + 512];
 	static struct builder b;
+	size_t cap = o->gv.arg_len > MAX_BODY ? o->gv.arg_len + 512 : sizeof small;
+	uint8_t *payload = cap > sizeof small ? malloc(cap) : small;
+	if (!payload)
+		die("out of memory for a %zu-byte message", cap);
 	size_t body;
-	size_t len = gv_encode(&o->gv, payload, sizeof payload, &body);
+	size_t len = gv_encode(&o->gv, payload, cap, &body);
 	if (len == 0)
-		die("the message does not fit %zu bytes", sizeof payload);
+		die("the message does not fit %zu bytes", cap);
+	/* The header part, an "ay" body of MEMFD_MIN_SIZE and more in a memfd, the footer. */
+	int memfd = -1;
+	size_t body_end = len;
+	if (o->gv.arg_bytes && o->gv.arg_len >= MEMFD_MIN_SIZE && o->dst_id != KD_DST_ID_BROADCAST) {
+		body_end = body + o->gv.arg_len;
+		memfd = sealed_memfd(payload + body, o->gv.arg_len);
+	}
 
 	memset(&b, 0, sizeof b);
 	struct kd_msg *m = (struct kd_msg *)b.buf;
@@ -301,9 +366,16 @@ static int send_msg(const struct conn *c, const struct out *o, uint64_t send_fla
 	struct kd_vec *v = add_item(&b, KD_ITEM_PAYLOAD_VEC, sizeof *v);
 	v->size = body;
 	v->address_or_offset = (uintptr_t)payload;
+	if (memfd >= 0) {
+		struct kd_memfd *mf = add_item(&b, KD_ITEM_PAYLOAD_MEMFD, sizeof *mf);
+		mf->start = 0;
+		mf->size = o->gv.arg_len;
+		mf->fd = memfd;
+	}
+	size_t tail = memfd >= 0 ? body_end : body;
 	v = add_item(&b, KD_ITEM_PAYLOAD_VEC, sizeof *v);
-	v->size = len - body;
-	v->address_or_offset = (uintptr_t)(payload + body);
+	v->size = len - tail;
+	v->address_or_offset = (uintptr_t)(payload + tail);
 	if (o->bloom) {
 		uint64_t *f = add_item(&b, KD_ITEM_BLOOM_FILTER, sizeof(uint64_t) + o->bloom->size);
 		f[0] = 0;  /* generation */
@@ -316,7 +388,14 @@ static int send_msg(const struct conn *c, const struct out *o, uint64_t send_fla
 	cmd->size = sizeof *cmd;
 	cmd->flags = send_flags;
 	cmd->msg_address = (uintptr_t)b.buf;
-	return kd_ioctl(c->fd, KD_CMD_SEND, cmd);
+	int r = kd_ioctl(c->fd, KD_CMD_SEND, cmd);
+	int e = errno;
+	if (memfd >= 0)
+		close(memfd);
+	if (payload != small)
+		free(payload);
+	errno = e;
+	return r;
 }
 
 static void send_or_exit(const struct conn *c, const struct out *o, uint64_t send_flags, struct kd_cmd_send *cmd)
@@ -352,6 +431,24 @@ static void reply(const struct conn *c, uint64_t src_id, const struct gv_msg *ca
 	send_or_exit(c, &o, 0, &cmd);
 }
 
+/* A method return to `call` with an "ay" body. */
+static void reply_bytes(const struct conn *c, uint64_t src_id, const struct gv_msg *call, const uint8_t *p, size_t n)
+{
+	char dest[32];
+	struct out o = { .dst_id = src_id, .timeout_or_reply = call->cookie };
+	o.gv.type = GV_METHOD_RETURN;
+	o.gv.flags = GV_NO_REPLY_EXPECTED;
+	o.gv.cookie = next_cookie();
+	o.gv.has_reply_cookie = 1;
+	o.gv.reply_cookie = call->cookie;
+	o.gv.destination = unique_name(src_id, dest, sizeof dest);
+	strcpy(o.gv.signature, "ay");
+	o.gv.arg_bytes = p;
+	o.gv.arg_len = n;
+	struct kd_cmd_send cmd;
+	send_or_exit(c, &o, 0, &cmd);
+}
+
 /* ---- receiving (§2.4) -------------------------------------------------------------------- */
 
 struct in {
@@ -362,6 +459,7 @@ struct in {
 	const struct kd_item *notify;
 	int fds[MAX_FDS];
 	unsigned n_fds;
+	unsigned n_memfds;         /* payload parts that came in a memfd */
 	uint8_t *payload;
 	size_t payload_len;
 	struct gv_msg gv;
@@ -417,8 +515,29 @@ static void parse_in(const struct conn *c, uint64_t offset, uint64_t slice, stru
 			r->payload_len += v->size;
 			break;
 		}
-		case KD_ITEM_PAYLOAD_MEMFD:
-			die("a PAYLOAD_MEMFD item: this peer sends and expects small messages only");
+		case KD_ITEM_PAYLOAD_MEMFD: {
+			/* Installed into this process: ours to close, once its bytes are copied. */
+			const struct kd_memfd *mf = (const void *)it->data;
+			if (mf->fd < 0)
+				die("a PAYLOAD_MEMFD item whose memfd was not installed");
+			if (r->payload_len + mf->size > cap) {
+				cap = (r->payload_len + mf->size) * 2;
+				r->payload = realloc(r->payload, cap);
+				if (!r->payload)
+					die("out of memory");
+			}
+			if (mf->size > 0) {
+				void *map = mmap(NULL, mf->size + mf->start, PROT_READ, MAP_SHARED, mf->fd, 0);
+				if (map == MAP_FAILED)
+					die_errno(errno, "mmap of a %llu-byte memfd part", (unsigned long long)mf->size);
+				memcpy(r->payload + r->payload_len, (const uint8_t *)map + mf->start, mf->size);
+				munmap(map, mf->size + mf->start);
+			}
+			close(mf->fd);
+			r->payload_len += mf->size;
+			r->n_memfds++;
+			break;
+		}
 		case KD_ITEM_FDS: {
 			size_t n = (it->size - KD_ITEM_HEADER) / sizeof(int);
 			if (n > MAX_FDS)
@@ -621,6 +740,19 @@ static int mode_serve(const char *bus, const char *name)
 			printf("call sender=%s member=%s arg=%s\n", r.sender, member, g->arg_str);
 			if (wants_reply)
 				reply(&c, r.k->src_id, g, "org.example.Peer.Error.Failed", g->arg_str);
+		} else if (known_iface && strcmp(member, "Digest") == 0 && strcmp(g->signature, "ay") == 0) {
+			printf("call sender=%s member=%s arg=<%zu bytes, %u in a memfd>\n", r.sender, member, g->arg_len,
+			       r.n_memfds);
+			snprintf(buf, sizeof buf, "%zu %08x", g->arg_len, crc32_of(g->arg_bytes, g->arg_len));
+			if (wants_reply)
+				reply(&c, r.k->src_id, g, NULL, buf);
+		} else if (known_iface && strcmp(member, "Bytes") == 0 && strcmp(g->signature, "u") == 0 &&
+			   g->arg_u32 <= MAX_BIG) {
+			printf("call sender=%s member=%s arg=%u\n", r.sender, member, g->arg_u32);
+			uint8_t *p = big_pattern(g->arg_u32);
+			if (wants_reply)
+				reply_bytes(&c, r.k->src_id, g, p, g->arg_u32);
+			free(p);
 		} else if (known_iface && strcmp(member, "Quit") == 0) {
 			printf("call sender=%s member=%s arg=%s\n", r.sender, member, arg_text(g, shown, sizeof shown));
 			if (wants_reply)
@@ -639,6 +771,22 @@ static int mode_serve(const char *bus, const char *name)
 	}
 }
 
+/* A method call expecting a reply within CALL_TIMEOUT_NS, as sd-bus addressed it (§2.1). */
+static struct out call_out(const char *dest, const char *path, const char *iface, const char *member)
+{
+	struct out o = { .flags = KD_MSG_EXPECT_REPLY, .timeout_or_reply = now_ns() + CALL_TIMEOUT_NS };
+	o.dst_id = parse_unique_name(dest);
+	if (o.dst_id == KD_DST_ID_NAME)
+		o.dst_name = dest;
+	o.gv.type = GV_METHOD_CALL;
+	o.gv.cookie = next_cookie();
+	o.gv.path = path;
+	o.gv.interface = iface;
+	o.gv.member = member;
+	o.gv.destination = dest;
+	return o;
+}
+
 static int mode_call(const char *bus, char **argv, int with_fd)
 {
 	const char *dest = argv[0], *text = argv[4];
@@ -646,16 +794,7 @@ static int mode_call(const char *bus, char **argv, int with_fd)
 	int pipefd[2] = { -1, -1 };
 	conn_open(&c, bus);
 
-	struct out o = { .flags = KD_MSG_EXPECT_REPLY, .timeout_or_reply = now_ns() + CALL_TIMEOUT_NS };
-	o.dst_id = parse_unique_name(dest);
-	if (o.dst_id == KD_DST_ID_NAME)
-		o.dst_name = dest;
-	o.gv.type = GV_METHOD_CALL;
-	o.gv.cookie = next_cookie();
-	o.gv.path = argv[1];
-	o.gv.interface = argv[2];
-	o.gv.member = argv[3];
-	o.gv.destination = dest;
+	struct out o = call_out(dest, argv[1], argv[2], argv[3]);
 	if (with_fd) {
 		TRY(pipe2(pipefd, O_CLOEXEC));
 		if (write(pipefd[1], text, strlen(text)) != (ssize_t)strlen(text))
@@ -697,6 +836,51 @@ static int mode_call(const char *bus, char **argv, int with_fd)
 	else
 		die("the reply is a message of type %u", g->type);
 	in_release(&c, &r);
+	return 0;
+}
+
+/* A synchronous call with an "ay" or "u" argument; the reply stays in r (in_release it). */
+static void call_sync(const struct conn *c, char **target, const char *member, const char *sig,
+		      const uint8_t *bytes, size_t n, uint32_t u, struct in *r)
+{
+	struct out o = call_out(target[0], target[1], target[2], member);
+	strcpy(o.gv.signature, sig);
+	o.gv.arg_bytes = bytes;
+	o.gv.arg_len = n;
+	o.gv.arg_u32 = u;
+	struct kd_cmd_send cmd;
+	send_or_exit(c, &o, KD_SEND_SYNC_REPLY, &cmd);
+	parse_in(c, cmd.reply.offset, cmd.reply.msg_size, r);
+	if (r->k->payload_type != KD_PAYLOAD_DBUS || r->gv.type != GV_METHOD_RETURN)
+		die("%s was not answered with a method return (%s)", member,
+		    r->gv.error_name ? r->gv.error_name : "a notification");
+}
+
+static int mode_call_big(const char *bus, char **argv)
+{
+	char *end;
+	unsigned long n = strtoul(argv[3], &end, 10);
+	if (*end || n > MAX_BIG)
+		die("N must be a byte count up to %d, not %s", MAX_BIG, argv[3]);
+	struct conn c;
+	conn_open(&c, bus);
+	uint8_t *data = big_pattern(n);
+	char expected[64];
+	snprintf(expected, sizeof expected, "%lu %08x", n, crc32_of(data, n));
+	struct in r;
+	call_sync(&c, argv, "Digest", "ay", data, n, 0, &r);
+	int sent = r.gv.arg_str && strcmp(r.gv.arg_str, expected) == 0;
+	if (!sent)
+		fprintf(stderr, "kdbus-dbus-peer: Digest answered \"%s\", expected \"%s\"\n",
+			r.gv.arg_str ? r.gv.arg_str : "", expected);
+	in_release(&c, &r);
+	call_sync(&c, argv, "Bytes", "u", NULL, 0, (uint32_t)n, &r);
+	int received = r.gv.arg_len == n && (n == 0 || memcmp(r.gv.arg_bytes, data, n) == 0);
+	unsigned memfds = r.n_memfds;
+	in_release(&c, &r);
+	printf("big n=%lu sent=%s received=%s (%u in a memfd)\n", n, sent ? "match" : "MISMATCH",
+	       received ? "match" : "MISMATCH", memfds);
+	free(data);
 	return 0;
 }
 
@@ -905,6 +1089,7 @@ static void usage(void)
 		"usage: kdbus-dbus-peer [-v] BUS-NODE serve NAME\n"
 		"       kdbus-dbus-peer [-v] BUS-NODE call DEST PATH IFACE MEMBER [STRING]\n"
 		"       kdbus-dbus-peer [-v] BUS-NODE call-fd DEST PATH IFACE MEMBER STRING\n"
+		"       kdbus-dbus-peer [-v] BUS-NODE call-big DEST PATH IFACE N\n"
 		"       kdbus-dbus-peer [-v] BUS-NODE emit PATH IFACE MEMBER STRING\n"
 		"       kdbus-dbus-peer [-v] BUS-NODE listen N [--sender NAME] [--bloom KEY:VALUE]...\n"
 		"       kdbus-dbus-peer [-v] BUS-NODE names\n"
@@ -943,6 +1128,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(g_mode, "call-fd") == 0 && n == 5)
 		return mode_call(bus, rest, 1);
+	if (strcmp(g_mode, "call-big") == 0 && n == 4)
+		return mode_call_big(bus, rest);
 	if (strcmp(g_mode, "emit") == 0 && n == 4)
 		return mode_emit(bus, rest);
 	if (strcmp(g_mode, "listen") == 0 && n >= 1)

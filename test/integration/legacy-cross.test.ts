@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DaemonProcess as Daemon } from '../helpers/daemon-process';
+import { openFiles, MESSAGE_MEMFDS } from '../helpers/open-files';
 import { requireOrSkip } from '../helpers/require';
 
 const PROJECT = path.resolve(__dirname, '../../..');
@@ -343,6 +344,30 @@ describe('legacy endpoint: dbus1 clients and a kdbus client on one bus', functio
         assert.match(gone.err, /org\.freedesktop\.DBus\.Error\.NameHasNoOwner/);
         await kdbus('call', legacyName, OBJ, IFACE, 'Quit').end();
         await legacy.end();
+      });
+
+      it('bodies of 3 MiB travel both ways, in sealed memfds as sd-bus sent them, and no memfd stays behind', async function () {
+        const legacy = python('serve', legacyName);
+        await ready(legacy);
+        const service = kdbus('serve', kdbusName);
+        await ready(service);
+        const n = String(3 << 20);
+
+        // kdbus -> dbus1: Digest's body in a memfd from the kdbus peer, Bytes' reply from
+        // python3-dbus in one from the daemon, which the kdbus peer maps.
+        const toPython = await kdbus('call-big', legacyName, OBJ, IFACE, n).end();
+        assert.deepEqual(toPython.lines, [`big n=${n} sent=match received=match (1 in a memfd)`]);
+        await legacy.line(new RegExp(`^call sender=:1\\.\\d+ member=Digest arg=<${n} bytes>$`));
+        // dbus1 -> kdbus: the same the other way round.
+        const fromPython = await python('call-big', kdbusName, n).end();
+        assert.deepEqual(fromPython.lines, [`big n=${n} sent=match received=match`]);
+        await service.line(new RegExp(`member=Digest arg=<${n} bytes, 1 in a memfd>$`));
+        await service.line(new RegExp(`member=Bytes arg=${n}$`));
+        assert.deepEqual(openFiles(daemon!.child.pid!, MESSAGE_MEMFDS), [], 'the daemon still holds a body\'s memfd');
+
+        await kdbus('call', kdbusName, OBJ, IFACE, 'Quit').end();
+        await kdbus('call', legacyName, OBJ, IFACE, 'Quit').end();
+        await Promise.all([service.end(), legacy.end()]);
       });
 
       it('a file descriptor travels both ways', async function () {

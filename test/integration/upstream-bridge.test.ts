@@ -18,6 +18,7 @@ import {
   LEGACY_SCRIPTS, PROJECT, PYTHON, Proc, busUnavailable, driverCall, describeRun, hasCommand, pythonHas, run, shimPath, sleep,
   type LegacyBus, type RunResult,
 } from '../helpers/legacy-bus';
+import { openFiles, MESSAGE_MEMFDS } from '../helpers/open-files';
 import { requireOrSkip } from '../helpers/require';
 import { UPSTREAM_KINDS, startBridge, startUpstream, type Bridge, type Denial } from '../helpers/upstream-bridge';
 
@@ -300,6 +301,21 @@ for (const kind of UPSTREAM_KINDS) {
       const fromPython = ok('python call-fd', await python('call-fd', KDBUS_NAME, 'python pipe'));
       assert.deepEqual(lines(fromPython), ['reply python pipe']);
       await service.waitForLine(/^call sender=:1\.\d+ member=EchoFd arg=python pipe$/);
+    });
+
+    it('bodies of 3 MiB travel both ways, in sealed memfds on the kdbus side, and no memfd stays behind', async function () {
+      await pythonReady('serve', PY_NAME);
+      const [service] = await kdbusReady('serve', KDBUS_NAME);
+      const n = String(3 << 20);
+
+      const toPython = lines(ok('call-big', await kdbus(['call-big', PY_NAME, OBJ, IFACE, n])));
+      assert.deepEqual(toPython, [`big n=${n} sent=match received=match (1 in a memfd)`]);
+
+      await ownedUpstream(KDBUS_NAME, true, 5_000);
+      const fromPython = ok('python call-big', await python('call-big', KDBUS_NAME, n));
+      assert.deepEqual(lines(fromPython), [`big n=${n} sent=match received=match`]);
+      await service.waitForLine(new RegExp(`member=Digest arg=<${n} bytes, 1 in a memfd>$`));
+      assert.deepEqual(openFiles(live().daemon.child.pid!, MESSAGE_MEMFDS), [], "the daemon still holds a body's memfd");
     });
 
     it('names are owned once across both sides: EEXIST, queueing and replacement as upstream decides', async function () {

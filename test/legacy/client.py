@@ -6,6 +6,10 @@
                                           "DESCRIBE text"
     client.py ADDRESS send-fd DEST TEXT   passes a pipe holding TEXT to ReadFd: "READ text"
     client.py ADDRESS recv-fd DEST TEXT   reads the descriptor MakeFd(TEXT) returns: "GOT text"
+    client.py ADDRESS big DEST N...       for each N: Digest of pattern(N), then Bytes(N):
+                                          "BIG n sent=match|MISMATCH received=match|MISMATCH"
+    client.py ADDRESS big-at DEST PATH IFACE N...
+                                          the same at another object and interface
     client.py ADDRESS subscribe RULE...   AddMatch for each rule and for End; "READY name",
                                           then "SIG member path arg0 arg1" per Tick, Tock or
                                           End signal, and exits after End
@@ -17,6 +21,7 @@ The standard arguments (signature sxaa{sv}v(sib)) are those of the tests: STANDA
 import json
 import os
 import sys
+import zlib
 
 import dbus
 import dbus.lowlevel
@@ -24,7 +29,7 @@ from dbus.mainloop.glib import DBusGMainLoop
 from gi.repository import GLib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from service import IFACE, PATH, typed  # noqa: E402
+from service import IFACE, PATH, pattern, typed  # noqa: E402
 
 STANDARD = [
     dbus.String('héllo wörld'),
@@ -49,8 +54,8 @@ def out(*words):
     print(' '.join(str(w) for w in words), flush=True)
 
 
-def call(bus, dest, member, args, signature, timeout=10):
-    m = dbus.lowlevel.MethodCallMessage(dest, PATH, IFACE, member)
+def call(bus, dest, member, args, signature, timeout=10, at=(PATH, IFACE)):
+    m = dbus.lowlevel.MethodCallMessage(dest, at[0], at[1], member)
     if args:
         m.append(*args, signature=signature)
     return bus.send_message_with_reply_and_block(m, timeout)
@@ -84,6 +89,15 @@ def main():
         fd = reply.get_args_list()[0].take()
         with os.fdopen(fd, 'rb') as f:
             out('GOT', f.read().decode('utf-8'))
+    elif command in ('big', 'big-at'):
+        dest = rest[0]
+        at, sizes = ((rest[1], rest[2]), rest[3:]) if command == 'big-at' else ((PATH, IFACE), rest[1:])
+        for n in map(int, sizes):
+            data = pattern(n)
+            digest = call(bus, dest, 'Digest', [dbus.ByteArray(data)], 'ay', 120, at).get_args_list()[0]
+            sent = 'match' if str(digest) == '%d %08x' % (n, zlib.crc32(data)) else 'MISMATCH'
+            got = bytes(call(bus, dest, 'Bytes', [dbus.UInt32(n)], 'u', 120, at).get_args_list(byte_arrays=True)[0])
+            out('BIG', n, 'sent=' + sent, 'received=' + ('match' if got == data else 'MISMATCH'))
     elif command == 'subscribe':
         loop = GLib.MainLoop()
 

@@ -7,6 +7,8 @@ Its kdbus counterpart is test/c/kdbus-dbus-peer.c; the two answer the same inter
           Echo(s) -> s + "?"            EchoFd(h) -> what the descriptor holds
           Fail(s) -> error org.example.Peer.Error.Failed, message s
           EmitPing(s) -> emits Ping(s) at /org/example/Peer, then answers ()
+          Digest(ay) -> "<length> <CRC-32>" (zlib's, 8 hex digits)
+          Bytes(u n) -> pattern(n) of service.py (ay)
           Quit() -> answers (), then exits
         Prints "ready <unique name>" once NAME is owned, and "call sender=<unique>
         member=<member> arg=<argument>" for every call.
@@ -19,6 +21,9 @@ Its kdbus counterpart is test/c/kdbus-dbus-peer.c; the two answer the same inter
         call to the driver, so the bus has taken the signal before the program exits; prints
         "sent <unique name>". The option clears the header flag NO_REPLY_EXPECTED, which
         libdbus sets on signals but dbus1 does not require.
+    cross-peer.py ADDRESS call-big DEST N
+        Digest(pattern(N)) and Bytes(N) on DEST; prints "big n=N sent=match|MISMATCH
+        received=match|MISMATCH".
     cross-peer.py ADDRESS call-fd DEST STRING
         Calls DEST's org.example.Peer.EchoFd at /org/example/Peer with the read end of a pipe
         holding STRING; prints "reply <string>" or "error <name> <message>".
@@ -28,12 +33,16 @@ Exits 3 when nothing happens for 30 s (serve: 300 s).
 import os
 import signal
 import sys
+import zlib
 
 import dbus
 import dbus.lowlevel
 import dbus.service
 from dbus.mainloop.glib import DBusGMainLoop
 from gi.repository import GLib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from service import pattern  # noqa: E402
 
 IFACE = 'org.example.Peer'
 PATH = '/org/example/Peer'
@@ -87,6 +96,16 @@ class Peer(dbus.service.Object):
     def EmitPing(self, s, sender=None):
         out(f'call sender={sender} member=EmitPing arg={s}')
         self.Ping(s)
+
+    @dbus.service.method(IFACE, in_signature='ay', out_signature='s', sender_keyword='sender', byte_arrays=True)
+    def Digest(self, data, sender=None):
+        out(f'call sender={sender} member=Digest arg=<{len(data)} bytes>')
+        return '%d %08x' % (len(data), zlib.crc32(bytes(data)))
+
+    @dbus.service.method(IFACE, in_signature='u', out_signature='ay', sender_keyword='sender')
+    def Bytes(self, n, sender=None):
+        out(f'call sender={sender} member=Bytes arg={n}')
+        return dbus.ByteArray(pattern(int(n)))
 
     @dbus.service.method(IFACE, in_signature='', out_signature='', sender_keyword='sender')
     def Quit(self, sender=None):
@@ -161,6 +180,17 @@ def call_fd(address, dest, text):
         os.close(r)
 
 
+def call_big(address, dest, n):
+    watchdog(60)
+    bus = connect(address)
+    proxy = bus.get_object(dest, PATH, introspect=False)
+    data = pattern(n)
+    digest = proxy.Digest(dbus.ByteArray(data), dbus_interface=IFACE, timeout=50)
+    got = bytes(proxy.Bytes(dbus.UInt32(n), dbus_interface=IFACE, timeout=50, byte_arrays=True))
+    sent = 'match' if str(digest) == '%d %08x' % (n, zlib.crc32(data)) else 'MISMATCH'
+    out(f'big n={n} sent={sent} received={"match" if got == data else "MISMATCH"}')
+
+
 def main(argv):
     if len(argv) >= 4 and argv[2] == 'serve':
         serve(argv[1], argv[3])
@@ -168,6 +198,8 @@ def main(argv):
         listen(argv[1], int(argv[3]), argv[4:])
     elif len(argv) >= 5 and argv[2] == 'emit':
         emit(argv[1], argv[3], argv[4], argv[5:])
+    elif len(argv) == 5 and argv[2] == 'call-big':
+        call_big(argv[1], argv[3], int(argv[4]))
     elif len(argv) == 5 and argv[2] == 'call-fd':
         call_fd(argv[1], argv[3], argv[4])
     else:

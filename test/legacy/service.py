@@ -14,6 +14,8 @@ org.kdbuscuse.Test:
   MakeFd(s)           returns a descriptor (a pipe) from which the string can be read
   Emit(s tag)         emits the signal set below, then answers
   EmitEnd()           emits End, then answers
+  Digest(ay)          returns "<length> <CRC-32>": the array's length, zlib's CRC-32 in 8 hex digits
+  Bytes(u n)          returns pattern(n), an array of n bytes (ay)
   Pid()               returns its process id (u)
 Signals it emits for Emit(tag), interface org.kdbuscuse.Test, args (s arg0, s tag):
   Tick  at /org/kdbuscuse/Test/sub/a  arg0 "alpha"
@@ -27,6 +29,7 @@ import json
 import os
 import signal
 import sys
+import zlib
 
 import dbus
 import dbus.lowlevel
@@ -35,6 +38,13 @@ from gi.repository import GLib
 
 IFACE = 'org.kdbuscuse.Test'
 PATH = '/org/kdbuscuse/Test'
+
+
+
+def pattern(n):
+    """n bytes that differ from one position to the next, made fast enough for 64 MiB."""
+    return (bytes(range(251)) * (n // 251 + 1))[:n]
+
 
 TYPE_CODES = [
     (dbus.Boolean, 'b'), (dbus.Byte, 'y'), (dbus.Int16, 'n'), (dbus.UInt16, 'q'),
@@ -95,6 +105,11 @@ def main():
         if msg.get_path() != PATH or msg.get_interface() not in (IFACE, None):
             return dbus.lowlevel.HANDLER_RESULT_NOT_YET_HANDLED
         member = msg.get_member()
+        if member == 'Digest':
+            # Large arrays as bytes: decoded one dbus.Byte each they would take seconds.
+            data = bytes(msg.get_args_list(byte_arrays=True)[0])
+            reply(msg, '%d %08x' % (len(data), zlib.crc32(data)), signature='s')
+            return dbus.lowlevel.HANDLER_RESULT_HANDLED
         args = msg.get_args_list()
         sig = msg.get_signature()
         if member == 'Echo':
@@ -126,6 +141,8 @@ def main():
         elif member == 'EmitEnd':
             emit(PATH, 'End', 'end', 'end')
             reply(msg)
+        elif member == 'Bytes':
+            reply(msg, dbus.ByteArray(pattern(int(args[0]))), signature='ay')
         elif member == 'Pid':
             reply(msg, dbus.UInt32(os.getpid()), signature='u')
         else:

@@ -520,6 +520,26 @@ describe('dbus1 LocalConnection', () => {
     assert.ok(d.closed);
   });
 
+  it('sends sealed bytes in a memfd of its own: past the 2 MiB of vectors, with every seal kdbus asks for', async () => {
+    const a = peer();
+    const b = peer();
+    const body = Buffer.alloc(3 << 20);
+    for (let i = 0; i < body.length; i++) body[i] = i % 251;
+    const before = fs.readdirSync('/proc/self/fd').length;
+    a.lc.send({ dst: b.lc.id, cookie: 1n, payload: [Buffer.from('head'), { sealed: body }, Buffer.from('tail')] });
+    await settle();
+    const [m] = b.messages();
+    assert.ok(m);
+    const part = m.payload[1] as MemfdPart;
+    assert.equal(part.file!.kind, 'memfd');
+    assert.equal(part.file!.seals, 0xf, 'SEAL, SHRINK, GROW and WRITE');
+    assert.equal(part.size, body.length);
+    assert.ok(payloadBytes(m).equals(Buffer.concat([Buffer.from('head'), body, Buffer.from('tail')])));
+    part.file!.close();
+    assert.equal(fs.readdirSync('/proc/self/fd').length, before, 'the sender\'s memfd went with the delivery');
+    assert.equal(errnoOf(() => a.lc.send({ dst: b.lc.id, cookie: 2n, payload: [body] })), Errno.EMSGSIZE, 'the same bytes as a vector');
+  });
+
   it('tells when the bus shuts the connection down, once, also to a handler set afterwards', async () => {
     const a = peer();
     const b = connect();

@@ -1,7 +1,8 @@
 /**
  * fromKdbus refuses what sd-bus dropped (sdbus-kdbus-client.md §2.4): a message whose
  * GVariant header disagrees with its kdbus header never reaches a legacy client. The
- * payloads are encoded here as the legacy endpoint's own encoder writes them.
+ * payloads are encoded here as the legacy endpoint's own encoder writes them. toKdbus lays
+ * a large body out as sd-bus did (§2.1): header vector, body in a memfd, footer vector.
  */
 import assert from 'node:assert/strict';
 import { KDBUS_DST_ID_BROADCAST, KDBUS_PAYLOAD_DBUS, MsgFlags } from '../../src/abi/constants';
@@ -9,7 +10,9 @@ import type { ImportedFile } from '../../src/bus/caller';
 import { encodeGVariantPayload } from '../../src/dbus1/gvariant-message';
 import { MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
 import { Metadata, type KdbusMessage } from '../../src/dbus1/pool-records';
-import { fromKdbus, Untranslatable } from '../../src/dbus1/translate';
+import { Bloom } from '../../src/dbus1/bloom';
+import type { OutgoingSealed } from '../../src/dbus1/local-connection';
+import { fromKdbus, MEMFD_MIN_SIZE, toKdbus, Untranslatable } from '../../src/dbus1/translate';
 
 const SIGNAL: Message = {
   type: MessageType.Signal, flags: MessageFlag.NoReplyExpected, serial: 7n,
@@ -73,5 +76,32 @@ describe('dbus1 fromKdbus: the GVariant header must agree with the kdbus header'
     assert.match(refusal(record({ ...SIGNAL, unixFds: 1 }, SIGNAL.flags)), /UNIX_FDS 1, 0 descriptors/);
     assert.match(refusal(record(SIGNAL, SIGNAL.flags, { fds: [aFile] })), /UNIX_FDS 0, 1 descriptors/);
     assert.equal(fromKdbus(record({ ...SIGNAL, unixFds: 1 }, SIGNAL.flags, { fds: [aFile] }), ':1.1').unixFds, 1);
+  });
+});
+
+describe('dbus1 toKdbus: the payload parts of a message for kdbus', () => {
+  const bloom = new Bloom(64, 8);
+  const call = (n: number): Message => ({
+    type: MessageType.MethodCall, flags: 0, serial: 9n, path: '/org/example', interface: 'org.example.I', member: 'Put',
+    destination: 'org.example', signature: 'ay', body: [Buffer.alloc(n, 0x5a)],
+  });
+
+  it('keeps a body below 512 KiB in the one vector', () => {
+    const out = toKdbus(call(MEMFD_MIN_SIZE - 1), [], bloom, 0n)!;
+    assert.equal(out.payload!.length, 1);
+    assert.ok(Buffer.isBuffer(out.payload![0]));
+  });
+
+  it('puts a body of 512 KiB and more into a sealed memfd between the header and footer vectors', () => {
+    const m = call(3 << 20);
+    const whole = encodeGVariantPayload(m, m.flags);
+    const [head, body, tail] = toKdbus(m, [], bloom, 0n)!.payload!;
+    assert.ok(Buffer.isBuffer(head) && Buffer.isBuffer(tail));
+    const sealed = (body as OutgoingSealed).sealed;
+    assert.equal(sealed.length, 3 << 20, 'the body alone: the array of 3 MiB');
+    assert.equal(head.length % 8, 0, 'the body begins 8-aligned, as BUS_MESSAGE_BODY_BEGIN');
+    assert.equal(head.readUInt8(0), 0x6c, 'the header vector starts the message');
+    assert.deepEqual(tail.subarray(0, 5), Buffer.from('\0(ay)'), 'the footer vector holds the signature and the framing offset');
+    assert.ok(Buffer.concat([head, sealed, tail]).equals(whole), 'the three parts are the message as one vector would carry it');
   });
 });

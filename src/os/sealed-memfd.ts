@@ -1,0 +1,30 @@
+/**
+ * Bytes in a memfd of their own, sealed against any change (F_SEAL_SHRINK, GROW, WRITE and
+ * SEAL), which is what kdbus requires of a PAYLOAD_MEMFD: the daemon's own way to send a
+ * large body, as sd-bus sent its bodies of 512 KiB and more. tmpfs holds the bytes, not
+ * the daemon's heap, until the last receiver closes the file.
+ */
+import * as fs from 'node:fs';
+import { KdbusError } from '../abi/errno';
+import type { ImportedFile } from '../bus/caller';
+import { errno, fcntl, memfd_create } from './libc';
+import { ImportedFd } from './pidfd-files';
+
+const MFD_CLOEXEC = 0x1;
+const MFD_ALLOW_SEALING = 0x2;
+const F_ADD_SEALS = 1033;
+const ALL_SEALS = 0x1 | 0x2 | 0x4 | 0x8;
+
+export function sealedMemfd(bytes: Uint8Array, name = 'kdbus-cuse-payload'): ImportedFile {
+  const fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) throw new KdbusError(errno(), `cannot create a memfd for a ${bytes.length}-byte payload`);
+  try {
+    for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, bytes.length - done, done);
+    if (fcntl(fd, F_ADD_SEALS, ALL_SEALS) < 0) throw new KdbusError(errno(), 'cannot seal the payload memfd');
+    return new ImportedFd(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    if (e instanceof KdbusError) throw e;
+    throw new KdbusError('ENOMEM', `cannot fill a memfd with a ${bytes.length}-byte payload: ${(e as Error).message}`);
+  }
+}
