@@ -522,14 +522,18 @@ describe('dbus1 LocalConnection', () => {
 
   it('sends sealed bytes in a memfd of its own: past the 2 MiB of vectors, with every seal kdbus asks for', async () => {
     const a = peer();
-    const b = peer();
+    const b = peer({ acceptFds: true });
     const body = Buffer.alloc(3 << 20);
     for (let i = 0; i < body.length; i++) body[i] = i % 251;
     const before = fs.readdirSync('/proc/self/fd').length;
-    a.lc.send({ dst: b.lc.id, cookie: 1n, payload: [Buffer.from('head'), { sealed: body }, Buffer.from('tail')] });
+    const passed = new TrackedMemfd('passed beside it');
+    a.lc.send({ dst: b.lc.id, cookie: 1n, payload: [Buffer.from('head'), { sealed: body }, Buffer.from('tail')], fds: [passed] });
     await settle();
     const [m] = b.messages();
     assert.ok(m);
+    assert.equal(m.fds.length, 1);
+    assert.equal(m.fds[0]!.read(0, 16).toString(), 'passed beside it', 'the FDS item names the file passed, not the body');
+    m.fds[0]!.close();
     const part = m.payload[1] as MemfdPart;
     assert.equal(part.file!.kind, 'memfd');
     assert.equal(part.file!.seals, 0xf, 'SEAL, SHRINK, GROW and WRITE');
