@@ -10,17 +10,23 @@
  * piece by piece, as kdbus itself copied a caller's memory while the caller's other threads
  * could change it: every check runs on that copy, none on bytes of an earlier attempt.
  */
-import { Off, Cmd } from '../abi/constants';
+import { Cmd, ITEM_HEADER_SIZE, ItemType, Limits, Off, StructSize } from '../abi/constants';
 import type { HeldAccount } from '../os/held-budget';
 import type { Segment } from '../transport/frames';
 import { SegmentMemory, type NeedMemory } from '../transport/segment-memory';
 import { IOCTL_MAX_BYTES, IOCTL_MAX_IOV, type Iovec } from './fuse-abi';
 
 /**
- * Rounds one ioctl may take: a SEND asks for its struct, its message and each of up to
- * kdbus's 128 items' vectors, and 2 MiB of payload comes in 16 pieces.
+ * Rounds one ioctl may take, against a loop that would never end: a SEND reads the sizes
+ * and then the whole of its struct and of its message (4 rounds), then each vector its 32 KiB
+ * message can name (1022 of 32-byte items), the 2 MiB of payload they may add up to in
+ * pieces of a round each, and runs once more with everything.
  */
-export const MAX_ROUNDS = 512;
+export const MAX_ROUNDS = 4 + Math.floor((Limits.CMD_MAX_SIZE - StructSize.msg) / (ITEM_HEADER_SIZE + StructSize.vec)) +
+  Limits.MSG_MAX_PAYLOAD_VEC_SIZE / IOCTL_MAX_BYTES + 1;
+
+/** Ranges one round asks for: the protocol's 256 iovecs, less the two the result may need. */
+const MAX_VECTORS_PER_ROUND = IOCTL_MAX_IOV - 3;
 
 /** What to tell the kernel next: copy `ins` in and send the ioctl again; `outs` get the result. */
 export interface RetryAsk {
@@ -98,23 +104,58 @@ export class RetriedIoctl {
    * beyond what the protocol can carry.
    */
   askFor(need: NeedMemory): RetryAsk | RetryRefusal {
-    if (!this.account.hold(this.bytes + need.length)) return { errno: 'ENOMEM', why: this.account.refusal };
-    if (need.length <= IOCTL_MAX_BYTES) return this.ask({ base: need.address, len: need.length });
-    this.partial = { address: need.address, data: Buffer.alloc(need.length), filled: 0 };
-    return this.nextPiece();
+    if (need.length > IOCTL_MAX_BYTES) {
+      if (!this.account.hold(this.bytes + need.length)) return { errno: 'ENOMEM', why: this.account.refusal };
+      this.partial = { address: need.address, data: Buffer.alloc(need.length), filled: 0 };
+      return this.nextPiece();
+    }
+    const ranges = [{ base: need.address, len: need.length }, ...this.vectorsAfter(need, IOCTL_MAX_BYTES - need.length)];
+    const bytes = ranges.reduce((n, v) => n + v.len, 0);
+    if (!this.account.hold(this.bytes + bytes)) return { errno: 'ENOMEM', why: this.account.refusal };
+    return this.ask(...ranges);
   }
 
-  private ask(v: Iovec): RetryAsk | RetryRefusal {
+  /**
+   * A SEND reads its vectors one after the other, each a round of its own: those of its
+   * message that are not here yet come along with the one it asked for, as many as fit.
+   */
+  private vectorsAfter(need: NeedMemory, room: number): Iovec[] {
+    const out: Iovec[] = [];
+    if (this.cmd !== Cmd.SEND) return out;
+    const mem = new SegmentMemory(this.held);
+    let msg: Buffer;
+    try {
+      const at = mem.read(this.arg + BigInt(Off.send.msg_address), 8).readBigUInt64LE(0);
+      msg = mem.read(at, Number(mem.read(at, 8).readBigUInt64LE(0)));
+    } catch {
+      return out;
+    }
+    for (let p = Off.msg.items; p + ITEM_HEADER_SIZE + StructSize.vec <= msg.length && out.length < MAX_VECTORS_PER_ROUND;) {
+      const size = msg.readBigUInt64LE(p);
+      if (size < BigInt(ITEM_HEADER_SIZE) || size > BigInt(msg.length - p)) break;
+      if (msg.readBigUInt64LE(p + 8) === BigInt(ItemType.PAYLOAD_VEC)) {
+        const len = msg.readBigUInt64LE(p + ITEM_HEADER_SIZE);
+        const base = msg.readBigUInt64LE(p + ITEM_HEADER_SIZE + 8);
+        if (base !== 0n && len > 0n && len <= BigInt(room) && base !== need.address && !mem.has(base, Number(len))) {
+          out.push({ base, len: Number(len) });
+          room -= Number(len);
+        }
+      }
+      p += Number((size + 7n) & ~7n);
+    }
+    return out;
+  }
+
+  private ask(...ranges: Iovec[]): RetryAsk | RetryRefusal {
     if (++this.rounds > MAX_ROUNDS) return { errno: 'EMSGSIZE', why: `it read caller memory in more than ${MAX_ROUNDS} pieces` };
-    this.asked = [v];
+    this.asked = ranges;
     // Sizes of the struct and message may be among the bytes asked for; until they come,
     // zeros stand in for them, and the ranges are declared once they are known: commands
     // read a size before what it covers, so that is a round before the command can finish.
     const ahead = [...this.held];
     if (this.partial) ahead.push({ address: this.partial.address, data: this.partial.data });
-    else ahead.push({ address: v.base, data: Buffer.alloc(v.len) });
+    else for (const v of ranges) ahead.push({ address: v.base, data: Buffer.alloc(v.len) });
     this.outs = resultRanges(this.cmd, this.arg, new SegmentMemory(ahead));
-    if (this.outs.length + 1 > IOCTL_MAX_IOV) return { errno: 'EMSGSIZE', why: `its result needs more than ${IOCTL_MAX_IOV - 1} ranges` };
     return { ins: this.asked, outs: this.outs };
   }
 

@@ -59,6 +59,11 @@ export class SegmentMemory implements CallerMemory {
     this.writes = [];
   }
 
+  /** Whether [address, address + length) is among the segments. */
+  has(address: bigint, length: number): boolean {
+    return this.segmentWith(address, address + BigInt(length)) !== undefined;
+  }
+
   read(address: bigint, length: number): Buffer {
     const s = this.locate(address, length);
     const at = Number(address - s.address);
@@ -79,15 +84,21 @@ export class SegmentMemory implements CallerMemory {
   private locate(address: bigint, length: number): Segment {
     if (length === 0) return { address, data: EMPTY };
     const end = address + BigInt(length);
-    for (const s of this.segments) {
-      if (address >= s.address && end <= s.address + BigInt(s.data.length)) return s;
-    }
+    const s = this.segmentWith(address, end);
+    if (s) return s;
     for (const f of this.faults) {
       if (address < f.address + BigInt(f.length) && end > f.address) {
         throw fail('EFAULT', `${length} bytes at 0x${address.toString(16)} are not readable in the caller`);
       }
     }
     throw new NeedMemory(address, length);
+  }
+
+  private segmentWith(address: bigint, end: bigint): Segment | undefined {
+    for (const s of this.segments) {
+      if (address >= s.address && end <= s.address + BigInt(s.data.length)) return s;
+    }
+    return undefined;
   }
 
   write(address: bigint, data: Buffer): void {

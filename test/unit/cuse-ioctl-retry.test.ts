@@ -229,6 +229,21 @@ describe('CUSE ioctls through the FUSE retry protocol', () => {
     assert.equal(budget.held(process.getuid!()), 0, 'nothing stays charged once the ioctls are answered');
   });
 
+  it('carries a message that names a thousand vectors, as many to a round as the protocol takes', async () => {
+    const a = new CuseCaller(node);
+    const b = new CuseCaller(node);
+    await a.hello();
+    const bId = await b.hello();
+    const parts = Array.from({ length: 1000 }, (_, i) => pattern(8, i));
+    const sent = await a.send(bId, parts);
+    assert.equal(sent.result, 0);
+    // The first round, the sizes and the whole of struct and message, then the vectors
+    // with the two result ranges beside them in each round's 256 iovecs.
+    assert.ok(sent.rounds <= 1 + 4 + Math.ceil(1000 / (IOCTL_MAX_IOV - 3)), `${sent.rounds} rounds`);
+    const got = await b.recv();
+    assert.ok(got.data!.equals(Buffer.concat(parts)));
+  });
+
   it('refuses more than 2 MiB of vectors with EMSGSIZE before copying them in', async () => {
     const a = new CuseCaller(node);
     await a.hello();
