@@ -10,7 +10,10 @@
  * piece by piece, as kdbus itself copied a caller's memory while the caller's other threads
  * could change it: every check runs on that copy, none on bytes of an earlier attempt.
  */
+import { readCommand } from '../abi/command';
+import { Specs } from '../abi/commands';
 import { Cmd, ITEM_HEADER_SIZE, ItemType, Limits, Off, StructSize } from '../abi/constants';
+import type { Item } from '../abi/items';
 import type { HeldAccount } from '../os/held-budget';
 import type { Segment } from '../transport/frames';
 import { SegmentMemory, type NeedMemory } from '../transport/segment-memory';
@@ -123,25 +126,20 @@ export class RetriedIoctl {
     const out: Iovec[] = [];
     if (this.cmd !== Cmd.SEND) return out;
     const mem = new SegmentMemory(this.held);
-    let msg: Buffer;
+    let items: readonly Item[];
     try {
-      const at = mem.read(this.arg + BigInt(Off.send.msg_address), 8).readBigUInt64LE(0);
-      msg = mem.read(at, Number(mem.read(at, 8).readBigUInt64LE(0)));
+      items = readCommand(mem, mem.read(this.arg + BigInt(Off.send.msg_address), 8).readBigUInt64LE(0), Specs.MSG).items;
     } catch {
       return out;
     }
-    for (let p = Off.msg.items; p + ITEM_HEADER_SIZE + StructSize.vec <= msg.length && out.length < MAX_VECTORS_PER_ROUND;) {
-      const size = msg.readBigUInt64LE(p);
-      if (size < BigInt(ITEM_HEADER_SIZE) || size > BigInt(msg.length - p)) break;
-      if (msg.readBigUInt64LE(p + 8) === BigInt(ItemType.PAYLOAD_VEC)) {
-        const len = msg.readBigUInt64LE(p + ITEM_HEADER_SIZE);
-        const base = msg.readBigUInt64LE(p + ITEM_HEADER_SIZE + 8);
-        if (base !== 0n && len > 0n && len <= BigInt(room) && base !== need.address && !mem.has(base, Number(len))) {
-          out.push({ base, len: Number(len) });
-          room -= Number(len);
-        }
+    for (const it of items) {
+      if (it.type !== ItemType.PAYLOAD_VEC || out.length >= MAX_VECTORS_PER_ROUND) continue;
+      const len = Number(it.payload.readBigUInt64LE(0));
+      const base = it.payload.readBigUInt64LE(8);
+      if (base !== 0n && len > 0 && len <= room && base !== need.address && !mem.has(base, len)) {
+        out.push({ base, len });
+        room -= len;
       }
-      p += Number((size + 7n) & ~7n);
     }
     return out;
   }

@@ -15,6 +15,8 @@ export const memfd_create = libc.func('int memfd_create(const char *name, unsign
   name: string,
   flags: number,
 ) => number;
+export const MFD_CLOEXEC = 0x1;
+export const MFD_ALLOW_SEALING = 0x2;
 
 /**
  * Pools the daemon writes through a shared mapping of their memfd: a copy into memory
@@ -65,6 +67,13 @@ export const F_DUPFD_CLOEXEC = 1030;
 /** fcntl's commands for a file's status flags (O_NONBLOCK, O_PATH...). */
 export const F_GETFL = 3;
 export const F_SETFL = 4;
+/** fcntl's commands for a memfd's seals, and the seals. */
+export const F_ADD_SEALS = 1033;
+export const F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 0x1;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
+export const F_SEAL_WRITE = 0x8;
 
 /** fcntl with an int argument: F_ADD_SEALS / F_GET_SEALS on memfds; Node has no fcntl. */
 export function fcntl(fd: number, cmd: number, arg: number): number {

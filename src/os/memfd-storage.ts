@@ -12,14 +12,12 @@
  */
 import { fail, KdbusError, Errno, type ErrnoName } from '../abi/errno';
 import { checkStorageRange, checkStorageSize, type PoolStorage } from '../bus/pool-storage';
-import { addressOf, errno, fcntl, MAP_SHARED, memfd_create, mmap, munmap, PROT_READ, PROT_WRITE, viewOf } from './libc';
+import {
+  addressOf, errno, F_ADD_SEALS, F_SEAL_GROW, F_SEAL_SHRINK, fcntl, MAP_SHARED, memfd_create, MFD_ALLOW_SEALING, MFD_CLOEXEC, mmap,
+  munmap, PROT_READ, PROT_WRITE, viewOf,
+} from './libc';
 import * as fs from 'node:fs';
 
-const MFD_CLOEXEC = 0x1;
-const MFD_ALLOW_SEALING = 0x2;
-const F_ADD_SEALS = 1033;
-const F_SEAL_SHRINK = 0x2;
-const F_SEAL_GROW = 0x4;
 const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
 /** memfd names are limited to 249 bytes; 62 characters stay below that in any encoding. */
 const NAME_MAX_CHARS = 62;

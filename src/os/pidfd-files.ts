@@ -8,13 +8,12 @@
 import * as fs from 'node:fs';
 import { fail, type KdbusError } from '../abi/errno';
 import type { CallerFiles, ImportedFile } from '../bus/caller';
-import { errno, F_GETFL, fcntl, getsockopt, pidfd_getfd, pidfd_open, poll, pread } from './libc';
+import { errno, F_GET_SEALS, F_GETFL, fcntl, getsockopt, pidfd_getfd, pidfd_open, poll, pread } from './libc';
 
 /** Decides whether a descriptor is a kdbus handle of this daemon (the transport knows its device or socket). */
 export type KdbusFilePredicate = (fd: number, stat: fs.Stats) => boolean;
 
 // Linux values, the same on x86-64 and arm64.
-const F_GET_SEALS = 1034;
 const O_PATH = 0o10000000;
 const SOL_SOCKET = 1;
 const SO_DOMAIN = 39;

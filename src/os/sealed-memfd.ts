@@ -7,13 +7,12 @@
 import * as fs from 'node:fs';
 import { KdbusError } from '../abi/errno';
 import type { ImportedFile } from '../bus/caller';
-import { errno, fcntl, memfd_create } from './libc';
+import {
+  errno, F_ADD_SEALS, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE, fcntl, memfd_create, MFD_ALLOW_SEALING, MFD_CLOEXEC,
+} from './libc';
 import { ImportedFd } from './pidfd-files';
 
-const MFD_CLOEXEC = 0x1;
-const MFD_ALLOW_SEALING = 0x2;
-const F_ADD_SEALS = 1033;
-const ALL_SEALS = 0x1 | 0x2 | 0x4 | 0x8;
+const ALL_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 
 export function sealedMemfd(bytes: Uint8Array, name = 'kdbus-cuse-payload'): ImportedFile {
   const fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
