@@ -38,6 +38,14 @@ export class Domain {
   poolBytes = new HeldBudget('bytes of pool slices in use', byteShares(Limits.MSG_MAX_PAYLOAD_VEC_SIZE));
 
   /**
+   * Message bodies the daemon itself put into memfds, by the sender's uid, for as long as
+   * the daemon holds them: the legacy endpoint and the bridge send bodies of 512 KiB and
+   * more so, where kdbus's vectors would stop at 2 MiB. Unlike a client's memfd, whose pages
+   * its client pays for, these are the daemon's; one dbus1 message may have 128 MiB.
+   */
+  bodyBytes = new HeldBudget('bytes of message bodies in memfds', byteShares(128 * 1024 * 1024));
+
+  /**
    * The daemon's descriptors that files in messages take from SEND until their receiver
    * takes them, by the sender's uid. kdbus held them as references in the kernel; a daemon
    * holds open descriptors, out of a limit all users share. Set by whoever knows that limit

@@ -362,7 +362,9 @@ export class LocalConnection {
     for (let i = 1; i < fds.length; i++) caller.offerFile(fds[i]!);
     for (let i = 0; i < payload.length; i++) {
       const part = payload[i]!;
-      if (!Buffer.isBuffer(part) && 'sealed' in part) fileNos[i] = caller.offerFile(sealedMemfd(part.sealed));
+      if (!Buffer.isBuffer(part) && 'sealed' in part) {
+        fileNos[i] = caller.offerFile(sealedMemfd(part.sealed, this.conn.bus.domain.bodyBytes.account(this.conn.cred.uid)));
+      }
     }
 
     for (let i = 0; i < payload.length; i++) {

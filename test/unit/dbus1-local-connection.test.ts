@@ -19,6 +19,7 @@ import {
   decodeInfo, payloadBytes, type InfoRecord, type KdbusMessage, type KdbusNotification, type MemfdPart, type Received,
 } from '../../src/dbus1/pool-records';
 import { fcntl, memfd_create } from '../../src/os/libc';
+import { HeldBudget } from '../../src/os/held-budget';
 import { ImportedFd } from '../../src/os/pidfd-files';
 import { registrar, unprivileged, world } from './bus-fixtures';
 import { credsOf, selfCreds, TestBus } from '../helpers/kdbus-client';
@@ -542,6 +543,25 @@ describe('dbus1 LocalConnection', () => {
     part.file!.close();
     assert.equal(fs.readdirSync('/proc/self/fd').length, before, 'the sender\'s memfd went with the delivery');
     assert.equal(errnoOf(() => a.lc.send({ dst: b.lc.id, cookie: 2n, payload: [body] })), Errno.EMSGSIZE, 'the same bytes as a vector');
+  });
+
+  it("counts the bodies it put in memfds against the sender's share until the bus lets go of them (EXFULL beyond)", async () => {
+    tb.domain.bodyBytes = new HeldBudget('bytes of message bodies in memfds', { perUser: 4 << 20, total: 8 << 20 });
+    const a = peer();
+    const b = new Peer(connect(), false);
+    const body = (): Buffer => Buffer.alloc(3 << 20, 0x61);
+    a.lc.send({ dst: b.lc.id, cookie: 1n, payload: [{ sealed: body() }] });
+    assert.equal(tb.domain.bodyBytes.held(process.getuid!()), 3 << 20, 'queued, its body is held');
+    assert.equal(errnoOf(() => a.lc.send({ dst: b.lc.id, cookie: 2n, payload: [{ sealed: body() }] })), Errno.EXFULL);
+    b.listen();
+    await settle();
+    assert.equal(b.messages().length, 1);
+    for (const part of b.messages()[0]!.payload) if (!Buffer.isBuffer(part)) part.file?.close();
+    assert.equal(tb.domain.bodyBytes.held(process.getuid!()), 0, 'received, its body is the receiver\'s');
+    a.lc.send({ dst: b.lc.id, cookie: 3n, payload: [{ sealed: body() }] });
+    await settle();
+    assert.equal(b.messages().length, 2);
+    for (const part of b.messages()[1]!.payload) if (!Buffer.isBuffer(part)) part.file?.close();
   });
 
   it('tells when the bus shuts the connection down, once, also to a handler set afterwards', async () => {
