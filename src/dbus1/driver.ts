@@ -72,10 +72,12 @@ const REQUEST_REPLACE_EXISTING = 2;
 const REQUEST_DO_NOT_QUEUE = 4;
 const CONN_INFO_CREDS = Attach.CREDS | Attach.PIDS | Attach.AUXGROUPS | Attach.SECLABEL;
 
-const INTROSPECTION = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+const DOCTYPE = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
 "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
-<node>
-  <interface name="org.freedesktop.DBus">
+`;
+
+/** The interfaces the driver answers at any path, as dbus-daemon does for old clients. */
+const ANY_PATH_INTERFACES = `  <interface name="org.freedesktop.DBus">
     <method name="Hello"><arg direction="out" type="s"/></method>
     <method name="RequestName"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="out" type="u"/></method>
     <method name="ReleaseName"><arg direction="in" type="s"/><arg direction="out" type="u"/></method>
@@ -98,8 +100,12 @@ const INTROSPECTION = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object I
     <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
     <signal name="NameLost"><arg type="s"/></signal>
     <signal name="NameAcquired"><arg type="s"/></signal>
-    <property name="Features" type="as" access="read"/>
-    <property name="Interfaces" type="as" access="read"/>
+    <property name="Features" type="as" access="read">
+      <annotation name="org.freedesktop.DBus.Property.EmitsChangedSignal" value="const"/>
+    </property>
+    <property name="Interfaces" type="as" access="read">
+      <annotation name="org.freedesktop.DBus.Property.EmitsChangedSignal" value="const"/>
+    </property>
   </interface>
   <interface name="org.freedesktop.DBus.Introspectable">
     <method name="Introspect"><arg direction="out" type="s"/></method>
@@ -108,7 +114,10 @@ const INTROSPECTION = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object I
     <method name="GetMachineId"><arg direction="out" type="s"/></method>
     <method name="Ping"/>
   </interface>
-  <interface name="org.freedesktop.DBus.Properties">
+`;
+
+/** The interfaces the driver answers only at its canonical path (UnknownInterface elsewhere). */
+const CANONICAL_PATH_INTERFACES = `  <interface name="org.freedesktop.DBus.Properties">
     <method name="Get"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="out" type="v"/></method>
     <method name="GetAll"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
     <method name="Set"><arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="v"/></method>
@@ -116,8 +125,17 @@ const INTROSPECTION = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object I
   <interface name="org.freedesktop.DBus.Monitoring">
     <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
   </interface>
-</node>
 `;
+
+/**
+ * The driver's introspection at `path`: what it answers there, and on the way to its
+ * canonical path the node below, so that tools walking the tree from "/" find it.
+ */
+function introspection(path: string | undefined): string {
+  if (path === DRIVER_PATH) return `${DOCTYPE}<node>\n${ANY_PATH_INTERFACES}${CANONICAL_PATH_INTERFACES}</node>\n`;
+  const below = path === '/' ? 'org/freedesktop/DBus' : path === '/org' ? 'freedesktop/DBus' : path === '/org/freedesktop' ? 'DBus' : undefined;
+  return `${DOCTYPE}<node>\n${ANY_PATH_INTERFACES}${below ? `  <node name="${below}"/>\n` : ''}</node>\n`;
+}
 
 const PROPERTIES: Record<string, () => Variant> = {
   // Forwarded messages are re-encoded: fields the bus does not know are gone, SENDER is its own.
@@ -317,10 +335,7 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     },
   },
   'org.freedesktop.DBus.Introspectable': {
-    Introspect: (_c, _bus, m) => {
-      if (m.path !== '/' && m.path !== DRIVER_PATH) return ['s', ['<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n<node/>\n']];
-      return ['s', [INTROSPECTION]];
-    },
+    Introspect: (_c, _bus, m) => ['s', [introspection(m.path)]],
   },
   'org.freedesktop.DBus.Peer': {
     Ping: () => ['', []],

@@ -347,6 +347,21 @@ for (const kind of BUS_KINDS) {
       });
     });
 
+    describe("the driver's object", () => {
+      it('busctl tree finds it from /, and gdbus introspects its interfaces there', async () => {
+        const tree = ok('busctl tree', await run('busctl', [`--address=${bus.address}`, 'tree', 'org.freedesktop.DBus']));
+        assert.match(tree, /\/org\/freedesktop\/DBus$/m);
+        const intro = (path: string): Promise<RunResult> =>
+          run('gdbus', ['introspect', '--address', bus.address, '--dest', 'org.freedesktop.DBus', '--object-path', path]);
+        const canonical = ok('gdbus introspect', await intro('/org/freedesktop/DBus'));
+        for (const iface of ['org.freedesktop.DBus', 'org.freedesktop.DBus.Properties', 'org.freedesktop.DBus.Monitoring']) {
+          assert.match(canonical, new RegExp(`^  interface ${iface.replace(/\./g, '\\.')} \\{$`, 'm'), `${iface} at the canonical path`);
+        }
+        assert.match(canonical, /readonly as Features/);
+        assert.match(ok('gdbus introspect /', await intro('/')), /^  node org\/freedesktop\/DBus \{$/m);
+      });
+    });
+
     describe('calls with arguments of several types', () => {
       it('dbus-send: basic types, an array and a dict arrive typed and come back', async () => {
         const args = ['string:héllo', 'int64:-9007199254740993', 'array:uint32:1,2', 'dict:string:int32:a,1,b,2', 'variant:double:2.5', 'objpath:/a/b', 'boolean:true', 'byte:7'];
