@@ -411,17 +411,25 @@ static void send_or_exit(const struct conn *c, const struct out *o, uint64_t sen
 
 /* A reply or error to `call` (received from src_id), as sd-bus builds it: REPLY_SERIAL,
  * DESTINATION, NO_REPLY_EXPECTED; kdbus cookie_reply is the call's cookie. */
-static void reply(const struct conn *c, uint64_t src_id, const struct gv_msg *call, const char *error_name,
-		  const char *text)
+static struct out reply_out(uint64_t src_id, const struct gv_msg *call, char *dest, size_t dest_len)
 {
-	char dest[32];
 	struct out o = { .dst_id = src_id, .timeout_or_reply = call->cookie };
-	o.gv.type = error_name ? GV_ERROR : GV_METHOD_RETURN;
+	o.gv.type = GV_METHOD_RETURN;
 	o.gv.flags = GV_NO_REPLY_EXPECTED;
 	o.gv.cookie = next_cookie();
 	o.gv.has_reply_cookie = 1;
 	o.gv.reply_cookie = call->cookie;
-	o.gv.destination = unique_name(src_id, dest, sizeof dest);
+	o.gv.destination = unique_name(src_id, dest, dest_len);
+	return o;
+}
+
+static void reply(const struct conn *c, uint64_t src_id, const struct gv_msg *call, const char *error_name,
+		  const char *text)
+{
+	char dest[32];
+	struct out o = reply_out(src_id, call, dest, sizeof dest);
+	if (error_name)
+		o.gv.type = GV_ERROR;
 	o.gv.error_name = error_name;
 	if (text) {
 		strcpy(o.gv.signature, "s");
@@ -435,13 +443,7 @@ static void reply(const struct conn *c, uint64_t src_id, const struct gv_msg *ca
 static void reply_bytes(const struct conn *c, uint64_t src_id, const struct gv_msg *call, const uint8_t *p, size_t n)
 {
 	char dest[32];
-	struct out o = { .dst_id = src_id, .timeout_or_reply = call->cookie };
-	o.gv.type = GV_METHOD_RETURN;
-	o.gv.flags = GV_NO_REPLY_EXPECTED;
-	o.gv.cookie = next_cookie();
-	o.gv.has_reply_cookie = 1;
-	o.gv.reply_cookie = call->cookie;
-	o.gv.destination = unique_name(src_id, dest, sizeof dest);
+	struct out o = reply_out(src_id, call, dest, sizeof dest);
 	strcpy(o.gv.signature, "ay");
 	o.gv.arg_bytes = p;
 	o.gv.arg_len = n;
