@@ -11,8 +11,8 @@ import { ActivationError } from './activation';
 import type { LocalConnection } from './local-connection';
 import { DRIVER_NAME, DRIVER_PATH, driverReply, errorReply, uniqueName } from './translate';
 import { MatchRule, MatchRuleInvalid, kdbusIdOfUniqueName } from './match-rule';
-import { MessageType, type Message } from './message';
-import { isValidBusName, isValidWellKnownName } from './names';
+import { MessageFlag, MessageType, type Message } from './message';
+import { isValidWellKnownName } from './names';
 import type { InfoRecord } from './pool-records';
 import type { Value } from './value';
 import { Variant } from './value';
@@ -36,6 +36,8 @@ export const DBusError = {
   SELinuxSecurityContextUnknown: 'org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown',
   AdtAuditDataUnknown: 'org.freedesktop.DBus.Error.AdtAuditDataUnknown',
 } as const;
+
+const PEER_INTERFACE = 'org.freedesktop.DBus.Peer';
 
 /** A D-Bus error to answer a call with. */
 export class DriverError extends Error {
@@ -164,11 +166,11 @@ function canonicalPathOnly(m: Message): void {
   }
 }
 
-function checkName(name: string): void {
-  if (!isValidBusName(name)) throw new DriverError(DBusError.InvalidArgs, `The name "${name}" is not a valid bus name`);
-}
-
-/** The connection owning `name` now, or undefined; activators and queued owners own nothing. */
+/**
+ * The connection owning `name` now, or undefined; activators and queued owners own nothing.
+ * dbus-daemon looks names up without checking their syntax: a name that cannot be owned
+ * has no owner.
+ */
 function ownerInfo(conn: LocalConnection, name: string, attach: bigint): InfoRecord | undefined {
   const id = name.startsWith(':') ? kdbusIdOfUniqueName(name) : undefined;
   if (name.startsWith(':') && id === undefined) return undefined;
@@ -183,7 +185,6 @@ function ownerInfo(conn: LocalConnection, name: string, attach: bigint): InfoRec
 }
 
 function requireOwner(conn: LocalConnection, name: string, attach: bigint): InfoRecord {
-  checkName(name);
   const info = ownerInfo(conn, name, attach);
   if (!info) throw new DriverError(DBusError.NameHasNoOwner, `Could not get owner of name '${name}': no such name`);
   return info;
@@ -248,7 +249,6 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     },
     NameHasOwner: (c, _bus, m) => {
       const [name] = args(m, 's') as [string];
-      checkName(name);
       return ['b', [name === DRIVER_NAME || ownerInfo(c.conn, name, 0n) !== undefined]];
     },
     GetNameOwner: (c, _bus, m) => {
@@ -259,7 +259,6 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     ListQueuedOwners: (_c, bus, m) => {
       const [name] = args(m, 's') as [string];
       if (name === DRIVER_NAME) return ['as', [[DRIVER_NAME]]];
-      checkName(name);
       const queue = bus.queuedOwners(name);
       if (queue.length === 0) throw new DriverError(DBusError.NameHasNoOwner, `Could not get owners of name '${name}': no such name`);
       return ['as', [queue.map(uniqueName)]];
@@ -267,7 +266,6 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     StartServiceByName: async (c, bus, m) => {
       const [name, flags] = args(m, 'su') as [string, number];
       if (flags !== 0) logger.debug(`${c.uniqueName}: StartServiceByName flags ${flags} ignored, as dbus-daemon does`);
-      checkName(name);
       if (name === DRIVER_NAME || ownerInfo(c.conn, name, 0n)) return ['u', [2]];
       if (!bus.isActivatable(name)) throw new DriverError(DBusError.ServiceUnknown, `The name ${name} was not provided by any .service files`);
       await bus.startService(name, c);
@@ -337,7 +335,7 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
   'org.freedesktop.DBus.Introspectable': {
     Introspect: (_c, _bus, m) => ['s', [introspection(m.path)]],
   },
-  'org.freedesktop.DBus.Peer': {
+  [PEER_INTERFACE]: {
     Ping: () => ['', []],
     GetMachineId: () => ['s', [machineId()]],
   },
@@ -384,17 +382,56 @@ function machineId(): string {
 }
 
 /**
- * Answers a method call addressed to org.freedesktop.DBus (replies only if one is expected).
+ * What dbus-daemon's side of a client's connection (libdbus) answers itself, before the bus
+ * looks at the message (even before Hello): a message without destination on the Peer
+ * interface, of whatever type, and a method call without destination, which nobody would
+ * receive. `m.sender` is what the client wrote, if anything. Returns whether `m`
+ * is done with (answered, or dropped as a reply or error addressed to nobody); a signal
+ * without destination is not, it goes to the bus.
+ */
+export function answerUnaddressed(c: DriverClient, m: Message): boolean {
+  if (m.destination !== undefined) return false;
+  // The answer comes from that connection itself, which has no name, and goes to whatever
+  // SENDER the message claimed, if any: the bus had not stamped it yet.
+  const answer = (reply: Message): void => {
+    delete reply.sender;
+    c.send(reply);
+  };
+  if (m.interface === PEER_INTERFACE) {
+    if (m.type === MessageType.MethodCall && m.member === 'Ping') answer(driverReply(m, '', []));
+    else if (m.type === MessageType.MethodCall && m.member === 'GetMachineId') answer(driverReply(m, 's', [machineId()]));
+    else answer(errorReply(m, DRIVER_NAME, DBusError.UnknownMethod, `Unknown method invoked on ${PEER_INTERFACE} interface`));
+    return true;
+  }
+  if (m.type === MessageType.Signal) return false;
+  if (m.type === MessageType.MethodCall) {
+    answer(errorReply(m, DRIVER_NAME, DBusError.UnknownMethod,
+      `Method "${m.member ?? '(null)'}" with signature "${m.signature}" on interface "${m.interface ?? '(null)'}" doesn't exist`));
+  }
+  return true;
+}
+
+/** The methods whose empty reply dbus-daemon sends only to a caller that wants a reply. */
+const ACKNOWLEDGEMENTS = new Set(['AddMatch', 'RemoveMatch', 'UpdateActivationEnvironment', 'BecomeMonitor', 'Ping']);
+
+/**
+ * Answers a method call addressed to org.freedesktop.DBus (a bare acknowledgement only if a
+ * reply is expected, as dbus-daemon does).
  * A handler's answer goes out on the next microtask, after what its work set in motion
  * (NameAcquired before RequestName's reply, as dbus-daemon orders them); a refusal at once.
  */
 export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
   if (m.type !== MessageType.MethodCall) return;
-  const wantsReply = !(m.flags & 1);
+  // dbus-daemon keeps back only its bare acknowledgements from a caller that said
+  // NO_REPLY_EXPECTED; answers with content, and errors, go out all the same.
+  const wantsAck = !(m.flags & MessageFlag.NoReplyExpected);
   let answer: Promise<[string, Value[]]> | [string, Value[]];
   try {
     const byIface = m.interface === undefined ? findMethod(m.member!) : own(HANDLERS, m.interface);
-    if (!byIface) throw new DriverError(DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
+    if (!byIface) {
+      // Without an interface only the method can be unknown.
+      throw new DriverError(m.interface === undefined ? DBusError.UnknownMethod : DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
+    }
     if ((byIface === HANDLERS['org.freedesktop.DBus.Properties'] || byIface === HANDLERS['org.freedesktop.DBus.Monitoring']) && m.path !== DRIVER_PATH) {
       // As with dbus-daemon, these interfaces exist only at the driver's own path.
       throw new DriverError(DBusError.UnknownInterface, `Interface "${m.interface ?? ''}" is only available at the canonical object path '${DRIVER_PATH}'`);
@@ -403,20 +440,16 @@ export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
     if (!handler) throw new DriverError(DBusError.UnknownMethod, `org.freedesktop.DBus does not understand message ${m.member}`);
     answer = handler(c, bus, m);
   } catch (e) {
-    const refusal = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
-    if (wantsReply) c.send(refusal);
+    c.send(errorReply(m, DRIVER_NAME, ...driverErrorOf(e)));
     return;
   }
-  const refuse = (e: unknown): void => {
-    const refusal = errorReply(m, DRIVER_NAME, ...driverErrorOf(e));
-    if (wantsReply) c.send(refusal);
-  };
+  const refuse = (e: unknown): void => c.send(errorReply(m, DRIVER_NAME, ...driverErrorOf(e)));
   // Without an async function: the common, synchronous answer needs no promise of its own.
   // A reply that cannot be made (a bug) is refused like a failed handler, never left unhandled.
   void Promise.resolve(answer)
     .then(([signature, body]) => {
       const reply = driverReply(m, signature, body);
-      if (wantsReply) c.send(reply);
+      if (wantsAck || !ACKNOWLEDGEMENTS.has(m.member!)) c.send(reply);
     }, refuse)
     .catch((e: unknown) => {
       try {

@@ -9,7 +9,7 @@
  * pending replies and pool) and, once it became a monitor, a monitor connection; close()
  * releases all of them.
  */
-import { Attach, KDBUS_DST_ID_BROADCAST, ListFlags, NameFlags } from '../abi/constants';
+import { Attach, KDBUS_DST_ID_BROADCAST, KDBUS_DST_ID_NAME, ListFlags, NameFlags } from '../abi/constants';
 import { KdbusError } from '../abi/errno';
 import type { ImportedFile } from '../bus/caller';
 import { nowNs } from '../bus/deadline';
@@ -21,10 +21,10 @@ import { ImportedFd } from '../os/pidfd-files';
 import { readTask } from '../os/proc';
 import { closeFd, type PeerCred } from '../os/unix-socket';
 import { Bloom } from './bloom';
-import { callDriver, DBusError, DriverError, driverErrorOf, type DriverBus, type DriverClient } from './driver';
+import { answerUnaddressed, callDriver, DBusError, DriverError, driverErrorOf, type DriverBus, type DriverClient } from './driver';
 import { LocalConnection, type MatchRule as KdbusRule } from './local-connection';
 import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';
-import { decodeMessage, encodeDecodedMessage, encodeMessage, MessageFlag, MessageType, type Message } from './message';
+import { decodeMessage, encodeDecodedMessage, encodeMessage, MessageFlag, MessageType, UnknownMessageType, type Message } from './message';
 import { MessageStream } from './message-stream';
 import { withReusedOutput } from './output-buffer';
 import { closeMessageFiles, closePayloadFiles, type KdbusMessage, type Received } from './pool-records';
@@ -51,7 +51,7 @@ export interface LegacyEndpointContext {
   readonly unsentBytes: HeldBudget;
   /** Current owners of the bus's names, for match rules. */
   readonly owners: NameOwners;
-  /** Whether a well-known name has a primary owner now (owners' answer without its unique name). */
+  /** Whether a name has an owner now: a well-known name's primary owner, a unique name's connection. */
   isOwned(name: string): boolean;
   /**
    * Clients that became monitors. The driver's traffic never crosses kdbus, so clients show
@@ -175,11 +175,16 @@ export class LegacyClient implements DriverClient {
 
   private onMessage(raw: Buffer): void {
     let m: Message;
+    let unknownType = false;
     try {
       m = decodeMessage(raw);
     } catch (e) {
-      this.close(`sent an invalid message: ${(e as Error).message}`);
-      return;
+      if (!(e instanceof UnknownMessageType)) {
+        this.close(`sent an invalid message: ${(e as Error).message}`);
+        return;
+      }
+      m = e.decoded;
+      unknownType = true;
     }
     const n = m.unixFds ?? 0;
     if (n > this.ctx.limits.maxFdsPerMessage) {
@@ -201,6 +206,10 @@ export class LegacyClient implements DriverClient {
         return;
       }
     }
+    if (answerUnaddressed(this, m)) {
+      files.forEach((f) => f.close());
+      return;
+    }
     if (!this.connection) {
       files.forEach((f) => f.close());
       if (m.type === MessageType.MethodCall && m.destination === DRIVER_NAME && m.member === 'Hello' && (m.interface ?? DRIVER_NAME) === DRIVER_NAME) {
@@ -216,6 +225,11 @@ export class LegacyClient implements DriverClient {
       this.close('a monitor sent a message (monitors may only listen)');
       return;
     }
+    if (unknownType) {
+      files.forEach((f) => f.close());
+      this.refuseUnknownType(m);
+      return;
+    }
     if (m.destination === DRIVER_NAME) {
       files.forEach((f) => f.close());
       this.showMonitors(m);
@@ -223,6 +237,26 @@ export class LegacyClient implements DriverClient {
       return;
     }
     this.toBus(m, files);
+  }
+
+  /**
+   * dbus-daemon routes a message of an unknown type like any other, and then its policy
+   * refuses it (AccessDenied); a destination that has no owner fails before that, as for
+   * any message.
+   */
+  private refuseUnknownType(m: Message): void {
+    const dest = m.destination;
+    if (dest === undefined) {
+      logger.debug(`${this.uniqueName}: a message of unknown type ${m.type} to nobody was dropped`);
+      return;
+    }
+    let error: [string, string] = [DBusError.AccessDenied, 'Message bus will not accept messages of unknown type'];
+    if (!this.ctx.isOwned(dest)) {
+      error = m.flags & MessageFlag.NoAutoStart
+        ? [DBusError.NameHasNoOwner, `Name "${dest}" does not exist`]
+        : [DBusError.ServiceUnknown, `The name ${dest} was not provided by any .service files`];
+    }
+    this.sendToClient(errorReply(m, DRIVER_NAME, ...error));
   }
 
   private hello(m: Message): void {
@@ -258,7 +292,11 @@ export class LegacyClient implements DriverClient {
       { kind: 'name-add', newId: self }, { kind: 'name-change', newId: self },
       { kind: 'name-change', oldId: self }, { kind: 'name-remove', oldId: self },
     ] as KdbusRule[]) conn.addMatch(OWN_NAMES_COOKIE, [rule]);
+    // dbus-daemon hands a signal to its destination whatever that one's rules say. kdbus
+    // matches the dst_id a sender wrote: this connection's id, or KDBUS_DST_ID_NAME for a
+    // signal sent to one of its names (the only name-addressed messages that reach it).
     conn.addMatch(UNICAST_SIGNALS_COOKIE, [{ kind: 'dst-id', id: self }]);
+    conn.addMatch(UNICAST_SIGNALS_COOKIE, [{ kind: 'dst-id', id: KDBUS_DST_ID_NAME }]);
     m.sender = this.uniqueName;
     this.sendToClient(driverReply(m, 's', [this.uniqueName]));
     this.sendToClient(driverSignal('NameAcquired', 's', [this.uniqueName], this.uniqueName));
@@ -266,7 +304,6 @@ export class LegacyClient implements DriverClient {
   }
 
   private toBus(m: Message, files: readonly ImportedFile[]): void {
-    const expectsReply = m.type === MessageType.MethodCall && !(m.flags & MessageFlag.NoReplyExpected);
     const dest = m.destination;
     const name = dest !== undefined && !dest.startsWith(':') ? dest : undefined;
     // An owned name is the common case: only an unowned one may need activating.
@@ -275,7 +312,7 @@ export class LegacyClient implements DriverClient {
         () => this.toBus(m, files),
         (e: unknown) => {
           files.forEach((f) => f.close());
-          if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...driverErrorOf(e)));
+          this.sendToClient(errorReply(m, DRIVER_NAME, ...driverErrorOf(e)));
         },
       );
       return;
@@ -298,8 +335,10 @@ export class LegacyClient implements DriverClient {
         this.conn.send(out);
       } catch (e) {
         if (!(e instanceof KdbusError)) throw e;
-        if (expectsReply) this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, dest ?? '')));
-        else if (e.code !== 'EBADSLT') logger.debug(`${this.uniqueName}: a message to ${dest ?? 'everyone'} was dropped: ${e.message}`);
+        // A reply nobody waits for (EBADSLT) cannot cross kdbus; whatever else the bus refuses
+        // earns an error, as dbus-daemon sends one even where NO_REPLY_EXPECTED asks for none.
+        if (e.code === 'EBADSLT') logger.debug(`${this.uniqueName}: a reply to ${dest} was dropped: ${e.message}`);
+        else this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, m)));
       }
     });
   }
@@ -562,13 +601,18 @@ function kdbusEntries(rule: MatchRule, bloom: Bloom): KdbusRule[][] {
   return entries;
 }
 
-function sendError(e: KdbusError, dest: string): [string, string] {
+/**
+ * dbus-daemon's error for a message it cannot pass on. An unowned destination is one it
+ * tried to activate, unless the message said NO_AUTO_START.
+ */
+function sendError(e: KdbusError, m: Message): [string, string] {
   switch (e.code) {
     case 'ESRCH':
     case 'ENXIO':
     case 'EADDRNOTAVAIL':
     case 'ECONNRESET':
-      return [DBusError.ServiceUnknown, `The name ${dest} was not provided by any .service files`];
+      if (m.flags & MessageFlag.NoAutoStart) return [DBusError.NameHasNoOwner, `Name "${m.destination}" does not exist`];
+      return [DBusError.ServiceUnknown, `The name ${m.destination} was not provided by any .service files`];
     case 'ECOMM':
       return [DBusError.NotSupported, 'Tried to send message with Unix file descriptors to a client that doesn\'t support that.'];
     case 'EMSGSIZE':

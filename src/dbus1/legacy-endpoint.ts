@@ -16,6 +16,7 @@ import { Activation, defaultServiceDirs, waitForName } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
 import { LocalConnection } from './local-connection';
+import { kdbusIdOfUniqueName } from './match-rule';
 import { DRIVER_NAME, nameOwnersOf } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
 
@@ -67,7 +68,12 @@ export class LegacyEndpoint {
       heldBytes: new HeldBudget('bytes of unfinished messages', byteShares(limits.maxMessageBytes)),
       unsentBytes: new HeldBudget('bytes not yet sent', byteShares(limits.maxOutgoingBytes)),
       owners: nameOwnersOf(bus),
-      isOwned: (name) => name === DRIVER_NAME || bus.names.primaryOwner(name) !== undefined,
+      isOwned: (name) => {
+        if (name === DRIVER_NAME) return true;
+        if (!name.startsWith(':')) return bus.names.primaryOwner(name) !== undefined;
+        const id = kdbusIdOfUniqueName(name);
+        return id !== undefined && bus.connection(id) !== undefined;
+      },
       monitors: new Set(),
       legacyIds: new Set(),
       registered: (c) => this.complete(c),

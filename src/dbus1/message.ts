@@ -9,9 +9,9 @@
  * refuses: duplicate or mistyped fields, fields a message type requires but lacks, names
  * with bad syntax, the reserved "Local" path and interface, serial 0, sizes beyond the
  * limits. Two differences: a unique name needs two elements, as the specification says
- * (libdbus takes ":1"), and a message type other than 1..4 is refused rather than passed
- * on, since the specification has receivers ignore such messages and the model has no
- * place for them.
+ * (libdbus takes ":1"), and a well-formed message of a type other than 1..4 comes out as an
+ * UnknownMessageType error holding its header: the model has no place for such messages,
+ * which the specification has receivers ignore and dbus-daemon refuses.
  */
 import { DBus1Error, DBus1Reader, MAX_ARRAY_LENGTH, writeValues } from './dbus1-wire';
 import {
@@ -79,6 +79,11 @@ export interface Message {
  */
 export function headerProblem(m: Message): string | undefined {
   if (m.type < 1 || m.type > 4 || !Number.isInteger(m.type)) return `unknown message type ${m.type}`;
+  return fieldsProblem(m) ?? requiredFieldsProblem(m);
+}
+
+/** The checks of headerProblem that hold for messages of every type, known or not. */
+function fieldsProblem(m: Message): string | undefined {
   if (!Number.isInteger(m.flags) || m.flags < 0 || m.flags > 0xff) return `flags ${m.flags} are not a byte`;
   if (m.serial === 0n) return 'serial is 0';
   if (m.serial < 0n) return `serial ${m.serial} is negative`;
@@ -93,6 +98,10 @@ export function headerProblem(m: Message): string | undefined {
   if (m.destination !== undefined && !isValidBusName(m.destination)) return `destination ${JSON.stringify(m.destination)} is not a valid bus name`;
   if (m.sender !== undefined && !isValidBusName(m.sender)) return `sender ${JSON.stringify(m.sender)} is not a valid bus name`;
   if (m.unixFds !== undefined && (!Number.isInteger(m.unixFds) || m.unixFds < 0 || m.unixFds > 0xffff_ffff)) return `unix fd count ${m.unixFds} is not a uint32`;
+  return undefined;
+}
+
+function requiredFieldsProblem(m: Message): string | undefined {
   switch (m.type) {
     case MessageType.MethodCall:
       if (m.path === undefined) return 'method call without a path';
@@ -125,6 +134,8 @@ export function addressProblem(m: Message): string | undefined {
   return undefined;
 }
 
+const CONTAINER_INSTANCE = 10;
+
 /** The D-Bus type each known header field must have in dbus1 (REPLY_SERIAL is 't' in GVariant). */
 const HEADER_FIELD_TYPES: Readonly<Record<number, string>> = {
   [HeaderField.Path]: 'o',
@@ -136,6 +147,9 @@ const HEADER_FIELD_TYPES: Readonly<Record<number, string>> = {
   [HeaderField.Sender]: 's',
   [HeaderField.Signature]: 'g',
   [HeaderField.UnixFds]: 'u',
+  // libdbus (1.14) knows CONTAINER_INSTANCE, of dbus-daemon's experimental containers, and
+  // refuses it with another type; like any field the model has no place for, it is dropped.
+  [CONTAINER_INSTANCE]: 'o',
 };
 
 /**
@@ -387,7 +401,21 @@ function readCommonHeaderFields(buf: Buffer, le: boolean, m: Message, fieldsEnd:
   return true;
 }
 
-/** Decodes exactly one dbus1 message that fills data. Throws DBus1Error saying what and where. */
+/**
+ * A whole, well-formed message of a type the specification does not define. Receivers
+ * ignore such messages, and dbus-daemon routes them like any other to have them refused:
+ * `decoded` has what routing needs (its `type` is the unknown one).
+ */
+export class UnknownMessageType extends DBus1Error {
+  constructor(readonly decoded: Message) {
+    super(`unknown message type ${decoded.type}`, 1);
+  }
+}
+
+/**
+ * Decodes exactly one dbus1 message that fills data. Throws DBus1Error saying what and
+ * where; UnknownMessageType for a message that is well-formed but of an unknown type.
+ */
 export function decodeMessage(data: Uint8Array): Message {
   const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   if (buf.length < DBUS1_PREFIX_SIZE) throw new DBus1Error(`message of ${buf.length} bytes is shorter than its fixed header`, buf.length);
@@ -395,7 +423,8 @@ export function decodeMessage(data: Uint8Array): Message {
   if (total !== buf.length) throw new DBus1Error(`header says ${total} bytes, got ${buf.length}`, 4);
   const le = buf[0] === 0x6c;
   const type = buf[1]!;
-  if (type < 1 || type > 4) throw new DBus1Error(`unknown message type ${type}`, 1);
+  if (type === 0) throw new DBus1Error('message type 0 is invalid', 1);
+  const known = type <= 4;
   const serial = le ? buf.readUInt32LE(8) : buf.readUInt32BE(8);
   if (serial === 0) throw new DBus1Error('serial is 0', 8);
   const fieldsLength = le ? buf.readUInt32LE(12) : buf.readUInt32BE(12);
@@ -406,12 +435,13 @@ export function decodeMessage(data: Uint8Array): Message {
     readHeaderFields(buf, le, m, fieldsEnd);
   }
   const r = new DBus1Reader(buf, le, 0, fieldsEnd);
-  const problem = headerProblem(m);
+  const problem = known ? headerProblem(m) : fieldsProblem(m);
   if (problem !== undefined) throw new DBus1Error(problem, DBUS1_PREFIX_SIZE);
   r.align(8, total);
   const types = parseSignature(m.signature);
   for (const t of types) m.body.push(r.readValue(t, total, 0));
   if (r.pos !== total) r.fail(`${total - r.pos} bytes left over after the body's values`);
+  if (!known) throw new UnknownMessageType(m);
   return m;
 }
 
