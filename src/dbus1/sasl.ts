@@ -5,8 +5,9 @@
  * feeds received bytes in and writes out what comes back.
  *
  * EXTERNAL authenticates the uid the kernel reports for the socket (SO_PEERCRED): the
- * client may claim it (hex of its decimal digits) or leave the claim empty, either with
- * "AUTH EXTERNAL" followed by an empty DATA answer to the server's empty DATA challenge.
+ * client may claim it (the hex of a number as libdbus reads one) or leave the claim empty,
+ * either with "AUTH EXTERNAL" followed by an empty DATA answer to the server's empty DATA
+ * challenge.
  */
 
 /** Unterminated or overlong input beyond this is abuse (dbus-daemon's auth buffer limit). */
@@ -42,7 +43,9 @@ type State =
 const CR = 0x0d;
 const LF = 0x0a;
 const EMPTY = Buffer.alloc(0);
-const DECIMAL = /^(0|[1-9][0-9]*)$/;
+/** What C's strtoul(…, 0) reads in full: blanks, a sign, then hex (0x), octal (0) or decimal digits. */
+const UNSIGNED_LONG = /^[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/;
+const ULONG_LIMIT = 1n << 64n;
 
 export class SaslServer {
   private state: State = 'nul';
@@ -177,7 +180,7 @@ export class SaslServer {
       return;
     }
     // An empty answer to the challenge means "whoever the socket says I am".
-    if (identity.length > 0 && !(DECIMAL.test(identity) && Number(identity) === this.options.peerUid)) return this.reject();
+    if (identity.length > 0 && claimedUid(identity) !== BigInt(this.options.peerUid)) return this.reject();
     this.askedForIdentity = false;
     this.state = 'begin';
     this.out.push(this.okLine);
@@ -217,6 +220,23 @@ export class SaslServer {
 }
 
 const isBlank = (c: number): boolean => c === 0x20 || c === 0x09;
+
+/**
+ * The uid an EXTERNAL identity claims, as libdbus reads it (strtoul with base 0, all of the
+ * text consumed, 64 bits at most; a minus sign wraps around): "00", "+0" and "0x0" claim
+ * uid 0 as "0" does. Undefined for anything else (dbus-daemon looks no user names up for
+ * EXTERNAL).
+ */
+function claimedUid(identity: string): bigint | undefined {
+  const m = UNSIGNED_LONG.exec(identity);
+  if (!m) return undefined;
+  const digits = m[2]!;
+  const value = digits.length > 1 && digits[0] === '0' && (digits[1] === 'x' || digits[1] === 'X')
+    ? BigInt(`0x${digits.slice(2)}`)
+    : digits.length > 1 && digits[0] === '0' ? BigInt(`0o${digits.slice(1)}`) : BigInt(digits);
+  if (value >= ULONG_LIMIT) return undefined;
+  return m[1] === '-' ? (ULONG_LIMIT - value) % ULONG_LIMIT : value;
+}
 
 function findCrLf(buf: Buffer, from: number): number {
   for (let i = buf.indexOf(CR, from); i >= 0; i = buf.indexOf(CR, i + 1)) {

@@ -1,5 +1,5 @@
 /**
- * Mutated messages from a legacy client, sent alike to dbus-daemon and to kdbus-cuse's legacy
+ * Mutated input from legacy clients, sent alike to dbus-daemon and to kdbus-cuse's legacy
  * endpoint: for each, kdbus-cuse has to do what dbus-daemon, the reference, did with it —
  * disconnect the sender, or answer it with the same error, or pass on the same message to
  * the same receiver — and keep everyone else connected.
@@ -11,9 +11,14 @@
  * marker; the marker's reply says the bus has dealt with the message, and its absence with
  * a hang-up that the sender was disconnected. A pseudo-random sequence from a fixed seed
  * makes every run the same; KDBUS_FUZZ_SEED and KDBUS_FUZZ_CASES explore further.
+ *
+ * Before the messages, the authentication conversation: short scripts of commands, some
+ * changed, sent at once and followed by the end of the stream; the answers (their first
+ * words) and, after BEGIN, whether Hello is answered, are compared.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { encodeMessage, MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
@@ -31,6 +36,7 @@ const OBJ = '/com/example/Fuzz';
 
 const SEED = Number(process.env['KDBUS_FUZZ_SEED'] ?? 0x6b647573);
 const CASES = Number(process.env['KDBUS_FUZZ_CASES'] ?? 3000);
+const AUTH_CASES = Math.ceil(CASES / 6);
 
 /** A message to start from; `typeByte` overwrites its type on the wire (to make one of an unknown type). */
 type Seed = Omit<Message, 'serial'> & { typeByte?: number };
@@ -221,7 +227,81 @@ class Arena {
   }
 }
 
-describe('legacy endpoint: mutated messages, against dbus-daemon', function () {
+const hexOf = (text: string): string => Buffer.from(text, 'latin1').toString('hex');
+const UID = String(process.getuid!());
+
+/** Authentication commands, right and wrong; the uid claims are the forms libdbus reads as a number. */
+const AUTH_LINES = [
+  `AUTH EXTERNAL ${hexOf(UID)}`, `AUTH EXTERNAL ${hexOf(`00${UID}`)}`, `AUTH EXTERNAL ${hexOf(`+${UID}`)}`,
+  `AUTH EXTERNAL ${hexOf(` ${UID}`)}`, `AUTH EXTERNAL ${hexOf(`0x${Number(UID).toString(16)}`)}`, `AUTH EXTERNAL ${hexOf(`${UID} `)}`,
+  `AUTH EXTERNAL ${hexOf('root')}`, `AUTH EXTERNAL ${hexOf('-1')}`, `AUTH EXTERNAL ${hexOf('18446744073709551616')}`,
+  'AUTH EXTERNAL', 'AUTH EXTERNAL zz', 'AUTH EXTERNAL 3', 'AUTH', 'AUTH ANONYMOUS', `AUTH DBUS_COOKIE_SHA1 ${hexOf(UID)}`,
+  'AUTH FOO', `auth external ${hexOf(UID)}`, `AUTH  EXTERNAL ${hexOf(UID)}`, `AUTH EXTERNAL ${hexOf(UID)} extra`,
+  'DATA', `DATA ${hexOf(UID)}`, 'DATA 3', 'CANCEL', 'BEGIN', 'BEGIN extra', 'NEGOTIATE_UNIX_FD', 'NEGOTIATE_UNIX_FD x',
+  'ERROR', 'ERROR "oops"', 'OK', 'REJECTED', 'AGREE_UNIX_FD', '', ' ',
+];
+
+/**
+ * One to four commands, some with a byte changed or cut short, a third of the time between
+ * a right AUTH and BEGIN; now and then LF alone ends them, or a line is huge.
+ */
+function authScript(rnd: () => number): Buffer {
+  const lines: string[] = [];
+  const framed = rnd() < 0.3;
+  for (let n = (framed ? 0 : 1) + Math.floor(rnd() * (framed ? 3 : 4)); n > 0; n--) {
+    let line = AUTH_LINES[Math.floor(rnd() * AUTH_LINES.length)]!;
+    if (line.length > 0 && rnd() < 0.4) {
+      const b = Buffer.from(line, 'latin1');
+      const at = Math.floor(rnd() * b.length);
+      const how = rnd();
+      if (how < 0.3) b[at] = [0x00, 0x20, 0x0d, 0x0a, 0x80, 0xff, 0x41, 0x61][Math.floor(rnd() * 8)]!;
+      else if (how < 0.6) b[at] = b[at]! ^ (1 << Math.floor(rnd() * 8));
+      line = how < 0.6 ? b.toString('latin1') : line.slice(0, at);
+    }
+    lines.push(line);
+  }
+  if (framed) {
+    lines.unshift(AUTH_LINES[0]!);
+    lines.push('BEGIN');
+  }
+  const end = rnd() < 0.1 ? '\n' : '\r\n';
+  let text = (rnd() < 0.9 ? '\0' : '') + lines.join(end) + (rnd() < 0.9 ? end : '');
+  if (rnd() < 0.05) text = text.replace('AUTH', `AUTH${' '.repeat(17_000)}`);
+  const script = Buffer.from(text, 'latin1');
+  const hello = encodeMessage({ ...driverCall('Hello', '', []), serial: 1n });
+  return lines.some((l) => l.startsWith('BEGIN')) ? Buffer.concat([script, hello]) : script;
+}
+
+/**
+ * Writes `script`, ends the stream, and reads until the bus hangs up: the first word of each
+ * answer line, then "messages" if D-Bus messages followed, or the bytes that did.
+ */
+function converse(socketPath: string, script: Buffer): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const socket = net.createConnection(socketPath);
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no hang-up within 5 s after ${JSON.stringify(script.toString('latin1'))}`));
+    }, 5_000);
+    socket.on('data', (d: Buffer) => chunks.push(d));
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      let rest = Buffer.concat(chunks).toString('latin1');
+      const words: string[] = [];
+      for (let eol = rest.indexOf('\r\n'); eol >= 0 && /^[A-Z_]+( |\r)/.test(rest); eol = rest.indexOf('\r\n')) {
+        words.push(rest.slice(0, eol).split(' ')[0]!);
+        rest = rest.slice(eol + 2);
+      }
+      if (rest.length > 0) words.push(rest.charCodeAt(0) === 0x6c ? 'messages' : `bytes ${JSON.stringify(rest.slice(0, 40))}`);
+      resolve(words);
+    });
+    socket.end(script);
+  });
+}
+
+describe('legacy endpoint: mutated input, against dbus-daemon', function () {
   this.timeout(60_000);
   const dirs: string[] = [];
   const buses: LegacyBus[] = [];
@@ -245,6 +325,23 @@ describe('legacy endpoint: mutated messages, against dbus-daemon', function () {
     for (const a of arenas) a.close();
     for (const b of buses) await b.stop();
     for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  it(`${AUTH_CASES} authentication scripts (seed ${SEED}): kdbus-cuse answers as dbus-daemon does`, async function () {
+    this.timeout(120_000);
+    const rnd = random(SEED);
+    const differences: string[] = [];
+    let authenticated = 0;
+    for (let i = 0; i < AUTH_CASES; i++) {
+      const script = authScript(rnd);
+      const [reference, ours] = await Promise.all(buses.map((b) => converse(b.socketPath, script)));
+      if (reference!.includes('messages')) authenticated++;
+      if (JSON.stringify(ours) !== JSON.stringify(reference)) {
+        differences.push(`${JSON.stringify(script.toString('latin1').slice(0, 120))}\n  dbus-daemon: ${reference!.join(' ')}\n  kdbus-cuse:  ${ours!.join(' ')}`);
+      }
+    }
+    assert.equal(differences.length, 0, `${differences.length} of ${AUTH_CASES} conversations went differently:\n${differences.slice(0, 25).join('\n')}`);
+    assert.ok(authenticated > AUTH_CASES / 20, `only ${authenticated} scripts got as far as Hello`);
   });
 
   it(`${CASES} mutated messages (seed ${SEED}): kdbus-cuse disconnects, answers and delivers as dbus-daemon does`, async function () {

@@ -72,9 +72,21 @@ describe('dbus1 SASL server: EXTERNAL', () => {
     const s = started(1000);
     assert.equal(say(s, `AUTH EXTERNAL ${hexUid(0)}\r\n`), REJECTED);
     assert.equal(say(s, `AUTH EXTERNAL ${hexUid('root')}\r\n`), REJECTED);
+    // libdbus reads the claim with strtoul(…, 0): octal 01000 is 512.
     assert.equal(say(s, `AUTH EXTERNAL ${hexUid('01000')}\r\n`), REJECTED);
-    assert.equal(say(s, `AUTH EXTERNAL ${hexUid(' 1000')}\r\n`), REJECTED);
+    assert.equal(say(s, `AUTH EXTERNAL ${hexUid('1000 ')}\r\n`), REJECTED);
+    assert.equal(say(s, `AUTH EXTERNAL ${hexUid('4294968296')}\r\n`), REJECTED);
     assert.equal(say(s, `AUTH EXTERNAL ${hexUid(1000)}\r\n`), OK);
+  });
+
+  it('reads the claimed uid as libdbus reads a number: blanks, sign, hex and octal', () => {
+    for (const claim of [' 1000', '+1000', '0x3e8', '0X3E8', '01750', '\t1000']) {
+      assert.equal(say(started(1000), `AUTH EXTERNAL ${hexUid(claim)}\r\n`), OK, JSON.stringify(claim));
+    }
+    for (const claim of ['-0', '00', '0x0']) assert.equal(say(started(0), `AUTH EXTERNAL ${hexUid(claim)}\r\n`), OK, JSON.stringify(claim));
+    // A minus sign wraps around, as in C; beyond 64 bits strtoul fails.
+    assert.equal(say(started(0), `AUTH EXTERNAL ${hexUid('-18446744073709551616')}\r\n`), REJECTED);
+    for (const claim of ['0x', '08', '1e3', '1000x']) assert.equal(say(started(1000), `AUTH EXTERNAL ${hexUid(claim)}\r\n`), REJECTED, JSON.stringify(claim));
   });
 
   it('authenticates root as uid 0 ("30")', () => {
