@@ -308,8 +308,9 @@ function skipWhite(s: string, pos: number): number {
 
 /**
  * A value runs to the next comma outside apostrophes or to the end. Inside apostrophes
- * every character stands for itself; outside, \' is an apostrophe and any other backslash
- * is itself. Whitespace is kept. An apostrophe left open is an error.
+ * every character stands for itself; outside, a backslash takes the next character as it
+ * is: \' is an apostrophe, any other pair is kept whole (so \, does not end the value).
+ * Whitespace is kept. An apostrophe left open is an error.
  */
 function readValue(s: string, pos: number): { text: string; end: number } {
   let out = '';
@@ -325,8 +326,8 @@ function readValue(s: string, pos: number): { text: string; end: number } {
       pos++;
     } else if (c === COMMA) {
       return { text: out, end: pos + 1 };
-    } else if (c === BACKSLASH && s.charCodeAt(pos + 1) === APOSTROPHE) {
-      out += "'";
+    } else if (c === BACKSLASH) {
+      out += s.charCodeAt(pos + 1) === APOSTROPHE ? "'" : s.slice(pos, pos + 2);
       pos += 2;
     } else {
       out += s[pos];

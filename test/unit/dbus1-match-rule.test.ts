@@ -181,6 +181,9 @@ describe('dbus1 match rules: parsing', () => {
     assert.equal(arg0("arg0='a\\'"), 'a\\'); // inside quotes the backslash is literal
     assert.equal(arg0("arg0='comma,inside',type=signal"), 'comma,inside');
     assert.equal(arg0('arg0=trailing\\'), 'trailing\\');
+    // The backslash takes the next character with it, a comma too: the value goes on.
+    assert.equal(arg0("arg0='/ab'\\,arg0path=''"), '/ab\\,arg0path=');
+    assert.equal(MatchRule.parse("arg0=a\\,type='bogus'").type, undefined);
     assert.equal(arg0("arg0=ice'cream'"), 'icecream');
     assert.equal(arg0("arg0=''"), '');
     assert.equal(arg0('arg0='), '');
