@@ -218,8 +218,11 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
       try {
         const ret = c.conn.acquireName(name, kflags);
         // kdbus sets ACQUIRED only when ownership or queue place is new; an owner asking
-        // again gets PRIMARY alone (dbus-daemon's ALREADY_OWNER).
+        // again gets PRIMARY alone (dbus-daemon's ALREADY_OWNER). A queued connection that
+        // asks with DO_NOT_QUEUE leaves the queue with neither flag: EXISTS, as dbus-daemon
+        // takes it off its queue and answers.
         if (ret & NameFlags.IN_QUEUE) return ['u', [2]];
+        if (!(ret & NameFlags.PRIMARY)) return ['u', [3]];
         return ['u', [ret & NameFlags.ACQUIRED ? 1 : 4]];
       } catch (e) {
         if (e instanceof KdbusError && e.code === 'EEXIST') return ['u', [3]];

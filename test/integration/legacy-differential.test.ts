@@ -81,6 +81,9 @@ const SEEDS: readonly Seed[] = [
   { ...call('Missing', '', [], MessageFlag.NoAutoStart), destination: 'com.example.Missing' },
   { ...driverCall('NameHasOwner', 's', [PEER]), flags: MessageFlag.NoReplyExpected },
   { ...driverCall('AddMatch', 's', ["type='signal'"]), flags: MessageFlag.NoReplyExpected },
+  // a queued connection asking again with DO_NOT_QUEUE leaves the queue: EXISTS;
+  driverCall('RequestName', 'su', [PEER, 0]),
+  driverCall('RequestName', 'su', [PEER, 4]),
   // names that cannot be owned are looked up all the same;
   driverCall('NameHasOwner', 's', ['no such name']),
   driverCall('GetNameOwner', 's', ['com..example']),
