@@ -38,6 +38,7 @@ const SEED = Number(process.env['KDBUS_FUZZ_SEED'] ?? 0x6b647573);
 const CASES = Number(process.env['KDBUS_FUZZ_CASES'] ?? 3000);
 const AUTH_CASES = Math.ceil(CASES / 6);
 const RULE_CASES = Math.ceil(CASES / 6);
+const NAME_STEPS = Math.ceil(CASES / 10);
 
 /** A message to start from; `typeByte` overwrites its type on the wire (to make one of an unknown type). */
 type Seed = Omit<Message, 'serial'> & { typeByte?: number };
@@ -428,12 +429,112 @@ class RuleArena {
   }
 }
 
+// ---- name ownership ----------------------------------------------------------------------
+
+const OWNED = ['com.example.Name1', 'com.example.Name2'];
+/**
+ * RequestName flags, all but REPLACE_EXISTING with queueing (2, 3): a request that cannot
+ * replace the owner waits next in line on dbus-daemon, at the end of the queue on kdbus
+ * (README, "Known differences").
+ */
+const REQUEST_FLAGS = [0, 1, 4, 5, 6, 7];
+
+interface NameStep {
+  /** Who acts (client 0..2) and how. */
+  who: number;
+  op: 'RequestName' | 'ReleaseName' | 'ListQueuedOwners' | 'reconnect';
+  name: string;
+  flags: number;
+}
+
+function nameStep(rnd: () => number): NameStep {
+  const k = rnd();
+  const op = k < 0.5 ? 'RequestName' : k < 0.8 ? 'ReleaseName' : k < 0.9 ? 'reconnect' : 'ListQueuedOwners';
+  return { who: Math.floor(rnd() * 3), op, name: pick(rnd, OWNED), flags: pick(rnd, REQUEST_FLAGS) };
+}
+
+/** Three clients competing for OWNED, and a watcher of NameOwnerChanged; unique names appear by role (c0..c2). */
+class NameArena {
+  private readonly clients: UpstreamConnection[] = [];
+  private readonly events: string[] = [];
+  private readonly gone = new Map<string, () => void>();
+
+  private constructor(private readonly bus: LegacyBus, private readonly watcher: UpstreamConnection) {}
+
+  static async open(bus: LegacyBus): Promise<NameArena> {
+    let arena: NameArena | undefined;
+    const watcher = await UpstreamConnection.connect(bus.address, {
+      label: `name watcher on ${bus.kind}`,
+      handlers: { message: (m) => arena?.onWatched(m), closed: () => undefined },
+    });
+    arena = new NameArena(bus, watcher);
+    await watcher.callDriver('AddMatch', 's', [`type='signal',sender='${DRIVER}',member='NameOwnerChanged'`]);
+    for (let i = 0; i < 3; i++) await arena.connect(i);
+    return arena;
+  }
+
+  close(): void {
+    for (const c of [...this.clients, this.watcher]) c.close();
+  }
+
+  async step(s: NameStep): Promise<{ answer: unknown; events: string[]; queues: string[] }> {
+    this.events.length = 0;
+    let answer: unknown = 'reconnected';
+    if (s.op === 'reconnect') {
+      const old = this.clients[s.who]!;
+      const gone = new Promise<void>((resolve) => this.gone.set(old.uniqueName, resolve));
+      old.close();
+      await gone;
+      await this.connect(s.who);
+    } else {
+      const args = s.op === 'RequestName' ? [s.name, s.flags] : [s.name];
+      answer = await this.clients[s.who]!.callDriver(s.op, s.op === 'RequestName' ? 'su' : 's', args).then(
+        (r) => r.body.map((v) => (Array.isArray(v) ? v.map((x) => this.role(x as string)) : v)),
+        (e: unknown) => (e instanceof UpstreamCallError ? e.name : String(e)),
+      );
+    }
+    // A round trip of each client: what the step sent them arrived before its answer.
+    for (const c of [...this.clients, this.watcher]) await c.callDriver('GetId');
+    const queues: string[] = [];
+    for (const name of OWNED) {
+      const q = await this.watcher.callDriver('ListQueuedOwners', 's', [name]).then((r) => (r.body[0] as string[]).map((x) => this.role(x)).join(','), () => '-');
+      queues.push(`${name}: ${q}`);
+    }
+    return { answer, events: [...this.events].sort(), queues };
+  }
+
+  private async connect(i: number): Promise<void> {
+    this.clients[i] = await UpstreamConnection.connect(this.bus.address, {
+      label: `name client ${i} on ${this.bus.kind}`,
+      handlers: {
+        message: (m) => {
+          if ((m.member === 'NameAcquired' || m.member === 'NameLost') && OWNED.includes(m.body[0] as string)) this.events.push(`c${i} ${m.member} ${m.body[0] as string}`);
+        },
+        closed: () => undefined,
+      },
+    });
+  }
+
+  private role(name: string): string {
+    const i = this.clients.findIndex((c) => c.uniqueName === name);
+    return i >= 0 ? `c${i}` : name;
+  }
+
+  private onWatched(m: Message): void {
+    if (m.member !== 'NameOwnerChanged') return;
+    const [name, from, to] = m.body as [string, string, string];
+    if (name === from && to === '') this.gone.get(name)?.();
+    if (OWNED.includes(name)) this.events.push(`NameOwnerChanged ${name} ${this.role(from)} ${this.role(to)}`);
+  }
+}
+
 describe('legacy endpoint: mutated input, against dbus-daemon', function () {
   this.timeout(60_000);
   const dirs: string[] = [];
   const buses: LegacyBus[] = [];
   const arenas: Arena[] = [];
   const ruleArenas: RuleArena[] = [];
+  const nameArenas: NameArena[] = [];
 
   before(async function () {
     this.timeout(60_000);
@@ -447,11 +548,12 @@ describe('legacy endpoint: mutated input, against dbus-daemon', function () {
       buses.push(bus);
       arenas.push(await Arena.open(bus));
       ruleArenas.push(await RuleArena.open(bus));
+      nameArenas.push(await NameArena.open(bus));
     }
   });
 
   after(async function () {
-    for (const a of [...arenas, ...ruleArenas]) a.close();
+    for (const a of [...arenas, ...ruleArenas, ...nameArenas]) a.close();
     for (const b of buses) await b.stop();
     for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
   });
@@ -493,6 +595,19 @@ describe('legacy endpoint: mutated input, against dbus-daemon', function () {
     assert.equal(differences.length, 0, `${differences.length} of ${RULE_CASES} rules were handled differently:\n${differences.slice(0, 10).join('\n')}`);
     assert.ok(deviations < RULE_CASES / 20, `${deviations} rules where the reference buses part ways`);
     assert.ok(matching > RULE_CASES / 10, `only ${matching} rules let a signal through`);
+  });
+
+  it(`${NAME_STEPS} RequestName, ReleaseName and reconnections of three clients (seed ${SEED}): the same answers, signals and queues`, async function () {
+    this.timeout(120_000);
+    const rnd = random(SEED);
+    let changes = 0;
+    for (let i = 0; i < NAME_STEPS; i++) {
+      const s = nameStep(rnd);
+      const [reference, ours] = await Promise.all(nameArenas.map((a) => a.step(s)));
+      assert.deepEqual(ours, reference, `step ${i}: client ${s.who} ${s.op} ${s.name} ${s.flags}`);
+      if (reference!.events.length > 0) changes++;
+    }
+    assert.ok(changes > NAME_STEPS / 10, `only ${changes} steps changed an owner`);
   });
 
   it(`${CASES} mutated messages (seed ${SEED}): kdbus-cuse disconnects, answers and delivers as dbus-daemon does`, async function () {
