@@ -150,6 +150,8 @@ export class SocketSession {
   private hupOutstanding = false;
   private stopWake: (() => void) | undefined;
   private closed = false;
+  /** A FREE sent with seq 0 failed here before: the next ones are not worth a warning each. */
+  private unansweredFailed = false;
   /** OPEN said the shim takes HEAD frames: the readiness it is sent names the queue's head. */
   private heads = false;
   /** RECV IOCTLs read from this socket; a HEAD counts them so the shim can tell a stale one. */
@@ -562,6 +564,8 @@ export class SocketSession {
         if (f.own) FrameReader.recycle(f.own);
         return;
       }
+    } else if (f.seq === 0n && cmd !== Cmd.FREE) {
+      throw new ProtocolError(`an IOCTL the shim answered itself (seq 0) is a FREE or a RECV, not 0x${cmd.toString(16)}`);
     }
     const listEnd = 32 + ((4 * (nFds + nRes) + 7) & ~7);
     if (listEnd > p.length) throw new ProtocolError('IOCTL fd lists run past the frame');
@@ -757,7 +761,13 @@ export class SocketSession {
     if (seq === 0n) {
       // The client answered this one itself (a FREE it knew could not fail) and waits for nothing.
       installer.closeSent();
-      if (errno !== 0) logger.warn(`${this.label}: ioctl 0x${cmd.toString(16)} that the client did not wait for failed: ${errnoName(errno)}`);
+      if (errno !== 0) {
+        // The shim sends only a FREE it knows cannot fail this way: a client that sends others
+        // gets one line, not one per FREE.
+        const say = this.unansweredFailed ? logger.debug.bind(logger) : logger.warn.bind(logger);
+        say(`${this.label}: a FREE the client did not wait for failed: ${errnoName(errno)}${this.unansweredFailed ? '' : ' (later ones are logged at debug level)'}`);
+        this.unansweredFailed = true;
+      }
       return;
     }
     let flags = 0;

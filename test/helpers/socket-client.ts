@@ -27,6 +27,32 @@ export interface Head {
   last: boolean;
 }
 
+/** OPEN's payload: flags, the opening thread, the node's path below the root, features. */
+export function openPayload(rel: string, flags = 2, features = 0): Buffer {
+  const path = Buffer.from(rel, 'latin1');
+  const p = Buffer.alloc(16);
+  p.writeUInt32LE(flags, 0);
+  p.writeUInt32LE(process.pid, 4);
+  p.writeUInt32LE(path.length, 8);
+  p.writeUInt32LE(features, 12);
+  return Buffer.concat([p, path]);
+}
+
+/** IOCTL's payload: the command, the descriptor numbers it names, reserved numbers, prefetched memory. */
+export function ioctlPayload(cmd: number, arg: bigint, segments: Segment[], fdNumbers: readonly number[] = [], reserved: readonly number[] = []): Buffer {
+  const head = Buffer.alloc(32);
+  head.writeUInt32LE(cmd, 0);
+  head.writeUInt32LE(process.pid, 4);
+  head.writeBigUInt64LE(arg, 8);
+  head.writeUInt32LE(segments.length, 16);
+  head.writeUInt32LE(fdNumbers.length, 20);
+  head.writeUInt32LE(reserved.length, 24);
+  const lists = Buffer.alloc(((fdNumbers.length + reserved.length) * 4 + 7) & ~7);
+  fdNumbers.forEach((n, i) => lists.writeInt32LE(n, i * 4));
+  reserved.forEach((r, i) => lists.writeInt32LE(r, (fdNumbers.length + i) * 4));
+  return Buffer.concat([head, lists, encodeSegments(segments)]);
+}
+
 export class ProtocolClient {
   private buf = Buffer.alloc(0);
   private seq = 1n;
@@ -131,14 +157,8 @@ export class ProtocolClient {
 
   /** OPEN; `features` is the word the shim sets (bit 0: it takes HEAD frames). */
   async open(rel: string, flags = 2, features = 0): Promise<Result> {
-    const path = Buffer.from(rel, 'latin1');
-    const p = Buffer.alloc(16);
-    p.writeUInt32LE(flags, 0);
-    p.writeUInt32LE(process.pid, 4);
-    p.writeUInt32LE(path.length, 8);
-    p.writeUInt32LE(features, 12);
     const seq = this.seq++;
-    this.send(FrameType.OPEN, seq, Buffer.concat([p, path]));
+    this.send(FrameType.OPEN, seq, openPayload(rel, flags, features));
     return this.result(seq);
   }
 
@@ -160,10 +180,7 @@ export class ProtocolClient {
     let idleTurns = 0;
     while (seqs.length < max && idleTurns < 50) {
       const seq = this.seq++;
-      const head = Buffer.alloc(32);
-      head.writeUInt32LE(cmd, 0);
-      head.writeUInt32LE(process.pid, 4);
-      const frame = encodeFrame(FrameType.IOCTL, seq, head);
+      const frame = encodeFrame(FrameType.IOCTL, seq, ioctlPayload(cmd, 0n, []));
       let off = sendWithFds(this.fd, frame, []);
       if (off < 0) {
         this.seq--;
@@ -213,17 +230,7 @@ export class ProtocolClient {
   }
 
   private sendIoctl(seq: bigint, cmd: number, arg: bigint, segments: Segment[], fds: Array<{ number: number; fd: number }>, reserved: number[]): void {
-    const head = Buffer.alloc(32);
-    head.writeUInt32LE(cmd, 0);
-    head.writeUInt32LE(process.pid, 4);
-    head.writeBigUInt64LE(arg, 8);
-    head.writeUInt32LE(segments.length, 16);
-    head.writeUInt32LE(fds.length, 20);
-    head.writeUInt32LE(reserved.length, 24);
-    const lists = Buffer.alloc(((fds.length + reserved.length) * 4 + 7) & ~7);
-    fds.forEach((f, i) => lists.writeInt32LE(f.number, i * 4));
-    reserved.forEach((r, i) => lists.writeInt32LE(r, (fds.length + i) * 4));
-    this.send(FrameType.IOCTL, seq, Buffer.concat([head, lists, encodeSegments(segments)]), fds.map((f) => f.fd));
+    this.send(FrameType.IOCTL, seq, ioctlPayload(cmd, arg, segments, fds.map((f) => f.number), reserved), fds.map((f) => f.fd));
   }
 
   /** Waits for the next unsolicited frame (WAKE, HEAD or HUP) and returns its type. */

@@ -11,8 +11,6 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Writable } from 'node:stream';
-import winston from 'winston';
 import { HelloFlags, ItemType } from '../../src/abi/constants';
 import type { KdbusNode } from '../../src/bus/handle';
 import {
@@ -20,8 +18,8 @@ import {
   ServiceFileError, splitCommandLine, waitForName, type ActivationOptions, type WaitForOwner,
 } from '../../src/dbus1/activation';
 import { LocalConnection, type LocalIdentity } from '../../src/dbus1/local-connection';
-import { logger } from '../../src/log/logger';
 import { selfCreds, TestBus } from '../helpers/kdbus-client';
+import { LogCapture } from '../helpers/log-capture';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -65,37 +63,6 @@ function alive(pid: number): boolean {
     return !/^\S+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
-  }
-}
-
-/** Log lines of the daemon while a test runs (the console stays quiet). */
-class LogCapture {
-  readonly lines: string[] = [];
-  private readonly transport: winston.transport;
-  private readonly level = logger.level;
-  private readonly silenced: winston.transport[];
-  constructor() {
-    const lines = this.lines;
-    this.transport = new winston.transports.Stream({
-      stream: new Writable({
-        write(chunk: Buffer, _enc, cb): void {
-          lines.push(...chunk.toString().split('\n').filter((l) => l !== ''));
-          cb();
-        },
-      }),
-    });
-    this.silenced = logger.transports.filter((t) => !t.silent);
-    for (const t of this.silenced) t.silent = true;
-    logger.add(this.transport);
-    logger.level = 'info';
-  }
-  matching(re: RegExp): string[] {
-    return this.lines.filter((l) => re.test(l));
-  }
-  stop(): void {
-    logger.remove(this.transport);
-    for (const t of this.silenced) t.silent = false;
-    logger.level = this.level;
   }
 }
 
