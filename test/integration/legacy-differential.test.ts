@@ -17,6 +17,7 @@
  * words) and, after BEGIN, whether Hello is answered, are compared.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -24,7 +25,7 @@ import path from 'node:path';
 import { encodeMessage, MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import { Variant, type Value } from '../../src/dbus1/value';
-import { busUnavailable, startBus, type BusKind, type LegacyBus } from '../helpers/legacy-bus';
+import { busUnavailable, PYTHON, pythonHas, startBus, type BusKind, type LegacyBus } from '../helpers/legacy-bus';
 import { RawDbus1Client } from '../helpers/raw-dbus1-client';
 import { requireOrSkip } from '../helpers/require';
 
@@ -98,6 +99,25 @@ const SEEDS: readonly Seed[] = [
   { type: MessageType.MethodCall, flags: 0, path: '/', member: 'NoInterface', signature: '', body: [] },
 ];
 
+const BIG_ENDIAN = 0x42;
+
+/**
+ * The same messages in big-endian byte order, as clients on other architectures or
+ * libraries (dbus-java) send them: GDBus re-marshals them (python3-gi), all in one go.
+ */
+function bigEndian(messages: readonly Buffer[]): Buffer[] {
+  const script = [
+    'import sys, gi', "gi.require_version('Gio', '2.0')", 'from gi.repository import Gio',
+    'for h in sys.argv[1:]:',
+    '    m = Gio.DBusMessage.new_from_blob(bytes.fromhex(h), Gio.DBusCapabilityFlags.UNIX_FD_PASSING)',
+    '    m.set_byte_order(Gio.DBusMessageByteOrder.BIG_ENDIAN)',
+    '    print(m.to_blob(Gio.DBusCapabilityFlags.UNIX_FD_PASSING).hex())',
+  ].join('\n');
+  const r = spawnSync(PYTHON, ['-c', script, ...messages.map((m) => m.toString('hex'))], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`GDBus could not re-marshal the seeds: ${r.stderr}`);
+  return r.stdout.trim().split('\n').map((h) => Buffer.from(h, 'hex'));
+}
+
 /** mulberry32: small, fast, and the same sequence everywhere. */
 function random(seed: number): () => number {
   let a = seed >>> 0;
@@ -118,7 +138,7 @@ const INTERESTING = [0x00, 0xff, 0x7f, 0x80, 0x01, 0x02, 0x2f, 0x2e, 0x61, 0x73,
  */
 function mutate(message: Buffer, rnd: () => number): Buffer {
   const b = Buffer.from(message);
-  const fieldsEnd = 16 + b.readUInt32LE(12);
+  const fieldsEnd = 16 + (b[0] === BIG_ENDIAN ? b.readUInt32BE(12) : b.readUInt32LE(12));
   const bodyStart = (fieldsEnd + 7) & ~7;
   const count = 1 + (rnd() < 0.3 ? 1 : 0) + (rnd() < 0.1 ? 1 : 0);
   for (let k = 0; k < count; k++) {
@@ -126,7 +146,7 @@ function mutate(message: Buffer, rnd: () => number): Buffer {
     let at: number;
     if (where < 0.1) at = 1 + Math.floor(rnd() * 3);
     else if (where < 0.13) {
-      b.writeUInt32LE(0, 8);
+      b.fill(0, 8, 12);
       continue;
     } else if (where < 0.65 || bodyStart === b.length) at = 16 + Math.floor(rnd() * (bodyStart - 16));
     else at = bodyStart + Math.floor(rnd() * (b.length - bodyStart));
@@ -540,6 +560,7 @@ describe('legacy endpoint: mutated input, against dbus-daemon', function () {
     this.timeout(60_000);
     const kinds: BusKind[] = ['dbus-daemon', 'kdbus-cuse'];
     const missing = kinds.map(busUnavailable).filter((m) => m !== undefined);
+    if (!pythonHas('gi')) missing.push(`${PYTHON} with python3-gi`);
     requireOrSkip(this, missing.length === 0, missing.join('; '));
     for (const kind of kinds) {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), `fuzz-${kind}-`));
@@ -616,14 +637,19 @@ describe('legacy endpoint: mutated input, against dbus-daemon', function () {
     const differences: string[] = [];
     let disconnects = 0;
     let delivered = 0;
+    // Every third message is big-endian, a byte-order flag and all lengths the other way round.
+    const little = SEEDS.map(({ typeByte: _, ...fields }) => encodeMessage({ ...fields, serial: 1n }));
+    const big = bigEndian(little);
     for (let i = 0; i < CASES; i++) {
-      const seed = SEEDS[i % SEEDS.length]!;
+      const k = i % SEEDS.length;
+      const seed = SEEDS[k]!;
       const serial = BigInt(1000 + 2 * i);
-      const { typeByte, ...fields } = seed;
-      const original = encodeMessage({ ...fields, serial });
-      if (typeByte !== undefined) original[1] = typeByte;
+      const original = Buffer.from(i % 3 === 2 ? big[k]! : little[k]!);
+      if (original[0] === BIG_ENDIAN) original.writeUInt32BE(Number(serial), 8);
+      else original.writeUInt32LE(Number(serial), 8);
+      if (seed.typeByte !== undefined) original[1] = seed.typeByte;
       const message = i < SEEDS.length ? original : mutate(original, rnd);
-      const sentSerial = BigInt(message.readUInt32LE(8));
+      const sentSerial = BigInt(message[0] === BIG_ENDIAN ? message.readUInt32BE(8) : message.readUInt32LE(8));
       const [reference, ours] = await Promise.all(arenas.map((a) => a.run(message, sentSerial, serial + 1n, `case ${i}`)));
       // The peer calls nobody: every reply it gets is one nobody asked for, which kdbus cannot
       // carry and kdbus-cuse drops (README, "Known differences"); dbus-daemon's session bus
