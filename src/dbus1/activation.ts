@@ -7,15 +7,17 @@
  * - file syntax of its desktop-file reader (comments only at column 0, keys [A-Za-z0-9-],
  *   spaces around '=', escapes \s \t \n \r \\, localized keys ignored, the first of
  *   duplicate groups and keys counts, 128 KiB and valid UTF-8 at most);
- * - Exec split into words with shell quoting but no expansion, and run without a PATH search;
+ * - Exec required (SystemdService alone does not do), split into words with shell quoting
+ *   but no expansion when the service starts, not when the file is read (a line that does
+ *   not split fails the start with InvalidArgs, an empty one with Spawn.ExecFailed), and run
+ *   without a PATH search;
  * - the first directory that provides a name wins; on a system bus a file must be named
  *   after its name (what the launch helper relies on) and needs a User;
  * - a child that exits with status 0 before its name appears is not a failure (it may have
  *   forked into the background); a failure ends every pending start with the same Exec;
  * - the timeout kills the child; children outlive the daemon.
  *
- * Deliberately not done: systemd activation. A file with SystemdService and no Exec is
- * listed as activatable, but starting it fails with Spawn.ServiceNotFound.
+ * Deliberately not done: systemd activation; SystemdService is read and not used.
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -38,12 +40,12 @@ export const ActivationErrorName = {
   TIMED_OUT: 'org.freedesktop.DBus.Error.TimedOut',
   ACCESS_DENIED: 'org.freedesktop.DBus.Error.AccessDenied',
   FAILED: 'org.freedesktop.DBus.Error.Failed',
+  INVALID_ARGS: 'org.freedesktop.DBus.Error.InvalidArgs',
   EXEC_FAILED: 'org.freedesktop.DBus.Error.Spawn.ExecFailed',
   FORK_FAILED: 'org.freedesktop.DBus.Error.Spawn.ForkFailed',
   CHILD_EXITED: 'org.freedesktop.DBus.Error.Spawn.ChildExited',
   CHILD_SIGNALED: 'org.freedesktop.DBus.Error.Spawn.ChildSignaled',
   SETUP_FAILED: 'org.freedesktop.DBus.Error.Spawn.FailedToSetup',
-  SERVICE_NOT_FOUND: 'org.freedesktop.DBus.Error.Spawn.ServiceNotFound',
   FILE_INVALID: 'org.freedesktop.DBus.Error.Spawn.FileInvalid',
 } as const;
 
@@ -72,10 +74,11 @@ export const MAX_SERVICE_FILE_SIZE = 128 * 1024;
 
 export interface ServiceEntry {
   readonly name: string;
-  /** The Exec line as written (after the file's own escapes); undefined for a SystemdService-only file. */
-  readonly exec: string | undefined;
-  /** Exec split into words. */
-  readonly argv: readonly string[] | undefined;
+  /**
+   * The Exec line as written (after the file's own escapes). dbus-daemon splits it only to
+   * start the service: a line that does not split still lists the name.
+   */
+  readonly exec: string;
   readonly user: string | undefined;
   readonly systemdService: string | undefined;
 }
@@ -161,19 +164,10 @@ export function parseServiceFile(data: Buffer): ServiceEntry {
   const name = group.get('Name');
   if (name === undefined) throw new ServiceFileError(`no Name key in [${SERVICE_GROUP}]`);
   if (!isValidWellKnownName(name)) throw new ServiceFileError(`Name ${JSON.stringify(name)} is not a valid well-known bus name`);
+  // dbus-daemon needs Exec even beside SystemdService (systemd's files say Exec=/bin/false).
   const exec = group.get('Exec');
-  const systemdService = group.get('SystemdService');
-  if (exec === undefined && systemdService === undefined) throw new ServiceFileError(`no Exec key in [${SERVICE_GROUP}]`);
-  let argv: string[] | undefined;
-  if (exec !== undefined) {
-    try {
-      argv = splitCommandLine(exec);
-    } catch (e) {
-      throw new ServiceFileError(`Exec: ${(e as Error).message}`);
-    }
-    if (argv.length === 0) throw new ServiceFileError('Exec has no command');
-  }
-  return { name, exec, argv, user: group.get('User'), systemdService };
+  if (exec === undefined) throw new ServiceFileError(`no Exec key in [${SERVICE_GROUP}]`);
+  return { name, exec, user: group.get('User'), systemdService: group.get('SystemdService') };
 }
 
 /**
@@ -420,7 +414,7 @@ export class Activation {
     if (!pending) {
       const entry = this.find(name);
       if (!entry) return Promise.reject(new ActivationError(ActivationErrorName.SERVICE_UNKNOWN, `The name ${name} was not provided by any .service files`));
-      pending = new PendingStart(name, entry.exec ?? '');
+      pending = new PendingStart(name, entry.exec);
       this.pending.set(name, pending);
       this.launch(pending, entry, waitForOwner);
     }
@@ -570,11 +564,15 @@ export class Activation {
   /** What to spawn for `entry`, or an ActivationError when it cannot be started at all. */
   private commandFor(entry: ServiceEntry): { file: string; args: string[]; argv0: string; uid?: number; gid?: number } {
     const name = entry.name;
-    if (!entry.argv) {
-      throw new ActivationError(ActivationErrorName.SERVICE_NOT_FOUND,
-        `${name} can only be started by systemd (SystemdService=${entry.systemdService}, no Exec), and this bus does not do systemd activation`);
+    let words: string[];
+    try {
+      words = splitCommandLine(entry.exec);
+    } catch (e) {
+      throw new ActivationError(ActivationErrorName.INVALID_ARGS, `The Exec line of ${name} cannot be split into words: ${(e as Error).message}`);
     }
-    const [argv0, ...args] = entry.argv as [string, ...string[]];
+    // An empty Exec runs nothing, as dbus-daemon fails to run it.
+    if (words.length === 0) throw new ActivationError(ActivationErrorName.EXEC_FAILED, `Failed to execute program ${name}: its Exec line is empty`);
+    const [argv0, ...args] = words as [string, ...string[]];
     // dbus-daemon execs without a PATH search: a bare name is relative to the working directory.
     const file = argv0.includes('/') ? argv0 : `./${argv0}`;
     if (this.busType !== 'system') return { file, args, argv0 };

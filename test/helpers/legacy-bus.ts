@@ -246,7 +246,7 @@ export interface StartOptions {
   logLevel?: string;
   /** kdbus-cuse: its RLIMIT_NOFILE, soft and hard (prlimit), which it may not raise (setpriv). */
   maxOpenFiles?: number;
-  /** dbus-daemon, dbus-broker: the configuration file, instead of the session bus's. */
+  /** dbus-daemon, dbus-broker: the configuration file, instead of the session bus's; kdbus-cuse: its JSON configuration (--config). */
   configFile?: string;
 }
 
@@ -342,6 +342,7 @@ async function startKdbusCuse(dir: string, opts: StartOptions): Promise<LegacyBu
     '--socket', path.join(dir, 'kdbus.sock'), '--kdbus-root', path.join(dir, 'kdbus'),
     '--bus', `${process.getuid!()}-legacy`, '--listen', `unix:path=${socketPath}`,
     ...(opts.logLevel ? ['--log-level', opts.logLevel] : []),
+    ...(opts.configFile ? ['--config', opts.configFile] : []),
   ];
   const limit = opts.maxOpenFiles;
   // Without CAP_SYS_RESOURCE, as a daemon that may not raise the limit it was given.

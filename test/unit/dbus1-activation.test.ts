@@ -156,7 +156,7 @@ describe('dbus1 activation', () => {
         const e = parseServiceFile(Buffer.from(lines(text, eol)));
         assert.equal(e.name, 'org.example.Good');
         assert.equal(e.exec, '/usr/bin/good --flag "two  words" tab\there back\\slash');
-        assert.deepEqual(e.argv, ['/usr/bin/good', '--flag', 'two  words', 'tab', 'here', 'backslash']);
+        assert.deepEqual(splitCommandLine(e.exec), ['/usr/bin/good', '--flag', 'two  words', 'tab', 'here', 'backslash']);
         assert.equal(e.user, 'nobody');
         assert.equal(e.systemdService, 'dbus-org.example.Good.service');
       }
@@ -166,13 +166,13 @@ describe('dbus1 activation', () => {
       return text.join(eol) + eol;
     }
 
-    it('accepts a SystemdService without Exec; needs Name, and Exec or SystemdService', () => {
-      const e = parseServiceFile(Buffer.from('[D-BUS Service]\nName=org.example.Unit\nSystemdService=example.service\n'));
-      assert.equal(e.argv, undefined);
-      assert.equal(e.exec, undefined);
-      assert.equal(e.user, undefined);
+    it('needs Name and Exec, as dbus-daemon does, SystemdService or not; an Exec that does not split is read all the same', () => {
+      assert.match(parseError('[D-BUS Service]\nName=org.example.Unit\nSystemdService=example.service\n'), /^no Exec key/);
       assert.match(parseError('[D-BUS Service]\nExec=/bin/true\n'), /^no Name key in \[D-BUS Service\]$/);
       assert.match(parseError('[D-BUS Service]\nName=org.example.A\nUser=root\n'), /^no Exec key/);
+      for (const exec of ['/bin/echo "unclosed', "/bin/echo 'unclosed", '', '# only a comment']) {
+        assert.equal(parseServiceFile(Buffer.from(`[D-BUS Service]\nName=org.example.A\nExec=${exec}\n`)).exec, exec);
+      }
     });
 
     it('refuses what dbus-daemon refuses, saying which line is wrong', () => {
@@ -197,10 +197,6 @@ describe('dbus1 activation', () => {
         ['[D-BUS Service]\nName=1org.example\nExec=/bin/true\n', /^Name "1org.example" is not a valid well-known bus name$/],
         ['[D-BUS Service]\nName=:1.5\nExec=/bin/true\n', /not a valid well-known bus name/],
         ['[D-BUS Service]\nName=single\nExec=/bin/true\n', /not a valid well-known bus name/],
-        ['[D-BUS Service]\nName=org.example.A\nExec=/bin/echo "unclosed\n', /^Exec: unclosed double quote/],
-        ['[D-BUS Service]\nName=org.example.A\nExec=/bin/echo \'unclosed\n', /^Exec: unclosed single quote/],
-        ['[D-BUS Service]\nName=org.example.A\nExec=\n', /^Exec has no command$/],
-        ['[D-BUS Service]\nName=org.example.A\nExec=  # only a comment\n', /^Exec has no command$/],
       ];
       for (const [text, re] of cases) assert.match(parseError(text), re, JSON.stringify(text.toString().slice(0, 60)));
     });
@@ -468,14 +464,18 @@ describe('dbus1 activation', () => {
       assert.equal((await rejection(m.start('org.example.Other', marker))).errorName, E.FAILED);
     });
 
-    it('lists a SystemdService-only file but fails its start with Spawn.ServiceNotFound', async () => {
+    it('does not list a SystemdService file without Exec; lists one whose Exec does not split, and fails its start', async () => {
       const d = dir('services');
       service(d, 'org.example.Unit.service', '[D-BUS Service]\nName=org.example.Unit\nSystemdService=dbus-org.example.Unit.service\n');
+      service(d, 'org.example.Unclosed.service', '[D-BUS Service]\nName=org.example.Unclosed\nExec=/bin/sh "-c\n');
+      service(d, 'org.example.Empty.service', '[D-BUS Service]\nName=org.example.Empty\nExec=\n');
       const m = manager({ dirs: [d] });
-      assert.equal(m.isActivatable('org.example.Unit'), true);
-      const e = await rejection(m.start('org.example.Unit', marker));
-      assert.equal(e.errorName, 'org.freedesktop.DBus.Error.Spawn.ServiceNotFound');
-      assert.match(e.message, /SystemdService=dbus-org\.example\.Unit\.service.*does not do systemd activation/);
+      assert.equal(m.isActivatable('org.example.Unit'), false);
+      assert.deepEqual(m.listActivatable(), ['org.example.Empty', 'org.example.Unclosed']);
+      const unclosed = await rejection(m.start('org.example.Unclosed', marker));
+      assert.equal(unclosed.errorName, 'org.freedesktop.DBus.Error.InvalidArgs');
+      assert.match(unclosed.message, /unclosed double quote/);
+      assert.equal((await rejection(m.start('org.example.Empty', marker))).errorName, 'org.freedesktop.DBus.Error.Spawn.ExecFailed');
     });
   });
 
