@@ -312,6 +312,7 @@ export class LegacyClient implements DriverClient {
         () => this.toBus(m, files),
         (e: unknown) => {
           files.forEach((f) => f.close());
+          this.showMonitors(m);
           this.sendToClient(errorReply(m, DRIVER_NAME, ...driverErrorOf(e)));
         },
       );
@@ -337,8 +338,14 @@ export class LegacyClient implements DriverClient {
         if (!(e instanceof KdbusError)) throw e;
         // A reply nobody waits for (EBADSLT) cannot cross kdbus; whatever else the bus refuses
         // earns an error, as dbus-daemon sends one even where NO_REPLY_EXPECTED asks for none.
-        if (e.code === 'EBADSLT') logger.debug(`${this.uniqueName}: a reply to ${dest} was dropped: ${e.message}`);
-        else this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, m)));
+        if (e.code === 'EBADSLT') {
+          logger.debug(`${this.uniqueName}: a reply to ${dest} was dropped: ${e.message}`);
+          return;
+        }
+        // dbus-daemon's monitors see a message before the bus finds it has nowhere to go;
+        // kdbus's see what it delivers.
+        this.showMonitors(m);
+        this.sendToClient(errorReply(m, DRIVER_NAME, ...sendError(e, m)));
       }
     });
   }
@@ -516,9 +523,17 @@ export class LegacyClient implements DriverClient {
     logger.info(`${this.uniqueName} (${this.label}) became a monitor`);
   }
 
-  /** A message of the driver's conversation with some client, for every monitor that wants it. */
+  /**
+   * A message of the driver's conversation with some client, for every monitor that wants
+   * it, after what the bus delivered to the monitor before it: a client's signal comes
+   * before the driver call it made next.
+   */
   private showMonitors(m: Message): void {
-    for (const monitor of this.ctx.monitors) if (monitor !== this) monitor.capture(m);
+    for (const monitor of this.ctx.monitors) {
+      if (monitor === this) continue;
+      monitor.monitorConn?.flush();
+      monitor.capture(m);
+    }
   }
 
   private capture(m: Message): void {

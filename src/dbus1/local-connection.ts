@@ -215,6 +215,8 @@ export class LocalConnection {
   /** The file numbers of the message being sent's payload parts (-1: a vector). */
   private readonly fileNos: number[] = [];
   private scheduled = false;
+  /** drain() is running (flush() must not start it again from a handler). */
+  private draining = false;
   private closed = false;
   private disconnectReported = false;
 
@@ -434,8 +436,26 @@ export class LocalConnection {
     scheduleDrain(this.drain);
   };
 
+  /**
+   * Hands on at once what the bus has queued for this connection, rather than on the next
+   * turn: for a message from outside the bus (the driver's) that must not overtake it.
+   * Nothing happens while the handler is already being handed messages.
+   */
+  flush(): void {
+    if (!this.draining) this.drain();
+  }
+
   private readonly drain = (): void => {
     this.scheduled = false;
+    this.draining = true;
+    try {
+      this.handOn();
+    } finally {
+      this.draining = false;
+    }
+  };
+
+  private handOn(): void {
     while (this.messageHandler && !this.closed && (this.handle.poll() & Poll.IN) !== 0) {
       const r = this.receive();
       try {
@@ -453,7 +473,7 @@ export class LocalConnection {
       this.disconnectReported = true;
       onDisconnect();
     }
-  };
+  }
 
   /**
    * One RECV: the decoded message, undefined for something not worth handing on (an
