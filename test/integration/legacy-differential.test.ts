@@ -474,11 +474,27 @@ function nameStep(rnd: () => number): NameStep {
   return { who: Math.floor(rnd() * 3), op, name: pick(rnd, OWNED), flags: pick(rnd, REQUEST_FLAGS) };
 }
 
-/** Three clients competing for OWNED, and a watcher of NameOwnerChanged; unique names appear by role (c0..c2). */
+/** NameOwnerChanged rules as programs that watch names write them (GDBus's g_bus_watch_name among them). */
+const WATCH_RULES = [
+  `type='signal',sender='${DRIVER}',interface='${DRIVER}',member='NameOwnerChanged',arg0='${OWNED[0]}'`,
+  `type='signal',sender='${DRIVER}',member='NameOwnerChanged',arg0namespace='com.example'`,
+  "type='signal',member='NameOwnerChanged',arg2=''",
+  "type='signal',member='NameOwnerChanged',arg1=''",
+  `sender='${DRIVER}',arg0='${OWNED[1]}',arg2=''`,
+];
+
+/**
+ * Three clients competing for OWNED, a watcher of every NameOwnerChanged, and watchers with
+ * the rules above; unique names appear by role (c0.0: client 0's first connection).
+ */
 class NameArena {
   private readonly clients: UpstreamConnection[] = [];
   private readonly events: string[] = [];
+  private readonly watched: string[][] = WATCH_RULES.map(() => []);
+  private readonly watchers: UpstreamConnection[] = [];
   private readonly gone = new Map<string, () => void>();
+  private readonly roles = new Map<string, string>();
+  private readonly generations = [0, 0, 0];
 
   private constructor(private readonly bus: LegacyBus, private readonly watcher: UpstreamConnection) {}
 
@@ -490,16 +506,27 @@ class NameArena {
     });
     arena = new NameArena(bus, watcher);
     await watcher.callDriver('AddMatch', 's', [`type='signal',sender='${DRIVER}',member='NameOwnerChanged'`]);
+    for (const [k, rule] of WATCH_RULES.entries()) {
+      const w = await UpstreamConnection.connect(bus.address, {
+        label: `name watcher ${k} on ${bus.kind}`,
+        handlers: { message: (m) => arena?.onRuled(k, m), closed: () => undefined },
+      });
+      await w.callDriver('AddMatch', 's', [rule]);
+      arena.watchers.push(w);
+    }
     for (let i = 0; i < 3; i++) await arena.connect(i);
+    // The watchers have heard of the clients before the first step.
+    for (const w of arena.watchers) await w.callDriver('GetId');
     return arena;
   }
 
   close(): void {
-    for (const c of [...this.clients, this.watcher]) c.close();
+    for (const c of [...this.clients, this.watcher, ...this.watchers]) c.close();
   }
 
-  async step(s: NameStep): Promise<{ answer: unknown; events: string[]; queues: string[] }> {
+  async step(s: NameStep): Promise<{ answer: unknown; events: string[]; queues: string[]; watched: string[][] }> {
     this.events.length = 0;
+    for (const w of this.watched) w.length = 0;
     let answer: unknown = 'reconnected';
     if (s.op === 'reconnect') {
       const old = this.clients[s.who]!;
@@ -515,17 +542,20 @@ class NameArena {
       );
     }
     // A round trip of each client: what the step sent them arrived before its answer.
-    for (const c of [...this.clients, this.watcher]) await c.callDriver('GetId');
+    for (const c of [...this.clients, this.watcher, ...this.watchers]) await c.callDriver('GetId');
     const queues: string[] = [];
     for (const name of OWNED) {
       const q = await this.watcher.callDriver('ListQueuedOwners', 's', [name]).then((r) => (r.body[0] as string[]).map((x) => this.role(x)).join(','), () => '-');
       queues.push(`${name}: ${q}`);
     }
-    return { answer, events: [...this.events].sort(), queues };
+    // Sorted, as the events: of the names one disconnection frees, dbus-daemon announces the
+    // last acquired first, kdbus in its own order; each announcement says all there is.
+    const watched = this.watched.map((w) => w.map((e) => e.split(' ').map((x) => this.role(x)).join(' ')).sort());
+    return { answer, events: [...this.events].sort(), queues, watched };
   }
 
   private async connect(i: number): Promise<void> {
-    this.clients[i] = await UpstreamConnection.connect(this.bus.address, {
+    const c = await UpstreamConnection.connect(this.bus.address, {
       label: `name client ${i} on ${this.bus.kind}`,
       handlers: {
         message: (m) => {
@@ -534,11 +564,12 @@ class NameArena {
         closed: () => undefined,
       },
     });
+    this.roles.set(c.uniqueName, `c${i}.${this.generations[i]!++}`);
+    this.clients[i] = c;
   }
 
   private role(name: string): string {
-    const i = this.clients.findIndex((c) => c.uniqueName === name);
-    return i >= 0 ? `c${i}` : name;
+    return this.roles.get(name) ?? name;
   }
 
   private onWatched(m: Message): void {
@@ -546,6 +577,11 @@ class NameArena {
     const [name, from, to] = m.body as [string, string, string];
     if (name === from && to === '') this.gone.get(name)?.();
     if (OWNED.includes(name)) this.events.push(`NameOwnerChanged ${name} ${this.role(from)} ${this.role(to)}`);
+  }
+
+  private onRuled(k: number, m: Message): void {
+    // Named by role when the step ends: a new connection's name may come before its Hello's answer.
+    if (m.member === 'NameOwnerChanged') this.watched[k]!.push((m.body as string[]).join(' '));
   }
 }
 
