@@ -159,6 +159,12 @@ function args(m: Message, signature: string): Value[] {
   return m.body;
 }
 
+/** The answer of a method that takes no arguments, if the call brought none (as dbus-daemon checks). */
+function noArgs<T>(m: Message, answer: T): T {
+  args(m, '');
+  return answer;
+}
+
 /** dbus-daemon takes privileged methods only at the driver's own path. */
 function canonicalPathOnly(m: Message): void {
   if (m.path !== DRIVER_PATH) {
@@ -202,7 +208,8 @@ function ownedNames(conn: LocalConnection): string[] {
 
 const HANDLERS: Record<string, Record<string, Handler>> = {
   [DRIVER_NAME]: {
-    Hello: () => {
+    Hello: (_c, _bus, m) => {
+      args(m, '');
       throw new DriverError(DBusError.Failed, 'Already handled an Hello message');
     },
     RequestName: (c, _bus, m) => {
@@ -244,8 +251,9 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
         throw e;
       }
     },
-    ListNames: (c) => ['as', [ownedNames(c.conn)]],
-    ListActivatableNames: (c, bus) => {
+    ListNames: (c, _bus, m) => noArgs(m, ['as', [ownedNames(c.conn)]]),
+    ListActivatableNames: (c, bus, m) => {
+      args(m, '');
       const out = new Set<string>([DRIVER_NAME, ...bus.listActivatable()]);
       for (const e of c.conn.listNames(ListFlags.ACTIVATORS)) for (const n of e.names) out.add(n.name);
       return ['as', [[...out]]];
@@ -269,7 +277,8 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     StartServiceByName: async (c, bus, m) => {
       const [name, flags] = args(m, 'su') as [string, number];
       if (flags !== 0) logger.debug(`${c.uniqueName}: StartServiceByName flags ${flags} ignored, as dbus-daemon does`);
-      if (name === DRIVER_NAME || ownerInfo(c.conn, name, 0n)) return ['u', [2]];
+      // The driver is no service that could be started: dbus-daemon answers ServiceUnknown.
+      if (ownerInfo(c.conn, name, 0n)) return ['u', [2]];
       if (!bus.isActivatable(name)) throw new DriverError(DBusError.ServiceUnknown, `The name ${name} was not provided by any .service files`);
       await bus.startService(name, c);
       return ['u', [1]];
@@ -283,28 +292,31 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     },
     GetConnectionUnixUser: (c, _bus, m) => {
       const [name] = args(m, 's') as [string];
+      if (name === DRIVER_NAME) return ['u', [daemonUid()]];
       const creds = requireOwner(c.conn, name, Attach.CREDS).meta.creds;
       if (!creds) throw new DriverError(DBusError.Failed, `Could not determine UID for '${name}'`);
       return ['u', [Number(creds.euid)]];
     },
     GetConnectionUnixProcessID: (c, _bus, m) => {
       const [name] = args(m, 's') as [string];
+      if (name === DRIVER_NAME) return ['u', [process.pid]];
       const pid = requireOwner(c.conn, name, Attach.PIDS).meta.pids?.pid;
       if (!pid) throw new DriverError(DBusError.UnixProcessIdUnknown, `Could not determine PID for '${name}'`);
       return ['u', [Number(pid)]];
     },
     GetConnectionCredentials: (c, _bus, m) => {
       const [name] = args(m, 's') as [string];
+      // In dbus-daemon's order.
       const entries: Array<[string, Variant]> = [];
       if (name === DRIVER_NAME) {
-        entries.push(['UnixUserID', new Variant('u', process.geteuid?.() ?? 0)], ['ProcessID', new Variant('u', process.pid)]);
+        entries.push(['ProcessID', new Variant('u', process.pid)], ['UnixUserID', new Variant('u', daemonUid())]);
         return ['a{sv}', [entries]];
       }
       const meta = requireOwner(c.conn, name, CONN_INFO_CREDS).meta;
+      if (meta.pids?.pid) entries.push(['ProcessID', new Variant('u', Number(meta.pids.pid))]);
       if (meta.creds) entries.push(['UnixUserID', new Variant('u', Number(meta.creds.euid))]);
       // dbus-daemon lists the primary group with the supplementary ones.
       if (meta.creds) entries.push(['UnixGroupIDs', new Variant('au', [...new Set([Number(meta.creds.egid), ...(meta.auxGroups ?? []).map(Number)])].sort((a, b) => a - b))]);
-      if (meta.pids?.pid) entries.push(['ProcessID', new Variant('u', Number(meta.pids.pid))]);
       if (meta.seclabel !== undefined) entries.push(['LinuxSecurityLabel', new Variant('ay', Buffer.from(`${meta.seclabel}\0`))]);
       return ['a{sv}', [entries]];
     },
@@ -329,18 +341,19 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
       if (!c.removeMatch(MatchRule.parse(text))) throw new DriverError(DBusError.MatchRuleNotFound, 'The given match rule wasn\'t found and can\'t be removed');
       return ['', []];
     },
-    GetId: (c) => ['s', [c.conn.busId.toString('hex')]],
-    ReloadConfig: (_c, bus) => {
+    GetId: (c, _bus, m) => noArgs(m, ['s', [c.conn.busId.toString('hex')]]),
+    ReloadConfig: (_c, bus, m) => {
+      args(m, '');
       bus.reload();
       return ['', []];
     },
   },
   'org.freedesktop.DBus.Introspectable': {
-    Introspect: (_c, _bus, m) => ['s', [introspection(m.path)]],
+    Introspect: (_c, _bus, m) => noArgs(m, ['s', [introspection(m.path)]]),
   },
   [PEER_INTERFACE]: {
-    Ping: () => ['', []],
-    GetMachineId: () => ['s', [machineId()]],
+    Ping: (_c, _bus, m) => noArgs(m, ['', []]),
+    GetMachineId: (_c, _bus, m) => noArgs(m, ['s', [machineId()]]),
   },
   'org.freedesktop.DBus.Properties': {
     Get: (_c, _bus, m) => {
@@ -373,6 +386,11 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
 };
 
 let cachedMachineId: string | undefined;
+/** The bus's own credentials are the daemon's. */
+function daemonUid(): number {
+  return process.geteuid?.() ?? 0;
+}
+
 function machineId(): string {
   if (cachedMachineId === undefined) {
     try {

@@ -668,6 +668,37 @@ describe('legacy endpoint: mutated input, against dbus-daemon', function () {
     assert.ok(changes > NAME_STEPS / 10, `only ${changes} steps changed an owner`);
   });
 
+  it("answers the driver's questions about itself and others as dbus-daemon does", async function () {
+    const questions: Array<[string, string, (self: string) => Value[]]> = [
+      ['GetConnectionCredentials', 's', (self) => [self]], ['GetConnectionCredentials', 's', () => [DRIVER]],
+      ['GetConnectionCredentials', 's', () => [':1.9999']], ['GetConnectionUnixUser', 's', () => [DRIVER]],
+      ['GetConnectionUnixProcessID', 's', () => [DRIVER]], ['GetConnectionUnixUser', 's', () => ['']],
+      ['GetConnectionSELinuxSecurityContext', 's', (self) => [self]], ['GetAdtAuditSessionData', 's', (self) => [self]],
+      ['GetNameOwner', 's', () => [DRIVER]], ['ListQueuedOwners', 's', () => [DRIVER]], ['NameHasOwner', 's', () => [DRIVER]],
+      ['StartServiceByName', 'su', () => [DRIVER, 0]], ['ReleaseName', 's', () => [DRIVER]], ['RequestName', 'su', (self) => [self, 0]],
+      ['ReleaseName', 's', (self) => [self]], ['Hello', '', () => []],
+      // Methods without arguments, given one.
+      ...['GetId', 'ListNames', 'ListActivatableNames', 'ReloadConfig', 'Hello', 'org.freedesktop.DBus.Peer.Ping',
+        'org.freedesktop.DBus.Peer.GetMachineId', 'org.freedesktop.DBus.Introspectable.Introspect'].map((method): [string, string, () => Value[]] => [method, 's', () => ['extra']]),
+    ];
+    const answers = await Promise.all(buses.map(async (bus) => {
+      const c = await UpstreamConnection.connect(bus.address, { label: `questions on ${bus.kind}`, handlers: { message: () => undefined, closed: () => undefined } });
+      const names = new Map([[c.uniqueName, '<self>'], [String(bus.busPid()), '<bus pid>']]);
+      const out: unknown[] = [];
+      for (const [method, signature, body] of questions) {
+        const at = method.lastIndexOf('.');
+        const [iface, member] = at < 0 ? [DRIVER, method] : [method.slice(0, at), method.slice(at + 1)];
+        out.push(await c.call({ destination: DRIVER, path: DRIVER_PATH, interface: iface, member, signature, body: body(c.uniqueName) }).then(
+          (r) => ({ [method]: r.body.map((v) => JSON.stringify(plain(v, names)).replace(new RegExp(`\\b${bus.busPid()}\\b`, 'g'), '<bus pid>')) }),
+          (e: unknown) => ({ [method]: e instanceof UpstreamCallError ? e.name : String(e) }),
+        ));
+      }
+      c.close();
+      return out;
+    }));
+    assert.deepEqual(answers[1], answers[0]);
+  });
+
   it(`${CASES} mutated messages (seed ${SEED}): kdbus-cuse disconnects, answers and delivers as dbus-daemon does`, async function () {
     this.timeout(300_000);
     const rnd = random(SEED);
