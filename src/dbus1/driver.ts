@@ -146,8 +146,13 @@ const PROPERTIES: Record<string, () => Variant> = {
 };
 
 /** Only org.freedesktop.DBus has properties; other interfaces are unknown to Properties. */
-function knownPropertyInterface(iface: string): void {
-  if (iface !== DRIVER_NAME) throw new DriverError(DBusError.UnknownInterface, `Interface "${iface}" has no properties here`);
+/**
+ * The properties of one of the driver's interfaces, as dbus-daemon looks them up: only
+ * org.freedesktop.DBus has any; an interface the driver does not implement is unknown.
+ */
+function propertiesOf(iface: string): Record<string, () => Variant> {
+  if (!Object.hasOwn(HANDLERS, iface)) throw new DriverError(DBusError.UnknownInterface, `Interface "${iface}" not found`);
+  return iface === DRIVER_NAME ? PROPERTIES : {};
 }
 
 type Handler = (c: DriverClient, bus: DriverBus, m: Message) => Promise<[string, Value[]]> | [string, Value[]];
@@ -358,20 +363,17 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
   'org.freedesktop.DBus.Properties': {
     Get: (_c, _bus, m) => {
       const [iface, prop] = args(m, 'ss') as [string, string];
-      knownPropertyInterface(iface);
-      const get = own(PROPERTIES, prop);
+      const get = own(propertiesOf(iface), prop);
       if (!get) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
       return ['v', [get()]];
     },
     GetAll: (_c, _bus, m) => {
       const [iface] = args(m, 's') as [string];
-      if (iface !== '') knownPropertyInterface(iface);
-      return ['a{sv}', [Object.entries(PROPERTIES).map(([k, f]) => [k, f()] as [string, Variant])]];
+      return ['a{sv}', [Object.entries(propertiesOf(iface)).map(([k, f]) => [k, f()] as [string, Variant])]];
     },
     Set: (_c, _bus, m) => {
       const [iface, prop] = args(m, 'ssv') as [string, string, Variant];
-      knownPropertyInterface(iface);
-      if (!own(PROPERTIES, prop)) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
+      if (!own(propertiesOf(iface), prop)) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
       throw new DriverError(DBusError.PropertyReadOnly, `Property "${prop}" of "${iface}" is read-only`);
     },
   },

@@ -677,6 +677,17 @@ describe('legacy endpoint: mutated input, against dbus-daemon', function () {
       ['GetNameOwner', 's', () => [DRIVER]], ['ListQueuedOwners', 's', () => [DRIVER]], ['NameHasOwner', 's', () => [DRIVER]],
       ['StartServiceByName', 'su', () => [DRIVER, 0]], ['ReleaseName', 's', () => [DRIVER]], ['RequestName', 'su', (self) => [self, 0]],
       ['ReleaseName', 's', (self) => [self]], ['Hello', '', () => []],
+      // Properties, right and wrong (not the values of Features and Interfaces: dbus-daemon
+      // here does systemd activation and has Debug.Stats, kdbus-cuse neither).
+      ['org.freedesktop.DBus.Properties.Get', 'ss', () => [DRIVER, 'Nope']], ['org.freedesktop.DBus.Properties.Get', 'ss', () => ['com.example.Nope', 'Features']],
+      ['org.freedesktop.DBus.Properties.Get', 's', () => [DRIVER]], ['org.freedesktop.DBus.Properties.GetAll', 's', () => ['com.example.Nope']],
+      ['org.freedesktop.DBus.Properties.GetAll', 's', () => ['org.freedesktop.DBus.Peer']], ['org.freedesktop.DBus.Properties.GetAll', 's', () => ['']],
+      ['org.freedesktop.DBus.Properties.Get', 'ss', () => ['org.freedesktop.DBus.Peer', 'Features']],
+      ['org.freedesktop.DBus.Properties.Set', 'ssv', () => [DRIVER, 'Features', new Variant('as', [])]],
+      ['org.freedesktop.DBus.Properties.Set', 'ssv', () => [DRIVER, 'Nope', new Variant('s', 'x')]],
+      ['org.freedesktop.DBus.Properties.Set', 'ssv', () => ['com.example.Nope', 'Nope', new Variant('s', 'x')]],
+      ['org.freedesktop.DBus.Monitoring.BecomeMonitor', 'asu', () => [[], 1]], ['org.freedesktop.DBus.Monitoring.BecomeMonitor', 'as', () => [[]]],
+      ['com.example.NoSuchInterface.Method', '', () => []], ['org.freedesktop.DBus.NoSuchMethod', '', () => []],
       // Methods without arguments, given one.
       ...['GetId', 'ListNames', 'ListActivatableNames', 'ReloadConfig', 'Hello', 'org.freedesktop.DBus.Peer.Ping',
         'org.freedesktop.DBus.Peer.GetMachineId', 'org.freedesktop.DBus.Introspectable.Introspect'].map((method): [string, string, () => Value[]] => [method, 's', () => ['extra']]),
