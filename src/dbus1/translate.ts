@@ -88,6 +88,11 @@ export function toKdbus(
   // sd-bus drops a message whose NO_REPLY_EXPECTED disagrees with kdbus's EXPECT_REPLY (§2.4);
   // dbus1 does not require the flag on replies, errors and signals, so it is set here.
   const headerFlags = expectReply ? m.flags : m.flags | MessageFlag.NoReplyExpected;
+  const reply = m.type === MessageType.MethodReturn || m.type === MessageType.Error;
+  // A REPLY_SERIAL on a call or signal that expects no reply would have to be kdbus's
+  // cookie_reply, which makes kdbus take the message for a reply nobody waits for: the
+  // field, which means nothing there, is dropped instead of the message.
+  if (!reply && !expectReply && m.replySerial !== undefined) m = { ...m, replySerial: undefined };
   // kdbus's source id is the sender; a SENDER field a client wrote would only be a claim.
   const body: BodyRange = { begin: 0, end: 0 };
   const payload = encodeGVariantPayload(m, headerFlags, decoded, bytes, body);
@@ -96,7 +101,7 @@ export function toKdbus(
   if (m.flags & MessageFlag.NoAutoStart) flags |= MsgFlags.NO_AUTO_START;
   const out: OutgoingMessage = { dst, flags, cookie: m.serial, payloadType: KDBUS_PAYLOAD_DBUS, payload: payloadParts(payload, body) };
   if (expectReply) out.timeoutNs = nowNs + LEGACY_REPLY_TIMEOUT_NS;
-  else if (m.replySerial !== undefined) out.cookieReply = m.replySerial;
+  else if (reply) out.cookieReply = m.replySerial;
   if (files.length > 0) out.fds = files;
   // sd-bus attaches a bloom filter to every signal, unicast ones included.
   if (signal) out.bloom = bloom.filter(matchView(m), 'union');

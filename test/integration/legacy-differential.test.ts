@@ -76,6 +76,14 @@ const SEEDS: readonly Seed[] = [
   { type: MessageType.MethodCall, flags: 0, destination: DRIVER, path: '/', interface: 'org.freedesktop.DBus.Peer', member: 'Ping', signature: '', body: [] },
   { type: MessageType.MethodReturn, flags: 0, destination: PEER, replySerial: 7n, signature: 's', body: ['unasked'] },
   { type: MessageType.Error, flags: 0, destination: PEER, replySerial: 8n, errorName: 'com.example.Fuzz.Error', signature: 's', body: ['unasked'] },
+  // Odd but well-formed: a SENDER the bus overwrites, a reply serial on a call, empty
+  // containers with padding, nesting, a long signature, a variant in a variant.
+  { ...call('Claims', 's', ['x']), sender: ':1.999' },
+  { ...call('Replying', '', []), replySerial: 77n },
+  call('Empty', 'a(yt)aya{sv}(ya(ii))', [[], Buffer.alloc(0), [], [1, []]]),
+  call('Deep', 'aaaaaaaaaaaaaaaay', [[[[[[[[[[[[[[[[Buffer.from('deep')]]]]]]]]]]]]]]]]),
+  call('Long', 'y'.repeat(200), Array.from({ length: 200 }, (_, i) => i % 256)),
+  call('Nested', 'v', [new Variant('v', new Variant('(sv)', ['in', new Variant('ay', Buffer.from([1, 2]))]))]),
   // Cases where kdbus-cuse once differed, before any mutation:
   // a signal to the peer's name that none of its rules asks for;
   { type: MessageType.Signal, flags: 0, destination: PEER, path: OBJ, interface: 'com.example.Unmatched', member: 'Direct', signature: '', body: [] },
@@ -175,10 +183,12 @@ function plain(v: Value, names: ReadonlyMap<string, string>): unknown {
  */
 function described(m: Message, names: ReadonlyMap<string, string>): unknown {
   const flags = m.type === MessageType.MethodCall ? m.flags : m.flags & ~MessageFlag.NoReplyExpected;
+  // A REPLY_SERIAL on a call or signal that expects no reply does not cross kdbus (README).
+  const replyless = m.type === MessageType.Signal || (m.type === MessageType.MethodCall && (m.flags & MessageFlag.NoReplyExpected) !== 0);
   return {
     type: m.type, flags, path: m.path, interface: m.interface, member: m.member, errorName: m.errorName,
     destination: m.destination === undefined ? undefined : names.get(m.destination) ?? m.destination,
-    replySerial: m.replySerial?.toString(), signature: m.signature, unixFds: m.unixFds,
+    replySerial: replyless ? undefined : m.replySerial?.toString(), signature: m.signature, unixFds: m.unixFds,
     body: m.type === MessageType.Error ? undefined : m.body.map((v) => plain(v, names)),
   };
 }

@@ -105,3 +105,30 @@ describe('dbus1 toKdbus: the payload parts of a message for kdbus', () => {
     assert.ok(Buffer.concat([head, sealed, tail]).equals(whole), 'the three parts are the message as one vector would carry it');
   });
 });
+
+describe('dbus1 toKdbus: reply serials', () => {
+  const bloom = new Bloom(64, 8);
+  const headerOf = (out: ReturnType<typeof toKdbus>): Message => {
+    const k = { ...record(CALL, 0), payload: out!.payload as Buffer[], cookie: out!.cookie, cookieReply: out!.cookieReply ?? 0n, flags: out!.flags ?? 0n };
+    return fromKdbus(k, ':1.1');
+  };
+
+  it("makes a reply's REPLY_SERIAL kdbus's cookie_reply", () => {
+    const out = toKdbus({ ...RETURN, destination: ':1.5' }, [], bloom, 0n)!;
+    assert.equal(out.cookieReply, 2n);
+  });
+
+  it('drops REPLY_SERIAL from a call that expects no reply and from a signal, which kdbus would take for replies', () => {
+    for (const m of [{ ...CALL, flags: MessageFlag.NoReplyExpected, replySerial: 77n }, { ...SIGNAL, destination: ':1.5', replySerial: 77n }]) {
+      const out = toKdbus(m, [], bloom, 0n)!;
+      assert.equal(out.cookieReply, undefined);
+      assert.equal(headerOf(out).replySerial, undefined);
+    }
+  });
+
+  it('keeps REPLY_SERIAL on a call that expects a reply: kdbus has no cookie_reply to compare it with', () => {
+    const out = toKdbus({ ...CALL, replySerial: 77n }, [], bloom, 0n)!;
+    assert.equal((out.flags ?? 0n) & MsgFlags.EXPECT_REPLY, MsgFlags.EXPECT_REPLY);
+    assert.equal(headerOf(out).replySerial, 77n);
+  });
+});
