@@ -22,23 +22,12 @@ import { Daemon } from '../../src/daemon/daemon';
 import { encodeFrame, FrameType, OPEN_FEATURE_HEADS, type Segment } from '../../src/transport/frames';
 import { SocketTransport } from '../../src/transport/socket-transport';
 import { LogCapture } from '../helpers/log-capture';
+import { seededRandom } from '../helpers/random';
 import { ioctlPayload, openPayload } from '../helpers/socket-client';
 import { helloStruct, Peer } from '../helpers/socket-peer';
 
 const SEED = Number(process.env['FRAMES_FUZZ_SEED'] ?? 0x6672616d);
 const CASES = Number(process.env['FRAMES_FUZZ_CASES'] ?? 2000);
-
-/** mulberry32, as in the legacy differential test: the same sequence everywhere. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A command struct: its size first, then `fields`, then items. */
 function struct(fields: readonly bigint[], items?: (w: ItemWriter) => void): Buffer {
@@ -165,7 +154,7 @@ describe('socket transport: mutated sessions', function () {
       const first = await sink.recv();
       assert.equal(first.r.errno, 0, 'the unmutated session sent nothing');
       await sink.free(first.offset!);
-      const rnd = random(SEED);
+      const rnd = seededRandom(SEED);
       for (let i = 0; i < CASES; i++) {
         await play(sock, mutate(session(bus, sink.id), rnd));
         if (i % 200 === 199) await drain(`after case ${i}`);

@@ -3,6 +3,7 @@ import { ItemType, KDBUS_DST_ID_BROADCAST, KDBUS_MATCH_ID_ANY } from '../../src/
 import { Errno, KdbusError } from '../../src/abi/errno';
 import { MatchDb, parseMatchRules, type MatchRule, type NotificationView, type UserMessageView } from '../../src/bus/match';
 import { MatchIndex } from '../../src/bus/match-index';
+import { seededRandom } from '../helpers/random';
 
 const ANY = KDBUS_MATCH_ID_ANY;
 const BLOOM = 64;
@@ -379,17 +380,6 @@ describe('match database: add, replace, remove', () => {
 // ---------------------------------------------------------------------------------------
 // Index: compared against a byte-wise reference written straight from match.c's semantics.
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface RefMessage {
   src: bigint;
   dst: bigint;
@@ -537,7 +527,7 @@ function sorted(xs: number[]): number[] {
 describe('match index', () => {
   it('agrees with a brute-force reference under random adds, replaces, removes and disconnects', () => {
     const bloomSize = 8;
-    const r = rng(0xc0ffee);
+    const r = seededRandom(0xc0ffee);
     const index = new MatchIndex<number>();
     const refs = new Map<number, RefConn>();
     const CONNS = 40;
@@ -631,7 +621,7 @@ describe('match index', () => {
     // systemd-style 64-byte filters: every mask and filter shares the bits of
     // "message-type:signal"; each match adds 16 bits of its own (interface, member, path),
     // each message 24 bits of its own.
-    const r = rng(42);
+    const r = seededRandom(42);
     const common = new Set<number>();
     while (common.size < 8) common.add(Math.floor(r() * 512));
     const setBits = (bits: Iterable<number>): Buffer => {

@@ -1,0 +1,115 @@
+/**
+ * Activation from service files on dbus-daemon and on kdbus-cuse's legacy endpoint side by
+ * side: the same directory of service files, good and bad, gives the same activatable names,
+ * and each start ends as on dbus-daemon (started, or failed with the same error).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
+import { pairUnavailable, startPair, type BusPair } from '../helpers/dbus1-differential';
+import { PYTHON, pythonHas, type LegacyBus } from '../helpers/legacy-bus';
+import { requireOrSkip } from '../helpers/require';
+
+/** Takes the name it is given on the bus that started it, and ends with that bus. */
+const TAKE_NAME = [
+  'import os, sys, dbus, dbus.mainloop.glib',
+  'from gi.repository import GLib',
+  'dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)',
+  "bus = dbus.bus.BusConnection(os.environ['DBUS_STARTER_ADDRESS'])",
+  'bus.set_exit_on_disconnect(True)',
+  'bus.request_name(sys.argv[1])',
+  'GLib.timeout_add(10000, lambda: sys.exit(0))',
+  'GLib.MainLoop().run()',
+].join('\n');
+
+/**
+ * Service files good and bad, by file name: their syntax, the ways a start fails. Not
+ * among them: a Name that is no valid bus name, which dbus-daemon lists and tries to start
+ * and kdbus-cuse refuses when it reads the file (README, "Known differences").
+ */
+function serviceFiles(takeName: string): Record<string, string> {
+  const file = (name: string, exec: string, more = ''): string => `[D-BUS Service]\nName=com.example.Act.${name}\nExec=${exec}\n${more}`;
+  return {
+    good: file('Good', `${PYTHON} ${takeName} com.example.Act.Good`),
+    missing: file('Missing', '/nonexistent/program arg'),
+    exits: file('Exits', '/bin/sh -c "exit 3"'),
+    killed: file('Killed', '/bin/sh -c "kill -9 $$"'),
+    unclosed: file('Unclosed', '/bin/sh "-c'),
+    empty: file('Empty', ''),
+    comment: `# a comment\n[D-BUS Service]\nName=com.example.Act.Comment\nExec=/bin/false\n`,
+    crlf: file('Crlf', '/bin/false').replace(/\n/g, '\r\n'),
+    'no-eol': file('NoEol', '/bin/false').trimEnd(),
+    escapes: file('Escapes', '/bin/sh\\s-c\\s"exit\\s4"'),
+    localized: '[D-BUS Service]\nName[de]=com.example.Act.Localized\nName=com.example.Act.Localized2\nExec=/bin/false\n',
+    'two-groups': '[Other]\nName=com.example.Act.Other\nExec=/bin/false\n[D-BUS Service]\nName=com.example.Act.Second\nExec=/bin/false\n',
+    'two-names': '[D-BUS Service]\nName=com.example.Act.First\nName=com.example.Act.Later\nExec=/bin/false\n',
+    'same-name-a': file('Twice', '/bin/false'),
+    'same-name-b': file('Twice', '/bin/sh -c "exit 5"'),
+    user: file('User', '/bin/false', 'User=root\n'),
+    'systemd-only': '[D-BUS Service]\nName=com.example.Act.Systemd\nSystemdService=example.service\n',
+    'no-exec': '[D-BUS Service]\nName=com.example.Act.NoExec\n',
+    'no-group': 'Name=com.example.Act.NoGroup\nExec=/bin/false\n',
+    'indented-key': '[D-BUS Service]\n  Name=com.example.Act.Indented\nExec=/bin/false\n',
+    'bad-line': '[D-BUS Service]\nName=com.example.Act.BadLine\nnot a key\nExec=/bin/false\n',
+    'bad-escape': file('BadEscape', '/bin/false\\q'),
+    'not-utf8': file('NotUtf8', '/bin/false \xff'),
+    'lower-case-key': '[D-BUS Service]\nname=com.example.Act.Lower\nExec=/bin/false\n',
+  };
+}
+
+describe('legacy endpoint: activation from service files, against dbus-daemon', function () {
+  this.timeout(60_000);
+  let pair: BusPair | undefined;
+  let buses: LegacyBus[] = [];
+
+  before(async function () {
+    const missing = pairUnavailable(pythonHas('dbus, dbus.mainloop.glib, gi') ? undefined : `${PYTHON} with python3-dbus and python3-gi`);
+    requireOrSkip(this, missing === undefined, missing ?? '');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'differential-activation-'));
+    const services = path.join(dir, 'services');
+    fs.mkdirSync(services);
+    const takeName = path.join(dir, 'take-name.py');
+    fs.writeFileSync(takeName, TAKE_NAME);
+    for (const [name, text] of Object.entries(serviceFiles(takeName))) fs.writeFileSync(path.join(services, `${name}.service`), Buffer.from(text, 'latin1'));
+    fs.writeFileSync(path.join(services, 'wrong-suffix.txt'), '[D-BUS Service]\nName=com.example.Act.Txt\nExec=/bin/false\n');
+    const daemonConfig = path.join(dir, 'dbus-daemon.conf');
+    fs.writeFileSync(daemonConfig, [
+      '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">',
+      `<busconfig><type>session</type><listen>unix:tmpdir=${dir}</listen><servicedir>${services}</servicedir>`,
+      '<policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy></busconfig>',
+    ].join('\n'));
+    const kdbusConfig = path.join(dir, 'kdbus-cuse.json');
+    fs.writeFileSync(kdbusConfig, JSON.stringify({ serviceDirs: [services] }));
+    pair = await startPair('differential-activation', { 'dbus-daemon': { configFile: daemonConfig }, 'kdbus-cuse': { configFile: kdbusConfig } }, dir);
+    buses = pair.buses;
+  });
+
+  after(async function () {
+    await pair?.stop();
+  });
+
+  it('lists the same names, and every start ends as on dbus-daemon', async function () {
+    const names = new Set<string>();
+    for (const text of Object.values(serviceFiles(''))) for (const m of text.matchAll(/Name\s*=\s*(\S+)/g)) names.add(m[1]!);
+    const outcomes = await Promise.all(buses.map(async (bus) => {
+      const c = await UpstreamConnection.connect(bus.address, { label: `activation on ${bus.kind}`, handlers: { message: () => undefined, closed: () => undefined } });
+      try {
+        const listed = ((await c.callDriver('ListActivatableNames')).body[0] as string[]).filter((n) => n.startsWith('com.example.')).sort();
+        const starts: Record<string, string> = {};
+        for (const name of [...names].sort()) {
+          starts[name] = await c.callDriver('StartServiceByName', 'su', [name, 0], { timeoutMs: 30_000 }).then(
+            (r) => `started (${String(r.body[0])})`,
+            (e: unknown) => (e instanceof UpstreamCallError ? e.name : String(e)),
+          );
+        }
+        return { listed, starts };
+      } finally {
+        c.close();
+      }
+    }));
+    assert.deepEqual(outcomes[1], outcomes[0]);
+    assert.equal(outcomes[0]!.starts['com.example.Act.Good'], 'started (1)');
+  });
+});
