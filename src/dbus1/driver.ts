@@ -145,7 +145,6 @@ const PROPERTIES: Record<string, () => Variant> = {
   Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring']),
 };
 
-/** Only org.freedesktop.DBus has properties; other interfaces are unknown to Properties. */
 /**
  * The properties of one of the driver's interfaces, as dbus-daemon looks them up: only
  * org.freedesktop.DBus has any; an interface the driver does not implement is unknown.
@@ -387,12 +386,12 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
   },
 };
 
-let cachedMachineId: string | undefined;
 /** The bus's own credentials are the daemon's. */
 function daemonUid(): number {
   return process.geteuid?.() ?? 0;
 }
 
+let cachedMachineId: string | undefined;
 function machineId(): string {
   if (cachedMachineId === undefined) {
     try {
