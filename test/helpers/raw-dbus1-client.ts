@@ -63,18 +63,32 @@ export class RawDbus1Client {
     return this.received.filter((m) => m.replySerial === serial);
   }
 
+  /** Every message received so far. */
+  messages(): readonly Message[] {
+    return this.received;
+  }
+
   /**
    * The first message received (now or later) that `match` accepts; undefined when the
    * connection closes first or `timeoutMs` passes.
    */
-  waitFor(match: (m: Message) => boolean, timeoutMs: number): Promise<Message | undefined> {
+  async waitFor(match: (m: Message) => boolean, timeoutMs: number): Promise<Message | undefined> {
+    return (await this.until(() => this.received.some(match), timeoutMs)) ? this.received.find(match) : undefined;
+  }
+
+  /** Whether `n` messages that `match` accepts came before the connection closed or `timeoutMs` passed. */
+  waitForCount(match: (m: Message) => boolean, n: number, timeoutMs: number): Promise<boolean> {
+    return this.until(() => this.received.filter(match).length >= n, timeoutMs);
+  }
+
+  private until(done: () => boolean, timeoutMs: number): Promise<boolean> {
     return new Promise((resolve) => {
       const check = (): boolean => {
-        const m = this.received.find(match);
-        if (m || this.closedValue) {
+        const ok = done();
+        if (ok || this.closedValue) {
           clearTimeout(timer);
           this.waiters.delete(wake);
-          resolve(m);
+          resolve(ok);
           return true;
         }
         return false;
@@ -82,7 +96,7 @@ export class RawDbus1Client {
       const wake = (): void => void check();
       const timer = setTimeout(() => {
         this.waiters.delete(wake);
-        resolve(undefined);
+        resolve(done());
       }, timeoutMs);
       if (!check()) this.waiters.add(wake);
     });

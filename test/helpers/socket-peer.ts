@@ -67,9 +67,9 @@ export class Peer {
     assert.equal(r.errno, 0);
   }
 
-  /** SEND to `dst` with one data vector; `prefetchMsg` false leaves the message for FETCH. */
-  async send(dst: bigint, text: string, opts: { prefetchMsg?: boolean; memfd?: number } = {}): Promise<Result> {
-    const data = Buffer.from(text);
+  /** SEND to `dst` with one data vector (cookie 1); `prefetchMsg` false leaves the message for FETCH. */
+  async send(dst: bigint, payload: string | Buffer, opts: { prefetchMsg?: boolean; memfd?: number } = {}): Promise<Result> {
+    const data = Buffer.isBuffer(payload) ? payload : Buffer.from(payload);
     const w = new ItemWriter();
     w.u64(0).u64(0).u64(0).u64(dst).u64(0).u64(KDBUS_PAYLOAD_DBUS).u64(1n).u64(0n);
     w.itemU64(ItemType.PAYLOAD_VEC, BigInt(data.length), 0x50000n);
