@@ -583,7 +583,8 @@ export class LegacyClient implements DriverClient {
  * checked again on every message (a bloom mask has false positives).
  */
 function kdbusEntries(rule: MatchRule, bloom: Bloom): KdbusRule[][] {
-  if (rule.eavesdrop) return [];
+  // eavesdrop='true' takes broadcasts as the rule without it does; what it would add,
+  // messages addressed to others, kdbus shows only to monitors.
   const parts = kdbusMatchOf(rule, 'safe');
   const entries: KdbusRule[][] = [];
   if (rule.sender !== DRIVER_NAME && (rule.type === undefined || rule.type === 'signal')) {

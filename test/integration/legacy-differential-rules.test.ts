@@ -54,7 +54,8 @@ function matchRule(rnd: () => number): string {
     else if (k < 0.65) keys.push(`arg${pick(rnd, [0, 0, 1, 2, 3, 63, 64])}='${pick(rnd, RULE_STRINGS)}'`);
     else if (k < 0.8) keys.push(`arg${pick(rnd, [0, 0, 1, 2])}path='${pick(rnd, RULE_STRINGS)}'`);
     else if (k < 0.88) keys.push(`arg0namespace='${pick(rnd, ['a', 'a.b', 'com.example', 'com', '', 'a.', '.a', '1a', 'a-b'])}'`);
-    else if (k < 0.94) keys.push(`sender='${pick(rnd, [SENDER, DRIVER, 'com.example.Nobody', '<sender>'])}'`);
+    else if (k < 0.91) keys.push(`sender='${pick(rnd, [SENDER, DRIVER, 'com.example.Nobody', '<sender>'])}'`);
+    else if (k < 0.94) keys.push(`eavesdrop='${pick(rnd, ['true', 'false', 'maybe'])}'`);
     else keys.push(`destination='${pick(rnd, ['com.example.Listener', '<listener>', ':1.99'])}'`);
   }
   const chars = [...keys.join(',')];
@@ -131,7 +132,9 @@ class RuleArena {
 
   private onMessage(m: Message): void {
     if (m.interface === MARKER_IFACE) this.markerSeen?.();
-    else if (m.sender !== DRIVER) this.inbox.push(m.member ?? '');
+    // Not the driver's messages, nor the listener's own calls to it, which dbus-daemon shows
+    // an eavesdrop='true' rule (kdbus-cuse does not eavesdrop on addressed messages: README).
+    else if (m.sender !== DRIVER && m.sender !== this.listener.uniqueName) this.inbox.push(m.member ?? '');
   }
 }
 
