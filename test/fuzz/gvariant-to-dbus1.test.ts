@@ -9,18 +9,14 @@
  * FRAMES_FUZZ_SEED and FRAMES_FUZZ_CASES explore further, as for the socket frames.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { defaults } from '../../src/config/config';
-import { Daemon } from '../../src/daemon/daemon';
 import { encodeGVariantPayload } from '../../src/dbus1/gvariant-message';
 import { MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
 import { Variant } from '../../src/dbus1/value';
-import { SocketTransport } from '../../src/transport/socket-transport';
 import { LogCapture } from '../helpers/log-capture';
 import { seededRandom } from '../helpers/random';
 import { RawDbus1Client } from '../helpers/raw-dbus1-client';
+import { startSocketDaemon, type SocketDaemon } from '../helpers/socket-daemon';
 import { Peer } from '../helpers/socket-peer';
 
 const SEED = Number(process.env['FRAMES_FUZZ_SEED'] ?? 0x67766172);
@@ -57,25 +53,19 @@ function mutate(payload: Buffer, rnd: () => number): Buffer {
 
 describe('legacy endpoint: mutated GVariant messages from a kdbus client', function () {
   this.timeout(300_000);
-  let dir: string;
-  let daemon: Daemon;
+  let running: SocketDaemon | undefined;
   let sock: string;
   let legacy: string;
   const bus = `${process.getuid!()}-gvfuzz`;
 
   before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-gvfuzz-'));
-    sock = path.join(dir, 'kdbus.sock');
-    legacy = path.join(dir, 'legacy.sock');
-    const root = path.join(dir, 'kdbus');
-    daemon = new Daemon({ ...defaults(), buses: [bus], socket: sock, kdbusRoot: root, listen: [`unix:path=${legacy}`] });
-    daemon.addTransport(new SocketTransport({ socketPath: sock, kdbusRoot: root, placeholders: true }));
-    await daemon.start();
+    running = await startSocketDaemon('kdbus-gvfuzz', bus, { listen: (dir) => [`unix:path=${path.join(dir, 'legacy.sock')}`] });
+    sock = running.sock;
+    legacy = path.join(running.dir, 'legacy.sock');
   });
 
   after(async () => {
-    await daemon.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    await running?.stop();
   });
 
   it(`${CASES} mutated payloads (seed ${SEED}): what reaches the legacy client decodes, the rest is dropped quietly`, async () => {

@@ -13,17 +13,13 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { Cmd, ItemType, KDBUS_MATCH_ID_ANY, KDBUS_PAYLOAD_DBUS } from '../../src/abi/constants';
 import { ItemWriter } from '../../src/abi/items';
-import { defaults } from '../../src/config/config';
-import { Daemon } from '../../src/daemon/daemon';
 import { encodeFrame, FrameType, OPEN_FEATURE_HEADS, type Segment } from '../../src/transport/frames';
-import { SocketTransport } from '../../src/transport/socket-transport';
 import { LogCapture } from '../helpers/log-capture';
 import { seededRandom } from '../helpers/random';
 import { ioctlPayload, openPayload } from '../helpers/socket-client';
+import { startSocketDaemon, type SocketDaemon } from '../helpers/socket-daemon';
 import { helloStruct, Peer } from '../helpers/socket-peer';
 
 const SEED = Number(process.env['FRAMES_FUZZ_SEED'] ?? 0x6672616d);
@@ -114,23 +110,17 @@ const openFiles = (): number => fs.readdirSync('/proc/self/fd').length;
 
 describe('socket transport: mutated sessions', function () {
   this.timeout(300_000);
-  let dir: string;
-  let daemon: Daemon;
+  let running: SocketDaemon | undefined;
   let sock: string;
   const bus = `${process.getuid!()}-framesfuzz`;
 
   before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-frames-'));
-    sock = path.join(dir, 'kdbus.sock');
-    const root = path.join(dir, 'kdbus');
-    daemon = new Daemon({ ...defaults(), buses: [bus], socket: sock, kdbusRoot: root });
-    daemon.addTransport(new SocketTransport({ socketPath: sock, kdbusRoot: root, placeholders: true }));
-    await daemon.start();
+    running = await startSocketDaemon('kdbus-frames', bus);
+    sock = running.sock;
   });
 
   after(async () => {
-    await daemon.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    await running?.stop();
   });
 
   it(`${CASES} mutated sessions (seed ${SEED}): answered or disconnected, nothing kept, others served`, async () => {

@@ -21,6 +21,7 @@ import { FrameType, OPEN_FEATURE_HEADS } from '../../src/transport/frames';
 import { memfd_create } from '../../src/os/libc';
 import { fcntl } from '../../src/os/libc';
 import { ProtocolClient } from '../helpers/socket-client';
+import { startSocketDaemon, type SocketDaemon } from '../helpers/socket-daemon';
 import { apply, Peer, readPool } from '../helpers/socket-peer';
 import { closeFd, SOCK_STREAM, socketpair } from '../../src/os/unix-socket';
 import { spawn, spawnSync } from 'node:child_process';
@@ -46,6 +47,7 @@ function userNamespacesUsable(): boolean {
 
 describe('socket transport (daemon side)', function () {
   this.timeout(20000);
+  let running: SocketDaemon;
   let dir: string;
   let daemon: Daemon;
   let sock: string;
@@ -53,17 +55,12 @@ describe('socket transport (daemon side)', function () {
   const bus = `${process.getuid!()}-sockbus`;
 
   beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kdbus-sock-'));
-    sock = path.join(dir, 'run', 'kdbus.sock');
-    root = path.join(dir, 'kdbus');
-    daemon = new Daemon({ ...defaults(), buses: [bus], socket: sock, kdbusRoot: root });
-    daemon.addTransport(new SocketTransport({ socketPath: sock, kdbusRoot: root, placeholders: true }));
-    await daemon.start();
+    running = await startSocketDaemon('kdbus-sock', bus, { socketDir: 'run' });
+    ({ dir, daemon, sock, root } = running);
   });
 
   afterEach(async () => {
-    await daemon.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    await running.stop();
   });
 
   it('keeps placeholder nodes with kdbus modes and removes them at stop', async () => {
