@@ -4,6 +4,12 @@
  * hand for 64-bit Linux. glibc and musl agree there: musl declares msg_iovlen and
  * msg_controllen as 32-bit fields followed by padding, which read the same for the small
  * values used here.
+ *
+ * The kernel reaches the iovec, the control buffer and the data through addresses written
+ * into the header, which the garbage collector does not see: each of those Buffers must stay
+ * reachable (a field of the socket's object, or an argument of a call still running) until
+ * the system call returns. A Buffer held by a local variable alone may be collected, and its
+ * memory reused, before the call: the kernel then reads or writes whatever is there.
  */
 import * as koffi from 'koffi';
 

@@ -6,7 +6,8 @@
  */
 import * as koffi from 'koffi';
 import { encodeFrame, encodeSegments, FrameType, type Segment } from '../../src/transport/frames';
-import { closeFd, recvWithFds, sendWithFds, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, AF_UNIX } from '../../src/os/unix-socket';
+import { closeFd, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, AF_UNIX } from '../../src/os/unix-socket';
+import { recvWithFds, sendWithFds } from './fd-socket';
 
 const libc = koffi.load(null);
 const socketFn = libc.func('int socket(int domain, int type, int protocol)');

@@ -6,7 +6,8 @@ import { decodeMessage, encodeMessage, Message, MessageType } from '../../src/db
 import { HeldBudget } from '../../src/os/held-budget';
 import { MessageStream, MessageStreamLimits } from '../../src/dbus1/message-stream';
 import { SaslServer } from '../../src/dbus1/sasl';
-import { closeFd, recvWithFds, sendWithFds, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';
+import { closeFd, socketpair, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from '../../src/os/unix-socket';
+import { recvWithFds, sendWithFds } from '../helpers/fd-socket';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const LIMITS: MessageStreamLimits = { maxMessageBytes: 1 << 20, maxOutgoingBytes: 4 << 20, maxQueuedFds: 16 };
