@@ -55,6 +55,8 @@ Options:
   --control-group GROUP  a group that may use the control socket besides root
   --service-dir DIR      a directory of D-Bus service files for activation
                          (repeatable; default dbus-daemon's directories)
+  --systemd-activation   services whose files name a SystemdService are started
+                         by systemd (ActivationRequest), as dbus-daemon does
   --check-config         validate the configuration and exit (0: valid, 2: the error)
 
 Signals: SIGHUP reloads the configuration (log level, new buses; other changes
@@ -79,6 +81,7 @@ const SERVE_FLAGS = {
   control: { value: true },
   'control-group': { value: true },
   'service-dir': { value: true, repeat: true },
+  'systemd-activation': { value: false },
   'check-config': { value: false },
   help: { value: false },
 };
@@ -100,6 +103,7 @@ export function serveConfig(argv: readonly string[]): Config | undefined {
   if (one('control')) c.control = path.resolve(one('control')!);
   if (one('control-group')) c.controlGroup = one('control-group');
   if (flags.has('service-dir')) c.serviceDirs = flags.get('service-dir')!.map((d) => path.resolve(d));
+  if (flags.has('systemd-activation')) c.systemdActivation = true;
   return validate(c, file ? `${file} and command line` : 'command line');
 }
 

@@ -30,6 +30,8 @@ export interface Config {
   control: string | undefined;
   /** Directories of D-Bus service files for activation; undefined: dbus-daemon's defaults. */
   serviceDirs: string[] | undefined;
+  /** Services whose files name a SystemdService are started by systemd, as dbus-daemon --systemd-activation does. */
+  systemdActivation: boolean;
   /** A group whose members may use the control socket besides root (mode 0660 instead of 0600). */
   controlGroup: string | undefined;
 }
@@ -72,11 +74,17 @@ export function defaults(): Config {
     control: undefined,
     controlGroup: undefined,
     serviceDirs: undefined,
+    systemdActivation: false,
   };
 }
 
 function expectString(source: string, key: string, v: unknown): string {
   if (typeof v !== 'string' || v.length === 0) throw new ConfigError(source, key, `expected a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function expectBoolean(source: string, key: string, v: unknown): boolean {
+  if (typeof v !== 'boolean') throw new ConfigError(source, key, `expected true or false, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -140,7 +148,7 @@ export function controlPath(c: Pick<Config, 'control' | 'socket'>): string {
   return c.control ?? path.join(path.dirname(c.socket), 'control.sock');
 }
 
-const KEYS = new Set(['transport', 'kdbusRoot', 'buses', 'socket', 'listen', 'upstream', 'logLevel', 'control', 'controlGroup', 'serviceDirs']);
+const KEYS = new Set(['transport', 'kdbusRoot', 'buses', 'socket', 'listen', 'upstream', 'logLevel', 'control', 'controlGroup', 'serviceDirs', 'systemdActivation']);
 
 /** Reads a JSON configuration file over the defaults. */
 export function loadFile(file: string, base: Config = defaults()): Config {
@@ -171,6 +179,7 @@ export function loadFile(file: string, base: Config = defaults()): Config {
       case 'control': c.control = expectString(file, key, v); break;
       case 'controlGroup': c.controlGroup = expectString(file, key, v); break;
       case 'serviceDirs': c.serviceDirs = expectStrings(file, key, v); break;
+      case 'systemdActivation': c.systemdActivation = expectBoolean(file, key, v); break;
     }
   }
   return validate(c, file);

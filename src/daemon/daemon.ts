@@ -95,7 +95,11 @@ export class Daemon {
   private startLegacyEndpoint(busName: string, addresses: string[]): void {
     const bus = this.domain.buses.get(busName);
     if (!bus) throw new Error(`bus ${busName} does not exist`);
-    const endpoint = new LegacyEndpoint(bus, { addresses, ...(this.config.serviceDirs ? { serviceDirs: this.config.serviceDirs } : {}) });
+    const endpoint = new LegacyEndpoint(bus, {
+      addresses,
+      systemdActivation: this.config.systemdActivation,
+      ...(this.config.serviceDirs ? { serviceDirs: this.config.serviceDirs } : {}),
+    });
     endpoint.start();
     this.legacy.push(endpoint);
   }

@@ -37,6 +37,7 @@ export function planReload(current: Config, next: Config): ReloadPlan {
   if (current.control !== next.control) restartNeeded.push('control');
   if (current.controlGroup !== next.controlGroup) restartNeeded.push('controlGroup');
   if (!same(current.serviceDirs, next.serviceDirs)) restartNeeded.push('serviceDirs');
+  if (current.systemdActivation !== next.systemdActivation) restartNeeded.push('systemdActivation');
   if (current.buses[0] !== next.buses[0]) restartNeeded.push('buses[0]');
   return {
     logLevel: current.logLevel !== next.logLevel ? next.logLevel : undefined,

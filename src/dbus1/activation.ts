@@ -17,7 +17,13 @@
  *   forked into the background); a failure ends every pending start with the same Exec;
  * - the timeout kills the child; children outlive the daemon.
  *
- * Deliberately not done: systemd activation; SystemdService is read and not used.
+ * With systemd activation (dbus-daemon's --systemd-activation), a file that names a
+ * SystemdService is started by systemd instead: the driver sends the ActivationRequest signal
+ * with that unit to org.freedesktop.systemd1 (once systemd is on the bus; a start waits for it
+ * within the timeout), systemd starts the unit, or answers with an ActivationFailure signal
+ * that fails every start waiting for the unit with the error it names. Files without it still
+ * run their Exec line; org.freedesktop.systemd1 itself needs no file: starting it waits for
+ * systemd to connect. UpdateActivationEnvironment is passed on to systemd (SetEnvironment).
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -29,8 +35,10 @@ import { HelloFlags, NameFlags } from '../abi/constants';
 import { Errno, KdbusError } from '../abi/errno';
 import { logger } from '../log/logger';
 import type { LocalConnection } from './local-connection';
-import { isValidWellKnownName } from './names';
+import { MessageType, type Message } from './message';
+import { isValidErrorName, isValidWellKnownName } from './names';
 import { closeMessageFiles, type Received } from './pool-records';
+import { DRIVER_PATH, driverToSystemd, SYSTEMD_NAME } from './translate';
 
 // --- errors ----------------------------------------------------------------------------
 
@@ -284,7 +292,21 @@ export interface ActivationOptions {
   timeoutMs?: number;
   /** max_pending_service_starts: start() calls in flight at once; default 512, as dbus-daemon. */
   maxPending?: number;
+  /** Set: the bus does systemd activation, and this reaches systemd. */
+  systemd?: SystemdLink;
 }
+
+/** How the driver's messages reach systemd, for systemd activation. */
+export interface SystemdLink {
+  /**
+   * Delivers `m` to the owner of org.freedesktop.systemd1; an ActivationError when it cannot.
+   * `toConnection`: the destination becomes that connection's unique name, as in dbus-daemon's
+   * calls from the driver (its signals keep the name they were sent to).
+   */
+  send(m: Message, toConnection: boolean): void;
+}
+
+const ACTIVATOR_INTERFACE = 'org.freedesktop.systemd1.Activator';
 
 /** Resolves when the name has an owner; must stop and settle (either way) when `signal` aborts. */
 export type WaitForOwner = (name: string, signal: AbortSignal) => Promise<void>;
@@ -294,6 +316,15 @@ const DEFAULT_MAX_PENDING = 512;
 const DAEMON_ONLY_ENV = ['JOURNAL_STREAM', 'LISTEN_FDNAMES', 'LISTEN_FDS', 'LISTEN_PID', 'NOTIFY_SOCKET', 'INVOCATION_ID'];
 /** A child's output line longer than this is logged in pieces rather than buffered without bound. */
 const MAX_LOG_LINE = 8192;
+
+/** What to run for a service: the program, its arguments and argv[0], and whom as. */
+interface Command {
+  file: string;
+  args: string[];
+  argv0: string;
+  uid?: number;
+  gid?: number;
+}
 
 /** One .service file as last read. */
 interface FileRecord {
@@ -318,6 +349,8 @@ class PendingStart {
   constructor(
     readonly name: string,
     readonly exec: string,
+    /** The unit systemd is asked to start instead of running exec. */
+    readonly unit: string | undefined,
   ) {
     this.promise = new Promise<void>((resolve, reject) => {
       this.resolveFn = resolve;
@@ -342,6 +375,7 @@ export class Activation {
   private readonly busType: 'system' | 'session';
   private readonly timeoutMs: number;
   private readonly maxPending: number;
+  private readonly systemd: SystemdLink | undefined;
   private readonly baseEnv: Record<string, string>;
   private readonly updates = new Map<string, string>();
   /** Directory path -> file name -> record. */
@@ -365,6 +399,7 @@ export class Activation {
     this.busType = opts.busType;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.maxPending = opts.maxPending ?? DEFAULT_MAX_PENDING;
+    this.systemd = opts.systemd;
     const base: Record<string, string> = {};
     const source = opts.env ?? (opts.busType === 'session' ? process.env : {});
     for (const [k, v] of Object.entries(source)) if (v !== undefined && !DAEMON_ONLY_ENV.includes(k)) base[k] = v;
@@ -378,9 +413,12 @@ export class Activation {
     return [...this.byName.keys()].sort();
   }
 
-  /** Whether a service file provides `name`; a name not known yet makes the directories be re-read. */
+  /**
+   * Whether a start of `name` can begin: a service file provides it (a name not known yet
+   * makes the directories be re-read), or it is systemd's and the bus waits for systemd.
+   */
   isActivatable(name: string): boolean {
-    if (this.byName.has(name)) return true;
+    if (this.byName.has(name) || this.waitsForSystemd(name)) return true;
     this.rescan(false);
     return this.byName.has(name);
   }
@@ -392,6 +430,23 @@ export class Activation {
   updateEnvironment(vars: Record<string, string>): void {
     if (this.busType === 'system') throw new ActivationError(ActivationErrorName.ACCESS_DENIED, 'Cannot change activation environment on a system bus.');
     for (const [k, v] of Object.entries(vars)) this.updates.set(k, v);
+    if (!this.systemd) return;
+    const assignments = Object.entries(vars).map(([k, v]) => `${k}=${v}`);
+    try {
+      this.systemd.send(driverToSystemd(MessageType.MethodCall, '/org/freedesktop/systemd1', 'org.freedesktop.systemd1.Manager', 'SetEnvironment', 'as', [assignments]), true);
+    } catch (e) {
+      logger.info(`the activation environment was not passed on to systemd: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * systemd's ActivationFailure for `unit`: every start waiting for it fails with the error
+   * systemd named (Failed if that is no error name).
+   */
+  systemdFailure(unit: string, errorName: string, text: string): void {
+    logger.info(`Activation via systemd failed for unit '${unit}': ${text}`);
+    const name = isValidErrorName(errorName) ? errorName : ActivationErrorName.FAILED;
+    for (const p of [...this.pending.values()]) if (p.unit === unit) this.end(p, new ActivationError(name, text));
   }
 
   /** Re-reads every service file (ReloadConfig). */
@@ -412,9 +467,9 @@ export class Activation {
     }
     let pending = this.pending.get(name);
     if (!pending) {
-      const entry = this.find(name);
-      if (!entry) return Promise.reject(new ActivationError(ActivationErrorName.SERVICE_UNKNOWN, `The name ${name} was not provided by any .service files`));
-      pending = new PendingStart(name, entry.exec);
+      const entry = this.waitsForSystemd(name) ? undefined : this.find(name);
+      if (!entry && !this.waitsForSystemd(name)) return Promise.reject(new ActivationError(ActivationErrorName.SERVICE_UNKNOWN, `The name ${name} was not provided by any .service files`));
+      pending = new PendingStart(name, entry?.exec ?? '', this.systemd ? entry?.systemdService : undefined);
       this.pending.set(name, pending);
       this.launch(pending, entry, waitForOwner);
     }
@@ -436,6 +491,11 @@ export class Activation {
   }
 
   // --- catalogue -------------------------------------------------------------------------
+
+  /** systemd's own name needs no file with systemd activation: systemd connects when it is up. */
+  private waitsForSystemd(name: string): boolean {
+    return this.systemd !== undefined && name === SYSTEMD_NAME;
+  }
 
   /** The entry for `name`, checked against its file as dbus-daemon does before a start. */
   private find(name: string): ServiceEntry | undefined {
@@ -477,11 +537,12 @@ export class Activation {
 
   // --- starting --------------------------------------------------------------------------
 
-  private launch(p: PendingStart, entry: ServiceEntry, waitForOwner: WaitForOwner): void {
+  /** `entry` undefined: the start of systemd itself, which only waits. */
+  private launch(p: PendingStart, entry: ServiceEntry | undefined, waitForOwner: WaitForOwner): void {
     const name = p.name;
-    let spec: { file: string; args: string[]; argv0: string; uid?: number; gid?: number };
+    let spec: Command | undefined;
     try {
-      spec = this.commandFor(entry);
+      if (entry && p.unit === undefined) spec = this.commandFor(entry);
     } catch (e) {
       this.fail(p, e as Error);
       return;
@@ -514,6 +575,47 @@ export class Activation {
       },
     );
 
+    if (p.unit !== undefined) {
+      this.handOff(p, p.unit, waitForOwner);
+      return;
+    }
+    if (!spec) {
+      logger.info(`waiting for systemd to connect: ${name} was asked for`);
+      return;
+    }
+    this.spawn(p, spec);
+  }
+
+  /** Asks systemd to start `unit`, once systemd is on the bus (it may be starting up still). */
+  private handOff(p: PendingStart, unit: string, waitForOwner: WaitForOwner): void {
+    let systemdUp: Promise<void>;
+    try {
+      systemdUp = waitForOwner(SYSTEMD_NAME, p.abort.signal);
+    } catch (e) {
+      systemdUp = Promise.reject(e);
+    }
+    systemdUp.then(
+      () => {
+        if (p.settled) return;
+        try {
+          this.systemd!.send(driverToSystemd(MessageType.Signal, DRIVER_PATH, ACTIVATOR_INTERFACE, 'ActivationRequest', 's', [unit]), false);
+        } catch (e) {
+          const error = e instanceof ActivationError ? e : new ActivationError(ActivationErrorName.FAILED, `cannot ask systemd for ${unit}: ${(e as Error).message}`);
+          logger.info(`Failed to activate via systemd: service name='${p.name}' unit='${unit}': ${error.message}`);
+          this.end(p, error);
+          return;
+        }
+        logger.info(`Activating via systemd: service name='${p.name}' unit='${unit}'`);
+      },
+      (e: unknown) => {
+        if (p.settled) return;
+        this.end(p, new ActivationError(ActivationErrorName.FAILED, `waiting for systemd to start ${unit} failed: ${(e as Error)?.message ?? String(e)}`));
+      },
+    );
+  }
+
+  private spawn(p: PendingStart, spec: Command): void {
+    const name = p.name;
     const env = this.childEnv();
     let child: ChildProcess;
     try {
@@ -562,7 +664,7 @@ export class Activation {
   }
 
   /** What to spawn for `entry`, or an ActivationError when it cannot be started at all. */
-  private commandFor(entry: ServiceEntry): { file: string; args: string[]; argv0: string; uid?: number; gid?: number } {
+  private commandFor(entry: ServiceEntry): Command {
     const name = entry.name;
     let words: string[];
     try {

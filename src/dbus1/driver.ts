@@ -9,7 +9,7 @@ import { KdbusError } from '../abi/errno';
 import { logger } from '../log/logger';
 import { ActivationError } from './activation';
 import type { LocalConnection } from './local-connection';
-import { DRIVER_NAME, DRIVER_PATH, driverReply, errorReply, uniqueName } from './translate';
+import { DRIVER_NAME, DRIVER_PATH, driverReply, errorReply, SYSTEMD_NAME, uniqueName } from './translate';
 import { MatchRule, MatchRuleInvalid, kdbusIdOfUniqueName } from './match-rule';
 import { MessageFlag, MessageType, type Message } from './message';
 import { isValidWellKnownName } from './names';
@@ -67,6 +67,10 @@ export interface DriverBus {
   reload(): void;
   /** Ids of the owner and the queue of `name`, in queue order (kdbus's LIST is per connection). */
   queuedOwners(name: string): bigint[];
+  /** The bus does systemd activation (activation.ts). */
+  readonly systemdActivation: boolean;
+  /** systemd could not start `unit`: the starts waiting for it fail with this error. */
+  systemdFailure(unit: string, errorName: string, text: string): void;
 }
 
 const REQUEST_ALLOW_REPLACEMENT = 1;
@@ -139,9 +143,9 @@ function introspection(path: string | undefined): string {
   return `${DOCTYPE}<node>\n${ANY_PATH_INTERFACES}${below ? `  <node name="${below}"/>\n` : ''}</node>\n`;
 }
 
-const PROPERTIES: Record<string, () => Variant> = {
+const PROPERTIES: Record<string, (bus: DriverBus) => Variant> = {
   // Forwarded messages are re-encoded: fields the bus does not know are gone, SENDER is its own.
-  Features: () => new Variant('as', ['HeaderFiltering']),
+  Features: (bus) => new Variant('as', bus.systemdActivation ? ['HeaderFiltering', 'SystemdActivation'] : ['HeaderFiltering']),
   Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring']),
 };
 
@@ -149,7 +153,7 @@ const PROPERTIES: Record<string, () => Variant> = {
  * The properties of one of the driver's interfaces, as dbus-daemon looks them up: only
  * org.freedesktop.DBus has any; an interface the driver does not implement is unknown.
  */
-function propertiesOf(iface: string): Record<string, () => Variant> {
+function propertiesOf(iface: string): Record<string, (bus: DriverBus) => Variant> {
   if (!Object.hasOwn(HANDLERS, iface)) throw new DriverError(DBusError.UnknownInterface, `Interface "${iface}" not found`);
   return iface === DRIVER_NAME ? PROPERTIES : {};
 }
@@ -360,15 +364,15 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
     GetMachineId: (_c, _bus, m) => noArgs(m, ['s', [machineId()]]),
   },
   'org.freedesktop.DBus.Properties': {
-    Get: (_c, _bus, m) => {
+    Get: (_c, bus, m) => {
       const [iface, prop] = args(m, 'ss') as [string, string];
       const get = own(propertiesOf(iface), prop);
       if (!get) throw new DriverError(DBusError.UnknownProperty, `Interface "${iface}" has no property "${prop}"`);
-      return ['v', [get()]];
+      return ['v', [get(bus)]];
     },
-    GetAll: (_c, _bus, m) => {
+    GetAll: (_c, bus, m) => {
       const [iface] = args(m, 's') as [string];
-      return ['a{sv}', [Object.entries(propertiesOf(iface)).map(([k, f]) => [k, f()] as [string, Variant])]];
+      return ['a{sv}', [Object.entries(propertiesOf(iface)).map(([k, f]) => [k, f(bus)] as [string, Variant])]];
     },
     Set: (_c, _bus, m) => {
       const [iface, prop] = args(m, 'ssv') as [string, string, Variant];
@@ -443,6 +447,10 @@ const ACKNOWLEDGEMENTS = new Set(['AddMatch', 'RemoveMatch', 'UpdateActivationEn
  * (NameAcquired before RequestName's reply, as dbus-daemon orders them); a refusal at once.
  */
 export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
+  if (m.type === MessageType.Signal && m.interface === 'org.freedesktop.systemd1.Activator' && m.member === 'ActivationFailure') {
+    activationFailure(c, bus, m);
+    return;
+  }
   if (m.type !== MessageType.MethodCall) return;
   // dbus-daemon keeps back only its bare acknowledgements from a caller that said
   // NO_REPLY_EXPECTED; answers with content, and errors, go out all the same.
@@ -480,6 +488,33 @@ export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
         logger.error(`driver: cannot answer ${m.member ?? ''} from ${c.uniqueName}: ${(again as Error).stack ?? String(again)}`);
       }
     });
+}
+
+/**
+ * systemd's answer to an ActivationRequest it could not carry out, a signal to the driver:
+ * taken from root or the bus owner, and only from the owner of org.freedesktop.systemd1
+ * (another one's is logged as forged and ignored), as dbus-daemon takes it.
+ */
+function activationFailure(c: DriverClient, bus: DriverBus, m: Message): void {
+  if (!c.trusted) {
+    logger.warn(`rejected ActivationFailure from ${c.uniqueName}: only root or the bus owner may report systemd's failures`);
+    c.send(errorReply(m, DRIVER_NAME, DBusError.AccessDenied, `rejected attempt to call ActivationFailure by connection ${c.uniqueName}: only root or the bus owner may`));
+    return;
+  }
+  if (ownerInfo(c.conn, SYSTEMD_NAME, 0n)?.id !== c.conn.id) {
+    logger.warn(`Ignoring forged ActivationFailure message from connection ${c.uniqueName}: it is not ${SYSTEMD_NAME}`);
+    return;
+  }
+  if (!bus.systemdActivation) {
+    logger.warn(`Ignoring unexpected ActivationFailure message from ${c.uniqueName} while not using systemd activation`);
+    return;
+  }
+  if (m.signature !== 'sss') {
+    logger.warn(`Ignoring an ActivationFailure message from ${c.uniqueName} with arguments (${m.signature ?? ''}), not (sss)`);
+    return;
+  }
+  const [unit, errorName, text] = m.body as [string, string, string];
+  bus.systemdFailure(unit, errorName, text);
 }
 
 /**

@@ -148,6 +148,11 @@ export class LegacyClient implements DriverClient {
     return this.peer.uid;
   }
 
+  /** The client's kdbus connection id, once it said Hello. */
+  get kdbusId(): bigint | undefined {
+    return this.connection?.id;
+  }
+
   get conn(): LocalConnection {
     if (!this.connection) throw new DriverError(DBusError.Failed, 'not registered with Hello');
     return this.connection;

@@ -12,12 +12,12 @@ import { byteShares, descriptorShares, HeldBudget, Refusals, type HeldAccount, t
 import { openFileLimit } from '../os/libc';
 import { UnixListener, type ListenAddress } from '../os/unix-listener';
 import { closeFd, type PeerCred } from '../os/unix-socket';
-import { Activation, defaultServiceDirs, waitForName } from './activation';
+import { Activation, ActivationError, ActivationErrorName, defaultServiceDirs, waitForName, type SystemdLink } from './activation';
 import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
 import { LocalConnection } from './local-connection';
 import { kdbusIdOfUniqueName } from './match-rule';
-import { DRIVER_NAME, nameOwnersOf } from './translate';
+import { DRIVER_NAME, nameOwnersOf, SYSTEMD_NAME } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
 
 export interface LegacyEndpointOptions {
@@ -25,6 +25,8 @@ export interface LegacyEndpointOptions {
   addresses: string[];
   /** Directories of D-Bus service files; default: dbus-daemon's for this kind of bus. */
   serviceDirs?: string[];
+  /** Services whose files name a SystemdService are started by systemd (activation.ts). */
+  systemdActivation?: boolean;
   limits?: Partial<LegacyLimits>;
   /** The daemon's descriptors legacy connections may take; by default shares of its file limit. */
   connectionDescriptors?: HeldShares;
@@ -97,6 +99,7 @@ export class LegacyEndpoint {
         dirs: this.opts.serviceDirs ?? defaultServiceDirs(type),
         busAddress: this.clientAddresses.join(';'),
         busType: type,
+        ...(this.opts.systemdActivation ? { systemd: this.systemdLink() } : {}),
       });
     } catch (e) {
       this.stop();
@@ -109,7 +112,10 @@ export class LegacyEndpoint {
       if (!this.activation) throw new Error('the legacy endpoint is not started');
       return this.activation;
     };
+    const systemdActivation = this.opts.systemdActivation === true;
     return {
+      systemdActivation,
+      systemdFailure: (unit, errorName, text) => activation().systemdFailure(unit, errorName, text),
       listActivatable: () => activation().listActivatable(),
       isActivatable: (name) => this.activation?.isActivatable(name) ?? false,
       startService: (name) => activation().start(name, (n, signal) => waitForName(this.nameWatcher(), n, signal)),
@@ -121,6 +127,27 @@ export class LegacyEndpoint {
         const ids: bigint[] = [];
         for (const r of entry.records()) if (r.owner !== entry.activator || r.owner === entry.primary) ids.push(r.owner.id);
         return ids;
+      },
+    };
+  }
+
+  /**
+   * The driver's messages for systemd go to the owner of its name, a client of this endpoint
+   * (systemd speaks dbus1): the driver is no kdbus connection, and kdbus clients would not
+   * see org.freedesktop.DBus as their sender.
+   */
+  private systemdLink(): SystemdLink {
+    return {
+      send: (m, toConnection) => {
+        const owner = this.bus.names.primaryOwner(SYSTEMD_NAME);
+        if (!owner) throw new ActivationError(ActivationErrorName.FAILED, `${SYSTEMD_NAME} is not on the bus`);
+        const client = [...this.clients].find((c) => c.kdbusId === owner.id);
+        if (!client) {
+          throw new ActivationError(ActivationErrorName.FAILED,
+            `${SYSTEMD_NAME} is owned by a kdbus connection (id ${owner.id}); the legacy endpoint's driver reaches only its own clients`);
+        }
+        if (toConnection) m.destination = client.uniqueName;
+        client.send(m);
       },
     };
   }

@@ -19,6 +19,8 @@ import { parseSignature } from './signature';
 
 export const DRIVER_NAME = 'org.freedesktop.DBus';
 export const DRIVER_PATH = '/org/freedesktop/DBus';
+/** The name systemd takes on a bus it starts services for. */
+export const SYSTEMD_NAME = 'org.freedesktop.systemd1';
 const NAME_IN_QUEUE = 1n << 3n;
 const NAME_ACTIVATOR = 1n << 4n;
 const U32_MAX = 0xffff_ffffn;
@@ -180,6 +182,18 @@ export function driverSignal(member: string, signature: string, body: Message['b
   };
   if (destination !== undefined) m.destination = destination;
   return m;
+}
+
+/**
+ * A message of the bus driver to systemd, whose unit starts stand in for Exec when the bus
+ * does systemd activation: the ActivationRequest signal, the SetEnvironment call.
+ */
+export function driverToSystemd(type: typeof MessageType.Signal | typeof MessageType.MethodCall, path: string, iface: string, member: string, signature: string, body: Message['body']): Message {
+  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
+  return {
+    type, flags: MessageFlag.NoReplyExpected, serial: driverSerial, path, interface: iface, member,
+    sender: DRIVER_NAME, destination: SYSTEMD_NAME, signature, body,
+  };
 }
 
 /** A reply or error of the driver to the call `to`. */

@@ -341,6 +341,8 @@ async function startKdbusCuse(dir: string, opts: StartOptions): Promise<LegacyBu
     process.execPath, path.join(PROJECT, 'bin', 'kdbus-cuse'), 'serve', '--transport', 'socket',
     '--socket', path.join(dir, 'kdbus.sock'), '--kdbus-root', path.join(dir, 'kdbus'),
     '--bus', `${process.getuid!()}-legacy`, '--listen', `unix:path=${socketPath}`,
+    // As dbus-daemon is started here (above).
+    '--systemd-activation',
     ...(opts.logLevel ? ['--log-level', opts.logLevel] : []),
     ...(opts.configFile ? ['--config', opts.configFile] : []),
   ];

@@ -27,6 +27,7 @@ describe('configuration', () => {
       [{ upstream: 'unix:path=/run/u', listen: ['unix:path=/run/l'] }, /c\.json: listen: a bus bridged to an upstream bus has no legacy endpoint/],
       [{ buses: ['system'] }, /c\.json: buses\[0\]: "system" is not a bus name/],
       [{ bogus: 1 }, /c\.json: bogus: unknown key/],
+      [{ systemdActivation: 'yes' }, /c\.json: systemdActivation: expected true or false, got "yes"/],
       [{ transport: 'tcp' }, /c\.json: transport: must be auto, cuse or socket/],
     ];
     for (const [content, re] of cases) {
@@ -38,10 +39,18 @@ describe('configuration', () => {
   });
 
   it('takes every setting from a flag too', () => {
-    const c = serveConfig(['--control', '/run/x/ctl.sock', '--control-group', 'adm', '--service-dir', '/a', '--service-dir', '/b'])!;
+    const c = serveConfig(['--control', '/run/x/ctl.sock', '--control-group', 'adm', '--service-dir', '/a', '--service-dir', '/b', '--systemd-activation'])!;
     assert.equal(c.control, '/run/x/ctl.sock');
     assert.equal(c.controlGroup, 'adm');
     assert.deepEqual(c.serviceDirs, ['/a', '/b']);
+    assert.equal(c.systemdActivation, true);
+    assert.equal(serveConfig([])!.systemdActivation, false, 'systemd activation only when asked for');
+  });
+
+  it('takes systemdActivation from the file as true or false', () => {
+    const file = path.join(dir, 'systemd.json');
+    fs.writeFileSync(file, '{ "systemdActivation": true }');
+    assert.equal(loadFile(file).systemdActivation, true);
   });
 
   it('bridges to the system bus, the session bus or an address, with no legacy endpoint of its own', () => {

@@ -15,8 +15,9 @@ import { HelloFlags, ItemType } from '../../src/abi/constants';
 import type { KdbusNode } from '../../src/bus/handle';
 import {
   Activation, ActivationError, ActivationErrorName as E, defaultServiceDirs, MAX_SERVICE_FILE_SIZE, parseServiceFile,
-  ServiceFileError, splitCommandLine, waitForName, type ActivationOptions, type WaitForOwner,
+  ServiceFileError, splitCommandLine, waitForName, type ActivationOptions, type SystemdLink, type WaitForOwner,
 } from '../../src/dbus1/activation';
+import type { Message } from '../../src/dbus1/message';
 import { LocalConnection, type LocalIdentity } from '../../src/dbus1/local-connection';
 import { selfCreds, TestBus } from '../helpers/kdbus-client';
 import { LogCapture } from '../helpers/log-capture';
@@ -476,6 +477,92 @@ describe('dbus1 activation', () => {
       assert.equal(unclosed.errorName, 'org.freedesktop.DBus.Error.InvalidArgs');
       assert.match(unclosed.message, /unclosed double quote/);
       assert.equal((await rejection(m.start('org.example.Empty', marker))).errorName, 'org.freedesktop.DBus.Error.Spawn.ExecFailed');
+    });
+  });
+
+  describe('systemd activation', () => {
+    /** systemd's side: what the driver sent it; `reachable` false makes the link refuse, as for a kdbus systemd. */
+    function systemdLink(reachable = true): SystemdLink & { sent: Array<{ m: Message; toConnection: boolean }> } {
+      const sent: Array<{ m: Message; toConnection: boolean }> = [];
+      return {
+        sent,
+        send(m, toConnection) {
+          if (!reachable) throw new ActivationError(E.FAILED, 'org.freedesktop.systemd1 is owned by a kdbus connection');
+          sent.push({ m, toConnection });
+        },
+      };
+    }
+    const up = (name: string): void => fs.writeFileSync(path.join(out, `${name}.up`), '');
+
+    it('asks systemd for the unit once systemd has its name, instead of running Exec, and is done when the name appears', async () => {
+      const d = dir('services');
+      shService(d, 'org.example.Unit', TAKE('org.example.Unit'), 'SystemdService=example-unit.service\n');
+      const link = systemdLink();
+      const m = manager({ dirs: [d], systemd: link });
+      const started = m.start('org.example.Unit', marker);
+      await sleep(50);
+      assert.equal(link.sent.length, 0, 'nothing is sent while systemd is not on the bus');
+      up('org.freedesktop.systemd1');
+      await until('the request', () => link.sent.length === 1);
+      const { m: request, toConnection } = link.sent[0]!;
+      assert.equal(toConnection, false, 'a signal to the name');
+      assert.deepEqual([request.type, request.path, request.interface, request.member, request.sender, request.destination, request.signature, request.body],
+        [4, '/org/freedesktop/DBus', 'org.freedesktop.systemd1.Activator', 'ActivationRequest', 'org.freedesktop.DBus', 'org.freedesktop.systemd1', 's', ['example-unit.service']]);
+      assert.equal(fs.existsSync(path.join(out, 'org.example.Unit.up')), false, 'Exec did not run');
+      up('org.example.Unit');
+      await started;
+    });
+
+    it("fails the starts waiting for a unit with systemd's error (Failed for a name that is none); other units wait on", async () => {
+      const d = dir('services');
+      for (const [name, unit] of [['org.example.A', 'shared.service'], ['org.example.B', 'shared.service'], ['org.example.C', 'other.service']]) {
+        service(d, `${name}.service`, `[D-BUS Service]\nName=${name}\nExec=/bin/false\nSystemdService=${unit}\n`);
+      }
+      up('org.freedesktop.systemd1');
+      const m = manager({ dirs: [d], systemd: systemdLink() });
+      const a = rejection(m.start('org.example.A', marker));
+      const b = rejection(m.start('org.example.B', marker));
+      let cDone = false;
+      const c = m.start('org.example.C', marker).finally(() => (cDone = true));
+      await sleep(50);
+      m.systemdFailure('shared.service', 'org.freedesktop.systemd1.NoSuchUnit', 'Unit shared.service not found.');
+      for (const e of [await a, await b]) {
+        assert.equal(e.errorName, 'org.freedesktop.systemd1.NoSuchUnit');
+        assert.equal(e.message, 'Unit shared.service not found.');
+      }
+      await sleep(50);
+      assert.equal(cDone, false, 'a start of another unit waits on');
+      m.systemdFailure('other.service', 'not an error name', 'it failed');
+      const e = await rejection(c);
+      assert.deepEqual([e.errorName, e.message], [E.FAILED, 'it failed']);
+    });
+
+    it('fails when systemd is out of reach, and times out when it never comes', async () => {
+      const d = dir('services');
+      service(d, 'org.example.Unit.service', '[D-BUS Service]\nName=org.example.Unit\nExec=/bin/false\nSystemdService=example-unit.service\n');
+      const waiting = manager({ dirs: [d], systemd: systemdLink(), timeoutMs: 200 });
+      const late = await rejection(waiting.start('org.example.Unit', marker));
+      assert.equal(late.errorName, E.TIMED_OUT);
+      up('org.freedesktop.systemd1');
+      const unreachable = await rejection(manager({ dirs: [d], systemd: systemdLink(false) }).start('org.example.Unit', marker));
+      assert.deepEqual([unreachable.errorName, unreachable.message], [E.FAILED, 'org.freedesktop.systemd1 is owned by a kdbus connection']);
+    });
+
+    it('waits for systemd itself without a file, and passes environment updates on to it', async () => {
+      const link = systemdLink();
+      const m = manager({ dirs: [], systemd: link });
+      assert.equal(manager({ dirs: [] }).isActivatable('org.freedesktop.systemd1'), false, 'not without systemd activation');
+      assert.equal(m.isActivatable('org.freedesktop.systemd1'), true);
+      assert.deepEqual(m.listActivatable(), []);
+      const started = m.start('org.freedesktop.systemd1', marker);
+      up('org.freedesktop.systemd1');
+      await started;
+      m.updateEnvironment({ A: '1', B: 'two words' });
+      assert.equal(link.sent.length, 1);
+      const { m: call, toConnection } = link.sent[0]!;
+      assert.equal(toConnection, true, 'a call to the connection');
+      assert.deepEqual([call.type, call.flags, call.path, call.interface, call.member, call.signature, call.body],
+        [1, 1, '/org/freedesktop/systemd1', 'org.freedesktop.systemd1.Manager', 'SetEnvironment', 'as', [['A=1', 'B=two words']]]);
     });
   });
 
