@@ -46,7 +46,8 @@ Options:
   --socket PATH          the socket transport's listening socket
   --listen ADDRESS       D-Bus address where legacy (dbus1) clients reach the first
                          bus (repeatable; default unix:path=<socket's dir>/bus_socket;
-                         "none": no legacy endpoint)
+                         "none": no legacy endpoint; "systemd:": the sockets of the
+                         .socket unit that started the daemon)
   --upstream ADDRESS     join the first bus to an existing D-Bus bus (dbus-daemon,
                          dbus-broker): a unix: address, "system" or "session"
   --log-level LEVEL      error, warn, info (default), verbose or debug

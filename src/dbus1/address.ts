@@ -3,7 +3,8 @@
  * D-Bus specification defines them: a list of transports separated by ';', each with
  * comma-separated key=value pairs whose values escape bytes outside [-0-9A-Za-z_/.\*] as %XX.
  * Only the unix transport exists here; it names one socket by path or in the abstract
- * namespace, or (for listening) a directory to make a socket in.
+ * namespace, or (for listening) a directory to make a socket in. For listening there is
+ * also dbus-daemon's "systemd:": the sockets systemd passed (socket activation).
  */
 
 export class AddressError extends Error {
@@ -17,7 +18,9 @@ export type UnixAddress =
   | { kind: 'path'; path: string; guid?: string }
   | { kind: 'abstract'; name: string; guid?: string }
   /** Listening only: a fresh socket in this directory (dir=, tmpdir=). */
-  | { kind: 'dir'; dir: string; guid?: string };
+  | { kind: 'dir'; dir: string; guid?: string }
+  /** Listening only: the sockets systemd passed (systemd:). */
+  | { kind: 'systemd' };
 
 const OPTIONALLY_ESCAPED = /^[-0-9A-Za-z_/.\\*]$/;
 
@@ -55,7 +58,12 @@ export function parseAddress(address: string): UnixAddress[] {
     const colon = entry.indexOf(':');
     if (colon <= 0) throw new AddressError(address, `"${entry}" has no transport name before ':'`);
     const transport = entry.slice(0, colon);
-    if (transport !== 'unix') throw new AddressError(address, `transport "${transport}" is not supported (only unix:)`);
+    if (transport === 'systemd') {
+      if (entry.length > colon + 1) throw new AddressError(address, 'systemd: takes no keys');
+      out.push({ kind: 'systemd' });
+      continue;
+    }
+    if (transport !== 'unix') throw new AddressError(address, `transport "${transport}" is not supported (only unix:, and systemd: to listen)`);
     const keys = new Map<string, string>();
     const rest = entry.slice(colon + 1);
     for (const pair of rest === '' ? [] : rest.split(',')) {

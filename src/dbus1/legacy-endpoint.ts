@@ -10,7 +10,8 @@ import type { Bus } from '../bus/bus';
 import { logger } from '../log/logger';
 import { byteShares, descriptorShares, HeldBudget, Refusals, type HeldAccount, type HeldShares } from '../os/held-budget';
 import { openFileLimit } from '../os/libc';
-import { UnixListener, type ListenAddress } from '../os/unix-listener';
+import { takeListenFds } from '../os/listen-fds';
+import { describe as describeListener, inheritedListener, UnixListener, type ListenAddress } from '../os/unix-listener';
 import { closeFd, type PeerCred } from '../os/unix-socket';
 import { Activation, ActivationError, ActivationErrorName, defaultServiceDirs, waitForName, type SystemdLink } from './activation';
 import { formatAddress, parseAddress } from './address';
@@ -92,7 +93,10 @@ export class LegacyEndpoint {
   start(): void {
     try {
       for (const address of this.opts.addresses) {
-        for (const a of parseAddress(address)) this.listen(a.kind === 'dir' ? { kind: 'path', path: socketIn(a.dir) } : a);
+        for (const a of parseAddress(address)) {
+          if (a.kind === 'systemd') this.listenOnPassed();
+          else this.listen(a.kind === 'dir' ? { kind: 'path', path: socketIn(a.dir) } : a);
+        }
       }
       const type = busType(this.bus);
       this.activation = new Activation({
@@ -170,6 +174,20 @@ export class LegacyEndpoint {
     const address = formatAddress(a, this.ctx.guid);
     this.clientAddresses.push(address);
     logger.info(`legacy D-Bus endpoint of bus ${this.bus.name}: ${address}`);
+  }
+
+  /** systemd: the sockets systemd passed (a .socket unit's); none is an error, as for dbus-daemon. */
+  private listenOnPassed(): void {
+    const fds = takeListenFds();
+    if (fds.length === 0) {
+      throw new Error('the listen address systemd: needs the sockets of a .socket unit, and systemd passed none (no LISTEN_FDS for this process)');
+    }
+    for (const fd of fds) {
+      const where = inheritedListener(fd);
+      this.listeners.push(new UnixListener(where, (client, peer) => this.accept(client, peer)));
+      if (where.path !== undefined) this.clientAddresses.push(formatAddress({ kind: 'path', path: where.path }, this.ctx.guid));
+      logger.info(`legacy D-Bus endpoint of bus ${this.bus.name}: ${describeListener(where)}, from systemd`);
+    }
   }
 
   private accept(fd: number, peer: PeerCred): void {

@@ -144,7 +144,7 @@ function errnoName(e: number): string {
 }
 
 function describeSocket(a: UnixAddress): string {
-  return a.kind === 'path' ? a.path : a.kind === 'abstract' ? `@${a.name}` : a.dir;
+  return a.kind === 'path' ? a.path : a.kind === 'abstract' ? `@${a.name}` : a.kind === 'dir' ? a.dir : 'systemd:';
 }
 
 function sleep(ms: number): Promise<void> {
@@ -206,8 +206,8 @@ export class UpstreamConnection {
     const targets = parseAddress(address);
     const causes: string[] = [];
     for (const t of targets) {
-      if (t.kind === 'dir') {
-        causes.push(`${describeSocket(t)}: dir= and tmpdir= name no socket to connect to`);
+      if (t.kind === 'dir' || t.kind === 'systemd') {
+        causes.push(`${describeSocket(t)}: ${t.kind === 'dir' ? 'dir= and tmpdir= name' : 'systemd: names'} no socket to connect to`);
         continue;
       }
       const left = deadline - Date.now();

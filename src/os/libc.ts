@@ -64,6 +64,10 @@ const fcntlVariadic = libc.func('int fcntl(int fd, int cmd, ...)');
 
 /** fcntl's command to duplicate a descriptor onto the lowest free number ≥ arg, close-on-exec. */
 export const F_DUPFD_CLOEXEC = 1030;
+/** fcntl's commands for a descriptor's flags, and its one flag. */
+export const F_GETFD = 1;
+export const F_SETFD = 2;
+export const FD_CLOEXEC = 1;
 /** fcntl's commands for a file's status flags (O_NONBLOCK, O_PATH...). */
 export const F_GETFL = 3;
 export const F_SETFL = 4;

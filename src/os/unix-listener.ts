@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import * as koffi from 'koffi';
 import { logger } from '../log/logger';
 import { FdWatch, UV_READABLE } from './fd-watch';
+import { F_GETFL, F_SETFL, fcntl } from './libc';
 import { AF_UNIX, closeFd, peerCred, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SyscallError, type PeerCred } from './unix-socket';
 
 const libc = koffi.load(null);
@@ -16,6 +17,13 @@ const bindFn = libc.func('int bind(int fd, const void *addr, uint32_t len)') as 
 const listenFn = libc.func('int listen(int fd, int backlog)') as (fd: number, backlog: number) => number;
 const connectFn = libc.func('int connect(int fd, const void *addr, uint32_t len)') as (fd: number, addr: Buffer, len: number) => number;
 const accept4Fn = libc.func('int accept4(int fd, void *addr, void *len, int flags)') as (fd: number, a: null, l: null, flags: number) => number;
+const getsocknameFn = libc.func('int getsockname(int fd, void *addr, _Inout_ uint32_t *len)') as (fd: number, addr: Buffer, len: number[]) => number;
+const getsockoptFn = libc.func('int getsockopt(int fd, int level, int name, void *value, _Inout_ uint32_t *len)') as (fd: number, level: number, name: number, v: Buffer, len: number[]) => number;
+const SOL_SOCKET = 1;
+const SO_TYPE = 3;
+const SO_ACCEPTCONN = 30;
+const SO_DOMAIN = 39;
+const O_NONBLOCK = 0o4000;
 
 const EAGAIN = 11;
 const EINTR = 4;
@@ -36,7 +44,11 @@ const OUT_OF_FDS_PAUSE_MS = 250;
  */
 const ACCEPT_BATCH = 16;
 
-export type ListenAddress = { kind: 'path'; path: string; mode?: number } | { kind: 'abstract'; name: string };
+export type ListenAddress =
+  | { kind: 'path'; path: string; mode?: number }
+  | { kind: 'abstract'; name: string }
+  /** A listening socket the daemon was given (socket activation); `path` where it has one. */
+  | { kind: 'inherited'; fd: number; path: string | undefined };
 
 /** struct sockaddr_un for a socket path or an abstract name, and the length connect/bind take. */
 export function sockaddr(a: { kind: 'path'; path: string } | { kind: 'abstract'; name: string }): { addr: Buffer; len: number } {
@@ -58,6 +70,14 @@ export class UnixListener {
   private outOfFds = false;
 
   constructor(readonly address: ListenAddress, private readonly onConnection: (fd: number, peer: PeerCred) => void) {
+    if (address.kind === 'inherited') {
+      const fd = address.fd;
+      const flags = fcntl(fd, F_GETFL, 0);
+      if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) throw new SyscallError(`fcntl of ${describe(address)}`, koffi.errno());
+      this.watch = new FdWatch(fd, () => this.acceptSome());
+      this.fd = fd;
+      return;
+    }
     const fd = socketFn(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new SyscallError('socket', koffi.errno());
     try {
@@ -124,12 +144,37 @@ export class UnixListener {
     clearTimeout(this.retry);
     this.watch.close();
     closeFd(this.fd);
+    // A socket the daemon was given is its giver's to remove.
     if (this.address.kind === 'path') fs.rmSync(this.address.path, { force: true });
   }
 }
 
 export function describe(a: ListenAddress): string {
+  if (a.kind === 'inherited') return `the socket passed as descriptor ${a.fd}${a.path ? ` (${a.path})` : ''}`;
   return a.kind === 'path' ? a.path : `@${a.name}`;
+}
+
+function sockopt(fd: number, name: number): number {
+  const v = Buffer.alloc(4);
+  if (getsockoptFn(fd, SOL_SOCKET, name, v, [4]) < 0) throw new SyscallError('getsockopt', koffi.errno());
+  return v.readInt32LE(0);
+}
+
+/**
+ * A passed descriptor as a listening address: it must be a unix stream socket that listens
+ * (systemd's ListenStream= with a path, or an abstract name); its path is read back.
+ */
+export function inheritedListener(fd: number): { kind: 'inherited'; fd: number; path: string | undefined } {
+  if (sockopt(fd, SO_DOMAIN) !== AF_UNIX || sockopt(fd, SO_TYPE) !== SOCK_STREAM || sockopt(fd, SO_ACCEPTCONN) !== 1) {
+    throw new Error(`descriptor ${fd} is not a listening unix stream socket`);
+  }
+  const addr = Buffer.alloc(2 + SUN_PATH);
+  const len = [addr.length];
+  if (getsocknameFn(fd, addr, len) < 0) throw new SyscallError('getsockname', koffi.errno());
+  const name = addr.subarray(2, len[0]);
+  // An abstract name starts with a NUL; a path ends at its NUL.
+  const path = name.length > 0 && name[0] !== 0 ? name.toString('utf8').replace(/\0.*$/s, '') : undefined;
+  return { kind: 'inherited', fd, path };
 }
 
 /**

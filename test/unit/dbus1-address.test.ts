@@ -9,6 +9,7 @@ describe('D-Bus addresses', () => {
       { kind: 'path', path: '/a' },
     ]);
     assert.deepEqual(parseAddress('unix:tmpdir=/tmp'), [{ kind: 'dir', dir: '/tmp' }]);
+    assert.deepEqual(parseAddress('systemd:;unix:path=/a'), [{ kind: 'systemd' }, { kind: 'path', path: '/a' }]);
   });
 
   it('undoes %XX escapes, including multi-byte UTF-8', () => {
@@ -35,6 +36,7 @@ describe('D-Bus addresses', () => {
       ['unix:path=', /path= is empty/],
       ['unix:path=/a,guid=xyz', /32 hex digits/],
       ['path=/a', /no transport name/],
+      ['systemd:path=/a', /systemd: takes no keys/],
       ['', /no address/],
     ];
     for (const [a, re] of bad) assert.throws(() => parseAddress(a), (e: unknown) => e instanceof AddressError && re.test(e.message), a);
