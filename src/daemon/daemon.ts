@@ -114,6 +114,11 @@ export class Daemon {
     logger.info(`bus ${busName}: joining upstream bus ${address}`);
   }
 
+  /** The service files of every legacy endpoint read again (SIGHUP, as dbus-daemon's). */
+  reloadServices(): void {
+    for (const e of this.legacy) e.reloadServices();
+  }
+
   /** Addresses where legacy D-Bus clients connect. */
   legacyAddresses(): string[] {
     return this.legacy.flatMap((e) => e.clientAddresses);

@@ -83,5 +83,6 @@ export async function applyReload(daemon: Daemon, next: Config): Promise<ReloadO
     pending.push(key);
     logger.warn(`reload: ${key} changed; the change takes effect when the daemon restarts`);
   }
+  daemon.reloadServices();
   return { pending };
 }

@@ -316,6 +316,8 @@ const DEFAULT_MAX_PENDING = 512;
 const DAEMON_ONLY_ENV = ['JOURNAL_STREAM', 'LISTEN_FDNAMES', 'LISTEN_FDS', 'LISTEN_PID', 'NOTIFY_SOCKET', 'INVOCATION_ID'];
 /** A child's output line longer than this is logged in pieces rather than buffered without bound. */
 const MAX_LOG_LINE = 8192;
+/** Quiet time after a change in a service directory before it is re-read (a package writes several files). */
+const CHANGE_SETTLE_MS = 100;
 
 /** What to run for a service: the program, its arguments and argv[0], and whom as. */
 interface Command {
@@ -384,6 +386,8 @@ export class Activation {
   private readonly pending = new Map<string, PendingStart>();
   private inFlight = 0;
   private closed = false;
+  private readonly watchers: fs.FSWatcher[] = [];
+  private changeTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: ActivationOptions) {
     const seen = new Set<string>();
@@ -481,10 +485,33 @@ export class Activation {
     return pending.promise;
   }
 
+  /**
+   * Calls `onChange` when files come, go or change in the service directories that exist,
+   * as dbus-daemon re-reads them on inotify's word; a burst of changes makes one call.
+   */
+  watchDirs(onChange: () => void): void {
+    for (const dir of this.dirs) {
+      if (!fs.existsSync(dir.path)) continue;
+      try {
+        const w = fs.watch(dir.path, { persistent: false }, () => {
+          clearTimeout(this.changeTimer);
+          this.changeTimer = setTimeout(onChange, CHANGE_SETTLE_MS);
+          this.changeTimer.unref();
+        });
+        w.on('error', (e) => logger.verbose(`service directory ${dir.path} is no longer watched: ${e.message}`));
+        this.watchers.push(w);
+      } catch (e) {
+        logger.verbose(`service directory ${dir.path} is not watched for changes: ${(e as Error).message}`);
+      }
+    }
+  }
+
   /** Abandons pending starts (they reject); started services keep running. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.changeTimer);
+    for (const w of this.watchers.splice(0)) w.close();
     for (const p of [...this.pending.values()]) {
       this.end(p, new ActivationError(ActivationErrorName.FAILED, `activation of ${p.name} abandoned: the bus is shutting down`));
     }

@@ -106,6 +106,7 @@ const ANY_PATH_INTERFACES = `  <interface name="org.freedesktop.DBus">
     <signal name="NameOwnerChanged"><arg type="s"/><arg type="s"/><arg type="s"/></signal>
     <signal name="NameLost"><arg type="s"/></signal>
     <signal name="NameAcquired"><arg type="s"/></signal>
+    <signal name="ActivatableServicesChanged"/>
     <property name="Features" type="as" access="read">
       <annotation name="org.freedesktop.DBus.Property.EmitsChangedSignal" value="const"/>
     </property>
@@ -145,7 +146,7 @@ function introspection(path: string | undefined): string {
 
 const PROPERTIES: Record<string, (bus: DriverBus) => Variant> = {
   // Forwarded messages are re-encoded: fields the bus does not know are gone, SENDER is its own.
-  Features: (bus) => new Variant('as', bus.systemdActivation ? ['HeaderFiltering', 'SystemdActivation'] : ['HeaderFiltering']),
+  Features: (bus) => new Variant('as', ['ActivatableServicesChanged', 'HeaderFiltering', ...(bus.systemdActivation ? ['SystemdActivation'] : [])]),
   Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring']),
 };
 

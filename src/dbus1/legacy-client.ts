@@ -382,6 +382,20 @@ export class LegacyClient implements DriverClient {
     });
   }
 
+  /**
+   * A broadcast of the driver's own (ActivatableServicesChanged), offered to every client of
+   * the endpoint: a monitor sees it (once, as it is offered once), another client if one of
+   * its rules takes it.
+   */
+  driverBroadcast(m: Message): void {
+    if (this.monitorConn) {
+      this.monitorConn.flush();
+      this.capture(m);
+    } else if (this.connection && this.wants(m)) {
+      this.sendToClient(m, NO_FDS, true);
+    }
+  }
+
   private wants(m: Message): boolean {
     const view = matchView(m);
     return this.rules.some((r) => r.rule.matches(view, this.ctx.owners));

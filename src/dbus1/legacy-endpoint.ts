@@ -18,7 +18,7 @@ import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
 import { LocalConnection } from './local-connection';
 import { kdbusIdOfUniqueName } from './match-rule';
-import { DRIVER_NAME, nameOwnersOf, SYSTEMD_NAME } from './translate';
+import { DRIVER_NAME, driverSignal, nameOwnersOf, SYSTEMD_NAME } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
 
 export interface LegacyEndpointOptions {
@@ -105,6 +105,7 @@ export class LegacyEndpoint {
         busType: type,
         ...(this.opts.systemdActivation ? { systemd: this.systemdLink() } : {}),
       });
+      this.activation.watchDirs(() => this.reloadServices());
     } catch (e) {
       this.stop();
       throw e;
@@ -124,7 +125,7 @@ export class LegacyEndpoint {
       isActivatable: (name) => this.activation?.isActivatable(name) ?? false,
       startService: (name) => activation().start(name, (n, signal) => waitForName(this.nameWatcher(), n, signal)),
       updateActivationEnvironment: (vars) => activation().updateEnvironment(vars),
-      reload: () => activation().reload(),
+      reload: () => this.reloadServices(),
       queuedOwners: (name) => {
         const entry = this.bus.names.entry(name);
         if (!entry) return [];
@@ -133,6 +134,18 @@ export class LegacyEndpoint {
         return ids;
       },
     };
+  }
+
+  /**
+   * Re-reads the service files (ReloadConfig, the daemon's SIGHUP, a change in a service
+   * directory) and says so with ActivatableServicesChanged, as dbus-daemon does after each
+   * reload, whether or not the list changed.
+   */
+  reloadServices(): void {
+    if (!this.activation) return;
+    this.activation.reload();
+    const m = driverSignal('ActivatableServicesChanged', '', []);
+    for (const c of this.clients) c.driverBroadcast(m);
   }
 
   /**

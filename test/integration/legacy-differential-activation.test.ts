@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import { pairUnavailable, startPair, type BusPair } from '../helpers/dbus1-differential';
 import { PYTHON, pythonHas, type LegacyBus } from '../helpers/legacy-bus';
@@ -63,12 +64,13 @@ describe('legacy endpoint: activation from service files, against dbus-daemon', 
   this.timeout(60_000);
   let pair: BusPair | undefined;
   let buses: LegacyBus[] = [];
+  let services: string;
 
   before(async function () {
     const missing = pairUnavailable(pythonHas('dbus, dbus.mainloop.glib, gi') ? undefined : `${PYTHON} with python3-dbus and python3-gi`);
     requireOrSkip(this, missing === undefined, missing ?? '');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'differential-activation-'));
-    const services = path.join(dir, 'services');
+    services = path.join(dir, 'services');
     fs.mkdirSync(services);
     const takeName = path.join(dir, 'take-name.py');
     fs.writeFileSync(takeName, TAKE_NAME);
@@ -111,5 +113,35 @@ describe('legacy endpoint: activation from service files, against dbus-daemon', 
     }));
     assert.deepEqual(outcomes[1], outcomes[0]);
     assert.equal(outcomes[0]!.starts['com.example.Act.Good'], 'started (1)');
+  });
+
+  it('says ActivatableServicesChanged after ReloadConfig, SIGHUP and a new service file, as dbus-daemon', async () => {
+    const rule = "type='signal',interface='org.freedesktop.DBus',member='ActivatableServicesChanged'";
+    const watchers = await Promise.all(buses.map(async (bus) => {
+      const got: Message[] = [];
+      const c = await UpstreamConnection.connect(bus.address, { label: `watcher on ${bus.kind}`, handlers: { message: (m) => got.push(m), closed: () => undefined } });
+      await c.callDriver('AddMatch', 's', [rule]);
+      return { bus, c, got };
+    }));
+    const settled = async (w: (typeof watchers)[number], n: number): Promise<number> => {
+      for (let waited = 0; w.got.filter((m) => m.member === 'ActivatableServicesChanged').length < n && waited < 5_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+      // A change seen twice (the file made, then written) may come as two signals: only "at least" counts.
+      return Math.min(n, w.got.filter((m) => m.member === 'ActivatableServicesChanged').length);
+    };
+    try {
+      const counts: number[][] = watchers.map(() => []);
+      for (const w of watchers) await w.c.callDriver('ReloadConfig');
+      for (const [i, w] of watchers.entries()) counts[i]!.push(await settled(w, 1));
+      for (const w of watchers) process.kill(w.bus.busPid()!, 'SIGHUP');
+      for (const [i, w] of watchers.entries()) counts[i]!.push(await settled(w, 2));
+      fs.writeFileSync(path.join(services, 'added.service'), '[D-BUS Service]\nName=com.example.Act.Added\nExec=/bin/false\n');
+      for (const [i, w] of watchers.entries()) counts[i]!.push(await settled(w, 3));
+      assert.deepEqual(counts, [[1, 2, 3], [1, 2, 3]], 'signals after ReloadConfig, SIGHUP, a new file (dbus-daemon, kdbus-cuse)');
+      const shape = (m: Message): unknown[] => [m.type, m.sender, m.destination, m.path, m.interface, m.signature ?? '', m.body];
+      assert.deepEqual(shape(watchers[1]!.got.find((m) => m.member === 'ActivatableServicesChanged')!), shape(watchers[0]!.got.find((m) => m.member === 'ActivatableServicesChanged')!));
+      for (const w of watchers) assert.ok(((await w.c.callDriver('ListActivatableNames')).body[0] as string[]).includes('com.example.Act.Added'), w.bus.kind);
+    } finally {
+      for (const w of watchers) w.c.close();
+    }
   });
 });
