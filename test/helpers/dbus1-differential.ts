@@ -49,6 +49,45 @@ export async function startPair(label: string, options: Partial<Record<BusKind, 
   return { buses, dir: root, stop };
 }
 
+/** A python3-dbus service that takes the name it is given on the bus that started it, and ends with that bus. */
+const TAKE_NAME = [
+  'import os, sys, dbus, dbus.mainloop.glib',
+  'from gi.repository import GLib',
+  'dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)',
+  "bus = dbus.bus.BusConnection(os.environ['DBUS_STARTER_ADDRESS'])",
+  'bus.set_exit_on_disconnect(True)',
+  'bus.request_name(sys.argv[1])',
+  'GLib.timeout_add(10000, lambda: sys.exit(0))',
+  'GLib.MainLoop().run()',
+].join('\n');
+
+/**
+ * The pair with one directory of service files: `files(takeName)` gives them by file name,
+ * `takeName` being the path of a script that takes the name it is given (run it with
+ * PYTHON). dbus-daemon lets everyone send, receive, eavesdrop and own; `kdbusConfig` adds to
+ * kdbus-cuse's configuration.
+ */
+export async function startActivationPair(
+  label: string, files: (takeName: string) => Record<string, string>, kdbusConfig: Record<string, unknown> = {},
+): Promise<{ pair: BusPair; services: string }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${label}-`));
+  const services = path.join(dir, 'services');
+  fs.mkdirSync(services);
+  const takeName = path.join(dir, 'take-name.py');
+  fs.writeFileSync(takeName, TAKE_NAME);
+  for (const [file, text] of Object.entries(files(takeName))) fs.writeFileSync(path.join(services, file), Buffer.from(text, 'latin1'));
+  const daemonConfig = path.join(dir, 'dbus-daemon.conf');
+  fs.writeFileSync(daemonConfig, [
+    '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">',
+    `<busconfig><type>session</type><listen>unix:tmpdir=${dir}</listen><servicedir>${services}</servicedir>`,
+    '<policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow receive_sender="*"/><allow own="*"/></policy></busconfig>',
+  ].join('\n'));
+  const kdbusConfigFile = path.join(dir, 'kdbus-cuse.json');
+  fs.writeFileSync(kdbusConfigFile, JSON.stringify({ serviceDirs: [services], ...kdbusConfig }));
+  const pair = await startPair(label, { 'dbus-daemon': { configFile: daemonConfig }, 'kdbus-cuse': { configFile: kdbusConfigFile } }, dir);
+  return { pair, services };
+}
+
 /**
  * For the tests of the calling `describe`: the pair started before them, with an arena
  * (the clients a test drives) opened on each bus, and all of it stopped after them. The

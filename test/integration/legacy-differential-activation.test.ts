@@ -5,25 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
-import { pairUnavailable, startPair, type BusPair } from '../helpers/dbus1-differential';
+import { pairUnavailable, startActivationPair, type BusPair } from '../helpers/dbus1-differential';
 import { PYTHON, pythonHas, type LegacyBus } from '../helpers/legacy-bus';
 import { requireOrSkip } from '../helpers/require';
-
-/** Takes the name it is given on the bus that started it, and ends with that bus. */
-const TAKE_NAME = [
-  'import os, sys, dbus, dbus.mainloop.glib',
-  'from gi.repository import GLib',
-  'dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)',
-  "bus = dbus.bus.BusConnection(os.environ['DBUS_STARTER_ADDRESS'])",
-  'bus.set_exit_on_disconnect(True)',
-  'bus.request_name(sys.argv[1])',
-  'GLib.timeout_add(10000, lambda: sys.exit(0))',
-  'GLib.MainLoop().run()',
-].join('\n');
 
 /**
  * Service files good and bad, by file name: their syntax, the ways a start fails. Not
@@ -69,22 +56,11 @@ describe('legacy endpoint: activation from service files, against dbus-daemon', 
   before(async function () {
     const missing = pairUnavailable(pythonHas('dbus, dbus.mainloop.glib, gi') ? undefined : `${PYTHON} with python3-dbus and python3-gi`);
     requireOrSkip(this, missing === undefined, missing ?? '');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'differential-activation-'));
-    services = path.join(dir, 'services');
-    fs.mkdirSync(services);
-    const takeName = path.join(dir, 'take-name.py');
-    fs.writeFileSync(takeName, TAKE_NAME);
-    for (const [name, text] of Object.entries(serviceFiles(takeName))) fs.writeFileSync(path.join(services, `${name}.service`), Buffer.from(text, 'latin1'));
-    fs.writeFileSync(path.join(services, 'wrong-suffix.txt'), '[D-BUS Service]\nName=com.example.Act.Txt\nExec=/bin/false\n');
-    const daemonConfig = path.join(dir, 'dbus-daemon.conf');
-    fs.writeFileSync(daemonConfig, [
-      '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">',
-      `<busconfig><type>session</type><listen>unix:tmpdir=${dir}</listen><servicedir>${services}</servicedir>`,
-      '<policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy></busconfig>',
-    ].join('\n'));
-    const kdbusConfig = path.join(dir, 'kdbus-cuse.json');
-    fs.writeFileSync(kdbusConfig, JSON.stringify({ serviceDirs: [services] }));
-    pair = await startPair('differential-activation', { 'dbus-daemon': { configFile: daemonConfig }, 'kdbus-cuse': { configFile: kdbusConfig } }, dir);
+    const files = (takeName: string): Record<string, string> => ({
+      ...Object.fromEntries(Object.entries(serviceFiles(takeName)).map(([name, text]) => [`${name}.service`, text])),
+      'wrong-suffix.txt': '[D-BUS Service]\nName=com.example.Act.Txt\nExec=/bin/false\n',
+    });
+    ({ pair, services } = await startActivationPair('differential-activation', files));
     buses = pair.buses;
   });
 

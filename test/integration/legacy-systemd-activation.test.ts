@@ -8,37 +8,22 @@
  * anyone but systemd, must be as on dbus-daemon.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { MessageType, type Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import type { Variant } from '../../src/dbus1/value';
-import { DRIVER, DRIVER_PATH, pairUnavailable, startPair, type BusPair } from '../helpers/dbus1-differential';
+import { DRIVER, DRIVER_PATH, pairUnavailable, startActivationPair, type BusPair } from '../helpers/dbus1-differential';
 import { PYTHON, pythonHas, type LegacyBus } from '../helpers/legacy-bus';
 import { requireOrSkip } from '../helpers/require';
 
 const SYSTEMD = 'org.freedesktop.systemd1';
 const ACTIVATOR = 'org.freedesktop.systemd1.Activator';
 
-/** Takes the name it is given on the bus that started it, and ends with that bus. */
-const TAKE_NAME = [
-  'import os, sys, dbus, dbus.mainloop.glib',
-  'from gi.repository import GLib',
-  'dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)',
-  "bus = dbus.bus.BusConnection(os.environ['DBUS_STARTER_ADDRESS'])",
-  'bus.set_exit_on_disconnect(True)',
-  'bus.request_name(sys.argv[1])',
-  'GLib.timeout_add(10000, lambda: sys.exit(0))',
-  'GLib.MainLoop().run()',
-].join('\n');
-
 function serviceFiles(takeName: string): Record<string, string> {
   return {
     // systemd's own files say Exec=/bin/false: the unit, not Exec, must run.
-    good: '[D-BUS Service]\nName=com.example.Sd.Good\nExec=/bin/false\nSystemdService=sd-good.service\n',
-    failing: '[D-BUS Service]\nName=com.example.Sd.Failing\nExec=/bin/false\nSystemdService=sd-failing.service\n',
-    plain: `[D-BUS Service]\nName=com.example.Sd.Plain\nExec=${PYTHON} ${takeName} com.example.Sd.Plain\n`,
+    'good.service': '[D-BUS Service]\nName=com.example.Sd.Good\nExec=/bin/false\nSystemdService=sd-good.service\n',
+    'failing.service': '[D-BUS Service]\nName=com.example.Sd.Failing\nExec=/bin/false\nSystemdService=sd-failing.service\n',
+    'plain.service': `[D-BUS Service]\nName=com.example.Sd.Plain\nExec=${PYTHON} ${takeName} com.example.Sd.Plain\n`,
   };
 }
 
@@ -116,21 +101,7 @@ describe('legacy endpoint: systemd activation, against dbus-daemon', function ()
   before(async function () {
     const missing = pairUnavailable(pythonHas('dbus, dbus.mainloop.glib, gi') ? undefined : `${PYTHON} with python3-dbus and python3-gi`);
     requireOrSkip(this, missing === undefined, missing ?? '');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'differential-systemd-'));
-    const services = path.join(dir, 'services');
-    fs.mkdirSync(services);
-    const takeName = path.join(dir, 'take-name.py');
-    fs.writeFileSync(takeName, TAKE_NAME);
-    for (const [name, text] of Object.entries(serviceFiles(takeName))) fs.writeFileSync(path.join(services, `${name}.service`), text);
-    const daemonConfig = path.join(dir, 'dbus-daemon.conf');
-    fs.writeFileSync(daemonConfig, [
-      '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">',
-      `<busconfig><type>session</type><listen>unix:tmpdir=${dir}</listen><servicedir>${services}</servicedir>`,
-      '<policy context="default"><allow send_destination="*"/><allow receive_sender="*"/><allow own="*"/></policy></busconfig>',
-    ].join('\n'));
-    const kdbusConfig = path.join(dir, 'kdbus-cuse.json');
-    fs.writeFileSync(kdbusConfig, JSON.stringify({ serviceDirs: [services], systemdActivation: true }));
-    pair = await startPair('differential-systemd', { 'dbus-daemon': { configFile: daemonConfig }, 'kdbus-cuse': { configFile: kdbusConfig } }, dir);
+    ({ pair } = await startActivationPair('differential-systemd', serviceFiles, { systemdActivation: true }));
   });
 
   after(async function () {

@@ -8,12 +8,7 @@
  * that does not exist fails the call with the error systemd sends back (ActivationFailure).
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
-import { requireOrSkip } from '../helpers/require';
-import { Vm } from '../vm/vm';
-
-const PROJECT = path.resolve(__dirname, '../../..');
+import { requireSystemdVm, runUnderSystemd, sectionOf } from '../helpers/vm-systemd';
 
 /** Runs in the check unit; one section per step. */
 const CHECK = (share: string): string => `exec > ${share}/check.out 2>&1
@@ -43,10 +38,8 @@ section end
 systemctl poweroff
 `;
 
-const JOB = (share: string, p: string): string => `set -e
-mkdir -p /usr/lib/kdbus-cuse /usr/share/dbus-1/system-services
-cp -a ${p}/bin ${p}/dist ${p}/node_modules ${p}/package.json /usr/lib/kdbus-cuse/
-ln -sf /usr/lib/kdbus-cuse/bin/kdbus-cuse /usr/bin/kdbus-cuse
+/** kdbus-cuse as dbus.socket and dbus.service, two D-Bus services, the unit of one. */
+const SETUP = (): string => `mkdir -p /usr/share/dbus-1/system-services
 # Where dbus-broker is installed, /etc/systemd/system/dbus.service is a link to its unit.
 rm -f /etc/systemd/system/dbus.service /etc/systemd/system/dbus.socket
 cat > /etc/systemd/system/dbus.socket <<'EOF'
@@ -90,52 +83,18 @@ cat > /etc/systemd/system/example-sd.service <<'EOF'
 Type=dbus
 BusName=com.example.Sd
 ExecStart=/usr/bin/python3 /usr/lib/kdbus-cuse/take-name.py com.example.Sd
-EOF
-cat > /etc/systemd/system/bus-check.service <<'EOF'
-[Unit]
-Description=kdbus-cuse as the system bus: checks
-Wants=dbus.service
-After=dbus.service
-[Service]
-Type=oneshot
-ExecStart=/bin/sh ${share}/check.sh
-EOF
-cat > /etc/systemd/system/bus-test.target <<'EOF'
-[Unit]
-Description=kdbus-cuse as the system bus of systemd
-Wants=dbus.socket bus-check.service
-EOF
-set +e
-unshare --pid --fork --mount-proc env container=kdbus-cuse-test /lib/systemd/systemd systemd.unit=bus-test.target systemd.show_status=0 >${share}/systemd.log 2>&1
-echo "systemd exited with $?"
-`;
+EOF`;
 
 describe('systemd activation with systemd as PID 1 (in the test VM)', function () {
   this.timeout(600_000);
   let sections: Map<string, string>;
 
   before(async function () {
-    const missing = Vm.unavailableReason();
-    requireOrSkip(this, missing === undefined, `the test VM: ${missing}`);
-    requireOrSkip(this, fs.existsSync('/lib/systemd/systemd'), 'systemd (Debian package systemd)');
-    const vm = await Vm.boot();
-    try {
-      fs.writeFileSync(path.join(vm.shareDir, 'check.sh'), CHECK(vm.shareDir));
-      fs.writeFileSync(path.join(vm.shareDir, 'job.sh'), JOB(vm.shareDir, PROJECT));
-      const r = await vm.run(`sh ${vm.shareDir}/job.sh`, { timeoutMs: 540_000 });
-      const out = path.join(vm.shareDir, 'check.out');
-      assert.ok(fs.existsSync(out), `the check service did not run:\n${r.stdout}${r.stderr}\n${fs.readFileSync(path.join(vm.shareDir, 'systemd.log'), 'utf8').slice(-4000)}`);
-      sections = new Map();
-      for (const part of fs.readFileSync(out, 'utf8').split(/^=== /m).slice(1)) {
-        const nl = part.indexOf('\n');
-        sections.set(part.slice(0, nl), part.slice(nl + 1));
-      }
-    } finally {
-      await vm.shutdown();
-    }
+    requireSystemdVm(this);
+    sections = await runUnderSystemd({ setup: SETUP, check: CHECK, after: 'dbus.service' });
   });
 
-  const section = (name: string): string => sections.get(name) ?? assert.fail(`no section ${name}; got ${[...sections.keys()].join(', ')}`);
+  const section = (name: string): string => sectionOf(sections, name);
 
   it('has systemd on the bus as org.freedesktop.systemd1, the bus saying it does systemd activation', () => {
     const s = section('systemd');

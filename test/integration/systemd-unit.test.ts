@@ -20,8 +20,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Vm } from '../vm/vm';
 import { requireOrSkip } from '../helpers/require';
+import { requireSystemdVm, runUnderSystemd, sectionOf } from '../helpers/vm-systemd';
 
 const PROJECT = path.resolve(__dirname, '../../..');
 const UNIT = path.join(PROJECT, 'systemd/kdbus-cuse.service');
@@ -212,13 +212,9 @@ section end
 systemctl poweroff
 `;
 
-/** The VM job: install the project as packaged, the unit, the test units; then boot systemd. */
-const JOB = (share: string, p: string): string => `set -e
-mkdir -p /usr/lib/kdbus-cuse /etc/default
-# A copy, as a package would install it (a checkout under /tmp is not visible under systemd).
-cp -a ${p}/bin ${p}/dist ${p}/node_modules ${p}/package.json /usr/lib/kdbus-cuse/
+/** The shim and the C client beside the installed project, the unit and its configuration, two client units. */
+const SETUP = (_share: string, p: string): string => `mkdir -p /etc/default
 mkdir -p /usr/lib/kdbus-cuse/shim /usr/lib/kdbus-cuse/test/c && cp -a ${p}/shim/build /usr/lib/kdbus-cuse/shim/ && cp -a ${p}/test/c/build /usr/lib/kdbus-cuse/test/c/
-ln -sf /usr/lib/kdbus-cuse/bin/kdbus-cuse /usr/bin/kdbus-cuse
 cp ${p}/systemd/kdbus-cuse.service /etc/systemd/system/
 echo 'KDBUS_CUSE_OPTS="--config /etc/kdbus-cuse.json"' > /etc/default/kdbus-cuse
 echo '{ "buses": ["0-system"] }' > /etc/kdbus-cuse.json
@@ -241,54 +237,20 @@ Description=a bind mount onto /sys/fs/kdbus without a private /sys/fs
 Type=oneshot
 BindPaths=/dev/kdbus:/sys/fs/kdbus
 ExecStart=/bin/true
-EOF
-cat > /etc/systemd/system/kdbus-check.service <<'EOF'
-[Unit]
-Description=kdbus-cuse checks
-Wants=kdbus-cuse.service
-After=kdbus-cuse.service
-[Service]
-Type=oneshot
-ExecStart=/bin/sh ${share}/check.sh
-EOF
-cat > /etc/systemd/system/kdbus-test.target <<'EOF'
-[Unit]
-Description=kdbus-cuse under systemd
-Wants=kdbus-check.service
-EOF
-set +e
-unshare --pid --fork --mount-proc env container=kdbus-cuse-test /lib/systemd/systemd systemd.unit=kdbus-test.target systemd.show_status=0 >${share}/systemd.log 2>&1
-echo "systemd exited with $?"
-`;
+EOF`;
 
 describe('systemd unit: started by systemd as PID 1 (in the test VM)', function () {
   this.timeout(600_000);
   let sections: Map<string, string>;
 
   before(async function () {
-    const missing = Vm.unavailableReason();
-    requireOrSkip(this, missing === undefined, `the test VM: ${missing}`);
-    requireOrSkip(this, fs.existsSync('/lib/systemd/systemd'), 'systemd (Debian package systemd)');
+    requireSystemdVm(this);
     const built = spawnSync('make', ['-s', '-C', path.join(PROJECT, 'test', 'c')], { encoding: 'utf8' });
     assert.equal(built.status, 0, `building the C test client: ${built.stderr}`);
-    const vm = await Vm.boot();
-    try {
-      fs.writeFileSync(path.join(vm.shareDir, 'check.sh'), CHECK(vm.shareDir));
-      fs.writeFileSync(path.join(vm.shareDir, 'job.sh'), JOB(vm.shareDir, PROJECT));
-      const r = await vm.run(`sh ${vm.shareDir}/job.sh`, { timeoutMs: 540_000 });
-      const out = path.join(vm.shareDir, 'check.out');
-      assert.ok(fs.existsSync(out), `the check service did not run:\n${r.stdout}${r.stderr}\n${fs.readFileSync(path.join(vm.shareDir, 'systemd.log'), 'utf8').slice(-4000)}`);
-      sections = new Map();
-      for (const part of fs.readFileSync(out, 'utf8').split(/^=== /m).slice(1)) {
-        const nl = part.indexOf('\n');
-        sections.set(part.slice(0, nl), part.slice(nl + 1));
-      }
-    } finally {
-      await vm.shutdown();
-    }
+    sections = await runUnderSystemd({ setup: SETUP, check: CHECK, after: 'kdbus-cuse.service' });
   });
 
-  const section = (name: string): string => sections.get(name) ?? assert.fail(`no section ${name}; got ${[...sections.keys()].join(', ')}`);
+  const section = (name: string): string => sectionOf(sections, name);
   const prop = (text: string, key: string): string | undefined => new RegExp(`^${key}=(.*)$`, 'm').exec(text)?.[1];
 
   it('is active once READY=1 came, with the nodes and sockets in place', () => {
