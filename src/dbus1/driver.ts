@@ -53,6 +53,8 @@ export interface DriverClient {
   /** May change bus-wide state only the bus owner or root may (activation environment). */
   readonly trusted: boolean;
   send(m: Message): void;
+  /** The driver answered `call` (or kept back a bare acknowledgement), not with an error. */
+  answered(call: Message): void;
   addMatch(rule: MatchRule): void;
   removeMatch(rule: MatchRule): boolean;
   becomeMonitor(rules: MatchRule[]): void;
@@ -481,6 +483,7 @@ export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
     .then(([signature, body]) => {
       const reply = driverReply(m, signature, body);
       if (wantsAck || !ACKNOWLEDGEMENTS.has(m.member!)) c.send(reply);
+      c.answered(m);
     }, refuse)
     .catch((e: unknown) => {
       try {

@@ -6,8 +6,8 @@
  * failures) into dbus1, filtered by the client's match rules exactly.
  *
  * The client owns its socket stream, its kdbus connection (and with it names, matches,
- * pending replies and pool) and, once it became a monitor, a monitor connection; close()
- * releases all of them.
+ * pending replies and pool), once it became a monitor a monitor connection, and while it
+ * eavesdrops an Eavesdropper; close() releases all of them.
  */
 import { Attach, KDBUS_DST_ID_BROADCAST, KDBUS_DST_ID_NAME, ListFlags, NameFlags } from '../abi/constants';
 import { KdbusError } from '../abi/errno';
@@ -24,6 +24,7 @@ import { Bloom } from './bloom';
 import { answerUnaddressed, callDriver, DBusError, DriverError, driverErrorOf, type DriverBus, type DriverClient } from './driver';
 import { LocalConnection, type MatchRule as KdbusRule } from './local-connection';
 import { kdbusIdOfUniqueName, kdbusMatchOf, MatchRule, type NameOwners } from './match-rule';
+import { Eavesdropper } from './eavesdropper';
 import { decodeMessage, encodeDecodedMessage, encodeMessage, MessageFlag, MessageType, UnknownMessageType, type Message } from './message';
 import { MessageStream } from './message-stream';
 import { withReusedOutput } from './output-buffer';
@@ -58,6 +59,8 @@ export interface LegacyEndpointContext {
    * it to them: calls to the driver and the driver's answers and name signals.
    */
   readonly monitors: Set<LegacyClient>;
+  /** Clients that eavesdrop (Eavesdropper): the driver's calls are shown to them too. */
+  readonly eavesdroppers: Set<LegacyClient>;
   /** Kdbus ids of the legacy clients: their name changes they show monitors themselves. */
   readonly legacyIds: Set<bigint>;
   /** The client said Hello: it is a connection of the bus now, no longer an incomplete one. */
@@ -113,6 +116,7 @@ export class LegacyClient implements DriverClient {
   private connection: LocalConnection | undefined;
   private monitorConn: LocalConnection | undefined;
   private monitorRules: MatchRule[] = [];
+  private eavesdropper: Eavesdropper | undefined;
   private bloom: Bloom | undefined;
   private readonly rules: InstalledRule[] = [];
   private nextCookie = FIRST_RULE_COOKIE;
@@ -362,6 +366,19 @@ export class LegacyClient implements DriverClient {
     this.sendToClient(m);
   }
 
+  /** DriverClient: dbus-daemon shows a driver call to eavesdroppers once it was answered without an error. */
+  answered(call: Message): void {
+    for (const c of this.ctx.eavesdroppers) {
+      c.eavesdropper?.flush();
+      c.overhear(call);
+    }
+  }
+
+  /** A message addressed to another connection, for an eavesdropper whose rules take it. */
+  private overhear(m: Message): void {
+    if (this.wants(m)) this.sendToClient(m, NO_FDS, true);
+  }
+
   /**
    * `shown`: monitors have seen it already (it is their own capture). `decoded`: m is as a
    * decoder gave it, sender and destination aside (see encodeDecodedMessage).
@@ -487,6 +504,7 @@ export class LegacyClient implements DriverClient {
     const cookie = this.nextCookie++;
     try {
       for (const entry of kdbusEntries(rule, this.bloom!)) this.conn.addMatch(cookie, entry);
+      if (rule.eavesdrop) this.startEavesdropping();
     } catch (e) {
       this.safeRemoveMatch(cookie);
       throw e;
@@ -499,7 +517,30 @@ export class LegacyClient implements DriverClient {
     if (i < 0) return false;
     const [removed] = this.rules.splice(i, 1);
     this.safeRemoveMatch(removed!.cookie);
+    if (!this.rules.some((r) => r.rule.eavesdrop)) this.stopEavesdropping();
     return true;
+  }
+
+  /** Only a client that may become a monitor sees what others address to each other; another's eavesdrop='true' rules take broadcasts alone. */
+  private startEavesdropping(): void {
+    if (this.eavesdropper || !this.trusted) return;
+    const id = callerIdentity(this.peer.pid);
+    this.eavesdropper = new Eavesdropper({
+      node: this.ctx.node,
+      creds: id.creds,
+      pid: id.tgid,
+      description: description('legacy-eavesdrop', this.peer.pid),
+      owners: this.ctx.owners,
+      self: this.uniqueName,
+      overhear: (m) => this.overhear(m),
+    });
+    this.ctx.eavesdroppers.add(this);
+  }
+
+  private stopEavesdropping(): void {
+    this.eavesdropper?.close();
+    this.eavesdropper = undefined;
+    this.ctx.eavesdroppers.delete(this);
   }
 
   private safeRemoveMatch(cookie: bigint): void {
@@ -525,6 +566,7 @@ export class LegacyClient implements DriverClient {
     this.ctx.legacyIds.delete(conn.id);
     conn.close();
     this.rules.splice(0);
+    this.stopEavesdropping();
     // kdbus monitors must be privileged; the endpoint vouches for a client it found trusted.
     this.monitorConn = LocalConnection.open(this.ctx.node, { creds: id.creds, pid: id.tgid, privileged: true }, {
       attachFlagsRecv: 0n,
@@ -589,6 +631,7 @@ export class LegacyClient implements DriverClient {
     clearTimeout(this.authTimer);
     this.ctx.monitors.delete(this);
     if (this.connection) this.ctx.legacyIds.delete(this.connection.id);
+    this.stopEavesdropping();
     this.monitorConn?.close();
     this.connection?.close();
     this.ctx.forget(this);
@@ -602,8 +645,8 @@ export class LegacyClient implements DriverClient {
  * checked again on every message (a bloom mask has false positives).
  */
 function kdbusEntries(rule: MatchRule, bloom: Bloom): KdbusRule[][] {
-  // eavesdrop='true' takes broadcasts as the rule without it does; what it would add,
-  // messages addressed to others, kdbus shows only to monitors.
+  // eavesdrop='true' takes broadcasts as the rule without it does; what it adds, messages
+  // addressed to others, kdbus shows only to monitors: the client's Eavesdropper has one.
   const parts = kdbusMatchOf(rule, 'safe');
   const entries: KdbusRule[][] = [];
   if (rule.sender !== DRIVER_NAME && (rule.type === undefined || rule.type === 'signal')) {

@@ -78,6 +78,7 @@ export class LegacyEndpoint {
         return id !== undefined && bus.connection(id) !== undefined;
       },
       monitors: new Set(),
+      eavesdroppers: new Set(),
       legacyIds: new Set(),
       registered: (c) => this.complete(c),
       forget: (c) => {

@@ -481,6 +481,40 @@ for (const kind of BUS_KINDS) {
         await mon.stop();
       });
 
+      // dbus-broker has no eavesdropping: it refuses the rule.
+      if (kind !== 'dbus-broker') {
+        it("an eavesdrop='true' rule (python3-dbus) takes a call between two other peers, and not their other calls", async () => {
+          const ear = new Proc('python3-dbus eavesdropper', PYTHON, [path.join(LEGACY_SCRIPTS, 'client.py'), bus.address, 'eavesdrop', `eavesdrop='true',member='Describe'`]);
+          extra.push(ear);
+          await ear.waitForLine(/^EAVESDROPPING /);
+          ok('Pid', await run('dbus-send', [`--bus=${bus.address}`, '--print-reply', `--dest=${SERVICE}`, OBJ, `${IFACE}.Pid`]));
+          ok('Describe', await run('dbus-send', [`--bus=${bus.address}`, '--print-reply', `--dest=${SERVICE}`, OBJ, `${IFACE}.Describe`]));
+          const seen = await ear.waitForLine(/^MSG method_call (\S+) (\S+) (\S+) (\S+) (\S+)$/, 10_000);
+          assert.deepEqual(seen.slice(2), [SERVICE, OBJ, IFACE, 'Describe']);
+          assert.deepEqual(ear.lines().filter((l) => l.startsWith('MSG method_call ')), [seen[0]]);
+          await ear.stop();
+        });
+      }
+
+      if (kind === 'kdbus-cuse') {
+        it("an eavesdrop='true' rule of a client that may not become a monitor (uid 65534) takes broadcasts alone", async () => {
+          // The bus's directory is the test's own; the socket in it is for everyone.
+          fs.chmodSync(dir, 0o755);
+          const ear = new Proc('python3-dbus eavesdropper as 65534', 'setpriv', [
+            '--reuid=65534', '--regid=65534', '--clear-groups',
+            PYTHON, path.join(LEGACY_SCRIPTS, 'client.py'), bus.address, 'eavesdrop', `eavesdrop='true',interface='${IFACE}'`,
+          ]);
+          extra.push(ear);
+          await ear.waitForLine(/^EAVESDROPPING /);
+          ok('Describe', await run('dbus-send', [`--bus=${bus.address}`, '--print-reply', `--dest=${SERVICE}`, OBJ, `${IFACE}.Describe`]));
+          // kdbus lets a connection hear broadcasts of its own uid (no policy names others).
+          ok('a signal as 65534', await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'dbus-send', `--bus=${bus.address}`, '--type=signal', OBJ, `${IFACE}.Tick`]));
+          await ear.waitForLine(/^MSG signal \S+ None \S+ \S+ Tick$/, 10_000);
+          assert.deepEqual(ear.lines().filter((l) => l.startsWith('MSG method_call ')), [], 'it saw what others addressed to each other');
+          await ear.stop();
+        });
+      }
+
       it('a monitor loses its unique name: NameLost, and the name has no owner any more', async () => {
         const mon = new Proc('python3-dbus monitor', PYTHON, [path.join(LEGACY_SCRIPTS, 'client.py'), bus.address, 'monitor', `type='method_call',member='Nothing'`]);
         extra.push(mon);

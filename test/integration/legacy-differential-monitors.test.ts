@@ -1,7 +1,8 @@
 /**
- * Monitors on dbus-daemon and on kdbus-cuse's legacy endpoint side by side: six monitors
+ * Monitors and eavesdroppers on dbus-daemon and on kdbus-cuse's legacy endpoint side by
+ * side: six monitors and five eavesdroppers (ordinary clients with eavesdrop='true' rules)
  * with different rules watch two clients' calls, replies, errors, signals and name changes,
- * and must see what dbus-daemon's monitors see, in the same order.
+ * and must see what dbus-daemon's see, in the same order.
  */
 import assert from 'node:assert/strict';
 import { MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
@@ -18,6 +19,11 @@ const FENCE_IFACE = 'com.example.Fence';
 const MONITOR_RULES: readonly (readonly string[])[] = [
   [], ["type='signal'"], [`sender='${DRIVER}'`], ["type='error'", "type='method_return'"], [`destination='${DRIVER}'`], [`interface='${MON_IFACE}'`],
 ];
+/** The rules of the eavesdroppers watching at once; each also takes the fences. */
+const EAVESDROP_RULES: readonly (readonly string[])[] = [
+  ["eavesdrop='true'"], ["eavesdrop='true',type='method_call'"], [`eavesdrop='true',destination='${DRIVER}'`],
+  [`eavesdrop='true',interface='${MON_IFACE}'`], ["eavesdrop='true',type='error'", "eavesdrop='true',type='method_return'"],
+];
 
 interface MonitorStep {
   /** Which client acts (A or B), and what it does. */
@@ -33,13 +39,13 @@ function monitorStep(rnd: () => number, n: number): MonitorStep {
 
 /**
  * Clients A (answers calls) and B (answers calls with an error, takes MON_IFACE's
- * signals) and monitors with the rule sets above. After each step its actor broadcasts a
- * fence, and the step is over once every monitor saw it: what the monitors saw in between
- * is the step's record.
+ * signals), then monitors and eavesdroppers with the rule sets above (the watchers). After
+ * each step its actor broadcasts a fence, and the step is over once every watcher saw it:
+ * what the watchers saw in between is the step's record.
  */
 class MonitorArena {
   private readonly clients: UpstreamConnection[] = [];
-  private readonly monitors: UpstreamConnection[] = [];
+  private readonly watchers: UpstreamConnection[] = [];
   private readonly seen: Message[][] = [];
   private fence: { member: string; waiting: Set<number>; done: () => void } | undefined;
 
@@ -63,15 +69,24 @@ class MonitorArena {
         destination: DRIVER, path: DRIVER_PATH, interface: 'org.freedesktop.DBus.Monitoring', member: 'BecomeMonitor',
         signature: 'asu', body: [[...rules, `interface='${FENCE_IFACE}'`], 0],
       });
-      arena.monitors.push(monitor);
+      arena.watchers.push(monitor);
     }
-    // What the monitors were told of themselves while they became monitors is no step's.
+    for (const rules of EAVESDROP_RULES) {
+      const i = arena.seen.push([]) - 1;
+      const eavesdropper = await UpstreamConnection.connect(bus.address, {
+        label: `eavesdropper ${i} on ${bus.kind}`,
+        handlers: { message: (m) => arena.onMonitored(i, m), closed: () => undefined },
+      });
+      for (const rule of [...rules, `interface='${FENCE_IFACE}'`]) await eavesdropper.callDriver('AddMatch', 's', [rule]);
+      arena.watchers.push(eavesdropper);
+    }
+    // What the watchers were told of themselves while they set up is no step's.
     await arena.step({ actor: 0, action: 'lookup', n: -1 });
     return arena;
   }
 
   close(): void {
-    for (const c of [...this.clients, ...this.monitors]) c.close();
+    for (const c of [...this.clients, ...this.watchers]) c.close();
   }
 
   async step(s: MonitorStep): Promise<unknown[][]> {
@@ -97,10 +112,10 @@ class MonitorArena {
       case 'missing': await call('com.example.Mon.Missing'); break;
     }
     const member = `Fence${s.n + 1}`;
-    const fenced = new Promise<void>((done) => (this.fence = { member, waiting: new Set(this.monitors.keys()), done }));
+    const fenced = new Promise<void>((done) => (this.fence = { member, waiting: new Set(this.watchers.keys()), done }));
     actor.send({ type: MessageType.Signal, flags: 0, serial: 0n, path: '/fence', interface: FENCE_IFACE, member, signature: '', body: [] });
     await fenced;
-    const names = new Map<string, string>([...this.clients.map((c, i): [string, string] => [c.uniqueName, `client ${i}`]), ...this.monitors.map((c, i): [string, string] => [c.uniqueName, `monitor ${i}`])]);
+    const names = new Map<string, string>([...this.clients.map((c, i): [string, string] => [c.uniqueName, `client ${i}`]), ...this.watchers.map((c, i): [string, string] => [c.uniqueName, `watcher ${i}`])]);
     return this.seen.map((l) => l.map((m) => ({ ...(described(m, names) as object), sender: m.sender === undefined ? undefined : names.get(m.sender) ?? m.sender, replySerial: undefined })));
   }
 
@@ -121,11 +136,11 @@ class MonitorArena {
   }
 }
 
-describe('legacy endpoint: monitors, against dbus-daemon', function () {
+describe('legacy endpoint: monitors and eavesdroppers, against dbus-daemon', function () {
   this.timeout(60_000);
   const { arenas } = pairWithArenas('differential-monitors', (bus) => MonitorArena.open(bus));
 
-  it(`${MONITOR_STEPS} steps of two clients (seed ${SEED}): ${MONITOR_RULES.length} monitors with different rules see what dbus-daemon's see, in order`, async function () {
+  it(`${MONITOR_STEPS} steps of two clients (seed ${SEED}): ${MONITOR_RULES.length} monitors and ${EAVESDROP_RULES.length} eavesdroppers with different rules see what dbus-daemon's see, in order`, async function () {
     const rnd = seededRandom(SEED);
     let seen = 0;
     for (let i = 0; i < MONITOR_STEPS; i++) {
@@ -134,6 +149,6 @@ describe('legacy endpoint: monitors, against dbus-daemon', function () {
       assert.deepEqual(ours, reference, `step ${i}: client ${s.actor} ${s.action}`);
       seen += reference!.reduce((n, l) => n + l.length, 0);
     }
-    assert.ok(seen > MONITOR_STEPS * 2, `the monitors saw only ${seen} messages`);
+    assert.ok(seen > MONITOR_STEPS * 2, `the watchers saw only ${seen} messages`);
   });
 });

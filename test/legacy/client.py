@@ -16,6 +16,8 @@
     client.py ADDRESS monitor RULE...     BecomeMonitor(rules); "MONITORING", then
                                           "MSG type sender destination path interface member"
                                           per message, until killed
+    client.py ADDRESS eavesdrop RULE...   AddMatch for each rule; "EAVESDROPPING name", then
+                                          "MSG ..." as monitor does, until killed
 The standard arguments (signature sxaa{sv}v(sib)) are those of the tests: STANDARD below.
 """
 import json
@@ -114,21 +116,28 @@ def main():
             bus.add_match_string(rule)
         out('READY', bus.get_unique_name())
         loop.run()
-    elif command == 'monitor':
+    elif command in ('monitor', 'eavesdrop'):
         loop = GLib.MainLoop()
 
         def on_monitored(_conn, msg):
             out('MSG', TYPE_NAMES.get(msg.get_type(), msg.get_type()), msg.get_sender(), msg.get_destination(),
                 msg.get_path(), msg.get_interface(), msg.get_member())
-            # A monitor must never answer: handled, so libdbus sends no error reply either.
+            # A listener must never answer what was addressed to others: handled, so libdbus
+            # sends no error reply either.
             return dbus.lowlevel.HANDLER_RESULT_HANDLED
 
-        m = dbus.lowlevel.MethodCallMessage('org.freedesktop.DBus', '/org/freedesktop/DBus',
-                                            'org.freedesktop.DBus.Monitoring', 'BecomeMonitor')
-        m.append(dbus.Array(rest, signature='s'), dbus.UInt32(0), signature='asu')
-        bus.send_message_with_reply_and_block(m, 10)
-        bus.add_message_filter(on_monitored)
-        out('MONITORING')
+        if command == 'monitor':
+            m = dbus.lowlevel.MethodCallMessage('org.freedesktop.DBus', '/org/freedesktop/DBus',
+                                                'org.freedesktop.DBus.Monitoring', 'BecomeMonitor')
+            m.append(dbus.Array(rest, signature='s'), dbus.UInt32(0), signature='asu')
+            bus.send_message_with_reply_and_block(m, 10)
+            bus.add_message_filter(on_monitored)
+            out('MONITORING')
+        else:
+            bus.add_message_filter(on_monitored)
+            for rule in rest:
+                bus.add_match_string(rule)
+            out('EAVESDROPPING', bus.get_unique_name())
         loop.run()
     else:
         sys.exit('unknown command ' + command)

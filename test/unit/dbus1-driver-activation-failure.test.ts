@@ -29,6 +29,7 @@ function client(id: bigint, trusted: boolean): DriverClient & { sent: Message[] 
     addMatch: () => undefined,
     removeMatch: () => false,
     becomeMonitor: () => undefined,
+    answered: () => undefined,
   };
 }
 

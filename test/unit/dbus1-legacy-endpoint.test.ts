@@ -12,6 +12,7 @@ import path from 'node:path';
 import { type LegacyLimits } from '../../src/dbus1/legacy-client';
 import { LegacyEndpoint } from '../../src/dbus1/legacy-endpoint';
 import { encodeMessage, MessageType } from '../../src/dbus1/message';
+import { UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import { TestBus } from '../helpers/kdbus-client';
 import { requireOrSkip } from '../helpers/require';
 import type { HeldShares } from '../../src/os/held-budget';
@@ -148,5 +149,51 @@ describe('dbus1 LegacyEndpoint: connections that have not said Hello', function 
     await sleep(100);
     assert.equal(fourth.isClosed(), false, 'a connection that closed makes room');
     assert.match(fourth.received(), /NameAcquired/);
+  });
+});
+
+describe('dbus1 LegacyEndpoint: an eavesdropper owns its monitor connection', function () {
+  this.timeout(10_000);
+  let dir: string;
+  let tb: TestBus;
+  let endpoint: LegacyEndpoint;
+  let client: UpstreamConnection | undefined;
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'legacy-eavesdrop-'));
+    tb = await TestBus.create();
+    endpoint = new LegacyEndpoint(tb.bus, { addresses: [`unix:path=${path.join(dir, 'bus')}`], serviceDirs: [] });
+    endpoint.start();
+  });
+
+  afterEach(() => {
+    client?.close();
+    endpoint.stop();
+    tb.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('opens a kdbus monitor with the first eavesdrop rule and closes it with the last, or with the client', async () => {
+    let closed!: () => void;
+    const gone = new Promise<void>((r) => (closed = r));
+    client = await UpstreamConnection.connect(`unix:path=${path.join(dir, 'bus')}`, {
+      label: 'eavesdropper', handlers: { message: () => undefined, closed: () => closed() },
+    });
+    const c = client;
+    const match = async (member: 'AddMatch' | 'RemoveMatch', rule: string): Promise<number> => {
+      await c.callDriver(member, 's', [rule]);
+      return tb.bus.monitors.size;
+    };
+    assert.equal(await match('AddMatch', "member='Plain'"), 0);
+    assert.equal(await match('AddMatch', "eavesdrop='true',member='A'"), 1);
+    assert.equal(await match('AddMatch', "eavesdrop='true',member='B'"), 1);
+    assert.equal(await match('RemoveMatch', "eavesdrop='true',member='A'"), 1);
+    assert.equal(await match('RemoveMatch', "eavesdrop='true',member='B'"), 0);
+    assert.equal(await match('AddMatch', "eavesdrop='true'"), 1);
+    // The client hangs up: its end of the socket goes, and the endpoint sees it as a hang-up.
+    c.close();
+    await gone;
+    for (let i = 0; i < 50 && tb.bus.monitors.size > 0; i++) await sleep(10);
+    assert.equal(tb.bus.monitors.size, 0);
   });
 });
