@@ -14,6 +14,7 @@ import { MatchRule, MatchRuleInvalid, kdbusIdOfUniqueName } from './match-rule';
 import { MessageFlag, MessageType, type Message } from './message';
 import { isValidWellKnownName } from './names';
 import type { InfoRecord } from './pool-records';
+import type { Entries } from './stats';
 import type { Value } from './value';
 import { Variant } from './value';
 
@@ -73,8 +74,15 @@ export interface DriverBus {
   readonly systemdActivation: boolean;
   /** systemd could not start `unit`: the starts waiting for it fail with this error. */
   systemdFailure(unit: string, errorName: string, text: string): void;
+  /** Debug.Stats (stats.ts): the bus's counts. */
+  busStats(): Entries;
+  /** Debug.Stats of the connection with kdbus id `id`. */
+  connectionStats(id: bigint): Entries;
+  /** Debug.Stats: each legacy client's match rules, by unique name (kdbus clients' matches are no rules of dbus1). */
+  allMatchRules(): Array<[string, string[]]>;
 }
 
+const STATS_INTERFACE = 'org.freedesktop.DBus.Debug.Stats';
 const REQUEST_ALLOW_REPLACEMENT = 1;
 const REQUEST_REPLACE_EXISTING = 2;
 const REQUEST_DO_NOT_QUEUE = 4;
@@ -134,6 +142,11 @@ const CANONICAL_PATH_INTERFACES = `  <interface name="org.freedesktop.DBus.Prope
   <interface name="org.freedesktop.DBus.Monitoring">
     <method name="BecomeMonitor"><arg direction="in" type="as"/><arg direction="in" type="u"/></method>
   </interface>
+  <interface name="org.freedesktop.DBus.Debug.Stats">
+    <method name="GetStats"><arg direction="out" type="a{sv}"/></method>
+    <method name="GetConnectionStats"><arg direction="in" type="s"/><arg direction="out" type="a{sv}"/></method>
+    <method name="GetAllMatchRules"><arg direction="out" type="a{sas}"/></method>
+  </interface>
 `;
 
 /**
@@ -149,7 +162,7 @@ function introspection(path: string | undefined): string {
 const PROPERTIES: Record<string, (bus: DriverBus) => Variant> = {
   // Forwarded messages are re-encoded: fields the bus does not know are gone, SENDER is its own.
   Features: (bus) => new Variant('as', ['ActivatableServicesChanged', 'HeaderFiltering', ...(bus.systemdActivation ? ['SystemdActivation'] : [])]),
-  Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring']),
+  Interfaces: () => new Variant('as', ['org.freedesktop.DBus.Monitoring', STATS_INTERFACE]),
 };
 
 /**
@@ -391,7 +404,36 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
       return ['', []];
     },
   },
+  [STATS_INTERFACE]: {
+    GetStats: (c, bus, m) => {
+      args(m, '');
+      mayReadStats(c);
+      return ['a{sv}', [bus.busStats()]];
+    },
+    GetConnectionStats: (c, bus, m) => {
+      const [name] = args(m, 's') as [string];
+      mayReadStats(c);
+      if (name === DRIVER_NAME) throw new DriverError(DBusError.InvalidArgs, `GetConnectionStats is not meaningful for the message bus "${DRIVER_NAME}" itself`);
+      const info = ownerInfo(c.conn, name, 0n);
+      if (!info) throw new DriverError(DBusError.NameHasNoOwner, `Could not get statistics of name '${name}': no such name`);
+      return ['a{sv}', [bus.connectionStats(info.id)]];
+    },
+    GetAllMatchRules: (c, bus, m) => {
+      args(m, '');
+      mayReadStats(c);
+      return ['a{sas}', [bus.allMatchRules()]];
+    },
+  },
 };
+
+/**
+ * Statistics name every connection and its rules: the bus owner's and root's to read, as
+ * those who may monitor (dbus-daemon leaves it to its policy, which its system bus uses to
+ * deny the interface).
+ */
+function mayReadStats(c: DriverClient): void {
+  if (!c.trusted) throw new DriverError(DBusError.AccessDenied, "Only the bus owner or root may read the bus's statistics");
+}
 
 /** The bus's own credentials are the daemon's. */
 function daemonUid(): number {
@@ -465,7 +507,7 @@ export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
       // Without an interface only the method can be unknown.
       throw new DriverError(m.interface === undefined ? DBusError.UnknownMethod : DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
     }
-    if ((byIface === HANDLERS['org.freedesktop.DBus.Properties'] || byIface === HANDLERS['org.freedesktop.DBus.Monitoring']) && m.path !== DRIVER_PATH) {
+    if ((byIface === HANDLERS['org.freedesktop.DBus.Properties'] || byIface === HANDLERS['org.freedesktop.DBus.Monitoring'] || byIface === HANDLERS[STATS_INTERFACE]) && m.path !== DRIVER_PATH) {
       // As with dbus-daemon, these interfaces exist only at the driver's own path.
       throw new DriverError(DBusError.UnknownInterface, `Interface "${m.interface ?? ''}" is only available at the canonical object path '${DRIVER_PATH}'`);
     }

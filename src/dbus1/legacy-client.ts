@@ -30,6 +30,7 @@ import { MessageStream } from './message-stream';
 import { withReusedOutput } from './output-buffer';
 import { closeMessageFiles, closePayloadFiles, type KdbusMessage, type Received } from './pool-records';
 import { SaslServer } from './sasl';
+import type { ConnectionCounts, MatchRuleCounts } from './stats';
 import {
   DRIVER_NAME, driverReply, driverSignal, errorReply, fromKdbus, matchView, nameOwnerChanged, toKdbus, uniqueName,
   uniqueNameChanged,
@@ -61,6 +62,8 @@ export interface LegacyEndpointContext {
   readonly monitors: Set<LegacyClient>;
   /** Clients that eavesdrop (Eavesdropper): the driver's calls are shown to them too. */
   readonly eavesdroppers: Set<LegacyClient>;
+  /** The match rules of all clients, for Debug.Stats. */
+  readonly rules: MatchRuleCounts;
   /** Kdbus ids of the legacy clients: their name changes they show monitors themselves. */
   readonly legacyIds: Set<bigint>;
   /** The client said Hello: it is a connection of the bus now, no longer an incomplete one. */
@@ -119,6 +122,7 @@ export class LegacyClient implements DriverClient {
   private eavesdropper: Eavesdropper | undefined;
   private bloom: Bloom | undefined;
   private readonly rules: InstalledRule[] = [];
+  private peakRules = 0;
   private nextCookie = FIRST_RULE_COOKIE;
   private closed = false;
   uniqueName = '';
@@ -510,15 +514,37 @@ export class LegacyClient implements DriverClient {
       throw e;
     }
     this.rules.push({ rule, cookie });
+    this.peakRules = Math.max(this.peakRules, this.rules.length);
+    this.ctx.rules.added(this.rules.length);
   }
 
   removeMatch(rule: MatchRule): boolean {
     const i = this.rules.findIndex((r) => r.rule.equals(rule));
     if (i < 0) return false;
     const [removed] = this.rules.splice(i, 1);
+    this.ctx.rules.removed();
     this.safeRemoveMatch(removed!.cookie);
     if (!this.rules.some((r) => r.rule.eavesdrop)) this.stopEavesdropping();
     return true;
+  }
+
+  /** Debug.Stats: the rules as the client gave them (undefined: no rules to give, a monitor or no Hello yet). */
+  matchRules(): string[] | undefined {
+    if (!this.connection || this.monitorConn) return undefined;
+    return this.rules.map((r) => r.rule.toString());
+  }
+
+  /** Debug.Stats: what dbus-daemon counts of a connection of its own. */
+  statsCounts(): NonNullable<ConnectionCounts['legacy']> {
+    return {
+      matchRules: this.rules.length,
+      peakMatchRules: this.peakRules,
+      incomingBytes: this.stream.incomingBytes,
+      incomingFds: this.stream.queuedFds,
+      outgoingMessages: this.stream.outgoingMessages,
+      outgoingBytes: this.stream.outgoingBytes,
+      outgoingFds: this.stream.outgoingFds,
+    };
   }
 
   /** Only a client that may become a monitor sees what others address to each other; another's eavesdrop='true' rules take broadcasts alone. */
@@ -565,7 +591,7 @@ export class LegacyClient implements DriverClient {
     conn.onDisconnect(undefined);
     this.ctx.legacyIds.delete(conn.id);
     conn.close();
-    this.rules.splice(0);
+    this.ctx.rules.removed(this.rules.splice(0).length);
     this.stopEavesdropping();
     // kdbus monitors must be privileged; the endpoint vouches for a client it found trusted.
     this.monitorConn = LocalConnection.open(this.ctx.node, { creds: id.creds, pid: id.tgid, privileged: true }, {
@@ -631,6 +657,7 @@ export class LegacyClient implements DriverClient {
     clearTimeout(this.authTimer);
     this.ctx.monitors.delete(this);
     if (this.connection) this.ctx.legacyIds.delete(this.connection.id);
+    this.ctx.rules.removed(this.rules.splice(0).length);
     this.stopEavesdropping();
     this.monitorConn?.close();
     this.connection?.close();

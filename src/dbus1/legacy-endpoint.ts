@@ -18,7 +18,8 @@ import { formatAddress, parseAddress } from './address';
 import type { DriverBus } from './driver';
 import { LocalConnection } from './local-connection';
 import { kdbusIdOfUniqueName } from './match-rule';
-import { DRIVER_NAME, driverSignal, nameOwnersOf, SYSTEMD_NAME } from './translate';
+import { busStats, connectionStats, MatchRuleCounts, StatsSerial, type BusCounts } from './stats';
+import { DRIVER_NAME, driverSignal, nameOwnersOf, SYSTEMD_NAME, uniqueName } from './translate';
 import { DEFAULT_LEGACY_LIMITS, LegacyClient, type LegacyEndpointContext, type LegacyLimits } from './legacy-client';
 
 export interface LegacyEndpointOptions {
@@ -54,6 +55,8 @@ export class LegacyEndpoint {
   private activation: Activation | undefined;
   /** Watches for activated services taking their names (one connection for every start). */
   private watcher: LocalConnection | undefined;
+  private readonly busStatsSerial = new StatsSerial();
+  private readonly connectionStatsSerial = new StatsSerial();
   /** The addresses clients use, as printed at start-up. */
   readonly clientAddresses: string[] = [];
 
@@ -79,6 +82,7 @@ export class LegacyEndpoint {
       },
       monitors: new Set(),
       eavesdroppers: new Set(),
+      rules: new MatchRuleCounts(),
       legacyIds: new Set(),
       registered: (c) => this.complete(c),
       forget: (c) => {
@@ -127,6 +131,20 @@ export class LegacyEndpoint {
       startService: (name) => activation().start(name, (n, signal) => waitForName(this.nameWatcher(), n, signal)),
       updateActivationEnvironment: (vars) => activation().updateEnvironment(vars),
       reload: () => this.reloadServices(),
+      busStats: () => busStats(this.busStatsSerial.take(), this.busCounts()),
+      connectionStats: (id) => {
+        const conn = this.bus.connection(id);
+        const client = [...this.clients].find((c) => c.kdbusId === id);
+        return connectionStats(this.connectionStatsSerial.take(), {
+          uniqueName: uniqueName(id),
+          busNames: 1 + (conn ? this.bus.names.recordCount(conn) : 0),
+          legacy: client?.statsCounts(),
+        });
+      },
+      allMatchRules: () => [...this.clients].flatMap((c): Array<[string, string[]]> => {
+        const rules = c.matchRules();
+        return rules ? [[c.uniqueName, rules]] : [];
+      }),
       queuedOwners: (name) => {
         const entry = this.bus.names.entry(name);
         if (!entry) return [];
@@ -134,6 +152,28 @@ export class LegacyEndpoint {
         for (const r of entry.records()) if (r.owner !== entry.activator || r.owner === entry.primary) ids.push(r.owner.id);
         return ids;
       },
+    };
+  }
+
+  /**
+   * What dbus-daemon counts of itself, of the whole bus: every connection with a unique name
+   * (but the endpoint's own watcher) and every legacy monitor are connections; unique names,
+   * the well-known names someone owns and the driver's are names.
+   */
+  private busCounts(): BusCounts {
+    const watcher = this.watcher?.connected ? this.watcher.id : undefined;
+    let connections = 0;
+    for (const c of this.bus.connections.values()) if (c.isOrdinary && c.id !== watcher) connections++;
+    let owned = 0;
+    for (const e of this.bus.names.entries()) if (e.primary?.isOrdinary) owned++;
+    let incomplete = 0;
+    for (const waiting of this.incomplete.values()) incomplete += waiting.size;
+    return {
+      activeConnections: connections + this.ctx.monitors.size,
+      incompleteConnections: incomplete,
+      // The driver's name counts, as in dbus-daemon.
+      busNames: 1 + connections + owned,
+      rules: this.ctx.rules,
     };
   }
 

@@ -188,6 +188,23 @@ export class MessageStream {
     return this.fdQueue.length - this.fdHead;
   }
 
+  /** Received bytes not yet delivered: the start of a message still arriving. */
+  get incomingBytes(): number {
+    return this.end - this.start;
+  }
+
+  /** Messages accepted by send() that the socket has not taken whole. */
+  get outgoingMessages(): number {
+    return this.outQueue.length - this.outHead;
+  }
+
+  /** Descriptors of those messages not sent yet. */
+  get outgoingFds(): number {
+    let n = 0;
+    for (let i = this.outHead; i < this.outQueue.length; i++) n += this.outQueue[i]?.fds.length ?? 0;
+    return n;
+  }
+
   /**
    * Authentication is over (SASL BEGIN): from now on the stream carries messages, the
    * first bytes of which are `rest`, what the SASL parser received after BEGIN. Messages

@@ -44,6 +44,9 @@ function bus(systemdActivation: boolean): DriverBus & { failures: string[][] } {
     updateActivationEnvironment: () => undefined,
     reload: () => undefined,
     queuedOwners: () => [],
+    busStats: () => [],
+    connectionStats: () => [],
+    allMatchRules: () => [],
   };
 }
 
