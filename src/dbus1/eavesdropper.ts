@@ -6,8 +6,8 @@
  * from it this passes on what dbus-daemon would show the client besides its ordinary
  * traffic: messages with a destination other than the client. Broadcasts and the client's
  * own messages reach it through its ordinary connection already. Calls to the driver never
- * cross kdbus: the client that made one shows it to eavesdroppers (driverCall), once the
- * driver answered it without an error, as dbus-daemon shows them.
+ * cross kdbus: the client that made one shows it to eavesdroppers once the driver answered
+ * it without an error (LegacyClient.answered), as dbus-daemon shows them.
  */
 import { KDBUS_DST_ID_BROADCAST } from '../abi/constants';
 import type { KdbusNode } from '../bus/handle';
