@@ -47,12 +47,23 @@ class StatsArena {
     return this.clients[2]!;
   }
 
-  /** Connects without saying anything: an incomplete connection, until the bus's auth timeout. */
+  /**
+   * A connection that asks which mechanisms there are and goes no further: incomplete until
+   * the bus's auth timeout. The answer (REJECTED) shows the bus has taken it in.
+   */
   async incomplete(): Promise<void> {
     const sock = net.createConnection(this.bus.address.replace(/^unix:path=/, '').replace(/,.*$/, ''));
     this.raw = sock;
     sock.on('error', () => undefined);
-    await new Promise<void>((done) => sock.once('connect', () => done()));
+    let heard = '';
+    await new Promise<void>((done) => {
+      sock.on('data', (d) => {
+        heard += d.toString('latin1');
+        if (heard.includes('\r\n')) done();
+      });
+      sock.once('connect', () => sock.write('\0AUTH\r\n'));
+    });
+    assert.match(heard, /^REJECTED /, `${this.bus.kind} answered AUTH with ${JSON.stringify(heard)}`);
   }
 
   /**
