@@ -311,6 +311,15 @@ const ACTIVATOR_INTERFACE = 'org.freedesktop.systemd1.Activator';
 /** Resolves when the name has an owner; must stop and settle (either way) when `signal` aborts. */
 export type WaitForOwner = (name: string, signal: AbortSignal) => Promise<void>;
 
+/** waitForOwner's promise; a watcher that fails at once rejects it rather than throwing. */
+function ownerAppears(waitForOwner: WaitForOwner, name: string, signal: AbortSignal): Promise<void> {
+  try {
+    return waitForOwner(name, signal);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
 const DEFAULT_TIMEOUT_MS = 25_000;
 const DEFAULT_MAX_PENDING = 512;
 const DAEMON_ONLY_ENV = ['JOURNAL_STREAM', 'LISTEN_FDNAMES', 'LISTEN_FDS', 'LISTEN_PID', 'NOTIFY_SOCKET', 'INVOCATION_ID'];
@@ -471,8 +480,9 @@ export class Activation {
     }
     let pending = this.pending.get(name);
     if (!pending) {
-      const entry = this.waitsForSystemd(name) ? undefined : this.find(name);
-      if (!entry && !this.waitsForSystemd(name)) return Promise.reject(new ActivationError(ActivationErrorName.SERVICE_UNKNOWN, `The name ${name} was not provided by any .service files`));
+      const systemdItself = this.waitsForSystemd(name);
+      const entry = systemdItself ? undefined : this.find(name);
+      if (!entry && !systemdItself) return Promise.reject(new ActivationError(ActivationErrorName.SERVICE_UNKNOWN, `The name ${name} was not provided by any .service files`));
       pending = new PendingStart(name, entry?.exec ?? '', this.systemd ? entry?.systemdService : undefined);
       this.pending.set(name, pending);
       this.launch(pending, entry, waitForOwner);
@@ -584,13 +594,7 @@ export class Activation {
     p.timer.unref();
 
     // Watching starts before the child runs, so that an owner appearing at once is not missed.
-    let owner: Promise<void>;
-    try {
-      owner = waitForOwner(name, p.abort.signal);
-    } catch (e) {
-      owner = Promise.reject(e);
-    }
-    owner.then(
+    ownerAppears(waitForOwner, name, p.abort.signal).then(
       () => {
         if (p.settled) return;
         logger.info(`Successfully activated service '${name}'`);
@@ -615,13 +619,7 @@ export class Activation {
 
   /** Asks systemd to start `unit`, once systemd is on the bus (it may be starting up still). */
   private handOff(p: PendingStart, unit: string, waitForOwner: WaitForOwner): void {
-    let systemdUp: Promise<void>;
-    try {
-      systemdUp = waitForOwner(SYSTEMD_NAME, p.abort.signal);
-    } catch (e) {
-      systemdUp = Promise.reject(e);
-    }
-    systemdUp.then(
+    ownerAppears(waitForOwner, SYSTEMD_NAME, p.abort.signal).then(
       () => {
         if (p.settled) return;
         try {

@@ -426,6 +426,9 @@ const HANDLERS: Record<string, Record<string, Handler>> = {
   },
 };
 
+/** The interfaces the driver has only at its own path, as dbus-daemon (CANONICAL_PATH_INTERFACES). */
+const CANONICAL_PATH_ONLY = new Set(['org.freedesktop.DBus.Properties', 'org.freedesktop.DBus.Monitoring', STATS_INTERFACE].map((i) => HANDLERS[i]));
+
 /**
  * Statistics name every connection and its rules: the bus owner's and root's to read, as
  * those who may monitor (dbus-daemon leaves it to its policy, which its system bus uses to
@@ -507,7 +510,7 @@ export function callDriver(c: DriverClient, bus: DriverBus, m: Message): void {
       // Without an interface only the method can be unknown.
       throw new DriverError(m.interface === undefined ? DBusError.UnknownMethod : DBusError.UnknownInterface, `org.freedesktop.DBus does not understand message ${m.member}`);
     }
-    if ((byIface === HANDLERS['org.freedesktop.DBus.Properties'] || byIface === HANDLERS['org.freedesktop.DBus.Monitoring'] || byIface === HANDLERS[STATS_INTERFACE]) && m.path !== DRIVER_PATH) {
+    if (m.path !== DRIVER_PATH && CANONICAL_PATH_ONLY.has(byIface)) {
       // As with dbus-daemon, these interfaces exist only at the driver's own path.
       throw new DriverError(DBusError.UnknownInterface, `Interface "${m.interface ?? ''}" is only available at the canonical object path '${DRIVER_PATH}'`);
     }

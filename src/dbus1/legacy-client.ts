@@ -64,8 +64,11 @@ export interface LegacyEndpointContext {
   readonly eavesdroppers: Set<LegacyClient>;
   /** The match rules of all clients, for Debug.Stats. */
   readonly rules: MatchRuleCounts;
-  /** Kdbus ids of the legacy clients: their name changes they show monitors themselves. */
-  readonly legacyIds: Set<bigint>;
+  /**
+   * The legacy clients on the bus by kdbus id: their name changes they show monitors
+   * themselves, and the driver reaches them by id (systemd's connection, statistics).
+   */
+  readonly legacyClients: Map<bigint, LegacyClient>;
   /** The client said Hello: it is a connection of the bus now, no longer an incomplete one. */
   registered(client: LegacyClient): void;
   forget(client: LegacyClient): void;
@@ -154,11 +157,6 @@ export class LegacyClient implements DriverClient {
   /** Who connected, as the kernel said (SO_PEERCRED). */
   get uid(): number {
     return this.peer.uid;
-  }
-
-  /** The client's kdbus connection id, once it said Hello. */
-  get kdbusId(): bigint | undefined {
-    return this.connection?.id;
   }
 
   get conn(): LocalConnection {
@@ -293,7 +291,7 @@ export class LegacyClient implements DriverClient {
     this.ctx.registered(this);
     this.connection = conn;
     this.uniqueName = uniqueName(conn.id);
-    this.ctx.legacyIds.add(conn.id);
+    this.ctx.legacyClients.set(conn.id, this);
     this.bloom = new Bloom(conn.bloom.size, conn.bloom.nHash);
     // fromBus is done with a message when it returns: encoded for the client, or dropped.
     conn.onMessage((r) => this.fromBus(r), { transient: true });
@@ -374,12 +372,12 @@ export class LegacyClient implements DriverClient {
   answered(call: Message): void {
     for (const c of this.ctx.eavesdroppers) {
       c.eavesdropper?.flush();
-      c.overhear(call);
+      c.offer(call);
     }
   }
 
-  /** A message addressed to another connection, for an eavesdropper whose rules take it. */
-  private overhear(m: Message): void {
+  /** A message from outside the client's kdbus connection (the driver's, or one overheard), sent if a rule takes it. */
+  private offer(m: Message): void {
     if (this.wants(m)) this.sendToClient(m, NO_FDS, true);
   }
 
@@ -412,8 +410,8 @@ export class LegacyClient implements DriverClient {
     if (this.monitorConn) {
       this.monitorConn.flush();
       this.capture(m);
-    } else if (this.connection && this.wants(m)) {
-      this.sendToClient(m, NO_FDS, true);
+    } else if (this.connection) {
+      this.offer(m);
     }
   }
 
@@ -436,7 +434,7 @@ export class LegacyClient implements DriverClient {
         const changed = nameOwnerChanged(r);
         // Monitors see a legacy client's name change from the client, in dbus-daemon's order
         // (NameLost, NameOwnerChanged, NameAcquired), once: from the new owner if legacy.
-        if (changed && (r.newId === self || (r.oldId === self && !this.ctx.legacyIds.has(r.newId)))) this.showMonitors(changed);
+        if (changed && (r.newId === self || (r.oldId === self && !this.ctx.legacyClients.has(r.newId)))) this.showMonitors(changed);
         if (changed && this.wants(changed)) this.sendToClient(changed);
         if (acquired) this.sendToClient(driverSignal('NameAcquired', 's', [r.name], this.uniqueName));
         return;
@@ -528,9 +526,8 @@ export class LegacyClient implements DriverClient {
     return true;
   }
 
-  /** Debug.Stats: the rules as the client gave them (undefined: no rules to give, a monitor or no Hello yet). */
-  matchRules(): string[] | undefined {
-    if (!this.connection || this.monitorConn) return undefined;
+  /** Debug.Stats: the rules as the client gave them. */
+  matchRules(): string[] {
     return this.rules.map((r) => r.rule.toString());
   }
 
@@ -558,7 +555,7 @@ export class LegacyClient implements DriverClient {
       description: description('legacy-eavesdrop', this.peer.pid),
       owners: this.ctx.owners,
       self: this.uniqueName,
-      overhear: (m) => this.overhear(m),
+      overhear: (m) => this.offer(m),
     });
     this.ctx.eavesdroppers.add(this);
   }
@@ -589,7 +586,7 @@ export class LegacyClient implements DriverClient {
     const names = conn.listNames(ListFlags.NAMES).filter((e) => e.id === conn.id).flatMap((e) => e.names.map((n) => n.name));
     conn.onMessage(undefined);
     conn.onDisconnect(undefined);
-    this.ctx.legacyIds.delete(conn.id);
+    this.ctx.legacyClients.delete(conn.id);
     conn.close();
     this.ctx.rules.removed(this.rules.splice(0).length);
     this.stopEavesdropping();
@@ -641,7 +638,7 @@ export class LegacyClient implements DriverClient {
       closeMessageFiles(r);
       if (m && m.destination === '') m.destination = undefined;
     } else if (r.kind === 'name-add' || r.kind === 'name-change' || r.kind === 'name-remove') {
-      if (this.ctx.legacyIds.has(r.newId) || this.ctx.legacyIds.has(r.oldId)) return;
+      if (this.ctx.legacyClients.has(r.newId) || this.ctx.legacyClients.has(r.oldId)) return;
       m = nameOwnerChanged(r);
     } else if (r.kind === 'id-add' || r.kind === 'id-remove') {
       m = uniqueNameChanged(r.id, r.kind === 'id-add');
@@ -656,7 +653,7 @@ export class LegacyClient implements DriverClient {
     this.closed = true;
     clearTimeout(this.authTimer);
     this.ctx.monitors.delete(this);
-    if (this.connection) this.ctx.legacyIds.delete(this.connection.id);
+    if (this.connection) this.ctx.legacyClients.delete(this.connection.id);
     this.ctx.rules.removed(this.rules.splice(0).length);
     this.stopEavesdropping();
     this.monitorConn?.close();

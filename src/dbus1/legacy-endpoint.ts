@@ -83,7 +83,7 @@ export class LegacyEndpoint {
       monitors: new Set(),
       eavesdroppers: new Set(),
       rules: new MatchRuleCounts(),
-      legacyIds: new Set(),
+      legacyClients: new Map(),
       registered: (c) => this.complete(c),
       forget: (c) => {
         this.clients.delete(c);
@@ -134,17 +134,14 @@ export class LegacyEndpoint {
       busStats: () => busStats(this.busStatsSerial.take(), this.busCounts()),
       connectionStats: (id) => {
         const conn = this.bus.connection(id);
-        const client = [...this.clients].find((c) => c.kdbusId === id);
+        const client = this.ctx.legacyClients.get(id);
         return connectionStats(this.connectionStatsSerial.take(), {
           uniqueName: uniqueName(id),
           busNames: 1 + (conn ? this.bus.names.recordCount(conn) : 0),
           legacy: client?.statsCounts(),
         });
       },
-      allMatchRules: () => [...this.clients].flatMap((c): Array<[string, string[]]> => {
-        const rules = c.matchRules();
-        return rules ? [[c.uniqueName, rules]] : [];
-      }),
+      allMatchRules: () => [...this.ctx.legacyClients.values()].map((c): [string, string[]] => [c.uniqueName, c.matchRules()]),
       queuedOwners: (name) => {
         const entry = this.bus.names.entry(name);
         if (!entry) return [];
@@ -199,7 +196,7 @@ export class LegacyEndpoint {
       send: (m, toConnection) => {
         const owner = this.bus.names.primaryOwner(SYSTEMD_NAME);
         if (!owner) throw new ActivationError(ActivationErrorName.FAILED, `${SYSTEMD_NAME} is not on the bus`);
-        const client = [...this.clients].find((c) => c.kdbusId === owner.id);
+        const client = this.ctx.legacyClients.get(owner.id);
         if (!client) {
           throw new ActivationError(ActivationErrorName.FAILED,
             `${SYSTEMD_NAME} is owned by a kdbus connection (id ${owner.id}); the legacy endpoint's driver reaches only its own clients`);

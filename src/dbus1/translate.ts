@@ -166,13 +166,18 @@ function checkHeaderAgainstKdbus(m: Message, k: KdbusMessage): void {
 
 let driverSerial = 0n;
 
+/** The serial of the driver's next message; it wraps within 32 bits, skipping 0. */
+function nextDriverSerial(): bigint {
+  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
+  return driverSerial;
+}
+
 /** A signal of the bus driver (NameOwnerChanged, NameAcquired, NameLost). */
 export function driverSignal(member: string, signature: string, body: Message['body'], destination?: string): Message {
-  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
   const m: Message = {
     type: MessageType.Signal,
     flags: MessageFlag.NoReplyExpected,
-    serial: driverSerial,
+    serial: nextDriverSerial(),
     path: DRIVER_PATH,
     interface: DRIVER_NAME,
     member,
@@ -189,25 +194,22 @@ export function driverSignal(member: string, signature: string, body: Message['b
  * does systemd activation: the ActivationRequest signal, the SetEnvironment call.
  */
 export function driverToSystemd(type: typeof MessageType.Signal | typeof MessageType.MethodCall, path: string, iface: string, member: string, signature: string, body: Message['body']): Message {
-  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
   return {
-    type, flags: MessageFlag.NoReplyExpected, serial: driverSerial, path, interface: iface, member,
+    type, flags: MessageFlag.NoReplyExpected, serial: nextDriverSerial(), path, interface: iface, member,
     sender: DRIVER_NAME, destination: SYSTEMD_NAME, signature, body,
   };
 }
 
 /** A reply or error of the driver to the call `to`. */
 export function driverReply(to: Message, signature: string, body: Message['body']): Message {
-  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
-  const m: Message = { type: MessageType.MethodReturn, flags: MessageFlag.NoReplyExpected, serial: driverSerial, replySerial: to.serial, sender: DRIVER_NAME, signature, body };
+  const m: Message = { type: MessageType.MethodReturn, flags: MessageFlag.NoReplyExpected, serial: nextDriverSerial(), replySerial: to.serial, sender: DRIVER_NAME, signature, body };
   if (to.sender !== undefined) m.destination = to.sender;
   return m;
 }
 
 export function errorReply(to: Message, sender: string, name: string, text: string): Message {
-  driverSerial = driverSerial >= U32_MAX ? 1n : driverSerial + 1n;
   const m: Message = {
-    type: MessageType.Error, flags: MessageFlag.NoReplyExpected, serial: driverSerial, replySerial: to.serial,
+    type: MessageType.Error, flags: MessageFlag.NoReplyExpected, serial: nextDriverSerial(), replySerial: to.serial,
     errorName: name, sender, signature: 's', body: [text],
   };
   if (to.sender !== undefined) m.destination = to.sender;

@@ -71,6 +71,7 @@ export const FD_CLOEXEC = 1;
 /** fcntl's commands for a file's status flags (O_NONBLOCK, O_PATH...). */
 export const F_GETFL = 3;
 export const F_SETFL = 4;
+export const O_NONBLOCK = 0o4000;
 /** fcntl's commands for a memfd's seals, and the seals. */
 export const F_ADD_SEALS = 1033;
 export const F_GET_SEALS = 1034;

@@ -8,8 +8,8 @@ import fs from 'node:fs';
 import * as koffi from 'koffi';
 import { logger } from '../log/logger';
 import { FdWatch, UV_READABLE } from './fd-watch';
-import { F_GETFL, F_SETFL, fcntl } from './libc';
-import { AF_UNIX, closeFd, peerCred, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SyscallError, type PeerCred } from './unix-socket';
+import { F_GETFL, F_SETFL, fcntl, O_NONBLOCK } from './libc';
+import { AF_UNIX, closeFd, intSocketOption, peerCred, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SyscallError, type PeerCred } from './unix-socket';
 
 const libc = koffi.load(null);
 const socketFn = libc.func('int socket(int domain, int type, int protocol)') as (d: number, t: number, p: number) => number;
@@ -18,12 +18,9 @@ const listenFn = libc.func('int listen(int fd, int backlog)') as (fd: number, ba
 const connectFn = libc.func('int connect(int fd, const void *addr, uint32_t len)') as (fd: number, addr: Buffer, len: number) => number;
 const accept4Fn = libc.func('int accept4(int fd, void *addr, void *len, int flags)') as (fd: number, a: null, l: null, flags: number) => number;
 const getsocknameFn = libc.func('int getsockname(int fd, void *addr, _Inout_ uint32_t *len)') as (fd: number, addr: Buffer, len: number[]) => number;
-const getsockoptFn = libc.func('int getsockopt(int fd, int level, int name, void *value, _Inout_ uint32_t *len)') as (fd: number, level: number, name: number, v: Buffer, len: number[]) => number;
-const SOL_SOCKET = 1;
 const SO_TYPE = 3;
 const SO_ACCEPTCONN = 30;
 const SO_DOMAIN = 39;
-const O_NONBLOCK = 0o4000;
 
 const EAGAIN = 11;
 const EINTR = 4;
@@ -154,18 +151,12 @@ export function describe(a: ListenAddress): string {
   return a.kind === 'path' ? a.path : `@${a.name}`;
 }
 
-function sockopt(fd: number, name: number): number {
-  const v = Buffer.alloc(4);
-  if (getsockoptFn(fd, SOL_SOCKET, name, v, [4]) < 0) throw new SyscallError('getsockopt', koffi.errno());
-  return v.readInt32LE(0);
-}
-
 /**
  * A passed descriptor as a listening address: it must be a unix stream socket that listens
  * (systemd's ListenStream= with a path, or an abstract name); its path is read back.
  */
 export function inheritedListener(fd: number): { kind: 'inherited'; fd: number; path: string | undefined } {
-  if (sockopt(fd, SO_DOMAIN) !== AF_UNIX || sockopt(fd, SO_TYPE) !== SOCK_STREAM || sockopt(fd, SO_ACCEPTCONN) !== 1) {
+  if (intSocketOption(fd, SO_DOMAIN) !== AF_UNIX || intSocketOption(fd, SO_TYPE) !== SOCK_STREAM || intSocketOption(fd, SO_ACCEPTCONN) !== 1) {
     throw new Error(`descriptor ${fd} is not a listening unix stream socket`);
   }
   const addr = Buffer.alloc(2 + SUN_PATH);

@@ -50,6 +50,13 @@ export function setPassCred(fd: number): void {
   if ((setsockoptFn(fd, SOL_SOCKET, SO_PASSCRED, one, 4) as number) < 0) throw new SyscallError('setsockopt(SO_PASSCRED)', koffi.errno());
 }
 
+/** A socket-level option whose value is an int (SO_TYPE, SO_DOMAIN, SO_ACCEPTCONN...). */
+export function intSocketOption(fd: number, name: number): number {
+  const v = Buffer.alloc(4);
+  if ((getsockoptFn(fd, SOL_SOCKET, name, v, [4]) as number) < 0) throw new SyscallError(`getsockopt(${name})`, koffi.errno());
+  return v.readInt32LE(0);
+}
+
 /** The credentials the kernel recorded when the peer connected (or created the pair). */
 export function peerCred(fd: number): PeerCred {
   const b = Buffer.alloc(12);

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
+import { UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import { Variant, type Value } from '../../src/dbus1/value';
 import { busUnavailable, startBus, type BusKind, type LegacyBus, type StartOptions } from './legacy-bus';
 import { requireOrSkip } from './require';
@@ -112,6 +113,14 @@ export function pairWithArenas<A extends { close(): void }>(
     await pair?.stop();
   });
   return { buses, arenas };
+}
+
+/**
+ * A dbus1 client of `bus` (after Hello), its errors naming it `label` on the bus's kind;
+ * what it receives goes to `onMessage`, and the bus hanging up concerns no test.
+ */
+export function connectClient(bus: LegacyBus, label: string, onMessage: (m: Message) => void = () => undefined): Promise<UpstreamConnection> {
+  return UpstreamConnection.connect(bus.address, { label: `${label} on ${bus.kind}`, handlers: { message: onMessage, closed: () => undefined } });
 }
 
 /** One of `from`, chosen by `rnd`. */

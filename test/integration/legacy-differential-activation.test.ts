@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Message } from '../../src/dbus1/message';
-import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
-import { pairUnavailable, startActivationPair, type BusPair } from '../helpers/dbus1-differential';
+import { UpstreamCallError } from '../../src/dbus1/upstream-connection';
+import { type BusPair, connectClient, pairUnavailable, startActivationPair } from '../helpers/dbus1-differential';
 import { PYTHON, pythonHas, type LegacyBus } from '../helpers/legacy-bus';
 import { requireOrSkip } from '../helpers/require';
 
@@ -72,7 +72,7 @@ describe('legacy endpoint: activation from service files, against dbus-daemon', 
     const names = new Set<string>();
     for (const text of Object.values(serviceFiles(''))) for (const m of text.matchAll(/Name\s*=\s*(\S+)/g)) names.add(m[1]!);
     const outcomes = await Promise.all(buses.map(async (bus) => {
-      const c = await UpstreamConnection.connect(bus.address, { label: `activation on ${bus.kind}`, handlers: { message: () => undefined, closed: () => undefined } });
+      const c = await connectClient(bus, 'activation');
       try {
         const listed = ((await c.callDriver('ListActivatableNames')).body[0] as string[]).filter((n) => n.startsWith('com.example.')).sort();
         const starts: Record<string, string> = {};
@@ -95,7 +95,7 @@ describe('legacy endpoint: activation from service files, against dbus-daemon', 
     const rule = "type='signal',interface='org.freedesktop.DBus',member='ActivatableServicesChanged'";
     const watchers = await Promise.all(buses.map(async (bus) => {
       const got: Message[] = [];
-      const c = await UpstreamConnection.connect(bus.address, { label: `watcher on ${bus.kind}`, handlers: { message: (m) => got.push(m), closed: () => undefined } });
+      const c = await connectClient(bus, 'watcher', (m) => got.push(m));
       await c.callDriver('AddMatch', 's', [rule]);
       return { bus, c, got };
     }));

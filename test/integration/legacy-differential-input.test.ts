@@ -25,7 +25,7 @@ import net from 'node:net';
 import { encodeMessage, MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import { Variant, type Value } from '../../src/dbus1/value';
-import { CASES, described, DRIVER, DRIVER_PATH, pairWithArenas, plain, SEED } from '../helpers/dbus1-differential';
+import { CASES, connectClient, described, DRIVER, DRIVER_PATH, pairWithArenas, plain, SEED } from '../helpers/dbus1-differential';
 import { PYTHON, pythonHas, type LegacyBus } from '../helpers/legacy-bus';
 import { RawDbus1Client } from '../helpers/raw-dbus1-client';
 import { seededRandom } from '../helpers/random';
@@ -351,7 +351,7 @@ describe('legacy endpoint: mutated input, against dbus-daemon', function () {
         'org.freedesktop.DBus.Peer.GetMachineId', 'org.freedesktop.DBus.Introspectable.Introspect'].map((method): [string, string, () => Value[]] => [method, 's', () => ['extra']]),
     ];
     const answers = await Promise.all(buses.map(async (bus) => {
-      const c = await UpstreamConnection.connect(bus.address, { label: `questions on ${bus.kind}`, handlers: { message: () => undefined, closed: () => undefined } });
+      const c = await connectClient(bus, 'questions');
       const names = new Map([[c.uniqueName, '<self>'], [String(bus.busPid()), '<bus pid>']]);
       const out: unknown[] = [];
       for (const [method, signature, body] of questions) {

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { MessageFlag, MessageType, type Message } from '../../src/dbus1/message';
 import { UpstreamConnection } from '../../src/dbus1/upstream-connection';
-import { CASES, described, DRIVER, DRIVER_PATH, pick, SEED, pairWithArenas } from '../helpers/dbus1-differential';
+import { CASES, connectClient, described, DRIVER, DRIVER_PATH, pairWithArenas, pick, SEED } from '../helpers/dbus1-differential';
 import type { LegacyBus } from '../helpers/legacy-bus';
 import { seededRandom } from '../helpers/random';
 
@@ -52,19 +52,13 @@ class MonitorArena {
   static async open(bus: LegacyBus): Promise<MonitorArena> {
     const arena = new MonitorArena();
     for (let i = 0; i < 2; i++) {
-      const c: UpstreamConnection = await UpstreamConnection.connect(bus.address, {
-        label: `monitored client ${i} on ${bus.kind}`,
-        handlers: { message: (m) => arena.answer(c, i, m), closed: () => undefined },
-      });
+      const c: UpstreamConnection = await connectClient(bus, `monitored client ${i}`, (m) => arena.answer(c, i, m));
       arena.clients.push(c);
     }
     await arena.clients[1]!.callDriver('AddMatch', 's', [`type='signal',interface='${MON_IFACE}'`]);
     for (const [i, rules] of MONITOR_RULES.entries()) {
       arena.seen.push([]);
-      const monitor = await UpstreamConnection.connect(bus.address, {
-        label: `monitor ${i} on ${bus.kind}`,
-        handlers: { message: (m) => arena.onMonitored(i, m), closed: () => undefined },
-      });
+      const monitor = await connectClient(bus, `monitor ${i}`, (m) => arena.onMonitored(i, m));
       await monitor.call({
         destination: DRIVER, path: DRIVER_PATH, interface: 'org.freedesktop.DBus.Monitoring', member: 'BecomeMonitor',
         signature: 'asu', body: [[...rules, `interface='${FENCE_IFACE}'`], 0],
@@ -73,10 +67,7 @@ class MonitorArena {
     }
     for (const rules of EAVESDROP_RULES) {
       const i = arena.seen.push([]) - 1;
-      const eavesdropper = await UpstreamConnection.connect(bus.address, {
-        label: `eavesdropper ${i} on ${bus.kind}`,
-        handlers: { message: (m) => arena.onMonitored(i, m), closed: () => undefined },
-      });
+      const eavesdropper = await connectClient(bus, `eavesdropper ${i}`, (m) => arena.onMonitored(i, m));
       for (const rule of [...rules, `interface='${FENCE_IFACE}'`]) await eavesdropper.callDriver('AddMatch', 's', [rule]);
       arena.watchers.push(eavesdropper);
     }

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import type { Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
-import { CASES, DRIVER, pick, SEED, pairWithArenas } from '../helpers/dbus1-differential';
+import { CASES, connectClient, DRIVER, pairWithArenas, pick, SEED } from '../helpers/dbus1-differential';
 import type { LegacyBus } from '../helpers/legacy-bus';
 import { seededRandom } from '../helpers/random';
 
@@ -61,17 +61,11 @@ class NameArena {
 
   static async open(bus: LegacyBus): Promise<NameArena> {
     let arena: NameArena | undefined;
-    const watcher = await UpstreamConnection.connect(bus.address, {
-      label: `name watcher on ${bus.kind}`,
-      handlers: { message: (m) => arena?.onWatched(m), closed: () => undefined },
-    });
+    const watcher = await connectClient(bus, 'name watcher', (m) => arena?.onWatched(m));
     arena = new NameArena(bus, watcher);
     await watcher.callDriver('AddMatch', 's', [`type='signal',sender='${DRIVER}',member='NameOwnerChanged'`]);
     for (const [k, rule] of WATCH_RULES.entries()) {
-      const w = await UpstreamConnection.connect(bus.address, {
-        label: `name watcher ${k} on ${bus.kind}`,
-        handlers: { message: (m) => arena?.onRuled(k, m), closed: () => undefined },
-      });
+      const w = await connectClient(bus, `name watcher ${k}`, (m) => arena?.onRuled(k, m));
       await w.callDriver('AddMatch', 's', [rule]);
       arena.watchers.push(w);
     }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { MessageType, type Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import type { Value } from '../../src/dbus1/value';
-import { CASES, DRIVER, pick, SEED, pairWithArenas } from '../helpers/dbus1-differential';
+import { CASES, connectClient, DRIVER, pairWithArenas, pick, SEED } from '../helpers/dbus1-differential';
 import type { LegacyBus } from '../helpers/legacy-bus';
 import { seededRandom } from '../helpers/random';
 
@@ -97,14 +97,8 @@ class RuleArena {
 
   static async open(bus: LegacyBus): Promise<RuleArena> {
     let arena: RuleArena | undefined;
-    const listener = await UpstreamConnection.connect(bus.address, {
-      label: `rule listener on ${bus.kind}`,
-      handlers: { message: (m) => arena?.onMessage(m), closed: () => undefined },
-    });
-    const sender = await UpstreamConnection.connect(bus.address, {
-      label: `rule sender on ${bus.kind}`,
-      handlers: { message: () => undefined, closed: () => undefined },
-    });
+    const listener = await connectClient(bus, 'rule listener', (m) => arena?.onMessage(m));
+    const sender = await connectClient(bus, 'rule sender');
     arena = new RuleArena(listener, sender);
     await sender.callDriver('RequestName', 'su', [SENDER, 4]);
     await listener.callDriver('AddMatch', 's', [`interface='${MARKER_IFACE}'`]);

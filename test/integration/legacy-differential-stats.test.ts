@@ -12,7 +12,7 @@ import path from 'node:path';
 import { MessageType, type Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import { Variant, type Value } from '../../src/dbus1/value';
-import { DRIVER, DRIVER_PATH, pairWithArenas } from '../helpers/dbus1-differential';
+import { connectClient, DRIVER, DRIVER_PATH, pairWithArenas } from '../helpers/dbus1-differential';
 import { Proc, PYTHON, type LegacyBus } from '../helpers/legacy-bus';
 
 const STATS = 'org.freedesktop.DBus.Debug.Stats';
@@ -25,10 +25,7 @@ class StatsArena {
   static async open(bus: LegacyBus): Promise<StatsArena> {
     const arena = new StatsArena(bus);
     for (let i = 0; i < 3; i++) {
-      arena.clients.push(await UpstreamConnection.connect(bus.address, {
-        label: `stats client ${i} on ${bus.kind}`,
-        handlers: { message: () => undefined, closed: () => undefined },
-      }));
+      arena.clients.push(await connectClient(bus, `stats client ${i}`));
     }
     return arena;
   }

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { MessageType, type Message } from '../../src/dbus1/message';
 import { UpstreamCallError, UpstreamConnection } from '../../src/dbus1/upstream-connection';
 import type { Variant } from '../../src/dbus1/value';
-import { DRIVER, DRIVER_PATH, pairUnavailable, startActivationPair, type BusPair } from '../helpers/dbus1-differential';
+import { type BusPair, connectClient, DRIVER, DRIVER_PATH, pairUnavailable, startActivationPair } from '../helpers/dbus1-differential';
 import { PYTHON, pythonHas, type LegacyBus } from '../helpers/legacy-bus';
 import { requireOrSkip } from '../helpers/require';
 
@@ -25,10 +25,6 @@ function serviceFiles(takeName: string): Record<string, string> {
     'failing.service': '[D-BUS Service]\nName=com.example.Sd.Failing\nExec=/bin/false\nSystemdService=sd-failing.service\n',
     'plain.service': `[D-BUS Service]\nName=com.example.Sd.Plain\nExec=${PYTHON} ${takeName} com.example.Sd.Plain\n`,
   };
-}
-
-function connect(bus: LegacyBus, label: string, message: (m: Message) => void = () => undefined): Promise<UpstreamConnection> {
-  return UpstreamConnection.connect(bus.address, { label: `${label} on ${bus.kind}`, handlers: { message, closed: () => undefined } });
 }
 
 /** A message from the driver to systemd, as comparable across buses (no serial, systemd's unique name by role). */
@@ -47,7 +43,7 @@ async function exchange(bus: LegacyBus): Promise<Record<string, unknown>> {
   const toSystemd: Array<Record<string, unknown>> = [];
   const services: UpstreamConnection[] = [];
   let systemd: UpstreamConnection | undefined;
-  const caller = await connect(bus, 'caller');
+  const caller = await connectClient(bus, 'caller');
   try {
     const start = (name: string): Promise<string> =>
       outcome(caller.callDriver('StartServiceByName', 'su', [name, 0], { timeoutMs: 20_000 }));
@@ -59,7 +55,7 @@ async function exchange(bus: LegacyBus): Promise<Record<string, unknown>> {
       if (m.type !== MessageType.Signal || m.member !== 'ActivationRequest') return;
       const unit = m.body[0] as string;
       if (unit === 'sd-good.service') {
-        void connect(bus, 'unit sd-good').then(async (s) => {
+        void connectClient(bus, 'unit sd-good').then(async (s) => {
           services.push(s);
           await s.callDriver('RequestName', 'su', ['com.example.Sd.Good', 0]);
         });
@@ -71,7 +67,7 @@ async function exchange(bus: LegacyBus): Promise<Record<string, unknown>> {
       systemd!.send({ type: MessageType.Signal, flags: 0, serial: 0n, path: DRIVER_PATH, interface: ACTIVATOR, member: 'ActivationFailure',
         destination: DRIVER, signature: 'sss', body: [unit, 'org.freedesktop.systemd1.NoSuchUnit', `Unit ${unit} not found.`] });
     };
-    systemd = await connect(bus, 'systemd', onMessage);
+    systemd = await connectClient(bus, 'systemd', onMessage);
     const took = (await systemd.callDriver('RequestName', 'su', [SYSTEMD, 0])).body;
     const result: Record<string, unknown> = { took };
     result['early'] = await early;
